@@ -1,0 +1,72 @@
+// Small wrappers around chatlab's HTTP endpoints, shared by the pages and the
+// three HTTP transports. Every error the server returns is JSON
+// {"error": "...", "code": "..."}; we turn it into an ApiError so callers can
+// show the message and branch on the status (404 = session unknown or expired,
+// 429 = rate limit, ...).
+
+/** An HTTP error from chatlab, carrying its status, code and message. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message || `HTTP ${status}`);
+    this.status = status;
+    this.code = code || '';
+  }
+}
+
+/** Reads a JSON body, or throws an ApiError for a non-2xx answer. */
+export async function readJson(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null; // empty or non-JSON body
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, body && body.code, body && body.error);
+  }
+  return body;
+}
+
+/**
+ * Joins the room over HTTP: POST /api/sessions.
+ * Resolves to {session, id, nickname, seq}; `seq` is the cursor to start from.
+ */
+export async function joinSession(transport, nickname) {
+  const body = { transport };
+  if (nickname) body.nickname = nickname;
+  const response = await fetch('/api/sessions', {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  return readJson(response);
+}
+
+/** Sends a text (or "/nick NAME") for a session: POST /api/messages -> {seq}. */
+export async function postMessage(session, text) {
+  const response = await fetch('/api/messages?session=' + encodeURIComponent(session), {
+    method: 'POST',
+    headers: { 'Content-Type': 'text/plain; charset=utf-8' },
+    body: text,
+  });
+  return readJson(response);
+}
+
+/**
+ * Leaves at once: DELETE /api/sessions/{session}. With keepalive the request
+ * survives the page being closed (used on "pagehide").
+ */
+export function leaveSession(session, { keepalive = false } = {}) {
+  return fetch('/api/sessions/' + encodeURIComponent(session), { method: 'DELETE', keepalive })
+    .catch(() => {}); // leaving is best effort: the session lease cleans up anyway
+}
+
+/** GET /api/presence -> {clientcount, participants: [{id, nickname, transport, since}]} */
+export async function getPresence() {
+  return readJson(await fetch('/api/presence', { cache: 'no-store' }));
+}
+
+/** GET /api/stats -> {transports: {ws: {...}, sse: {...}, longpoll: {...}, poll: {...}}} */
+export async function getStats() {
+  return readJson(await fetch('/api/stats', { cache: 'no-store' }));
+}

@@ -1,0 +1,62 @@
+// Long polling + POST: a GET that the server holds open until there is news
+// (or the timeout), answered with every event after `since`; then ask again.
+//   GET /api/longpoll?session=S&since=N&timeout=25  ->  {"events": [...], "next": M}
+// Texts go up as POST /api/messages.
+
+import { Transport, withQuery } from './transport.js';
+import { joinSession, postMessage, readJson } from '../api.js';
+
+const HOLD_SECONDS = 25; // how long the server may hold one request
+
+export class LongPollTransport extends Transport {
+  name = 'longpoll';
+
+  async connect() {
+    this.onstate('connecting');
+    try {
+      if (!this.session) {
+        const joined = await joinSession('longpoll');
+        this.session = joined.session;
+        this.since = joined.seq;
+        this.deliver({ type: 'welcome', ...joined });
+      }
+      let first = true;
+      while (!this.closed) {
+        this.abort = new AbortController();
+        const url = withQuery('/api/longpoll', { session: this.session, since: this.since, timeout: HOLD_SECONDS });
+        const asked = Date.now();
+        const body = await readJson(await fetch(url, { signal: this.abort.signal, cache: 'no-store' }));
+        if (this.closed) return;
+        if (first) { this.onstate('open'); first = false; }
+        for (const event of body.events) {
+          if (event.type === 'error' && event.code === 'replaced') {
+            this.finish({ reason: 'replaced', retry: false, message: event.message });
+            return;
+          }
+          this.deliver(event);
+        }
+        if (typeof body.next === 'number') this.since = body.next;
+        // An empty answer that came back at once (not after the hold) means the
+        // server let go early; pause a little rather than spin.
+        if (body.events.length === 0 && Date.now() - asked < 1000) await sleep(1000);
+      }
+    } catch (err) {
+      if (this.closed) return; // we aborted it ourselves
+      const expired = err.status === 404;
+      this.finish({ reason: expired ? 'expired' : 'error', retry: true, code: err.status, message: err.message });
+    }
+  }
+
+  send(text) {
+    return postMessage(this.session, text);
+  }
+
+  close() {
+    this.finish({ reason: 'closed', retry: false });
+    if (this.abort) this.abort.abort();
+  }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

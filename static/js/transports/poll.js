@@ -1,0 +1,81 @@
+// Short (interval) polling + POST: every N seconds a GET that is answered at
+// once with whatever happened after `since`, often nothing.
+//   GET /api/poll?session=S&since=N  ->  {"events": [...], "next": M}
+// The server forgets a session that has not polled for its lease (15 s by
+// default), so the interval is kept well below that.
+
+import { Transport, withQuery } from './transport.js';
+import { joinSession, postMessage, readJson } from '../api.js';
+
+export const MIN_INTERVAL_MS = 200;
+export const MAX_INTERVAL_MS = 10000; // below the server's default 15 s lease
+
+export class PollTransport extends Transport {
+  name = 'poll';
+
+  constructor(options = {}) {
+    super(options);
+    this.setInterval(options.interval ?? 2000);
+  }
+
+  /** Changes the polling interval; a wait in progress restarts with the new one. */
+  setInterval(ms) {
+    this.interval = Math.min(MAX_INTERVAL_MS, Math.max(MIN_INTERVAL_MS, Number(ms) || 2000));
+    if (this.wakeUp) {
+      clearTimeout(this.timer);
+      this.timer = setTimeout(this.wakeUp, this.interval);
+    }
+  }
+
+  async connect() {
+    this.onstate('connecting');
+    try {
+      if (!this.session) {
+        const joined = await joinSession('poll');
+        this.session = joined.session;
+        this.since = joined.seq;
+        this.deliver({ type: 'welcome', ...joined });
+      }
+      let first = true;
+      while (!this.closed) {
+        this.abort = new AbortController();
+        const url = withQuery('/api/poll', { session: this.session, since: this.since });
+        const body = await readJson(await fetch(url, { signal: this.abort.signal, cache: 'no-store' }));
+        if (this.closed) return;
+        if (first) { this.onstate('open'); first = false; }
+        for (const event of body.events) {
+          if (event.type === 'error' && event.code === 'replaced') {
+            this.finish({ reason: 'replaced', retry: false, message: event.message });
+            return;
+          }
+          this.deliver(event);
+        }
+        if (typeof body.next === 'number') this.since = body.next;
+        await this.wait();
+      }
+    } catch (err) {
+      if (this.closed) return;
+      const expired = err.status === 404;
+      this.finish({ reason: expired ? 'expired' : 'error', retry: true, code: err.status, message: err.message });
+    }
+  }
+
+  /** Waits one interval; close() (or a new interval) can cut it short. */
+  wait() {
+    return new Promise((resolve) => {
+      this.wakeUp = resolve;
+      this.timer = setTimeout(resolve, this.interval);
+    }).finally(() => { this.wakeUp = null; });
+  }
+
+  send(text) {
+    return postMessage(this.session, text);
+  }
+
+  close() {
+    this.finish({ reason: 'closed', retry: false });
+    if (this.abort) this.abort.abort();
+    clearTimeout(this.timer);
+    if (this.wakeUp) this.wakeUp();
+  }
+}

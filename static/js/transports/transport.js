@@ -1,0 +1,53 @@
+// The one small interface every technique implements.
+//
+//   const t = new SseTransport({ session, since });
+//   t.onevent = (event) => { ... };        // every JSON object the server sends
+//   t.onstate = (state, info) => { ... };  // 'connecting' | 'open' | 'closed'
+//   t.connect();
+//   await t.send('hello');                  // or '/nick NAME'
+//   t.close();
+//
+// `session` and `since` are optional. Without a session the transport joins as
+// a new participant and reports a `welcome` event ({id, nickname, session, seq}).
+// With `session` and `since` it takes over that participant and delivers the
+// events after `since` (this is how switching technique and reconnecting work).
+//
+// When the channel ends, onstate('closed', info) is called once, with
+//   info.reason: 'closed' (we closed it), 'replaced', 'shutdown', 'expired'
+//                (the server no longer knows the session), 'slow' or 'error'
+//   info.retry:  whether reconnecting (from the cursor) makes sense
+//   info.code / info.message: details for the user.
+// Deduplication, the cursor and the reconnect backoff live in ../client.js, not
+// here, so each transport file shows only its technique.
+
+export class Transport {
+  constructor({ session = null, since = null } = {}) {
+    this.session = session;
+    this.since = since;
+    this.onevent = () => {};
+    this.onstate = () => {};
+    this.closed = false; // set once the channel has ended, for whatever reason
+  }
+
+  /** Reports the end of the channel exactly once. */
+  finish(info) {
+    if (this.closed) return;
+    this.closed = true;
+    this.onstate('closed', info);
+  }
+
+  /** Remembers the cursor of the last room event handed out (used to continue). */
+  deliver(event) {
+    if (typeof event.seq === 'number' && event.type !== 'welcome') this.since = event.seq;
+    this.onevent(event);
+  }
+}
+
+/** Builds `path?key=value&...`, leaving out keys whose value is null. */
+export function withQuery(path, params) {
+  const query = Object.entries(params)
+    .filter(([, value]) => value !== null && value !== undefined)
+    .map(([key, value]) => key + '=' + encodeURIComponent(value))
+    .join('&');
+  return query ? path + '?' + query : path;
+}
