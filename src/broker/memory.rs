@@ -1,0 +1,157 @@
+//! The embedded broker: the room lives in this process (the default).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{Backlog, Broker, BrokerError, FeedItem, Missed};
+use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
+use crate::core::session::SessionRecord;
+
+/// The in-memory broker: a bounded history, a session table and a feed, behind one mutex.
+///
+/// The mutex is a `std` one: every critical section is a few map or deque operations and never awaits, so it is
+/// cheaper than an async lock and cannot be held across a suspension point.
+pub struct MemoryBroker {
+    state: Mutex<State>,
+}
+
+struct State {
+    /// The newest sequence number given out.
+    head: Seq,
+    /// The retained events, consecutive sequence numbers, oldest first; at most `capacity`.
+    history: VecDeque<Arc<RoomEvent>>,
+    capacity: usize,
+    guests: u64,
+    /// Sessions by token, with the time (ms) their lease ends.
+    sessions: HashMap<String, (SessionRecord, u64)>,
+    /// Where published events go: the room's fan-out point (one per process, and here there is one process).
+    feeds: Vec<mpsc::UnboundedSender<FeedItem>>,
+}
+
+impl MemoryBroker {
+    /// A room with no events, retaining the newest `history` events (at least one).
+    pub fn new(history: usize) -> Self {
+        let capacity = history.max(1);
+        MemoryBroker {
+            state: Mutex::new(State {
+                head: 0,
+                history: VecDeque::with_capacity(capacity.min(4096)),
+                capacity,
+                guests: 0,
+                sessions: HashMap::new(),
+                feeds: Vec::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-written (each section is a few simple
+        // updates), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
+        let mut state = self.lock();
+        state.head += 1;
+        let body = EventBody::stamp(draft, state.head, state.sessions.len() as u64);
+        let event = Arc::new(RoomEvent::new(&body));
+        if state.history.len() == state.capacity {
+            state.history.pop_front();
+        }
+        state.history.push_back(event.clone());
+        // Sending under the lock keeps the feed in sequence order; an unbounded send never blocks, and the
+        // receiver (the room's pump) only forwards into the fan-out, so the queue stays near empty.
+        state.feeds.retain(|feed| feed.send(FeedItem::Event(event.clone())).is_ok());
+        Ok(event)
+    }
+
+    async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError> {
+        let state = self.lock();
+        let head = state.head;
+        if cursor > head {
+            return Ok(Backlog { head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() });
+        }
+        let first = state.history.front().map_or(head + 1, |event| event.seq);
+        let (missed, start) = if cursor + 1 < first {
+            (Some(Missed::Gap { from: cursor + 1, to: first - 1 }), first)
+        } else {
+            (None, cursor + 1)
+        };
+        let skip = (start - first) as usize;
+        let events = state.history.iter().skip(skip).take(max).cloned().collect();
+        Ok(Backlog { head, missed, events })
+    }
+
+    async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<FeedItem>, BrokerError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.lock().feeds.push(tx);
+        Ok(rx)
+    }
+
+    async fn next_guest(&self) -> Result<u64, BrokerError> {
+        let mut state = self.lock();
+        state.guests += 1;
+        Ok(state.guests)
+    }
+
+    async fn create_session(&self, record: &SessionRecord, lease_until_ms: u64, max: usize) -> Result<(), BrokerError> {
+        let mut state = self.lock();
+        if state.sessions.len() >= max {
+            return Err(BrokerError::Full);
+        }
+        state.sessions.insert(record.token.clone(), (record.clone(), lease_until_ms));
+        Ok(())
+    }
+
+    async fn session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {
+        Ok(self.lock().sessions.get(token).map(|(record, _)| record.clone()))
+    }
+
+    async fn save_session(&self, record: &SessionRecord) -> Result<bool, BrokerError> {
+        let mut state = self.lock();
+        match state.sessions.get_mut(&record.token) {
+            Some((stored, _)) => {
+                *stored = record.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {
+        Ok(self.lock().sessions.remove(token).map(|(record, _)| record))
+    }
+
+    async fn renew(&self, tokens: &[String], until_ms: u64) -> Result<(), BrokerError> {
+        let mut state = self.lock();
+        for token in tokens {
+            if let Some((_, lease)) = state.sessions.get_mut(token) {
+                *lease = (*lease).max(until_ms);
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire(&self, now_ms: u64) -> Result<Vec<SessionRecord>, BrokerError> {
+        let mut state = self.lock();
+        let gone: Vec<String> =
+            state.sessions.iter().filter(|(_, (_, lease))| *lease < now_ms).map(|(token, _)| token.clone()).collect();
+        Ok(gone.iter().filter_map(|token| state.sessions.remove(token)).map(|(record, _)| record).collect())
+    }
+
+    async fn presence(&self) -> Result<Vec<SessionRecord>, BrokerError> {
+        let mut all: Vec<SessionRecord> = self.lock().sessions.values().map(|(record, _)| record.clone()).collect();
+        all.sort_by(|a, b| a.since_ms.cmp(&b.since_ms).then(a.guest.cmp(&b.guest)));
+        Ok(all)
+    }
+
+    async fn online(&self) -> Result<u64, BrokerError> {
+        Ok(self.lock().sessions.len() as u64)
+    }
+}

@@ -1,0 +1,145 @@
+//! The one trait between the room and where its state lives.
+//!
+//! A broker owns what must be agreed by every process serving the room: the sequence counter and the event
+//! history (appended atomically together), the sessions with their leases, and the guest counter. It feeds every
+//! event, in sequence order, to the one fan-out point of each process ([`crate::core::Room`]); transports never
+//! talk to it. [`memory::MemoryBroker`] keeps it all in this process.
+
+pub mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::core::event::{Draft, RoomEvent, Seq};
+use crate::core::session::SessionRecord;
+
+pub use memory::MemoryBroker;
+
+/// Why a broker call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The shared store cannot be reached; the caller may retry later.
+    #[error("the room's store is unavailable: {0}")]
+    Unavailable(String),
+    /// The room holds `--max-sessions` participants already.
+    #[error("the room is full")]
+    Full,
+}
+
+/// What is retained after a cursor.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    /// The newest sequence number at the time of reading.
+    pub head: Seq,
+    /// Set when the cursor cannot be served without a hole: the client must be told.
+    pub missed: Option<Missed>,
+    /// Retained events after the cursor (after the hole, if any), oldest first, at most the asked number.
+    pub events: Vec<Arc<RoomEvent>>,
+}
+
+/// A cursor the history cannot continue seamlessly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// Events `from..=to` fell out of the retained history.
+    Gap {
+        /// The first missed sequence number.
+        from: Seq,
+        /// The last missed sequence number.
+        to: Seq,
+    },
+    /// The cursor is ahead of the room (a restarted in-memory room, or a made-up cursor).
+    Ahead {
+        /// The cursor the client gave.
+        since: Seq,
+    },
+}
+
+/// What a broker feeds to a process's fan-out point.
+#[derive(Debug)]
+pub enum FeedItem {
+    /// A room event, in sequence order.
+    Event(Arc<RoomEvent>),
+    /// The store went away: events may be missing until [`FeedItem::Up`].
+    Down(String),
+    /// The store is back; receivers should re-read history from their cursors.
+    Up,
+}
+
+/// Where the room's shared state lives. Implementations: [`MemoryBroker`] (this process only).
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Appends a room event: assigns the next sequence number atomically with appending it to the history
+    /// (trimmed to `--history`), stamps the online count and time, and feeds it to every subscribed process.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable; nothing was appended then.
+    async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError>;
+
+    /// Reads at most `max` retained events after `cursor`, with the hole (if any) the client must be told of.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError>;
+
+    /// The feed of every event of the room, in sequence order. The room calls it once, at start.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<FeedItem>, BrokerError>;
+
+    /// The next guest number (1, 2, ...) for the nickname `游客N`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn next_guest(&self) -> Result<u64, BrokerError>;
+
+    /// Stores a new session, online until `lease_until_ms` unless renewed.
+    ///
+    /// # Errors
+    /// [`BrokerError::Full`] when `max` sessions exist already; [`BrokerError::Unavailable`].
+    async fn create_session(&self, record: &SessionRecord, lease_until_ms: u64, max: usize) -> Result<(), BrokerError>;
+
+    /// Looks a session up by its secret token.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError>;
+
+    /// Replaces a live session's record (nickname, transport, cursor); `false` if it is gone.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn save_session(&self, record: &SessionRecord) -> Result<bool, BrokerError>;
+
+    /// Removes a session; returns it if this call removed it, so exactly one caller announces the leave.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError>;
+
+    /// Extends the leases of these sessions (those still present) to `until_ms`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn renew(&self, tokens: &[String], until_ms: u64) -> Result<(), BrokerError>;
+
+    /// Removes and returns every session whose lease ended before `now_ms`, each returned to exactly one caller.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn expire(&self, now_ms: u64) -> Result<Vec<SessionRecord>, BrokerError>;
+
+    /// Every session online, oldest first.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn presence(&self) -> Result<Vec<SessionRecord>, BrokerError>;
+
+    /// How many sessions are online.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn online(&self) -> Result<u64, BrokerError>;
+}

@@ -1,0 +1,119 @@
+//! Every flag, its default and why.
+//!
+//! Every limit of the server lives here, so `chatlab --help` is the one place a reader finds what a bound is
+//! and how to move it. Defaults are sized for a laptop demo that still survives a hostile client.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser};
+
+/// `chatlab`: one chat room, four web push techniques, measured on the wire.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    /// Server options.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+/// Everything the server needs to know, with the defaults `chatlab --help` shows.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Address to listen on. 8180 is the seed's port, so its page's `ws://localhost:8180` works unchanged.
+    #[arg(long, default_value = "127.0.0.1:8180")]
+    pub bind: SocketAddr,
+
+    /// Where the room lives: `memory` (this process only) or `redis://HOST:PORT[/DB]` (shared by processes).
+    #[arg(long, default_value = "memory")]
+    pub broker: String,
+
+    /// Room events retained for resume; a cursor older than this gets an explicit `gap` event.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history: u64,
+
+    /// Seconds a participant without a live channel (closed stream, no recent poll) stays online.
+    /// Must exceed the slowest short-poll interval a client uses.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_lease: u64,
+
+    /// Longest a long poll may be held, in seconds; a request asking for more gets this.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub longpoll_max: u64,
+
+    /// Long-poll hold, in seconds, when the request gives no `timeout=`.
+    #[arg(long, default_value_t = 25)]
+    pub longpoll_default: u64,
+
+    /// Most events in one poll or long-poll response; the client continues from `next`.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub poll_batch: u64,
+
+    /// Seconds between SSE keep-alive comments, so proxies do not cut an idle stream.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub sse_keepalive: u64,
+
+    /// Longest chat text, in characters.
+    #[arg(long, default_value_t = 2000)]
+    pub max_message_chars: usize,
+
+    /// Longest nickname, in characters (after trimming).
+    #[arg(long, default_value_t = 32)]
+    pub max_nickname_chars: usize,
+
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest WebSocket frame (and message) a client may send, in bytes; larger closes with 1009.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Sustained chat texts per second per session; 0 turns rate limiting off.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate_limit: f64,
+
+    /// Texts a session may send in one burst above the sustained rate.
+    #[arg(long, default_value_t = 40.0)]
+    pub rate_burst: f64,
+
+    /// Most live receiving channels (WebSockets, SSE streams, held long polls) at once; more get 503.
+    #[arg(long, default_value_t = 16_384)]
+    pub max_connections: usize,
+
+    /// Most sessions (participants) at once; more joins get 503.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_sessions: usize,
+
+    /// Room events a receiver may fall behind the newest before it is closed as a slow consumer
+    /// (it resumes from its cursor). This bounds every connection's queue.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub send_queue: u64,
+
+    /// Bytes a WebSocket may hold unsent before it is closed as a slow consumer.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub ws_max_buffer: usize,
+
+    /// Extra origins allowed to open WebSockets and POST (e.g. `https://chat.example.com`).
+    /// The page's own host and localhost are always allowed; requests without `Origin` are not browsers.
+    #[arg(long = "allow-origin")]
+    pub allowed_origins: Vec<String>,
+
+    /// Seconds to wait for connections to drain on shutdown before exiting anyway.
+    #[arg(long, default_value_t = 3)]
+    pub shutdown_grace: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let cli = Cli::parse_from(["chatlab"]);
+        cli.serve
+    }
+}
+
+impl Config {
+    /// The session lease as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.session_lease)
+    }
+}

@@ -1,0 +1,156 @@
+//! Room events: what the broker sequences, what every transport delivers.
+//!
+//! A [`RoomEvent`] is serialised to JSON exactly once, when it enters this process; every receiver on every
+//! transport writes the same [`Bytes`] (a reference-counted slice, so a delivery costs no copy).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// A room sequence number: strictly increasing, no holes between consecutive room events. `0` means "before the
+/// first event", so a cursor of `0` asks for everything retained.
+pub type Seq = u64;
+
+/// The kinds of room event, named as on the seed's wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Join, leave and server notices (`游客1 来了`).
+    Notification,
+    /// A rename (`用户 游客1 改名为: alice`).
+    NickUpdate,
+    /// A chat text.
+    Message,
+}
+
+/// What a publisher asks the broker to append; the broker adds `seq`, `ts` and `clientcount`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draft {
+    /// The kind of event.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The participant the event is about.
+    pub id: String,
+    /// That participant's nickname (the new one, for a rename).
+    pub nickname: String,
+    /// The human-readable text.
+    pub message: String,
+}
+
+/// The wire form of a room event, field order as the seed's plus `seq` and `ts`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBody {
+    /// The kind of event.
+    #[serde(rename = "type")]
+    pub kind: EventKind,
+    /// The participant the event is about.
+    pub id: String,
+    /// That participant's nickname.
+    pub nickname: String,
+    /// The human-readable text.
+    pub message: String,
+    /// Participants online when the event was published.
+    pub clientcount: u64,
+    /// The room's sequence number.
+    pub seq: Seq,
+    /// Server time of publishing, in milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+impl EventBody {
+    /// Stamps a draft with its sequence number, online count and the current time.
+    pub fn stamp(draft: Draft, seq: Seq, clientcount: u64) -> Self {
+        EventBody {
+            kind: draft.kind,
+            id: draft.id,
+            nickname: draft.nickname,
+            message: draft.message,
+            clientcount,
+            seq,
+            ts: now_ms(),
+        }
+    }
+}
+
+/// A sequenced room event, serialised once and shared by every receiver.
+#[derive(Debug)]
+pub struct RoomEvent {
+    /// The room's sequence number.
+    pub seq: Seq,
+    /// The JSON text of the event; every transport writes these same bytes.
+    pub json: Bytes,
+    /// Server time of publishing, ms since the epoch (also inside `json`).
+    pub ts: u64,
+    /// When this process first saw the event: the start of publish-to-write latency.
+    pub seen: Instant,
+}
+
+impl RoomEvent {
+    /// Serialises `body` once.
+    pub fn new(body: &EventBody) -> Self {
+        let json = serde_json::to_vec(body).expect("an event body always serialises");
+        RoomEvent { seq: body.seq, json: Bytes::from(json), ts: body.ts, seen: Instant::now() }
+    }
+
+    /// Rebuilds an event from its JSON text (as stored by a broker).
+    ///
+    /// # Errors
+    /// When `json` is not an event body.
+    pub fn from_json(json: Bytes) -> Result<Self, serde_json::Error> {
+        let body: EventBody = serde_json::from_slice(&json)?;
+        Ok(RoomEvent { seq: body.seq, json, ts: body.ts, seen: Instant::now() })
+    }
+
+    /// Parses the JSON text back into its fields (tests and tools; transports never need to).
+    pub fn body(&self) -> EventBody {
+        serde_json::from_slice(&self.json).expect("a room event holds a valid body")
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of `ts`.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Per-client control events. They carry no `seq` of their own.
+pub mod control {
+    use serde_json::json;
+
+    use super::Seq;
+
+    /// The first frame of a `/ws` connection and of an SSE stream: who you are and where your cursor is.
+    pub fn welcome(id: &str, nickname: &str, session: &str, seq: Seq) -> String {
+        json!({"type": "welcome", "id": id, "nickname": nickname, "session": session, "seq": seq}).to_string()
+    }
+
+    /// Events `from..=to` are no longer retained (or never existed here): the client missed them.
+    pub fn gap(from: Seq, to: Seq) -> String {
+        let message = format!("events {from} to {to} are no longer retained; what follows resumes after them");
+        json!({"type": "gap", "from": from, "to": to, "message": message}).to_string()
+    }
+
+    /// A cursor ahead of the room (the room restarted, or the client made it up).
+    pub fn reset(since: Seq, head: Seq) -> String {
+        let message = format!("cursor {since} is ahead of the room (newest is {head}); resuming from {head}");
+        json!({"type": "gap", "from": head + 1, "to": since, "message": message}).to_string()
+    }
+
+    /// A per-client error: `code` is stable and machine-readable, `message` is for people.
+    pub fn error(code: &str, message: &str) -> String {
+        json!({"type": "error", "code": code, "message": message}).to_string()
+    }
+
+    /// What every participant hears when the server stops (the seed's own words).
+    pub fn server_disconnected(clientcount: u64) -> String {
+        json!({
+            "type": "notification",
+            "id": "",
+            "nickname": "",
+            "message": "Server has disconnected",
+            "clientcount": clientcount,
+            "ts": super::now_ms(),
+        })
+        .to_string()
+    }
+}

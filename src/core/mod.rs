@@ -1,0 +1,9 @@
+//! The chat room core: events, sessions and the one fan-out point.
+
+pub mod event;
+pub mod room;
+pub mod session;
+
+pub use event::{EventKind, RoomEvent, Seq};
+pub use room::{Batch, Channel, Delivery, Item, Room};
+pub use session::{SessionRecord, Transport};

@@ -1,0 +1,676 @@
+//! The room: the one fan-out point of this process.
+//!
+//! Every transport talks to a [`Room`]: [`Room::join`], [`Room::post`], [`Room::open`] (a receiving channel
+//! that resumes from a cursor), [`Room::poll`], [`Room::leave`]. The broker feeds each room event once into a
+//! `broadcast` channel; every receiver holds the same `Arc<RoomEvent>` and writes its pre-serialised bytes, so
+//! fan-out costs one reference count per receiver and never holds a lock while a socket is written.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::broker::{Backlog, Broker, FeedItem, Missed};
+use crate::config::Config;
+use crate::core::event::{control, now_ms, Draft, EventKind, RoomEvent, Seq};
+use crate::core::session::{clean_nickname, SessionRecord, Transport};
+use crate::error::AppError;
+use crate::metering::Metering;
+
+/// A handle on the room; clones share it.
+#[derive(Clone)]
+pub struct Room {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    broker: Arc<dyn Broker>,
+    /// The fan-out: one slot per event, `--send-queue` slots. A receiver more than that behind is lagged.
+    fanout: broadcast::Sender<Arc<RoomEvent>>,
+    /// The newest sequence number fanned out here.
+    head: AtomicU64,
+    config: Config,
+    /// Live channels and rate buckets of this process. A `std` mutex: every section is a map operation and never
+    /// awaits, so it is cheaper than an async lock and cannot be held across a suspension point.
+    local: Mutex<Local>,
+    /// Live receiving channels allowed (`--max-connections`).
+    live: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    metering: Metering,
+}
+
+#[derive(Default)]
+struct Local {
+    channels: HashMap<String, LiveChannel>,
+    buckets: HashMap<String, Bucket>,
+    generation: u64,
+}
+
+struct LiveChannel {
+    generation: u64,
+    /// Cancelled when a newer channel takes the session over, or the session leaves.
+    ended: CancellationToken,
+}
+
+/// A token bucket for the per-session rate limit.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Room {
+    /// Starts the room on `broker`: subscribes to its feed and starts the lease reaper.
+    ///
+    /// # Errors
+    /// When the broker cannot be subscribed to.
+    pub async fn start(broker: Arc<dyn Broker>, config: Config, metering: Metering) -> Result<Room, AppError> {
+        let feed = broker.subscribe().await?;
+        let head = broker.since(u64::MAX, 0).await?.head;
+        let (fanout, _) = broadcast::channel(config.send_queue as usize);
+        let room = Room {
+            shared: Arc::new(Shared {
+                broker,
+                fanout,
+                head: AtomicU64::new(head),
+                live: Arc::new(Semaphore::new(config.max_connections)),
+                config,
+                local: Mutex::new(Local::default()),
+                shutdown: CancellationToken::new(),
+                metering,
+            }),
+        };
+        tokio::spawn(room.clone().pump(feed));
+        tokio::spawn(room.clone().reap());
+        Ok(room)
+    }
+
+    /// The server's configuration.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The per-technique counters.
+    pub fn metering(&self) -> &Metering {
+        &self.shared.metering
+    }
+
+    /// Cancelled when the server begins to stop: every long-lived loop selects on it.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shared.shutdown
+    }
+
+    /// Tells every open channel the server is stopping; they say `Server has disconnected` and end.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Resolves once every live channel has ended (after [`Room::shutdown`], when they have said goodbye).
+    pub async fn drained(&self) {
+        let all = self.shared.config.max_connections.min(u32::MAX as usize) as u32;
+        let _ = self.shared.live.acquire_many(all).await;
+    }
+
+    /// The newest sequence number this process has fanned out.
+    pub fn head(&self) -> Seq {
+        self.shared.head.load(Ordering::Acquire)
+    }
+
+    fn local(&self) -> MutexGuard<'_, Local> {
+        self.shared.local.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forwards the broker's feed into the fan-out, in order.
+    async fn pump(self, mut feed: tokio::sync::mpsc::UnboundedReceiver<FeedItem>) {
+        loop {
+            let item = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                item = feed.recv() => item,
+            };
+            match item {
+                Some(FeedItem::Event(event)) => {
+                    self.shared.head.fetch_max(event.seq, Ordering::AcqRel);
+                    // No receivers is fine: nobody is listening right now.
+                    let _ = self.shared.fanout.send(event);
+                }
+                Some(FeedItem::Down(why)) => tracing::warn!(%why, "the broker feed is down"),
+                Some(FeedItem::Up) => tracing::info!("the broker feed is back"),
+                None => {
+                    tracing::error!("the broker feed ended; no more events will be delivered");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Renews the leases of sessions with a live channel here, and announces sessions whose lease ran out.
+    async fn reap(self) {
+        let lease = self.shared.config.lease();
+        let mut tick = tokio::time::interval((lease / 4).max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let live: Vec<String> = self.local().channels.keys().cloned().collect();
+            let now = now_ms();
+            if let Err(error) = self.shared.broker.renew(&live, now + lease.as_millis() as u64).await {
+                tracing::warn!(%error, "could not renew leases");
+                continue;
+            }
+            match self.shared.broker.expire(now).await {
+                Ok(gone) => {
+                    for record in gone {
+                        self.forget(&record.token);
+                        self.announce_leave(&record).await;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "could not expire leases"),
+            }
+            // Rate buckets of sessions quiet for two leases are forgotten (a full bucket is the default anyway).
+            if let Some(horizon) = Instant::now().checked_sub(2 * lease) {
+                self.local().buckets.retain(|_, bucket| bucket.last > horizon);
+            }
+        }
+    }
+
+    /// Drops what this process holds for a session: its live channel ends, its rate bucket goes.
+    fn forget(&self, token: &str) {
+        let mut local = self.local();
+        if let Some(channel) = local.channels.remove(token) {
+            channel.ended.cancel();
+        }
+        local.buckets.remove(token);
+    }
+
+    async fn announce_leave(&self, record: &SessionRecord) {
+        let draft = Draft {
+            kind: EventKind::Notification,
+            id: record.id.clone(),
+            nickname: record.nickname.clone(),
+            message: format!("{} 走了", record.nickname),
+        };
+        if let Err(error) = self.shared.broker.publish(draft).await {
+            tracing::warn!(%error, nickname = %record.nickname, "could not announce a leave");
+        }
+    }
+
+    /// A new participant joins: a session is created and everyone is told `<nickname> 来了`.
+    ///
+    /// Returns the session and the cursor just before its join notice, so a receiver opened from there sees
+    /// its own arrival, as in the seed.
+    ///
+    /// # Errors
+    /// [`AppError::BadNickname`] for a refused nickname, [`AppError::RoomFull`], [`AppError::Unavailable`],
+    /// [`AppError::ShuttingDown`].
+    pub async fn join(
+        &self,
+        transport: Transport,
+        nickname: Option<&str>,
+        seed: bool,
+    ) -> Result<(SessionRecord, Seq), AppError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(AppError::ShuttingDown);
+        }
+        let nickname = nickname.map(|n| clean_nickname(n, self.shared.config.max_nickname_chars)).transpose()?;
+        let guest = self.shared.broker.next_guest().await?;
+        let record = SessionRecord {
+            token: Uuid::new_v4().simple().to_string(),
+            id: Uuid::new_v4().to_string(),
+            nickname: nickname.unwrap_or_else(|| format!("游客{guest}")),
+            guest,
+            transport,
+            since_ms: now_ms(),
+            cursor: 0,
+            seed,
+        };
+        let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
+        self.shared.broker.create_session(&record, lease_until, self.shared.config.max_sessions).await?;
+        let draft = Draft {
+            kind: EventKind::Notification,
+            id: record.id.clone(),
+            nickname: record.nickname.clone(),
+            message: format!("{} 来了", record.nickname),
+        };
+        let joined = match self.shared.broker.publish(draft).await {
+            Ok(event) => event,
+            Err(error) => {
+                // Leave no silent participant behind if the notice could not be published.
+                let _ = self.shared.broker.remove_session(&record.token).await;
+                return Err(error.into());
+            }
+        };
+        let mut record = record;
+        record.cursor = joined.seq - 1;
+        Ok((record.clone(), joined.seq - 1))
+    }
+
+    /// Looks a session up.
+    ///
+    /// # Errors
+    /// [`AppError::UnknownSession`] when there is none (or it expired); [`AppError::Unavailable`].
+    pub async fn session(&self, token: &str) -> Result<SessionRecord, AppError> {
+        self.shared.broker.session(token).await?.ok_or(AppError::UnknownSession)
+    }
+
+    /// A participant sends a text: a chat message, or `/nick NAME` to rename. Returns the event's `seq` and the
+    /// sender's technique (whose counters the request belongs to).
+    ///
+    /// # Errors
+    /// [`AppError::RateLimited`], [`AppError::EmptyText`], [`AppError::TextTooLong`], [`AppError::BadNickname`],
+    /// [`AppError::UnknownSession`], [`AppError::Unavailable`], [`AppError::ShuttingDown`].
+    pub async fn post(&self, token: &str, text: &str) -> Result<(Seq, Transport), AppError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(AppError::ShuttingDown);
+        }
+        let mut record = self.session(token).await?;
+        let transport = record.transport;
+        self.take_rate_token(token)?;
+        let draft = if let Some(name) = text.strip_prefix("/nick ") {
+            let new = clean_nickname(name, self.shared.config.max_nickname_chars)?;
+            let old = std::mem::replace(&mut record.nickname, new.clone());
+            if !self.shared.broker.save_session(&record).await? {
+                return Err(AppError::UnknownSession);
+            }
+            Draft {
+                kind: EventKind::NickUpdate,
+                id: record.id,
+                nickname: new.clone(),
+                message: format!("用户 {old} 改名为: {new}"),
+            }
+        } else {
+            if text.trim().is_empty() {
+                return Err(AppError::EmptyText);
+            }
+            let max = self.shared.config.max_message_chars;
+            if text.len() > max && text.chars().count() > max {
+                return Err(AppError::TextTooLong(max));
+            }
+            Draft { kind: EventKind::Message, id: record.id, nickname: record.nickname, message: text.to_owned() }
+        };
+        Ok((self.shared.broker.publish(draft).await?.seq, transport))
+    }
+
+    /// Takes one token from the session's bucket.
+    fn take_rate_token(&self, token: &str) -> Result<(), AppError> {
+        let rate = self.shared.config.rate_limit;
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let burst = self.shared.config.rate_burst.max(1.0);
+        let now = Instant::now();
+        let mut local = self.local();
+        let bucket = local.buckets.entry(token.to_owned()).or_insert(Bucket { tokens: burst, last: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.last).as_secs_f64() * rate).min(burst);
+        bucket.last = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait_ms = ((1.0 - bucket.tokens) / rate * 1000.0).ceil() as u64;
+            Err(AppError::RateLimited(wait_ms))
+        }
+    }
+
+    /// A participant leaves now: everyone is told `<nickname> 走了`. `false` if it had already gone.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`].
+    pub async fn leave(&self, token: &str) -> Result<bool, AppError> {
+        let removed = self.shared.broker.remove_session(token).await?;
+        self.forget(token);
+        match removed {
+            Some(record) => {
+                self.announce_leave(&record).await;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Everyone online, oldest first.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`].
+    pub async fn presence(&self) -> Result<Vec<SessionRecord>, AppError> {
+        Ok(self.shared.broker.presence().await?)
+    }
+
+    /// How many participants are online.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`].
+    pub async fn online(&self) -> Result<u64, AppError> {
+        Ok(self.shared.broker.online().await?)
+    }
+
+    /// Makes `transport` the session's one receiving channel: any older channel of the session ends now.
+    /// Returns the record (with the transport updated) and the token cancelled when this channel is replaced.
+    async fn claim(
+        &self,
+        token: &str,
+        transport: Transport,
+    ) -> Result<(SessionRecord, u64, CancellationToken), AppError> {
+        let mut record = self.session(token).await?;
+        if record.transport != transport {
+            record.transport = transport;
+            self.shared.broker.save_session(&record).await?;
+        }
+        let ended = self.shared.shutdown.child_token();
+        let mut local = self.local();
+        local.generation += 1;
+        let generation = local.generation;
+        let old = local.channels.insert(token.to_owned(), LiveChannel { generation, ended: ended.clone() });
+        drop(local);
+        if let Some(old) = old {
+            old.ended.cancel();
+        }
+        Ok((record, generation, ended))
+    }
+
+    /// Opens a live receiving channel for a session (WebSocket, SSE stream, held long poll), resuming after
+    /// `since` (default: where the session's last channel stopped). Any older channel of the session ends.
+    ///
+    /// # Errors
+    /// [`AppError::UnknownSession`], [`AppError::TooManyConnections`], [`AppError::Unavailable`],
+    /// [`AppError::ShuttingDown`].
+    pub async fn open(&self, token: &str, transport: Transport, since: Option<Seq>) -> Result<Channel, AppError> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(AppError::ShuttingDown);
+        }
+        let permit = self.shared.live.clone().try_acquire_owned().map_err(|_| AppError::TooManyConnections)?;
+        // Subscribe before reading history, so nothing published in between is missed (duplicates are skipped).
+        let receiver = self.shared.fanout.subscribe();
+        let (record, generation, ended) = self.claim(token, transport).await?;
+        let since = since.unwrap_or(record.cursor);
+        let backlog = self.shared.broker.since(since, usize::MAX).await?;
+        let mut channel = Channel {
+            room: self.clone(),
+            record,
+            transport,
+            generation,
+            receiver,
+            pending: VecDeque::new(),
+            last: since,
+            delivered: since,
+            ended,
+            _permit: permit,
+            _open: self.shared.metering.open(transport),
+        };
+        channel.queue_backlog(backlog);
+        Ok(channel)
+    }
+
+    /// One short poll: up to `--poll-batch` retained events after `since`, answered at once. It renews the
+    /// session's lease and ends any live channel the session had (it has moved to polling).
+    ///
+    /// # Errors
+    /// [`AppError::UnknownSession`], [`AppError::Unavailable`].
+    pub async fn poll(&self, token: &str, since: Option<Seq>) -> Result<(Vec<Delivery>, Seq), AppError> {
+        let (mut record, generation, _) = self.claim(token, Transport::Poll).await?;
+        self.release(token, generation);
+        let since = since.unwrap_or(record.cursor);
+        let backlog = self.shared.broker.since(since, self.shared.config.poll_batch as usize).await?;
+        let mut items = Vec::with_capacity(backlog.events.len() + 1);
+        let next = push_backlog(&mut items, since, backlog);
+        let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
+        self.shared.broker.renew(std::slice::from_ref(&record.token), lease_until).await?;
+        record.cursor = next;
+        self.shared.broker.save_session(&record).await?;
+        Ok((items, next))
+    }
+
+    /// Ends this process's hold on a session's channel, unless a newer channel has taken it over.
+    fn release(&self, token: &str, generation: u64) {
+        let mut local = self.local();
+        if local.channels.get(token).is_some_and(|c| c.generation == generation) {
+            local.channels.remove(token);
+        }
+    }
+}
+
+/// One thing to deliver to a client.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A room event.
+    Event(Arc<RoomEvent>),
+    /// A per-client control event (already JSON), such as `gap`: the client's cursor moves to `resume_after`
+    /// (past the hole), or stays where it is if that is lower.
+    Control {
+        /// The event's JSON text.
+        json: String,
+        /// The cursor after this event (`0` for events that do not move it).
+        resume_after: Seq,
+    },
+}
+
+impl Delivery {
+    /// The client's cursor once this is delivered.
+    pub fn cursor(&self) -> Seq {
+        match self {
+            Delivery::Event(event) => event.seq,
+            Delivery::Control { resume_after, .. } => *resume_after,
+        }
+    }
+
+    /// The JSON text to write.
+    pub fn json(&self) -> &[u8] {
+        match self {
+            Delivery::Event(event) => &event.json,
+            Delivery::Control { json, .. } => json.as_bytes(),
+        }
+    }
+}
+
+/// Deliveries ready together, and what ended the batch early, if anything.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// What to deliver, in order.
+    pub deliveries: Vec<Delivery>,
+    /// Set when the channel must end after the deliveries (lagged, replaced, shutdown).
+    pub end: Option<Item>,
+}
+
+/// What a live channel yields next.
+#[derive(Debug)]
+pub enum Item {
+    /// Deliver this.
+    Deliver(Delivery),
+    /// The receiver fell more than `--send-queue` events behind: close it; the client resumes from its cursor.
+    Lagged,
+    /// A newer channel of the same session took over, or the session left.
+    Replaced,
+    /// The server is stopping.
+    Shutdown,
+}
+
+/// A session's live receiving channel: the retained backlog after its cursor, then live events, in order,
+/// with no duplicate and no hole. Dropping it releases the session's channel slot and saves its cursor.
+pub struct Channel {
+    room: Room,
+    record: SessionRecord,
+    transport: Transport,
+    generation: u64,
+    receiver: broadcast::Receiver<Arc<RoomEvent>>,
+    pending: VecDeque<Delivery>,
+    /// The newest sequence number queued or delivered (or skipped past a gap): the de-duplication mark.
+    last: Seq,
+    /// The client's cursor: the newest sequence number handed out by this channel.
+    delivered: Seq,
+    ended: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+    _open: crate::metering::OpenGuard,
+}
+
+impl Channel {
+    /// The session this channel serves.
+    pub fn record(&self) -> &SessionRecord {
+        &self.record
+    }
+
+    /// The cursor: the newest sequence number handed out by this channel.
+    pub fn cursor(&self) -> Seq {
+        self.delivered
+    }
+
+    /// The room this channel belongs to.
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
+    fn queue_backlog(&mut self, backlog: Backlog) {
+        let mut items = Vec::with_capacity(backlog.events.len() + 1);
+        self.last = push_backlog(&mut items, self.last, backlog);
+        self.pending.extend(items);
+    }
+
+    /// Completes a batch: `first` (from [`Channel::next`]) plus up to `max` deliveries in all that are ready
+    /// now, so several events go out in one write or one poll response. Await it to completion once started:
+    /// unlike `next`, it is not cancel-safe.
+    pub async fn batch_from(&mut self, first: Item, max: usize) -> Batch {
+        let mut batch = Batch::default();
+        match first {
+            Item::Deliver(delivery) => batch.deliveries.push(delivery),
+            end => {
+                batch.end = Some(end);
+                return batch;
+            }
+        }
+        while batch.deliveries.len() < max.max(1) {
+            match self.ready().await {
+                Some(Item::Deliver(delivery)) => batch.deliveries.push(delivery),
+                Some(end) => {
+                    batch.end = Some(end);
+                    break;
+                }
+                None => break,
+            }
+        }
+        batch
+    }
+
+    /// Marks a delivery as handed out: the cursor moves past it.
+    fn hand_out(&mut self, delivery: Delivery) -> Item {
+        self.delivered = self.delivered.max(delivery.cursor());
+        Item::Deliver(delivery)
+    }
+
+    /// The next thing to deliver. Cancel-safe: if the future is dropped, nothing is lost (an event taken from
+    /// the fan-out but not handed out is re-read from history when the next one arrives).
+    pub async fn next(&mut self) -> Item {
+        loop {
+            if let Some(delivery) = self.pending.pop_front() {
+                return self.hand_out(delivery);
+            }
+            let received = tokio::select! {
+                biased;
+                _ = self.room.shared.shutdown.cancelled() => return Item::Shutdown,
+                _ = self.ended.cancelled() => return Item::Replaced,
+                received = self.receiver.recv() => received,
+            };
+            match received {
+                Ok(event) => {
+                    if let Some(item) = self.accept(event).await {
+                        return item;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.room.metering().of(self.transport).slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    return Item::Lagged;
+                }
+                Err(broadcast::error::RecvError::Closed) => return Item::Shutdown,
+            }
+        }
+    }
+
+    /// What is ready now, without waiting for new events (it may read history to fill a hole).
+    async fn ready(&mut self) -> Option<Item> {
+        loop {
+            if let Some(delivery) = self.pending.pop_front() {
+                return Some(self.hand_out(delivery));
+            }
+            match self.receiver.try_recv() {
+                Ok(event) => {
+                    if let Some(item) = self.accept(event).await {
+                        return Some(item);
+                    }
+                }
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.room.metering().of(self.transport).slow_consumers.fetch_add(1, Ordering::Relaxed);
+                    return Some(Item::Lagged);
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Takes a live event in order: skips what was already delivered, and fills a hole from history (a broker
+    /// that lost part of its feed) rather than skipping it.
+    async fn accept(&mut self, event: Arc<RoomEvent>) -> Option<Item> {
+        if event.seq <= self.last {
+            return None;
+        }
+        if event.seq == self.last + 1 {
+            self.last = event.seq;
+            return Some(self.hand_out(Delivery::Event(event)));
+        }
+        match self.room.shared.broker.since(self.last, usize::MAX).await {
+            Ok(backlog) => {
+                self.queue_backlog(backlog);
+                let next = self.pending.pop_front()?;
+                Some(self.hand_out(next))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not fill a hole in the feed; closing the channel so it resumes");
+                Some(Item::Lagged)
+            }
+        }
+    }
+}
+
+/// Appends the backlog's gap notice (if any) and events to `items`; returns the new cursor.
+fn push_backlog(items: &mut Vec<Delivery>, since: Seq, backlog: Backlog) -> Seq {
+    let mut last = since;
+    match backlog.missed {
+        Some(Missed::Gap { from, to }) => {
+            items.push(Delivery::Control { json: control::gap(from, to), resume_after: to });
+            last = to;
+        }
+        Some(Missed::Ahead { since }) => {
+            items.push(Delivery::Control { json: control::reset(since, backlog.head), resume_after: backlog.head });
+            last = backlog.head;
+        }
+        None => {}
+    }
+    for event in backlog.events {
+        if event.seq > last {
+            last = event.seq;
+            items.push(Delivery::Event(event));
+        }
+    }
+    last
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.room.release(&self.record.token, self.generation);
+        // Remember where this channel stopped, so a resume without `since=` continues from here.
+        let room = self.room.clone();
+        let mut record = self.record.clone();
+        record.cursor = self.delivered;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Ok(Some(mut stored)) = room.shared.broker.session(&record.token).await {
+                    if stored.cursor < record.cursor {
+                        stored.cursor = record.cursor;
+                        let _ = room.shared.broker.save_session(&stored).await;
+                    }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Sessions: a participant's identity, which outlives any one connection.
+//!
+//! A session is created by a join (a `/ws` or seed WebSocket without `session=`, or `POST /api/sessions`) and
+//! identified by a secret `token` (the `session` of the wire); its public `id` and nickname appear in events.
+//! It ends with an explicit leave, when a seed connection closes, or when its lease runs out: a session with no
+//! live channel and no recent poll is announced as gone after `--session-lease` seconds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::event::Seq;
+use crate::error::AppError;
+
+/// The four techniques, as named on the wire (`/api/presence`, `/api/stats`, `POST /api/sessions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// WebSocket, on `/ws` or the seed protocol on `/`.
+    Ws,
+    /// Server-Sent Events plus `POST /api/messages`.
+    Sse,
+    /// Long polling plus `POST /api/messages`.
+    #[serde(rename = "longpoll")]
+    LongPoll,
+    /// Short (interval) polling plus `POST /api/messages`.
+    Poll,
+}
+
+impl Transport {
+    /// Every technique, in the order tables show them.
+    pub const ALL: [Transport; 4] = [Transport::Ws, Transport::Sse, Transport::LongPoll, Transport::Poll];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Sse => "sse",
+            Transport::LongPoll => "longpoll",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
+/// What the broker stores about a participant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The secret that lets a client act as this participant (the wire's `session`).
+    pub token: String,
+    /// The public participant id (a UUID), as in events.
+    pub id: String,
+    /// The current nickname.
+    pub nickname: String,
+    /// The guest number given at join (the `N` of `游客N`).
+    pub guest: u64,
+    /// The technique the participant uses now.
+    pub transport: Transport,
+    /// When the participant joined, ms since the epoch.
+    pub since_ms: u64,
+    /// The last sequence number delivered when its last channel ended: where a resume without `since=` starts.
+    pub cursor: Seq,
+    /// A seed-protocol connection on `/`: it leaves as soon as it closes.
+    pub seed: bool,
+}
+
+/// Checks and trims a requested nickname.
+///
+/// # Errors
+/// [`AppError::BadNickname`] when it is empty after trimming, longer than `max_chars` characters, or holds a
+/// control character.
+pub fn clean_nickname(raw: &str, max_chars: usize) -> Result<String, AppError> {
+    let name = raw.trim();
+    if name.is_empty() {
+        return Err(AppError::BadNickname("a nickname cannot be empty".into()));
+    }
+    if name.chars().count() > max_chars {
+        return Err(AppError::BadNickname(format!("a nickname has at most {max_chars} characters")));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(AppError::BadNickname("a nickname cannot hold control characters".into()));
+    }
+    Ok(name.to_owned())
+}

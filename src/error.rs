@@ -1,0 +1,130 @@
+//! Expected failures, and how each one reaches a client.
+//!
+//! Every refusal is an [`AppError`] variant with a stable `code`. Over HTTP it becomes a status and the body
+//! `{"error": "<for people>", "code": "<for programs>"}`; on a WebSocket or SSE stream it becomes an `error`
+//! event with the same code. Only server faults are logged: bad input is the client's business.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::broker::BrokerError;
+use crate::core::event::control;
+
+/// Everything a request can be refused for.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Malformed query, header or JSON body.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A chat text that is empty or only whitespace.
+    #[error("empty texts are refused")]
+    EmptyText,
+    /// A chat text longer than `--max-message-chars`.
+    #[error("a text has at most {0} characters")]
+    TextTooLong(usize),
+    /// A body that is not UTF-8.
+    #[error("the text is not valid UTF-8")]
+    InvalidUtf8,
+    /// A nickname refused by [`crate::core::session::clean_nickname`].
+    #[error("{0}")]
+    BadNickname(String),
+    /// No such session, or it expired.
+    #[error("unknown or expired session")]
+    UnknownSession,
+    /// A body larger than `--max-body-bytes`.
+    #[error("the body exceeds {0} bytes")]
+    TooLarge(usize),
+    /// Over the per-session rate limit.
+    #[error("too many texts: slow down (retry in {0} ms)")]
+    RateLimited(u64),
+    /// A cross-site request from an origin that is not allowed.
+    #[error("origin {0} is not allowed")]
+    ForbiddenOrigin(String),
+    /// `--max-connections` live channels are open.
+    #[error("too many connections")]
+    TooManyConnections,
+    /// `--max-sessions` participants are online.
+    #[error("the room is full")]
+    RoomFull,
+    /// The room's store is unreachable.
+    #[error("the room is unavailable: {0}")]
+    Unavailable(String),
+    /// The server is stopping.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// A receiver fell more than `--send-queue` events behind and is closed; it resumes from its cursor.
+    #[error("too slow: fell too far behind the room; reconnect with your cursor (since=) to resume")]
+    SlowConsumer,
+}
+
+impl AppError {
+    /// The stable, machine-readable name of the error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::BadRequest(_) => "bad_request",
+            AppError::EmptyText => "empty_text",
+            AppError::TextTooLong(_) => "text_too_long",
+            AppError::InvalidUtf8 => "invalid_utf8",
+            AppError::BadNickname(_) => "bad_nickname",
+            AppError::UnknownSession => "unknown_session",
+            AppError::TooLarge(_) => "too_large",
+            AppError::RateLimited(_) => "rate_limited",
+            AppError::ForbiddenOrigin(_) => "forbidden_origin",
+            AppError::TooManyConnections => "too_many_connections",
+            AppError::RoomFull => "room_full",
+            AppError::Unavailable(_) => "unavailable",
+            AppError::ShuttingDown => "shutting_down",
+            AppError::SlowConsumer => "slow_consumer",
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::BadRequest(_)
+            | AppError::EmptyText
+            | AppError::TextTooLong(_)
+            | AppError::InvalidUtf8
+            | AppError::BadNickname(_) => StatusCode::BAD_REQUEST,
+            AppError::UnknownSession => StatusCode::NOT_FOUND,
+            AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            AppError::TooManyConnections
+            | AppError::RoomFull
+            | AppError::Unavailable(_)
+            | AppError::ShuttingDown
+            | AppError::SlowConsumer => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The error as a per-client `error` event for streams.
+    pub fn to_event(&self) -> String {
+        control::error(self.code(), &self.to_string())
+    }
+}
+
+impl From<BrokerError> for AppError {
+    fn from(error: BrokerError) -> Self {
+        match error {
+            BrokerError::Full => AppError::RoomFull,
+            BrokerError::Unavailable(why) => AppError::Unavailable(why),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if let AppError::Unavailable(why) = &self {
+            tracing::warn!(%why, "refusing a request: the broker is unavailable");
+        }
+        let body = json!({"error": self.to_string(), "code": self.code()});
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let AppError::RateLimited(ms) = self {
+            let secs = ms.div_ceil(1000).max(1);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,118 @@
+//! chatlab: one chat room, reachable at once through WebSocket, Server-Sent Events, long polling and short
+//! polling, with what each technique costs counted on the wire.
+//!
+//! # Layout
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`core`] | the room: events (serialised once), sessions and the one fan-out point ([`core::Room`]) |
+//! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait (memory now) |
+//! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
+//! | [`metering`] | per-technique counters: `/api/stats` and `/metrics` |
+//! | [`config`] | every flag, its default and why |
+//! | [`error`] | every refusal and how it reaches a client |
+//!
+//! An event's path: a transport calls [`core::Room::post`]; the broker sequences and stores it and feeds it to
+//! the room of every process; each room hands the same `Arc` to every local receiver, which writes its bytes.
+//!
+//! [`app`] builds the router and [`run`] serves it until a shutdown future resolves; `main.rs` only parses flags,
+//! sets up logging and binds.
+
+pub mod broker;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod metering;
+pub mod transport;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use tokio::net::TcpListener;
+
+use crate::broker::{Broker, MemoryBroker};
+use crate::config::Config;
+use crate::core::Room;
+use crate::error::AppError;
+use crate::metering::Metering;
+use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, ws};
+
+/// The router: every endpoint of the product, served from one room.
+pub fn app(room: Room) -> Router {
+    Router::new()
+        .route("/", get(seed::root))
+        .route("/ws", get(ws::handler))
+        .route("/api/sessions", post(sessions::create))
+        .route("/api/sessions/{session}", delete(sessions::delete))
+        .route("/api/presence", get(sessions::presence))
+        .route("/api/sse", get(sse::handler))
+        .route("/api/longpoll", get(long_poll::handler))
+        .route("/api/poll", get(short_poll::handler))
+        .route("/api/messages", post(transport::post::handler))
+        .route("/api/stats", get(stats))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .fallback(assets::fallback)
+        .with_state(room)
+}
+
+/// `GET /api/stats`: the per-technique counters, with what each counts.
+async fn stats(State(room): State<Room>) -> impl IntoResponse {
+    ([(header::CACHE_CONTROL, "no-store")], Json(room.metering().snapshot()))
+}
+
+/// Makes the room the configuration asks for (`--broker`).
+///
+/// # Errors
+/// An unknown broker URL, or a broker that cannot be reached.
+pub async fn build_room(config: Config) -> Result<Room, AppError> {
+    let broker: Arc<dyn Broker> = match config.broker.as_str() {
+        "memory" => Arc::new(MemoryBroker::new(config.history as usize)),
+        other => return Err(AppError::BadRequest(format!("unsupported --broker {other:?}: use \"memory\""))),
+    };
+    Room::start(broker, config, Metering::default()).await
+}
+
+/// Serves `room` on `listener` until `shutdown` resolves, then stops cleanly: every open channel says
+/// `Server has disconnected` and closes (WebSockets with 1001, SSE streams end, held long polls return), the HTTP
+/// server drains, and after `--shutdown-grace` seconds whatever is still open is dropped.
+///
+/// Upgraded WebSockets and open SSE streams are invisible to the HTTP server's graceful shutdown, which would
+/// otherwise wait on them forever; the room ends them first.
+///
+/// # Errors
+/// An I/O error of the listener.
+pub async fn run(
+    listener: TcpListener,
+    room: Room,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = Duration::from_secs(room.config().shutdown_grace);
+    let stopping = room.shutdown_token().clone();
+    let signal_room = room.clone();
+    let server = axum::serve(listener, app(room.clone()))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: telling every participant");
+            signal_room.shutdown();
+        })
+        .into_future();
+    let deadline = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server => {
+            result?;
+            // Wait for upgraded connections to send their goodbye and close, within the grace period.
+            let _ = tokio::time::timeout(grace, room.drained()).await;
+        }
+        _ = deadline => tracing::warn!("connections still open after the grace period; exiting anyway"),
+    }
+    Ok(())
+}

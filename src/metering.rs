@@ -1,0 +1,175 @@
+//! What each technique costs: counters per transport, exposed on `/api/stats` and `/metrics`.
+//!
+//! Every counter says what it counts. `payload_*` counts the JSON event texts alone; `wire_*` counts bytes read
+//! from and written to sockets, headers and framing included. Counting is lock-free (relaxed atomics): a counter
+//! read while requests are in flight may be a few events behind, never torn.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::core::event::RoomEvent;
+use crate::core::session::Transport;
+
+/// Counters for one technique.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Live receiving channels now (WebSockets, SSE streams, held long polls).
+    pub connections_open: AtomicU64,
+    /// Receiving channels ever opened.
+    pub connections_total: AtomicU64,
+    /// HTTP requests served for this technique (a WebSocket counts its upgrade request).
+    pub requests: AtomicU64,
+    /// Wire bytes read from clients: request lines, headers, bodies, WebSocket frames with their headers.
+    pub wire_bytes_in: AtomicU64,
+    /// Wire bytes written to clients: status lines, headers, chunk framing, SSE fields, WebSocket frame headers.
+    pub wire_bytes_out: AtomicU64,
+    /// Payload bytes written: the JSON texts of delivered room events, nothing else.
+    pub payload_bytes_out: AtomicU64,
+    /// Room events delivered (one per event per receiver).
+    pub events_delivered: AtomicU64,
+    /// Poll responses that carried no event.
+    pub empty_responses: AtomicU64,
+    /// Receivers closed for falling too far behind (`--send-queue`).
+    pub slow_consumers: AtomicU64,
+    /// Publish-to-write latency of delivered events.
+    pub latency: Histogram,
+}
+
+/// Per-technique counters for the whole server. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Metering {
+    transports: Arc<[Counters; 4]>,
+}
+
+impl Metering {
+    /// The counters of one technique.
+    pub fn of(&self, transport: Transport) -> &Counters {
+        &self.transports[transport as usize]
+    }
+
+    /// Counts one delivered room event.
+    pub fn delivered(&self, transport: Transport, event: &RoomEvent) {
+        let counters = self.of(transport);
+        counters.events_delivered.fetch_add(1, Ordering::Relaxed);
+        counters.payload_bytes_out.fetch_add(event.json.len() as u64, Ordering::Relaxed);
+        counters.latency.record(event.seen.elapsed());
+    }
+
+    /// Counts one HTTP request of a technique.
+    pub fn request(&self, transport: Transport) {
+        self.of(transport).requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a channel as open until the guard drops.
+    pub fn open(&self, transport: Transport) -> OpenGuard {
+        let counters = self.of(transport);
+        counters.connections_open.fetch_add(1, Ordering::Relaxed);
+        counters.connections_total.fetch_add(1, Ordering::Relaxed);
+        OpenGuard { metering: self.clone(), transport }
+    }
+
+    /// The `/api/stats` document.
+    pub fn snapshot(&self) -> Value {
+        let mut transports = serde_json::Map::new();
+        for transport in Transport::ALL {
+            let c = self.of(transport);
+            let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+            transports.insert(
+                transport.as_str().to_owned(),
+                json!({
+                    "connections_open": get(&c.connections_open),
+                    "connections_total": get(&c.connections_total),
+                    "requests": get(&c.requests),
+                    "wire_bytes_in": get(&c.wire_bytes_in),
+                    "wire_bytes_out": get(&c.wire_bytes_out),
+                    "payload_bytes_out": get(&c.payload_bytes_out),
+                    "events_delivered": get(&c.events_delivered),
+                    "empty_responses": get(&c.empty_responses),
+                    "slow_consumers": get(&c.slow_consumers),
+                    "latency_ms": {"p50": c.latency.quantile_ms(0.50), "p99": c.latency.quantile_ms(0.99)},
+                }),
+            );
+        }
+        json!({
+            "transports": transports,
+            "units": {
+                "wire_bytes_in": "bytes read from sockets, headers and framing included",
+                "wire_bytes_out": "bytes written to sockets, headers and framing included",
+                "payload_bytes_out": "JSON event bytes only, no headers or framing",
+                "latency_ms": "publish (event entering this process) to socket write, milliseconds",
+            },
+        })
+    }
+}
+
+/// Decrements `connections_open` when dropped.
+#[derive(Debug)]
+pub struct OpenGuard {
+    metering: Metering,
+    transport: Transport,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.metering.of(self.transport).connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Buckets per doubling of latency: 8 gives quantiles within about 9% of the true value.
+const SUB_BUCKETS: usize = 8;
+/// Doublings covered, from 1 µs to about 2^40 µs.
+const OCTAVES: usize = 40;
+
+/// A lock-free log-scale latency histogram in microseconds (fixed size: 320 counters).
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram { buckets: (0..SUB_BUCKETS * OCTAVES).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl Histogram {
+    fn index(micros: u64) -> usize {
+        let v = micros.max(1) as f64;
+        ((v.log2() * SUB_BUCKETS as f64) as usize).min(SUB_BUCKETS * OCTAVES - 1)
+    }
+
+    fn upper_micros(index: usize) -> f64 {
+        2f64.powf((index + 1) as f64 / SUB_BUCKETS as f64)
+    }
+
+    /// Records one latency.
+    pub fn record(&self, latency: Duration) {
+        self.buckets[Self::index(latency.as_micros() as u64)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Number of recorded values.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds, as its bucket's upper bound; 0 when nothing was recorded.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return 0.0;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (index, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= rank {
+                return (Self::upper_micros(index) / 1000.0 * 1000.0).round() / 1000.0;
+            }
+        }
+        0.0
+    }
+}

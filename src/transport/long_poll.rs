@@ -1,0 +1,54 @@
+//! Long polling: `GET /api/longpoll?session=&since=&timeout=` is held until there is news or the timeout.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+
+use super::{poll_body, short_poll, Params};
+use crate::core::event::control;
+use crate::core::{Delivery, Item, Room, Transport};
+use crate::error::AppError;
+
+/// Answers `200 {"events":[...],"next":N}` as soon as at least one event after `since` exists (with every
+/// other event ready at that moment, up to `--poll-batch`), or with no events after `timeout` seconds
+/// (default `--longpoll-default`, at most `--longpoll-max`). A held poll is the session's live channel: a newer
+/// channel of the session, or the server stopping, answers it at once.
+pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMap) -> Result<Response, AppError> {
+    let token = params.require_session(&headers)?;
+    let since = params.since(&headers)?;
+    let hold = timeout(&params, &room)?;
+    room.metering().request(Transport::LongPoll);
+    let mut channel = room.open(&token, Transport::LongPoll, since).await?;
+    let batch_max = room.config().poll_batch as usize;
+    let mut deliveries = Vec::new();
+    if let Ok(first) = tokio::time::timeout(hold, channel.next()).await {
+        let batch = channel.batch_from(first, batch_max).await;
+        deliveries = batch.deliveries;
+        if let Some(Item::Shutdown) = batch.end {
+            let online = room.online().await.unwrap_or(0);
+            deliveries.push(Delivery::Control { json: control::server_disconnected(online), resume_after: 0 });
+        }
+    }
+    let next = channel.cursor();
+    drop(channel);
+    short_poll::record(&room, Transport::LongPoll, &deliveries);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        poll_body(&deliveries, next),
+    )
+        .into_response())
+}
+
+/// `timeout=` in seconds (decimals allowed), clamped to `--longpoll-max`.
+fn timeout(params: &Params, room: &Room) -> Result<Duration, AppError> {
+    let max = room.config().longpoll_max as f64;
+    match params.0.get("timeout") {
+        None => Ok(Duration::from_secs(room.config().longpoll_default.min(room.config().longpoll_max))),
+        Some(raw) => match raw.trim().parse::<f64>() {
+            Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs.min(max))),
+            _ => Err(AppError::BadRequest(format!("timeout must be a number of seconds from 0 to {max}, got {raw:?}"))),
+        },
+    }
+}

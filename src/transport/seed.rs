@@ -1,0 +1,54 @@
+//! The seed's protocol, exactly: a WebSocket upgrade on `/` (the seed page's `ws://host:8180`).
+//!
+//! No welcome frame, no session: the connection is the participant. It joins as `游客N` on connect (everyone,
+//! itself included, hears `游客N 来了`), sends plain texts (`/nick NAME` renames) and leaves at once when it closes
+//! (`游客N 走了`). Events are the same room events every technique gets: the seed's fields plus `seq` and `ts`.
+//! A plain `GET /` is the demo page.
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use super::ws::{configure, serve, Ended};
+use super::{assets, check_origin};
+use crate::core::{Room, Transport};
+use crate::error::AppError;
+
+/// `GET /`: the seed protocol when the request is a WebSocket upgrade, the demo page otherwise.
+pub async fn root(State(room): State<Room>, request: Request) -> Result<Response, AppError> {
+    let is_upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !is_upgrade {
+        return Ok(assets::serve_path("index.html"));
+    }
+    let (mut parts, _body) = request.into_parts();
+    check_origin(&parts.headers, &room.config().allowed_origins)?;
+    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &room).await {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    room.metering().request(Transport::Ws);
+    let (record, cursor) = room.join(Transport::Ws, None, true).await?;
+    let channel = match room.open(&record.token, Transport::Ws, Some(cursor)).await {
+        Ok(channel) => channel,
+        Err(error) => {
+            let _ = room.leave(&record.token).await;
+            return Err(error);
+        }
+    };
+    Ok(configure(upgrade, room.config()).on_upgrade(move |socket| async move {
+        let token = channel.record().token.clone();
+        let room = channel.room().clone();
+        // On shutdown the participant is not announced as gone: in a cluster it comes back on another process,
+        // and a seed client that does not is reaped by its lease.
+        if serve(socket, channel, None).await != Ended::Shutdown {
+            if let Err(error) = room.leave(&token).await {
+                tracing::warn!(%error, "could not announce a seed participant's leave");
+            }
+        }
+    }))
+}

@@ -1,0 +1,40 @@
+//! Short (interval) polling: `GET /api/poll?session=&since=` is answered at once, events or not.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+
+use super::{poll_body, Params};
+use crate::core::{Delivery, Room, Transport};
+use crate::error::AppError;
+
+/// Answers `200 {"events":[...],"next":N}` with up to `--poll-batch` events after `since` (possibly none);
+/// the client asks again with `since=N` after its interval. Each poll renews the session's lease.
+pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMap) -> Result<Response, AppError> {
+    let token = params.require_session(&headers)?;
+    let since = params.since(&headers)?;
+    let metering = room.metering();
+    metering.request(Transport::Poll);
+    let (deliveries, next) = room.poll(&token, since).await?;
+    record(&room, Transport::Poll, &deliveries);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
+        poll_body(&deliveries, next),
+    )
+        .into_response())
+}
+
+/// Counts a poll response's deliveries (or its emptiness) under `transport`.
+pub(crate) fn record(room: &Room, transport: Transport, deliveries: &[Delivery]) {
+    let metering = room.metering();
+    if deliveries.is_empty() {
+        metering.of(transport).empty_responses.fetch_add(1, Ordering::Relaxed);
+    }
+    for delivery in deliveries {
+        if let Delivery::Event(event) = delivery {
+            metering.delivered(transport, event);
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! WebSocket on `/ws?session=&since=`: one TCP connection carries both directions as text frames.
+//!
+//! Without `session=` the connection joins as a new participant; with it, it takes that participant over
+//! (no join or leave notice) and resumes after `since` (default: where the session's last channel stopped).
+//! The first frame is `welcome {id, nickname, session, seq}`; then room events and control events as text frames.
+//! The client sends plain text frames (`hello`, `/nick NAME`); a refused text gets an `error` event and the
+//! connection stays open.
+//!
+//! Close codes: 1001 server stopping, 1003 binary frame, 1007 invalid UTF-8, 1009 frame or message over
+//! `--max-frame-bytes`, 4000 replaced by a newer channel of the session, 4008 slow consumer (over
+//! `--send-queue` events behind; reconnect with `since=` to resume).
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::SinkExt;
+
+use super::{check_origin, Params};
+use crate::config::Config;
+use crate::core::event::control;
+use crate::core::{Channel, Delivery, Item, Room, Transport};
+use crate::error::AppError;
+
+/// Close code: a newer channel of the same session took over.
+pub const CLOSE_REPLACED: u16 = 4000;
+/// Close code: the receiver fell more than `--send-queue` events behind.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Most events coalesced into one socket write.
+const BATCH: usize = 64;
+
+/// Upgrades `/ws`. Joins (or takes over `session=`) before upgrading, so a refusal is a plain HTTP error:
+/// `403` cross-site origin, `404` unknown session, `400` malformed `since`, `503` too many connections.
+pub async fn handler(
+    State(room): State<Room>,
+    params: Params,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, AppError> {
+    check_origin(&headers, &room.config().allowed_origins)?;
+    let since = params.since(&headers)?;
+    room.metering().request(Transport::Ws);
+    let (token, since) = match params.session(&headers) {
+        Some(token) => (token, since),
+        None => {
+            let (record, cursor) = room.join(Transport::Ws, None, false).await?;
+            (record.token, Some(since.unwrap_or(cursor)))
+        }
+    };
+    let channel = room.open(&token, Transport::Ws, since).await?;
+    let record = channel.record();
+    let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
+    Ok(configure(upgrade, room.config()).on_upgrade(move |socket| async move {
+        serve(socket, channel, Some(welcome)).await;
+    }))
+}
+
+/// Sizes a connection's buffers for chat: tungstenite's defaults (128 KiB read and write buffers) are sized
+/// for bulk transfer and would dominate the memory of an idle chat connection.
+pub(crate) fn configure(upgrade: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
+    upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(config.ws_max_buffer.max(16 * 1024))
+        .max_frame_size(config.max_frame_bytes)
+        .max_message_size(config.max_frame_bytes)
+}
+
+/// How a socket's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The client closed, vanished, or broke the protocol.
+    Client,
+    /// A newer channel took the session over.
+    Replaced,
+    /// The server is stopping.
+    Shutdown,
+    /// The client fell too far behind.
+    Slow,
+}
+
+/// Runs one connection: room events out (coalesced), texts in, until either side ends it.
+/// Errors stay inside this task: a broken connection never affects another.
+pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: Option<String>) -> Ended {
+    let room = channel.room().clone();
+    let token = channel.record().token.clone();
+    if let Some(welcome) = welcome {
+        if socket.send(Message::Text(welcome.into())).await.is_err() {
+            return Ended::Client;
+        }
+    }
+    loop {
+        tokio::select! {
+            item = channel.next() => {
+                let batch = channel.batch_from(item, BATCH).await;
+                if write(&mut socket, &room, &batch.deliveries).await.is_err() {
+                    return Ended::Client;
+                }
+                if let Some(end) = batch.end {
+                    return finish(socket, &room, end).await;
+                }
+            }
+            received = socket.recv() => {
+                let message = match received {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        close(socket, protocol_close_code(&error), "protocol error").await;
+                        return Ended::Client;
+                    }
+                    None => return Ended::Client,
+                };
+                match message {
+                    Message::Text(text) => {
+                        if let Err(error) = room.post(&token, text.as_str()).await {
+                            if socket.send(Message::Text(error.to_event().into())).await.is_err() {
+                                return Ended::Client;
+                            }
+                        }
+                    }
+                    Message::Binary(_) => {
+                        let error = AppError::BadRequest("binary frames are not supported: send text".into());
+                        let _ = socket.send(Message::Text(error.to_event().into())).await;
+                        close(socket, 1003, "binary frames are not supported").await;
+                        return Ended::Client;
+                    }
+                    Message::Close(_) => return Ended::Client,
+                    // tungstenite answers pings by itself.
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Writes a batch with one flush, then counts it.
+async fn write(socket: &mut WebSocket, room: &Room, deliveries: &[Delivery]) -> Result<(), axum::Error> {
+    for delivery in deliveries {
+        let text = match delivery {
+            Delivery::Event(event) => Utf8Bytes::try_from(event.json.clone()).expect("event JSON is UTF-8"),
+            Delivery::Control { json, .. } => Utf8Bytes::from(json.as_str()),
+        };
+        socket.feed(Message::Text(text)).await?;
+    }
+    socket.flush().await?;
+    for delivery in deliveries {
+        if let Delivery::Event(event) = delivery {
+            room.metering().delivered(Transport::Ws, event);
+        }
+    }
+    Ok(())
+}
+
+/// Ends a connection the channel asked to end, saying why.
+async fn finish(mut socket: WebSocket, room: &Room, end: Item) -> Ended {
+    match end {
+        Item::Shutdown => {
+            let notice = control::server_disconnected(room.online().await.unwrap_or(0));
+            let _ = socket.send(Message::Text(notice.into())).await;
+            close(socket, 1001, "server is stopping").await;
+            Ended::Shutdown
+        }
+        Item::Replaced => {
+            let notice = control::error("replaced", "a newer channel of this session took over");
+            let _ = socket.send(Message::Text(notice.into())).await;
+            close(socket, CLOSE_REPLACED, "replaced by a newer channel").await;
+            Ended::Replaced
+        }
+        Item::Lagged | Item::Deliver(_) => {
+            let _ = socket.send(Message::Text(AppError::SlowConsumer.to_event().into())).await;
+            close(socket, CLOSE_SLOW_CONSUMER, "slow consumer: resume with since=").await;
+            Ended::Slow
+        }
+    }
+}
+
+/// Sends a close frame, ignoring a peer that is already gone.
+async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+    let _ = socket.send(Message::Close(Some(frame))).await;
+}
+
+/// The close code for a read error: 1009 too big, 1007 invalid UTF-8, 1002 any other protocol error.
+fn protocol_close_code(error: &axum::Error) -> u16 {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
+    while let Some(inner) = source {
+        if let Some(ws) = inner.downcast_ref::<tungstenite::Error>() {
+            return match ws {
+                tungstenite::Error::Capacity(_) => 1009,
+                tungstenite::Error::Utf8(_) => 1007,
+                _ => 1002,
+            };
+        }
+        source = inner.source();
+    }
+    1002
+}
