@@ -1,0 +1,256 @@
+//! Test harness: a real chatlab on 127.0.0.1:0 and real clients of each technique, every receive under a timeout.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use chatlab::config::Config;
+use chatlab::core::Room;
+
+/// How long any single receive may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long to watch for something that must not arrive.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub room: Room,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+/// Defaults with rate limiting off unless a test asks for it (tests send quickly on purpose).
+pub fn config() -> Config {
+    let mut config = Config::default();
+    config.rate_limit = 0.0;
+    config
+}
+
+/// Starts a server with the default test config.
+pub async fn start() -> Server {
+    start_with(config()).await
+}
+
+/// Starts a server on 127.0.0.1:0 with `config`.
+pub async fn start_with(config: Config) -> Server {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let room = chatlab::build_room(config).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(chatlab::run(listener, room.clone(), async move {
+        let _ = stopped.await;
+    }));
+    Server { addr, room, stop: Some(stop), task }
+}
+
+impl Server {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.addr, path)
+    }
+
+    /// Sends the shutdown signal (as SIGTERM would).
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(40)).build().unwrap()
+}
+
+/// A joined HTTP participant.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub session: String,
+    pub id: String,
+    pub nickname: String,
+    pub seq: u64,
+}
+
+/// `POST /api/sessions` and expect 201.
+pub async fn join(server: &Server, transport: &str) -> Joined {
+    let response = http()
+        .post(server.url("/api/sessions"))
+        .json(&serde_json::json!({"transport": transport}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201, "join over HTTP");
+    let body: Value = response.json().await.unwrap();
+    Joined {
+        session: body["session"].as_str().unwrap().to_owned(),
+        id: body["id"].as_str().unwrap().to_owned(),
+        nickname: body["nickname"].as_str().unwrap().to_owned(),
+        seq: body["seq"].as_u64().unwrap(),
+    }
+}
+
+/// `POST /api/messages` as `session`; returns the status and JSON body.
+pub async fn post(server: &Server, session: &str, text: &str) -> (u16, Value) {
+    let response = http()
+        .post(server.url(&format!("/api/messages?session={session}")))
+        .header("content-type", "text/plain")
+        .body(text.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// A GET returning status and JSON.
+pub async fn get_json(server: &Server, path: &str) -> (u16, Value) {
+    let response = http().get(server.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// One short or long poll: the events and `next`.
+pub async fn poll(server: &Server, path: &str) -> (Vec<Value>, u64) {
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(40), get_json(server, path)).await.expect("poll answered");
+    assert_eq!(status, 200, "poll {path}: {body}");
+    (body["events"].as_array().unwrap().clone(), body["next"].as_u64().unwrap())
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket.
+pub async fn ws(url: &str) -> Ws {
+    tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url)).await.expect("ws connect in time").unwrap().0
+}
+
+/// The next text frame as JSON (pings and pongs skipped).
+pub async fn ws_next(ws: &mut Ws) -> Value {
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time").expect("open").unwrap();
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads frames until a close frame; returns its code.
+pub async fn ws_close_code(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("close in time") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+pub async fn ws_send(ws: &mut Ws, text: &str) {
+    ws.send(Message::Text(text.into())).await.unwrap();
+}
+
+/// Asserts nothing arrives on the socket for a short while.
+pub async fn ws_quiet(ws: &mut Ws) {
+    if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(QUIET, ws.next()).await {
+        panic!("expected silence, got {text}");
+    }
+}
+
+/// An SSE stream read frame by frame (never collected).
+pub struct Sse {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+/// One SSE frame: its `id:` if any, and its `data:` as JSON.
+#[derive(Debug, Clone)]
+pub struct SseFrame {
+    pub id: Option<u64>,
+    pub data: Value,
+}
+
+/// Opens `GET path` as an event stream, with an optional `Last-Event-ID`.
+pub async fn sse(server: &Server, path: &str, last_event_id: Option<u64>) -> Sse {
+    let mut request = http().get(server.url(path)).header("accept", "text/event-stream");
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id.to_string());
+    }
+    let response = tokio::time::timeout(WAIT, request.send()).await.expect("sse headers in time").unwrap();
+    assert_eq!(response.status(), 200, "sse {path}");
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    Sse { response, buffer: Vec::new() }
+}
+
+impl Sse {
+    /// The next frame with data (comments skipped); `None` when the stream ended.
+    pub async fn next(&mut self) -> Option<SseFrame> {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let raw: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8(raw).unwrap();
+                let mut id = None;
+                let mut data = None;
+                for line in text.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.parse().unwrap());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).unwrap());
+                    }
+                }
+                match data {
+                    Some(data) => return Some(SseFrame { id, data }),
+                    None => continue,
+                }
+            }
+            match tokio::time::timeout(WAIT, self.response.chunk()).await.expect("sse data in time") {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next frame's data; panics if the stream ends.
+    pub async fn data(&mut self) -> Value {
+        self.next().await.expect("stream still open").data
+    }
+
+    /// Asserts no frame arrives for a short while.
+    pub async fn quiet(&mut self) {
+        if let Ok(frame) = tokio::time::timeout(QUIET, self.next()).await {
+            panic!("expected silence, got {frame:?}");
+        }
+    }
+}
+
+/// Room events only (control events dropped), for comparing what participants saw.
+pub fn room_events(events: &[Value]) -> Vec<Value> {
+    events.iter().filter(|e| e.get("seq").is_some()).cloned().collect()
+}
+
+/// `(seq, type, message)` triples, the comparable part of room events.
+pub fn summary(events: &[Value]) -> Vec<(u64, String, String)> {
+    room_events(events)
+        .iter()
+        .map(|e| {
+            (
+                e["seq"].as_u64().unwrap(),
+                e["type"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
