@@ -40,6 +40,7 @@ use crate::broker::{Broker, MemoryBroker};
 use crate::config::Config;
 use crate::core::Room;
 use crate::error::AppError;
+use crate::metering::wire::{MeteredListener, Peer};
 use crate::metering::Metering;
 use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, ws};
 
@@ -56,8 +57,10 @@ pub fn app(room: Room) -> Router {
         .route("/api/poll", get(short_poll::handler))
         .route("/api/messages", post(transport::post::handler))
         .route("/api/stats", get(stats))
+        .route("/metrics", get(metering::prometheus::handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(assets::fallback)
+        .layer(axum::middleware::from_fn(metering::wire::attribute))
         .with_state(room)
 }
 
@@ -95,7 +98,9 @@ pub async fn run(
     let grace = Duration::from_secs(room.config().shutdown_grace);
     let stopping = room.shutdown_token().clone();
     let signal_room = room.clone();
-    let server = axum::serve(listener, app(room.clone()))
+    // Counting sockets: every byte read and written is given to the technique of its request (metering::wire).
+    let listener = MeteredListener::new(listener, room.metering().clone());
+    let server = axum::serve(listener, app(room.clone()).into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: telling every participant");

@@ -123,7 +123,11 @@ pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: 
                         close(socket, 1003, "binary frames are not supported").await;
                         return Ended::Client;
                     }
-                    Message::Close(_) => return Ended::Client,
+                    Message::Close(_) => {
+                        // Writes the close reply tungstenite queued (RFC 6455: the server echoes the close).
+                        let _ = socket.flush().await;
+                        return Ended::Client;
+                    }
                     // tungstenite answers pings by itself.
                     Message::Ping(_) | Message::Pong(_) => {}
                 }

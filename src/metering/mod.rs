@@ -3,6 +3,15 @@
 //! Every counter says what it counts. `payload_*` counts the JSON event texts alone; `wire_*` counts bytes read
 //! from and written to sockets, headers and framing included. Counting is lock-free (relaxed atomics): a counter
 //! read while requests are in flight may be a few events behind, never torn.
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | the counters, the latency histogram, the `/api/stats` document |
+//! | [`wire`] | the byte-counting listener and how a connection's bytes are given to a technique |
+//! | [`prometheus`] | `/metrics`: the same counters in the Prometheus text format |
+
+pub mod prometheus;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +51,21 @@ pub struct Counters {
 #[derive(Debug, Clone, Default)]
 pub struct Metering {
     transports: Arc<[Counters; 4]>,
+    others: Arc<Others>,
+}
+
+/// What counts under none of the four techniques.
+#[derive(Debug, Default)]
+pub struct Others {
+    /// TCP connections accepted now.
+    pub tcp_connections_open: AtomicU64,
+    /// TCP connections ever accepted.
+    pub tcp_connections_total: AtomicU64,
+    /// Wire bytes read for requests of no technique (`/api/stats`, `/metrics`, `/healthz`, `/api/presence`, the
+    /// demo's files, refused requests whose technique was never known).
+    pub wire_bytes_in: AtomicU64,
+    /// Wire bytes written for those requests.
+    pub wire_bytes_out: AtomicU64,
 }
 
 impl Metering {
@@ -50,7 +74,13 @@ impl Metering {
         &self.transports[transport as usize]
     }
 
-    /// Counts one delivered room event.
+    /// What counts under none of the techniques.
+    pub fn others(&self) -> &Others {
+        &self.others
+    }
+
+    /// Counts one delivered room event; its latency runs from the event entering this process to now, which
+    /// every transport calls right as it hands the event's bytes to the socket writer.
     pub fn delivered(&self, transport: Transport, event: &RoomEvent) {
         let counters = self.of(transport);
         counters.events_delivered.fetch_add(1, Ordering::Relaxed);
@@ -58,9 +88,11 @@ impl Metering {
         counters.latency.record(event.seen.elapsed());
     }
 
-    /// Counts one HTTP request of a technique.
+    /// Counts one HTTP request of a technique, and gives the request's wire bytes (and those of its response)
+    /// to that technique: see [`wire`] for how the connection learns it.
     pub fn request(&self, transport: Transport) {
         self.of(transport).requests.fetch_add(1, Ordering::Relaxed);
+        wire::chosen(transport);
     }
 
     /// Counts a channel as open until the guard drops.
@@ -93,13 +125,24 @@ impl Metering {
                 }),
             );
         }
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let o = &self.others;
         json!({
             "transports": transports,
+            "other": {
+                "tcp_connections_open": get(&o.tcp_connections_open),
+                "tcp_connections_total": get(&o.tcp_connections_total),
+                "wire_bytes_in": get(&o.wire_bytes_in),
+                "wire_bytes_out": get(&o.wire_bytes_out),
+            },
             "units": {
+                "connections_open": "live receiving channels (WebSockets, SSE streams, held long polls)",
+                "requests": "HTTP requests, POSTs included; a WebSocket counts its upgrade",
                 "wire_bytes_in": "bytes read from sockets, headers and framing included",
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",
                 "payload_bytes_out": "JSON event bytes only, no headers or framing",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds",
+                "other": "TCP connections of the whole server, and wire bytes of requests of no technique",
             },
         })
     }
@@ -127,11 +170,15 @@ const OCTAVES: usize = 40;
 #[derive(Debug)]
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
+    sum_micros: AtomicU64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { buckets: (0..SUB_BUCKETS * OCTAVES).map(|_| AtomicU64::new(0)).collect() }
+        Histogram {
+            buckets: (0..SUB_BUCKETS * OCTAVES).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
     }
 }
 
@@ -147,7 +194,32 @@ impl Histogram {
 
     /// Records one latency.
     pub fn record(&self, latency: Duration) {
-        self.buckets[Self::index(latency.as_micros() as u64)].fetch_add(1, Ordering::Relaxed);
+        let micros = latency.as_micros() as u64;
+        self.buckets[Self::index(micros)].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The sum of recorded values, in seconds.
+    pub fn sum_secs(&self) -> f64 {
+        self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Counts per power of two of microseconds: `(bound_secs, count of values below bound and at or above the
+    /// previous bound)`, the last bound being `f64::MAX`. The bounds are bucket edges of this histogram, so the
+    /// counts are exact, not interpolated.
+    pub fn octaves(&self) -> Vec<(f64, u64)> {
+        const FIRST: usize = 3; // 8 µs: nothing here is faster
+        const LAST: usize = 25; // 2^25 µs, about 33.5 s: longer than any long-poll hold
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let mut out = Vec::with_capacity(LAST - FIRST + 2);
+        let mut start = 0;
+        for octave in FIRST..=LAST {
+            let end = octave * SUB_BUCKETS;
+            out.push(((1u64 << octave) as f64 / 1e6, counts[start..end].iter().sum()));
+            start = end;
+        }
+        out.push((f64::MAX, counts[start..].iter().sum()));
+        out
     }
 
     /// Number of recorded values.

@@ -1,0 +1,161 @@
+//! `GET /metrics`: the counters of `/api/stats` in the Prometheus (OpenMetrics) text format.
+//!
+//! Why `prometheus-client`: it is the Prometheus project's own Rust client, and its registries are plain values.
+//! A [`Collector`] reads the very atomics `/api/stats` reads at each scrape, so the two endpoints can never
+//! disagree, and two servers in one process (as in the tests) never share counters. The `metrics` facade with
+//! `metrics-exporter-prometheus` would have us install a process-global recorder and copy every counter into
+//! it; hand-formatted text would have us re-implement escaping and the exposition format.
+//!
+//! Names: `chatlab_<what>_total` counters and `chatlab_<what>` gauges, each labelled `transport="ws"|"sse"|
+//! "longpoll"|"poll"`; byte counters end in `_bytes_total` and say in their help whether they count wire or
+//! payload bytes. Latency is the histogram `chatlab_delivery_latency_seconds`, its buckets at powers of two of
+//! microseconds (8 µs to 33.5 s), which are edges of the server's own histogram, so its counts are exact.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::{Counters, Metering};
+use crate::core::session::Transport;
+use crate::core::Room;
+
+/// The OpenMetrics text content type, as Prometheus asks for it.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `GET /metrics`.
+pub async fn handler(State(room): State<Room>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, CONTENT_TYPE), (header::CACHE_CONTROL, "no-store")], render(room.metering()))
+}
+
+/// The whole exposition, as text.
+pub fn render(metering: &Metering) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(MeteringCollector(metering.clone())));
+    let mut out = String::new();
+    // Writing into a String cannot fail; the collector's own encoding errors are formatting errors only.
+    if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::error!(%error, "could not encode /metrics");
+    }
+    out
+}
+
+/// Reads a [`Metering`] at scrape time.
+#[derive(Debug)]
+struct MeteringCollector(Metering);
+
+/// A per-technique counter: name (without `_total` and unit), help, unit, and how to read it.
+type CounterSpec = (&'static str, &'static str, Option<Unit>, fn(&Counters) -> &AtomicU64);
+
+const COUNTERS: [CounterSpec; 8] = [
+    ("chatlab_connections", "Receiving channels ever opened (WebSockets, SSE streams, held long polls).", None, |c| {
+        &c.connections_total
+    }),
+    ("chatlab_requests", "HTTP requests (POSTs included; a WebSocket counts its upgrade).", None, |c| &c.requests),
+    (
+        "chatlab_wire_in",
+        "Wire bytes read from sockets: request heads and bodies, WebSocket frames with their headers.",
+        Some(Unit::Bytes),
+        |c| &c.wire_bytes_in,
+    ),
+    (
+        "chatlab_wire_out",
+        "Wire bytes written to sockets: status lines, headers, chunk framing, SSE fields, WebSocket frame headers.",
+        Some(Unit::Bytes),
+        |c| &c.wire_bytes_out,
+    ),
+    (
+        "chatlab_payload_out",
+        "Payload bytes: the JSON texts of delivered room events only, no headers or framing.",
+        Some(Unit::Bytes),
+        |c| &c.payload_bytes_out,
+    ),
+    ("chatlab_events_delivered", "Room events delivered (one per event per receiver).", None, |c| &c.events_delivered),
+    ("chatlab_empty_responses", "Poll responses that carried no event.", None, |c| &c.empty_responses),
+    ("chatlab_slow_consumers", "Receivers closed for falling more than --send-queue events behind.", None, |c| {
+        &c.slow_consumers
+    }),
+];
+
+fn label(transport: Transport) -> [(&'static str, &'static str); 1] {
+    [("transport", transport.as_str())]
+}
+
+impl Collector for MeteringCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let metering = &self.0;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+
+        let mut family = encoder.encode_descriptor(
+            "chatlab_connections_open",
+            "Live receiving channels now (WebSockets, SSE streams, held long polls).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for transport in Transport::ALL {
+            let gauge = ConstGauge::new(get(&metering.of(transport).connections_open) as i64);
+            gauge.encode(family.encode_family(&label(transport))?)?;
+        }
+
+        for (name, help, unit, read) in COUNTERS {
+            let mut family = encoder.encode_descriptor(name, help, unit.as_ref(), MetricType::Counter)?;
+            for transport in Transport::ALL {
+                ConstCounter::new(get(read(metering.of(transport))))
+                    .encode(family.encode_family(&label(transport))?)?;
+            }
+        }
+
+        let mut family = encoder.encode_descriptor(
+            "chatlab_delivery_latency",
+            "Publish (the event entering this process) to socket write, per delivered room event.",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for transport in Transport::ALL {
+            let histogram = &metering.of(transport).latency;
+            let buckets = histogram.octaves();
+            let count = buckets.iter().map(|(_, n)| n).sum();
+            family.encode_family(&label(transport))?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                histogram.sum_secs(),
+                count,
+                &buckets,
+                None,
+            )?;
+        }
+
+        let others = metering.others();
+        let tcp_open = ConstGauge::new(get(&others.tcp_connections_open) as i64);
+        tcp_open.encode(encoder.encode_descriptor(
+            "chatlab_tcp_connections_open",
+            "TCP connections open now, all techniques and none.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        ConstCounter::new(get(&others.tcp_connections_total)).encode(encoder.encode_descriptor(
+            "chatlab_tcp_connections",
+            "TCP connections ever accepted.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.wire_bytes_in)).encode(encoder.encode_descriptor(
+            "chatlab_untracked_wire_in",
+            "Wire bytes read for requests of none of the four techniques (stats, metrics, health, static files).",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.wire_bytes_out)).encode(encoder.encode_descriptor(
+            "chatlab_untracked_wire_out",
+            "Wire bytes written for requests of none of the four techniques.",
+            Some(&Unit::Bytes),
+            MetricType::Counter,
+        )?)?;
+        Ok(())
+    }
+}

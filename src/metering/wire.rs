@@ -1,0 +1,299 @@
+//! Exact wire bytes per technique: a listener whose sockets count every byte read and written, and the rule
+//! that gives each byte to the technique of the request it belongs to.
+//!
+//! # How a byte finds its technique
+//!
+//! [`MeteredListener`] wraps the `TcpListener` given to [`crate::run`]; each accepted socket is a
+//! [`MeteredStream`] that counts the bytes of every successful read and write (request and response heads,
+//! bodies, chunked framing, SSE fields, WebSocket frame headers: whatever crosses the socket) into its
+//! connection's [`Connection`] cell. The cell does not know HTTP; it follows the request/response rhythm that
+//! HTTP/1.1 gives a connection:
+//!
+//! 1. Bytes read while no technique is known (a request's head and body) wait in the cell.
+//! 2. The handler names the technique when it calls [`crate::metering::Metering::request`]; the [`attribute`]
+//!    middleware, which wraps every request, reads that choice when the response head is ready and gives the
+//!    waiting bytes to it (or to "none of the four" when no technique was named: `/api/stats`, `/metrics`,
+//!    `/healthz`, the demo's files, refused requests).
+//! 3. Every byte written from then on (the response head and its whole body, however long it streams) and read
+//!    until the next request belongs to the same technique.
+//! 4. The first bytes read after a response head starts the next request: back to 1.
+//! 5. A `101 Switching Protocols` response fixes the technique for the rest of the connection: a WebSocket's
+//!    upgrade request, its handshake response and every frame after count under `ws`.
+//!
+//! The choice travels from the handler to the middleware through a task-local slot ([`chosen`]): the handler
+//! future runs inside the middleware's scope, so no transport needs to carry a handle.
+//!
+//! # Where it is not exact
+//!
+//! - A client that pipelines (sends a request before the previous response has fully arrived; browsers do
+//!   not) has the rest of that response counted under the next request's technique.
+//! - A request body the handler refused to read, arriving after the response head, counts under the next
+//!   request (or under none, if the connection then closes).
+//!
+//! Counting is one uncontended `std` mutex per socket read or write: the connection's own task is almost the
+//! only one touching it, and the section is a few additions, never held across an `.await`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::serve::{IncomingStream, Listener};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::Metering;
+use crate::core::session::Transport;
+
+/// A `TcpListener` whose connections count their bytes into a [`Metering`].
+///
+/// It also turns Nagle's algorithm off on every connection (`TCP_NODELAY`): every technique here pushes small
+/// writes that should leave at once, and the delayed-ACK interplay of Nagle would add up to 40 ms to some.
+#[derive(Debug)]
+pub struct MeteredListener {
+    inner: TcpListener,
+    metering: Metering,
+}
+
+impl MeteredListener {
+    /// Wraps `inner`; bytes are counted into `metering`.
+    pub fn new(inner: TcpListener, metering: Metering) -> Self {
+        MeteredListener { inner, metering }
+    }
+}
+
+impl Listener for MeteredListener {
+    type Io = MeteredStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, addr) = Listener::accept(&mut self.inner).await;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        (MeteredStream { inner: stream, connection: Connection::new(self.metering.clone()) }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An accepted socket that counts what crosses it into its [`Connection`].
+#[derive(Debug)]
+pub struct MeteredStream {
+    inner: TcpStream,
+    connection: Arc<Connection>,
+}
+
+impl AsyncRead for MeteredStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            self.connection.read(buf.filled().len() - before);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for MeteredStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(written)) = result {
+            self.connection.wrote(written);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
+        if let Poll::Ready(Ok(written)) = result {
+            self.connection.wrote(written);
+        }
+        result
+    }
+
+    // Forwarded so that hyper writes exactly as it would on a bare `TcpStream` (vectored head + body).
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Whose bytes a connection is carrying right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// A request is being read; its technique is not known yet.
+    Undecided,
+    /// A request of this technique, its response, or (after an upgrade) everything.
+    Technique(Transport),
+    /// A request of none of the four.
+    Nobody,
+}
+
+/// One connection's attribution state (see the module docs for the rule).
+#[derive(Debug)]
+struct Attribution {
+    owner: Owner,
+    /// Bytes read and written while `Undecided`.
+    pending_in: u64,
+    pending_out: u64,
+    /// A response head was handed out: the next bytes read start a new request.
+    answered: bool,
+    /// The connection was upgraded: the owner is fixed.
+    upgraded: bool,
+}
+
+/// The shared per-connection cell: the socket counts into it, the [`attribute`] middleware tells it whose
+/// bytes they are.
+#[derive(Debug)]
+pub struct Connection {
+    metering: Metering,
+    state: Mutex<Attribution>,
+}
+
+impl Connection {
+    fn new(metering: Metering) -> Arc<Self> {
+        let others = metering.others();
+        others.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
+        others.tcp_connections_total.fetch_add(1, Ordering::Relaxed);
+        Arc::new(Connection {
+            metering,
+            state: Mutex::new(Attribution {
+                owner: Owner::Undecided,
+                pending_in: 0,
+                pending_out: 0,
+                answered: false,
+                upgraded: false,
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, Attribution> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read(&self, bytes: usize) {
+        if bytes == 0 {
+            return; // end of stream: no request starts
+        }
+        let mut state = self.state();
+        if state.answered && !state.upgraded {
+            state.owner = Owner::Undecided;
+            state.answered = false;
+        }
+        self.add(&mut state, bytes as u64, 0);
+    }
+
+    fn wrote(&self, bytes: usize) {
+        let mut state = self.state();
+        self.add(&mut state, 0, bytes as u64);
+    }
+
+    fn add(&self, state: &mut Attribution, read: u64, written: u64) {
+        let (into_in, into_out) = match state.owner {
+            Owner::Undecided => {
+                state.pending_in += read;
+                state.pending_out += written;
+                return;
+            }
+            Owner::Technique(transport) => {
+                let c = self.metering.of(transport);
+                (&c.wire_bytes_in, &c.wire_bytes_out)
+            }
+            Owner::Nobody => (&self.metering.others().wire_bytes_in, &self.metering.others().wire_bytes_out),
+        };
+        if read > 0 {
+            into_in.fetch_add(read, Ordering::Relaxed);
+        }
+        if written > 0 {
+            into_out.fetch_add(written, Ordering::Relaxed);
+        }
+    }
+
+    /// A response head is ready for a request of `technique` (`None`: of no technique); `upgraded` when it is
+    /// `101 Switching Protocols`.
+    fn answer(&self, technique: Option<Transport>, upgraded: bool) {
+        let mut state = self.state();
+        if state.upgraded {
+            return;
+        }
+        state.owner = technique.map_or(Owner::Nobody, Owner::Technique);
+        let (read, written) = (std::mem::take(&mut state.pending_in), std::mem::take(&mut state.pending_out));
+        self.add(&mut state, read, written);
+        state.answered = true;
+        state.upgraded = upgraded;
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Bytes of a request that never got an answer (a malformed head hyper refused, a client that hung up).
+        let state = self.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let others = self.metering.others();
+        others.wire_bytes_in.fetch_add(state.pending_in, Ordering::Relaxed);
+        others.wire_bytes_out.fetch_add(state.pending_out, Ordering::Relaxed);
+        others.tcp_connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What every request sees of its connection (as `ConnectInfo<Peer>`): the peer's address and the connection's
+/// counting cell. Serve with `into_make_service_with_connect_info::<Peer>()` on a [`MeteredListener`].
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub addr: SocketAddr,
+    connection: Arc<Connection>,
+}
+
+impl Connected<IncomingStream<'_, MeteredListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, MeteredListener>) -> Self {
+        Peer { addr: *stream.remote_addr(), connection: stream.io().connection.clone() }
+    }
+}
+
+/// No technique chosen (yet).
+const NONE: u8 = u8::MAX;
+
+tokio::task_local! {
+    /// The technique the handler of the current request named, as `Transport as u8`, or [`NONE`].
+    static CHOSEN: Arc<AtomicU8>;
+}
+
+/// Records that the current request belongs to `transport`. Called by
+/// [`crate::metering::Metering::request`]; outside a request (tests, the bench) it does nothing.
+pub(crate) fn chosen(transport: Transport) {
+    let _ = CHOSEN.try_with(|slot| slot.store(transport as u8, Ordering::Relaxed));
+}
+
+/// Middleware on every route: runs the request with a fresh choice slot, then tells the connection whose bytes
+/// the request and its response are. A router served without a [`MeteredListener`] passes through unchanged.
+pub async fn attribute(request: Request, next: Next) -> Response {
+    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() else {
+        return next.run(request).await;
+    };
+    let slot = Arc::new(AtomicU8::new(NONE));
+    let response = CHOSEN.scope(slot.clone(), next.run(request)).await;
+    let technique = Transport::ALL.into_iter().find(|t| *t as u8 == slot.load(Ordering::Relaxed));
+    peer.connection.answer(technique, response.status() == StatusCode::SWITCHING_PROTOCOLS);
+    response
+}
