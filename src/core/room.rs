@@ -31,8 +31,12 @@ struct Shared {
     broker: Arc<dyn Broker>,
     /// The fan-out: one slot per event, `--send-queue` slots. A receiver more than that behind is lagged.
     fanout: broadcast::Sender<Arc<RoomEvent>>,
-    /// The newest sequence number fanned out here.
+    /// The newest sequence number fanned out here (read without the lock).
     head: AtomicU64,
+    /// Serialises fan-out so events enter the broadcast in sequence order, whether they come from the broker's
+    /// feed or straight from a local publish. A `std` mutex: the section is one comparison and one
+    /// non-blocking `send`.
+    fanout_order: Mutex<()>,
     config: Config,
     /// Live channels and rate buckets of this process. A `std` mutex: every section is a map operation and never
     /// awaits, so it is cheaper than an async lock and cannot be held across a suspension point.
@@ -76,6 +80,7 @@ impl Room {
                 broker,
                 fanout,
                 head: AtomicU64::new(head),
+                fanout_order: Mutex::new(()),
                 live: Arc::new(Semaphore::new(config.max_connections)),
                 config,
                 local: Mutex::new(Local::default()),
@@ -131,11 +136,7 @@ impl Room {
                 item = feed.recv() => item,
             };
             match item {
-                Some(FeedItem::Event(event)) => {
-                    self.shared.head.fetch_max(event.seq, Ordering::AcqRel);
-                    // No receivers is fine: nobody is listening right now.
-                    let _ = self.shared.fanout.send(event);
-                }
+                Some(FeedItem::Event(event)) => self.fan_out(event, false),
                 Some(FeedItem::Down(why)) => tracing::warn!(%why, "the broker feed is down"),
                 Some(FeedItem::Up) => tracing::info!("the broker feed is back"),
                 None => {
@@ -144,6 +145,28 @@ impl Room {
                 }
             }
         }
+    }
+
+    /// Hands an event to every local receiver, in sequence order. An event published here is fanned out at
+    /// once if it is the next one (`direct`), without waiting for it to come back through the broker's feed: a
+    /// sender's own echo is then queued before it reads its next text, and local delivery skips a task hop.
+    /// Anything else waits for the feed, which brings every event in order; what was already sent is skipped.
+    fn fan_out(&self, event: Arc<RoomEvent>, direct: bool) {
+        let _order = self.shared.fanout_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let head = self.shared.head.load(Ordering::Acquire);
+        if event.seq <= head || (direct && event.seq != head + 1) {
+            return;
+        }
+        self.shared.head.store(event.seq, Ordering::Release);
+        // No receivers is fine: nobody is listening right now.
+        let _ = self.shared.fanout.send(event);
+    }
+
+    /// Publishes through the broker and fans the event out here at once when it is next in order.
+    async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, crate::broker::BrokerError> {
+        let event = self.shared.broker.publish(draft).await?;
+        self.fan_out(event.clone(), true);
+        Ok(event)
     }
 
     /// Renews the leases of sessions with a live channel here, and announces sessions whose lease ran out.
@@ -194,7 +217,7 @@ impl Room {
             nickname: record.nickname.clone(),
             message: format!("{} 走了", record.nickname),
         };
-        if let Err(error) = self.shared.broker.publish(draft).await {
+        if let Err(error) = self.publish(draft).await {
             tracing::warn!(%error, nickname = %record.nickname, "could not announce a leave");
         }
     }
@@ -236,7 +259,7 @@ impl Room {
             nickname: record.nickname.clone(),
             message: format!("{} 来了", record.nickname),
         };
-        let joined = match self.shared.broker.publish(draft).await {
+        let joined = match self.publish(draft).await {
             Ok(event) => event,
             Err(error) => {
                 // Leave no silent participant behind if the notice could not be published.
@@ -292,7 +315,7 @@ impl Room {
             }
             Draft { kind: EventKind::Message, id: record.id, nickname: record.nickname, message: text.to_owned() }
         };
-        Ok((self.shared.broker.publish(draft).await?.seq, transport))
+        Ok((self.publish(draft).await?.seq, transport))
     }
 
     /// Takes one token from the session's bucket.

@@ -90,7 +90,10 @@ pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: 
         }
     }
     loop {
+        // Biased towards delivery: a connection drains what it owes before reading more input, so a fast
+        // sender cannot outrun its own echoes into a slow-consumer close.
         tokio::select! {
+            biased;
             item = channel.next() => {
                 let batch = channel.batch_from(item, BATCH).await;
                 if write(&mut socket, &room, &batch.deliveries).await.is_err() {

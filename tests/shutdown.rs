@@ -1,0 +1,99 @@
+//! Stopping: every participant hears `Server has disconnected`, every channel ends, the server returns quickly.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// With an open WebSocket, seed socket, SSE stream and held long poll, a shutdown tells each of them, closes
+/// the WebSockets with 1001, ends the stream, answers the long poll, and `run` returns well within 5 seconds.
+#[tokio::test]
+async fn shutdown_with_open_channels() {
+    let mut server = start().await;
+    let mut socket = ws(&server.ws_url("/ws")).await;
+    ws_next(&mut socket).await;
+    ws_next(&mut socket).await;
+    let mut seed = ws(&server.ws_url("/")).await;
+    ws_next(&mut seed).await;
+    let streamer = join(&server, "sse").await;
+    let mut stream = sse(&server, &format!("/api/sse?session={}", streamer.session), None).await;
+    stream.data().await;
+    let poller = join(&server, "longpoll").await;
+    let held_url = server.url(&format!("/api/longpoll?session={}&since={}&timeout=30", poller.session, poller.seq + 1));
+    let held =
+        tokio::spawn(async move { http().get(held_url).send().await.unwrap().json::<serde_json::Value>().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!held.is_finished());
+
+    let started = Instant::now();
+    server.stop();
+
+    for socket in [&mut socket, &mut seed] {
+        loop {
+            let frame = ws_next(socket).await;
+            if frame["message"] == "Server has disconnected" {
+                assert_eq!(frame["type"], "notification");
+                break;
+            }
+        }
+        assert_eq!(ws_close_code(socket).await.map(u16::from), Some(1001));
+    }
+    loop {
+        match stream.next().await {
+            Some(frame) if frame.data["message"] == "Server has disconnected" => break,
+            Some(_) => continue,
+            None => panic!("the stream ended without the notice"),
+        }
+    }
+    assert!(stream.next().await.is_none(), "the SSE stream ends");
+    let body = tokio::time::timeout(WAIT, held).await.expect("the long poll returns").unwrap().unwrap();
+    assert!(body["events"].as_array().unwrap().iter().any(|e| e["message"] == "Server has disconnected"));
+    tokio::time::timeout(Duration::from_secs(5), server.task).await.expect("run returns in time").unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// The binary exits within 5 seconds of SIGTERM even with an SSE stream open.
+#[tokio::test]
+async fn binary_exits_on_sigterm() {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatlab"))
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut up = false;
+    for _ in 0..100 {
+        if http().get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up, "the server came up");
+    let joined: serde_json::Value = http()
+        .post(format!("{base}/api/sessions"))
+        .body(r#"{"transport":"sse"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut stream =
+        http().get(format!("{base}/api/sse?session={}", joined["session"].as_str().unwrap())).send().await.unwrap();
+    tokio::time::timeout(WAIT, stream.chunk()).await.unwrap().unwrap();
+
+    let started = Instant::now();
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits within 5 s").unwrap();
+    assert!(status.success(), "a clean exit: {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
