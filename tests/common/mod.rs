@@ -31,9 +31,7 @@ pub struct Server {
 
 /// Defaults with rate limiting off unless a test asks for it (tests send quickly on purpose).
 pub fn config() -> Config {
-    let mut config = Config::default();
-    config.rate_limit = 0.0;
-    config
+    Config { rate_limit: 0.0, ..Config::default() }
 }
 
 /// Starts a server with the default test config.
