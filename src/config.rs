@@ -90,7 +90,8 @@ pub struct Config {
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub send_queue: u64,
 
-    /// Bytes a WebSocket may hold unsent before it is closed as a slow consumer.
+    /// Bytes a WebSocket may buffer unsent while its socket is not writable; past it the connection is dropped
+    /// and the client resumes from its cursor.
     #[arg(long, default_value_t = 256 * 1024)]
     pub ws_max_buffer: usize,
 

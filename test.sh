@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every chatlab test: Rust unit and integration tests (the Redis cluster tests against a real
+# redis-server they start themselves), then the browser tests in headless Chromium.
+# Installs what is missing first: Debian's chromium, redis-server and a CJK font; the browser tests' npm packages.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fonts-wqy-microhei)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Everything builds once, in release: the tests, and the server binary the browser tests spawn.
+export CHATLAB_REQUIRE_REDIS=1
+cargo build --release --bin chatlab
+cargo test --release --all-targets
+CHATLAB_BIN="$PWD/target/release/chatlab" tests/browser/run.sh
