@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// An SSE stream reopened with `Last-Event-ID` continues right after that event, without repeating it.
+/// An SSE stream reopened with `Last-Event-ID` continues right after that event, without repeating it, even when
+/// the URL still carries the older `since=` it was first opened with.
 #[tokio::test]
 async fn sse_resumes_from_last_event_id() {
     let server = start().await;
@@ -21,7 +22,8 @@ async fn sse_resumes_from_last_event_id() {
     post(&server, &user.session, "two").await;
     post(&server, &user.session, "three").await;
 
-    let mut resumed = sse(&server, &format!("/api/sse?session={}", user.session), one.id).await;
+    // As a browser reconnects: the same URL (with its original `since=`) plus the newest id seen.
+    let mut resumed = sse(&server, &format!("/api/sse?session={}&since={}", user.session, user.seq), one.id).await;
     let welcome = resumed.data().await;
     assert_eq!(welcome["type"], "welcome");
     assert_eq!(welcome["seq"], one.id.unwrap(), "the welcome names the cursor it resumes from");

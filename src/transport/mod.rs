@@ -66,16 +66,14 @@ impl Params {
             .ok_or_else(|| AppError::BadRequest("missing session= (join with POST /api/sessions)".into()))
     }
 
-    /// `since=`, or the `Last-Event-ID` header that `EventSource` sends when it reconnects.
+    /// The cursor: the `Last-Event-ID` header if present, else `since=`. The header wins because `EventSource`
+    /// reconnects to the same URL (with its original, older `since=`) and sends the newest id it saw.
     ///
     /// # Errors
     /// [`AppError::BadRequest`] when it is not a non-negative integer.
     pub fn since(&self, headers: &HeaderMap) -> Result<Option<Seq>, AppError> {
-        let raw = self
-            .0
-            .get("since")
-            .map(String::as_str)
-            .or_else(|| headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()));
+        let header = headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+        let raw = header.or_else(|| self.0.get("since").map(String::as_str));
         raw.map(|raw| {
             raw.trim()
                 .parse::<Seq>()
