@@ -6,7 +6,7 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`core`] | the room: events (serialised once), sessions and the one fan-out point ([`core::Room`]) |
-//! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait (memory now) |
+//! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
 //! | [`metering`] | per-technique counters: `/api/stats` and `/metrics` |
 //! | [`config`] | every flag, its default and why |
@@ -36,7 +36,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
 
-use crate::broker::{Broker, MemoryBroker};
+use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::core::Room;
 use crate::error::AppError;
@@ -76,7 +76,12 @@ async fn stats(State(room): State<Room>) -> impl IntoResponse {
 pub async fn build_room(config: Config) -> Result<Room, AppError> {
     let broker: Arc<dyn Broker> = match config.broker.as_str() {
         "memory" => Arc::new(MemoryBroker::new(config.history as usize)),
-        other => return Err(AppError::BadRequest(format!("unsupported --broker {other:?}: use \"memory\""))),
+        url if url.starts_with("redis://") => Arc::new(RedisBroker::connect(url, config.history as usize).await?),
+        other => {
+            return Err(AppError::BadRequest(format!(
+                "unsupported --broker {other:?}: use \"memory\" or \"redis://HOST:PORT[/DB]\""
+            )))
+        }
     };
     Room::start(broker, config, Metering::default()).await
 }

@@ -3,9 +3,11 @@
 //! A broker owns what must be agreed by every process serving the room: the sequence counter and the event
 //! history (appended atomically together), the sessions with their leases, and the guest counter. It feeds every
 //! event, in sequence order, to the one fan-out point of each process ([`crate::core::Room`]); transports never
-//! talk to it. [`memory::MemoryBroker`] keeps it all in this process.
+//! talk to it. [`memory::MemoryBroker`] keeps it all in this process; [`redis::RedisBroker`] keeps it in Redis,
+//! shared by every process pointed at it.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use crate::core::event::{Draft, RoomEvent, Seq};
 use crate::core::session::SessionRecord;
 
 pub use memory::MemoryBroker;
+pub use redis::RedisBroker;
 
 /// Why a broker call failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -67,7 +70,8 @@ pub enum FeedItem {
     Up,
 }
 
-/// Where the room's shared state lives. Implementations: [`MemoryBroker`] (this process only).
+/// Where the room's shared state lives. Implementations: [`MemoryBroker`] (this process only) and [`RedisBroker`]
+/// (several processes).
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Appends a room event: assigns the next sequence number atomically with appending it to the history

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,6 +37,9 @@ struct Shared {
     /// feed or straight from a local publish. A `std` mutex: the section is one comparison and one
     /// non-blocking `send`.
     fanout_order: Mutex<()>,
+    /// Whether the broker's feed is down (`Some(why)`) or up (`None`), from its `Down`/`Up` items. Live channels
+    /// watch it: they tell their client when it goes down and re-read history from their cursor when it is back.
+    health: watch::Sender<Option<String>>,
     config: Config,
     /// Live channels and rate buckets of this process. A `std` mutex: every section is a map operation and never
     /// awaits, so it is cheaper than an async lock and cannot be held across a suspension point.
@@ -81,6 +84,7 @@ impl Room {
                 fanout,
                 head: AtomicU64::new(head),
                 fanout_order: Mutex::new(()),
+                health: watch::Sender::new(None),
                 live: Arc::new(Semaphore::new(config.max_connections)),
                 config,
                 local: Mutex::new(Local::default()),
@@ -137,8 +141,14 @@ impl Room {
             };
             match item {
                 Some(FeedItem::Event(event)) => self.fan_out(event, false),
-                Some(FeedItem::Down(why)) => tracing::warn!(%why, "the broker feed is down"),
-                Some(FeedItem::Up) => tracing::info!("the broker feed is back"),
+                Some(FeedItem::Down(why)) => {
+                    tracing::warn!(%why, "the broker feed is down");
+                    self.shared.health.send_replace(Some(why));
+                }
+                Some(FeedItem::Up) => {
+                    tracing::info!("the broker feed is back");
+                    self.shared.health.send_replace(None);
+                }
                 None => {
                     tracing::error!("the broker feed ended; no more events will be delivered");
                     return;
@@ -174,15 +184,26 @@ impl Room {
         let lease = self.shared.config.lease();
         let mut tick = tokio::time::interval((lease / 4).max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health = self.shared.health.subscribe();
+        // After a broker outage no lease was renewed for a while, anywhere: expiring at once would announce the
+        // departure of participants whose process simply has not renewed yet. Every process saw the outage, so
+        // each one only renews for one lease before it expires again.
+        let mut renew_only_until: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            if health.has_changed().unwrap_or(false) && health.borrow_and_update().is_none() {
+                renew_only_until = Some(Instant::now() + lease);
+            }
             let live: Vec<String> = self.local().channels.keys().cloned().collect();
             let now = now_ms();
             if let Err(error) = self.shared.broker.renew(&live, now + lease.as_millis() as u64).await {
                 tracing::warn!(%error, "could not renew leases");
+                continue;
+            }
+            if renew_only_until.is_some_and(|until| Instant::now() < until) {
                 continue;
             }
             match self.shared.broker.expire(now).await {
@@ -421,6 +442,8 @@ impl Room {
             last: since,
             delivered: since,
             ended,
+            health: self.shared.health.subscribe(),
+            stale: false,
             _permit: permit,
             _open: self.shared.metering.open(transport),
         };
@@ -525,6 +548,11 @@ pub struct Channel {
     /// The client's cursor: the newest sequence number handed out by this channel.
     delivered: Seq,
     ended: CancellationToken,
+    /// The broker feed's health (see `Shared::health`).
+    health: watch::Receiver<Option<String>>,
+    /// Set when the feed came back after an outage: history must be re-read from `last` before waiting for
+    /// live events (kept until that read succeeds, so a cancelled `next` retries it).
+    stale: bool,
     _permit: OwnedSemaphorePermit,
     _open: crate::metering::OpenGuard,
 }
@@ -584,15 +612,45 @@ impl Channel {
 
     /// The next thing to deliver. Cancel-safe: if the future is dropped, nothing is lost (an event taken from
     /// the fan-out but not handed out is re-read from history when the next one arrives).
+    ///
+    /// When the broker's feed goes down, the client gets an `error` event with code `unavailable` (and the
+    /// channel stays open); when it is back, the channel re-reads history from its cursor, so what the feed lost
+    /// meanwhile is delivered in order, once.
     pub async fn next(&mut self) -> Item {
         loop {
             if let Some(delivery) = self.pending.pop_front() {
                 return self.hand_out(delivery);
             }
+            if self.stale {
+                // Events published while the feed was down never reached the fan-out: read them from history.
+                match self.room.shared.broker.since(self.last, usize::MAX).await {
+                    Ok(backlog) => {
+                        self.stale = false;
+                        self.queue_backlog(backlog);
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "could not catch up after an outage; closing the channel so it resumes");
+                        return Item::Lagged;
+                    }
+                }
+            }
             let received = tokio::select! {
                 biased;
                 _ = self.room.shared.shutdown.cancelled() => return Item::Shutdown,
                 _ = self.ended.cancelled() => return Item::Replaced,
+                Ok(()) = self.health.changed() => {
+                    let down = self.health.borrow_and_update().clone();
+                    match down {
+                        // The client hears of the outage at once; its cursor does not move.
+                        Some(why) => {
+                            let json = AppError::Unavailable(why).to_event();
+                            return self.hand_out(Delivery::Control { json, resume_after: 0 });
+                        }
+                        None => self.stale = true,
+                    }
+                    continue;
+                }
                 received = self.receiver.recv() => received,
             };
             match received {

@@ -1,0 +1,557 @@
+//! The Redis broker: several chatlab processes share one room through one Redis (`--broker redis://HOST:PORT/DB`).
+//!
+//! # Where the room lives
+//!
+//! Every key starts with a prefix (`chatlab` unless [`RedisBroker::connect_with_prefix`] says otherwise):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:seq` | string | the newest sequence number given out |
+//! | `P:history` | stream | one entry per event, id `<seq>-0`, field `e` = the event's JSON; trimmed to `--history` |
+//! | `P:events` | pub/sub channel | each event's JSON, published by the same script that appended it |
+//! | `P:guests` | string | the guest counter (`游客N`) |
+//! | `P:leases` | sorted set | session token, scored by the time (ms) its lease ends: who is online |
+//! | `P:session:<token>` | hash | the session record (`id`, `nickname`, `guest`, `transport`, `since_ms`, `cursor`, `seed`) |
+//!
+//! # One global order
+//!
+//! [`PUBLISH`] is a Lua script, so Redis runs it alone: `INCR P:seq`, stamp `clientcount` (`ZCARD P:leases`) and
+//! `ts` (Redis `TIME`, one clock for the whole room), `XADD P:history MAXLEN <history> <seq>-0`, `PUBLISH`. No
+//! other command runs between the increment and the append, so sequence numbers have no holes, the history is
+//! in sequence order, and pub/sub messages leave Redis in sequence order too. The JSON is built by the script from
+//! a prefix serialised here (`{"type":..,"id":..,"nickname":..,"message":..,"clientcount":`), so the bytes are
+//! exactly what [`crate::core::event::RoomEvent::new`] makes for the memory broker.
+//!
+//! # Feed, outages and recovery
+//!
+//! Each process holds one pub/sub connection (its own task) and one multiplexed command connection behind
+//! redis-rs's [`ConnectionManager`], which reconnects by itself. When the pub/sub connection drops (or stops
+//! answering pings), the feed yields [`FeedItem::Down`]; the task reconnects with backoff, resubscribes, checks
+//! that commands work again, then yields [`FeedItem::Up`], and the room's receivers re-read history from their
+//! cursors: pub/sub messages lost in between are filled from the stream, never skipped or duplicated. While Redis
+//! is away every call fails fast (within [`OP_TIMEOUT`]) with [`BrokerError::Unavailable`].
+//!
+//! # Sessions and leases
+//!
+//! A session is a hash plus a member of `P:leases`; membership of the sorted set is what "online" means. Removal
+//! ([`REMOVE`], [`EXPIRE`]) is a script that `ZREM`s first and goes on only if that removed the member, so when
+//! several processes race to remove or expire the same session, exactly one of them gets the record back and
+//! announces the leave. Renewal is `ZADD XX GT`: it never resurrects a removed session nor shortens a lease.
+//! Lease times are each process's clock (ms since the epoch): hosts must keep their clocks in sync (NTP) well
+//! within `--session-lease`.
+//!
+//! Requires Redis 6.2 or newer (RESP3, `ZADD GT`), standalone or a single primary: the expiry script builds the
+//! session keys it touches, which Redis Cluster would refuse.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::streams::StreamRangeReply;
+use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value};
+use tokio::sync::mpsc;
+
+use super::{Backlog, Broker, BrokerError, FeedItem, Missed};
+use crate::core::event::{Draft, RoomEvent, Seq};
+use crate::core::session::{SessionRecord, Transport};
+
+/// Longest any broker call may take before it fails with [`BrokerError::Unavailable`]: a request never hangs on
+/// an unreachable Redis.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the pub/sub connection is pinged, so a silently dead connection is noticed (and reported `Down`).
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// First and longest pause between reconnection attempts of the feed.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Most sessions one [`EXPIRE`] run removes (the reaper runs every lease/4, so a backlog drains quickly).
+const EXPIRE_BATCH: usize = 1000;
+/// Most tokens renewed by one `ZADD`.
+const RENEW_BATCH: usize = 1000;
+
+/// Appends an event. KEYS: seq, history, leases. ARGV: JSON prefix (up to `"clientcount":`), history bound,
+/// pub/sub channel. Returns the event's JSON.
+static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local seq = redis.call('INCR', KEYS[1])
+local online = redis.call('ZCARD', KEYS[3])
+local now = redis.call('TIME')
+local ts = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local json = ARGV[1] .. string.format('%d,"seq":%d,"ts":%d}', online, seq, ts)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', seq), 'e', json)
+redis.call('PUBLISH', ARGV[3], json)
+return json
+"#,
+    )
+});
+
+/// Creates a session unless the room is full. KEYS: leases, session hash. ARGV: token, lease end, max, then the
+/// hash's field/value pairs. Returns 1, or 0 when full.
+static CREATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Replaces a live session's fields. KEYS: leases, session hash. ARGV: token, then field/value pairs.
+/// Returns 1, or 0 when the session is gone (nothing is written: a removed session stays removed).
+static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 2))
+return 1
+"#,
+    )
+});
+
+/// Removes a session. KEYS: leases, session hash. ARGV: token. Returns the record's fields if this call removed
+/// it, nil if it was already gone.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
+local record = redis.call('HGETALL', KEYS[2])
+redis.call('DEL', KEYS[2])
+return record
+"#,
+    )
+});
+
+/// Removes sessions whose lease ended before now. KEYS: leases. ARGV: now (ms), batch size, session key prefix.
+/// Returns `{token, fields}` pairs, each removed session exactly once.
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, token in ipairs(gone) do
+  redis.call('ZREM', KEYS[1], token)
+  local key = ARGV[3] .. token
+  out[#out + 1] = {token, redis.call('HGETALL', key)}
+  redis.call('DEL', key)
+end
+return out
+"#,
+    )
+});
+
+/// The names of the room's keys.
+#[derive(Debug, Clone)]
+struct Keys {
+    seq: String,
+    history: String,
+    channel: String,
+    guests: String,
+    leases: String,
+    /// `P:session:`, to which a token is appended.
+    session: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Keys {
+            seq: format!("{prefix}:seq"),
+            history: format!("{prefix}:history"),
+            channel: format!("{prefix}:events"),
+            guests: format!("{prefix}:guests"),
+            leases: format!("{prefix}:leases"),
+            session: format!("{prefix}:session:"),
+        }
+    }
+
+    fn session(&self, token: &str) -> String {
+        format!("{}{token}", self.session)
+    }
+}
+
+/// The room in Redis, shared by every process pointed at the same Redis and prefix.
+pub struct RedisBroker {
+    /// Commands: one multiplexed RESP3 connection that reconnects by itself (it notices a dropped connection
+    /// even while idle).
+    conn: ConnectionManager,
+    /// Pub/sub connections (RESP2, one per subscriber) are made from this.
+    pubsub: Client,
+    keys: Keys,
+    history: usize,
+}
+
+impl RedisBroker {
+    /// Connects to `url` (`redis://HOST:PORT[/DB]`), keeping the newest `history` events, under the key prefix
+    /// `chatlab`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] for a malformed URL or a Redis that cannot be reached.
+    pub async fn connect(url: &str, history: usize) -> Result<Self, BrokerError> {
+        Self::connect_with_prefix(url, history, "chatlab").await
+    }
+
+    /// As [`RedisBroker::connect`], with every key under `prefix` (several rooms, or tests, in one Redis).
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] for a malformed URL or a Redis that cannot be reached.
+    pub async fn connect_with_prefix(url: &str, history: usize, prefix: &str) -> Result<Self, BrokerError> {
+        let info = url.into_connection_info().map_err(unavailable)?;
+        let resp3 = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+        let commands = Client::open(info.clone().set_redis_settings(resp3)).map_err(unavailable)?;
+        let pubsub = Client::open(info).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            // A failed reconnection is retried by the next command, so a long retry loop here would only make
+            // callers wait: fail fast and let the next request try again.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = within(ConnectionManager::new_with_config(commands, config)).await?;
+        Ok(RedisBroker { conn, pubsub, keys: Keys::new(prefix), history: history.max(1) })
+    }
+}
+
+fn unavailable(error: RedisError) -> BrokerError {
+    BrokerError::Unavailable(format!("redis: {error}"))
+}
+
+/// Runs a Redis call under [`OP_TIMEOUT`], mapping every failure to [`BrokerError::Unavailable`].
+async fn within<T>(call: impl Future<Output = Result<T, RedisError>>) -> Result<T, BrokerError> {
+    match tokio::time::timeout(OP_TIMEOUT, call).await {
+        Ok(result) => result.map_err(unavailable),
+        Err(_) => Err(BrokerError::Unavailable(format!("redis: no answer within {OP_TIMEOUT:?}"))),
+    }
+}
+
+/// The hash fields of a session record (the token is in the key).
+fn fields(record: &SessionRecord) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", record.id.clone()),
+        ("nickname", record.nickname.clone()),
+        ("guest", record.guest.to_string()),
+        ("transport", record.transport.as_str().to_owned()),
+        ("since_ms", record.since_ms.to_string()),
+        ("cursor", record.cursor.to_string()),
+        ("seed", u8::from(record.seed).to_string()),
+    ]
+}
+
+/// Rebuilds a record from its hash; `None` for a missing (empty) or damaged hash.
+fn record(token: &str, mut hash: HashMap<String, String>) -> Option<SessionRecord> {
+    let transport = hash.get("transport")?;
+    let transport = Transport::ALL.into_iter().find(|t| t.as_str() == transport)?;
+    Some(SessionRecord {
+        token: token.to_owned(),
+        id: hash.remove("id")?,
+        nickname: hash.remove("nickname")?,
+        guest: hash.get("guest")?.parse().ok()?,
+        transport,
+        since_ms: hash.get("since_ms")?.parse().ok()?,
+        cursor: hash.get("cursor")?.parse().ok()?,
+        seed: hash.get("seed")? == "1",
+    })
+}
+
+/// The sequence number of a history entry id `<seq>-0`.
+fn entry_seq(id: &str) -> Option<Seq> {
+    id.split_once('-').and_then(|(seq, _)| seq.parse().ok())
+}
+
+/// A history entry's event.
+fn entry_event(entry: &redis::streams::StreamId) -> Result<Arc<RoomEvent>, BrokerError> {
+    let damaged = || BrokerError::Unavailable(format!("redis: history entry {} is damaged", entry.id));
+    let json = match entry.map.get("e") {
+        Some(Value::BulkString(bytes)) => Bytes::copy_from_slice(bytes),
+        Some(Value::SimpleString(text)) => Bytes::copy_from_slice(text.as_bytes()),
+        _ => return Err(damaged()),
+    };
+    RoomEvent::from_json(json).map(Arc::new).map_err(|_| damaged())
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
+        let mut prefix = serde_json::to_string(&draft).expect("a draft always serialises");
+        prefix.pop(); // the closing brace: the script appends the stamped fields
+        prefix.push_str(",\"clientcount\":");
+        let mut conn = self.conn.clone();
+        let json: Vec<u8> = within(
+            PUBLISH
+                .key(&self.keys.seq)
+                .key(&self.keys.history)
+                .key(&self.keys.leases)
+                .arg(prefix)
+                .arg(self.history)
+                .arg(&self.keys.channel)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        RoomEvent::from_json(Bytes::from(json))
+            .map(Arc::new)
+            .map_err(|error| BrokerError::Unavailable(format!("redis: the publish script returned {error}")))
+    }
+
+    async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError> {
+        // At most `history` entries exist, so that bounds COUNT (which must fit an i64).
+        let count = max.min(self.history).max(1);
+        let start = format!("{}-0", cursor.saturating_add(1));
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .get(&self.keys.seq)
+            .cmd("XRANGE")
+            .arg(&self.keys.history)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(&self.keys.history)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+        let mut conn = self.conn.clone();
+        let (head, oldest, range): (Option<Seq>, StreamRangeReply, StreamRangeReply) =
+            within(pipe.query_async(&mut conn)).await?;
+        let head = head.unwrap_or(0);
+        if cursor > head {
+            return Ok(Backlog { head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() });
+        }
+        let first = oldest.ids.first().and_then(|entry| entry_seq(&entry.id)).unwrap_or(head + 1);
+        let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
+        let events = range.ids.iter().take(max).map(entry_event).collect::<Result<Vec<_>, _>>()?;
+        Ok(Backlog { head, missed, events })
+    }
+
+    async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<FeedItem>, BrokerError> {
+        let first = within(listen(&self.pubsub, &self.keys.channel)).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let feed =
+            Feed { client: self.pubsub.clone(), conn: self.conn.clone(), channel: self.keys.channel.clone(), tx };
+        tokio::spawn(feed.run(first));
+        Ok(rx)
+    }
+
+    async fn next_guest(&self) -> Result<u64, BrokerError> {
+        let mut conn = self.conn.clone();
+        within(redis::cmd("INCR").arg(&self.keys.guests).query_async(&mut conn)).await
+    }
+
+    async fn create_session(&self, record: &SessionRecord, lease_until_ms: u64, max: usize) -> Result<(), BrokerError> {
+        let mut invocation = CREATE.prepare_invoke();
+        invocation
+            .key(&self.keys.leases)
+            .key(self.keys.session(&record.token))
+            .arg(&record.token)
+            .arg(lease_until_ms)
+            .arg(max);
+        for (field, value) in fields(record) {
+            invocation.arg(field).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        let created: i64 = within(invocation.invoke_async(&mut conn)).await?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(BrokerError::Full)
+        }
+    }
+
+    async fn session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let hash: HashMap<String, String> =
+            within(redis::cmd("HGETALL").arg(self.keys.session(token)).query_async(&mut conn)).await?;
+        Ok(record(token, hash))
+    }
+
+    async fn save_session(&self, record: &SessionRecord) -> Result<bool, BrokerError> {
+        let mut invocation = SAVE.prepare_invoke();
+        invocation.key(&self.keys.leases).key(self.keys.session(&record.token)).arg(&record.token);
+        for (field, value) in fields(record) {
+            invocation.arg(field).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        let saved: i64 = within(invocation.invoke_async(&mut conn)).await?;
+        Ok(saved == 1)
+    }
+
+    async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let removed: Option<HashMap<String, String>> =
+            within(REMOVE.key(&self.keys.leases).key(self.keys.session(token)).arg(token).invoke_async(&mut conn))
+                .await?;
+        Ok(removed.and_then(|hash| record(token, hash)))
+    }
+
+    async fn renew(&self, tokens: &[String], until_ms: u64) -> Result<(), BrokerError> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for chunk in tokens.chunks(RENEW_BATCH) {
+            // XX: only sessions still present (a removed one stays removed); GT: never shorten a lease.
+            let zadd = pipe.cmd("ZADD").arg(&self.keys.leases).arg("XX").arg("GT");
+            for token in chunk {
+                zadd.arg(until_ms).arg(token);
+            }
+            zadd.ignore();
+        }
+        let mut conn = self.conn.clone();
+        within(pipe.query_async::<()>(&mut conn)).await
+    }
+
+    async fn expire(&self, now_ms: u64) -> Result<Vec<SessionRecord>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let gone: Vec<(String, HashMap<String, String>)> = within(
+            EXPIRE.key(&self.keys.leases).arg(now_ms).arg(EXPIRE_BATCH).arg(&self.keys.session).invoke_async(&mut conn),
+        )
+        .await?;
+        Ok(gone.into_iter().filter_map(|(token, hash)| record(&token, hash)).collect())
+    }
+
+    async fn presence(&self) -> Result<Vec<SessionRecord>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let tokens: Vec<String> =
+            within(redis::cmd("ZRANGE").arg(&self.keys.leases).arg(0).arg(-1).query_async(&mut conn)).await?;
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for token in &tokens {
+            pipe.cmd("HGETALL").arg(self.keys.session(token));
+        }
+        let hashes: Vec<HashMap<String, String>> = within(pipe.query_async(&mut conn)).await?;
+        let mut all: Vec<SessionRecord> =
+            tokens.iter().zip(hashes).filter_map(|(token, hash)| record(token, hash)).collect();
+        all.sort_by(|a, b| a.since_ms.cmp(&b.since_ms).then(a.guest.cmp(&b.guest)));
+        Ok(all)
+    }
+
+    async fn online(&self) -> Result<u64, BrokerError> {
+        let mut conn = self.conn.clone();
+        within(redis::cmd("ZCARD").arg(&self.keys.leases).query_async(&mut conn)).await
+    }
+}
+
+/// Opens a pub/sub connection subscribed to `channel`; returns once Redis has confirmed the subscription, so
+/// nothing published afterwards is missed.
+async fn listen(client: &Client, channel: &str) -> Result<(PubSubSink, PubSubStream), RedisError> {
+    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+    sink.subscribe(channel).await?;
+    Ok((sink, stream))
+}
+
+/// The task behind one [`Broker::subscribe`]: forwards pub/sub messages, reports outages, reconnects.
+struct Feed {
+    client: Client,
+    conn: ConnectionManager,
+    channel: String,
+    tx: mpsc::UnboundedSender<FeedItem>,
+}
+
+impl Feed {
+    /// Runs until the receiver is dropped.
+    async fn run(mut self, first: (PubSubSink, PubSubStream)) {
+        let mut current = Some(first);
+        let mut up = true;
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let connected = match current.take() {
+                Some(connected) => Ok(connected),
+                None => {
+                    tokio::select! {
+                        _ = self.tx.closed() => return,
+                        connected = within(listen(&self.client, &self.channel)) => connected,
+                    }
+                }
+            };
+            let (sink, stream) = match connected {
+                Ok(connected) => connected,
+                Err(error) => {
+                    self.down(&mut up, error.to_string());
+                    if !self.pause(&mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            if !up {
+                // Receivers re-read history on `Up`: the command connection must work again first.
+                let mut conn = self.conn.clone();
+                if let Err(error) = within(redis::cmd("PING").query_async::<()>(&mut conn)).await {
+                    self.down(&mut up, error.to_string());
+                    if !self.pause(&mut backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+                tracing::info!("redis is back: the room's feed is subscribed again");
+                up = true;
+                backoff = BACKOFF_MIN;
+                if self.tx.send(FeedItem::Up).is_err() {
+                    return;
+                }
+            }
+            match self.forward(sink, stream).await {
+                Some(why) => self.down(&mut up, why),
+                None => return,
+            }
+        }
+    }
+
+    /// Reports an outage once (while it lasts).
+    fn down(&self, up: &mut bool, why: String) {
+        if *up {
+            *up = false;
+            tracing::warn!(%why, "redis is unreachable: the room's feed is down; reconnecting");
+            let _ = self.tx.send(FeedItem::Down(format!("redis: {why}")));
+        }
+    }
+
+    /// Waits before the next reconnection attempt; `false` if the receiver went away meanwhile.
+    async fn pause(&self, backoff: &mut Duration) -> bool {
+        let wait = *backoff;
+        *backoff = (*backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = self.tx.closed() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// Forwards messages until the connection fails (returns why) or the receiver goes away (`None`).
+    async fn forward(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> Option<String> {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.reset();
+        loop {
+            tokio::select! {
+                _ = self.tx.closed() => return None,
+                message = stream.next() => {
+                    let Some(message) = message else {
+                        return Some("the pub/sub connection closed".into());
+                    };
+                    match RoomEvent::from_json(Bytes::copy_from_slice(message.get_payload_bytes())) {
+                        Ok(event) => {
+                            if self.tx.send(FeedItem::Event(Arc::new(event))).is_err() {
+                                return None;
+                            }
+                        }
+                        // Not ours: a receiver that needs the event re-reads it from the history.
+                        Err(error) => tracing::warn!(%error, "ignoring a malformed message on the room's channel"),
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if let Err(error) = within(sink.ping::<Value>()).await {
+                        return Some(format!("the pub/sub connection stopped answering: {error}"));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! One suite, every broker: the memory broker and the Redis broker must behave the same behind the `Broker` trait.
+//!
+//! Each behaviour is an `async fn(Fixture)`; the `conformance!` macro runs it once per broker (`memory::*` and
+//! `redis::*`). A fixture hands out "processes": for the memory broker every process is the same room (there is
+//! only one process), for Redis each is a new connection to the same room, as a second chatlab process would be.
+//! Redis tests start their own `redis-server` (see `redis_support`).
+
+mod redis_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use chatlab::broker::{Backlog, Broker, BrokerError, FeedItem, MemoryBroker, Missed, RedisBroker};
+use chatlab::core::event::{now_ms, Draft, EventKind, RoomEvent, Seq};
+use chatlab::core::session::{SessionRecord, Transport};
+use redis_support::RedisServer;
+
+/// How long any single receive may take.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A room under test, and how to reach it from several "processes".
+struct Fixture {
+    history: usize,
+    /// Memory: the one room every process shares.
+    memory: Mutex<Option<Arc<dyn Broker>>>,
+    /// Redis: the server, and a key prefix of this test's own.
+    redis: Option<RedisServer>,
+}
+
+impl Fixture {
+    fn memory(history: usize) -> Self {
+        Fixture { history, memory: Mutex::new(None), redis: None }
+    }
+
+    fn redis(test: &str, history: usize) -> Option<Self> {
+        let server = RedisServer::start_or_skip(test)?;
+        Some(Fixture { history, memory: Mutex::new(None), redis: Some(server) })
+    }
+
+    /// One process's view of the room.
+    async fn process(&self) -> Arc<dyn Broker> {
+        match &self.redis {
+            Some(server) => {
+                Arc::new(RedisBroker::connect_with_prefix(&server.url(), self.history, "test").await.unwrap())
+            }
+            None => {
+                let mut memory = self.memory.lock().unwrap();
+                memory.get_or_insert_with(|| Arc::new(MemoryBroker::new(self.history))).clone()
+            }
+        }
+    }
+}
+
+/// Runs each behaviour against both brokers: `conformance!(history => name, ...)`.
+macro_rules! conformance {
+    ($($name:ident($history:expr)),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Fixture::memory($history)).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    if let Some(fixture) = super::Fixture::redis(stringify!($name), $history) {
+                        super::$name(fixture).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
+conformance! {
+    sequence_starts_at_one_and_reads_back(100),
+    events_are_stamped_and_serialised_like_the_memory_broker(100),
+    history_is_bounded_and_an_older_cursor_gets_a_gap(5),
+    a_cursor_ahead_of_the_room_is_reported(100),
+    every_feed_delivers_every_event_once_in_order(100),
+    concurrent_publishers_get_distinct_consecutive_numbers(1000),
+    guest_numbers_are_shared(100),
+    sessions_are_shared_saved_and_removed_exactly_once(100),
+    the_room_refuses_sessions_beyond_max(100),
+    expired_sessions_are_returned_exactly_once(100),
+    renewal_extends_only_live_sessions_and_never_shortens(100),
+    presence_lists_everyone_oldest_first(100),
+    clientcount_is_the_online_count(100),
+}
+
+fn draft(message: &str) -> Draft {
+    Draft { kind: EventKind::Message, id: "u1".into(), nickname: "游客1".into(), message: message.into() }
+}
+
+fn seqs(backlog: &Backlog) -> Vec<Seq> {
+    backlog.events.iter().map(|e| e.seq).collect()
+}
+
+fn session(token: &str, since_ms: u64, guest: u64) -> SessionRecord {
+    SessionRecord {
+        token: token.into(),
+        id: format!("id-{token}"),
+        nickname: format!("游客{guest}"),
+        guest,
+        transport: Transport::Sse,
+        since_ms,
+        cursor: 0,
+        seed: false,
+    }
+}
+
+/// The next room event on a feed (outage notices are not expected here).
+async fn next_event(feed: &mut UnboundedReceiver<FeedItem>) -> Arc<RoomEvent> {
+    match tokio::time::timeout(WAIT, feed.recv()).await.expect("a feed item in time") {
+        Some(FeedItem::Event(event)) => event,
+        other => panic!("expected an event, got {other:?}"),
+    }
+}
+
+/// An empty room reads as empty; published events get 1, 2, 3 and read back from any cursor, `max` at a time.
+async fn sequence_starts_at_one_and_reads_back(fixture: Fixture) {
+    let broker = fixture.process().await;
+    let empty = broker.since(0, 10).await.unwrap();
+    assert_eq!((empty.head, empty.missed, seqs(&empty)), (0, None, vec![]));
+    for (i, text) in ["a", "b", "c"].into_iter().enumerate() {
+        assert_eq!(broker.publish(draft(text)).await.unwrap().seq, i as u64 + 1);
+    }
+    let all = broker.since(0, 10).await.unwrap();
+    assert_eq!((all.head, all.missed, seqs(&all)), (3, None, vec![1, 2, 3]));
+    assert_eq!(all.events[1].body().message, "b");
+    assert_eq!(seqs(&broker.since(1, 10).await.unwrap()), vec![2, 3]);
+    assert_eq!(seqs(&broker.since(1, 1).await.unwrap()), vec![2], "max bounds the read");
+    let caught_up = broker.since(3, 10).await.unwrap();
+    assert_eq!((caught_up.head, caught_up.missed, seqs(&caught_up)), (3, None, vec![]));
+    let head_only = broker.since(u64::MAX, 0).await.unwrap();
+    assert_eq!(head_only.head, 3, "the room reads its head this way at start");
+}
+
+/// Published events carry seq, clientcount and ts, and their JSON is exactly what the memory broker writes.
+async fn events_are_stamped_and_serialised_like_the_memory_broker(fixture: Fixture) {
+    let broker = fixture.process().await;
+    let before = now_ms();
+    let event = broker.publish(draft("héllo \"quoted\" / 中文 \n")).await.unwrap();
+    let after = now_ms();
+    let body = event.body();
+    assert_eq!((body.seq, body.clientcount, body.message.as_str()), (1, 0, "héllo \"quoted\" / 中文 \n"));
+    assert!(before.saturating_sub(1000) <= body.ts && body.ts <= after + 1000, "ts is now: {}", body.ts);
+    assert_eq!(event.ts, body.ts);
+    let reference = RoomEvent::new(&body);
+    assert_eq!(event.json, reference.json, "same bytes as serialising the body");
+    let stored = broker.since(0, 1).await.unwrap();
+    assert_eq!(stored.events[0].json, event.json, "history holds the same bytes");
+}
+
+/// The history keeps the newest `--history` events; a cursor before them gets a gap naming what was lost.
+async fn history_is_bounded_and_an_older_cursor_gets_a_gap(fixture: Fixture) {
+    let broker = fixture.process().await;
+    for i in 1..=8 {
+        broker.publish(draft(&format!("m{i}"))).await.unwrap();
+    }
+    let from_zero = broker.since(0, 100).await.unwrap();
+    assert_eq!(from_zero.missed, Some(Missed::Gap { from: 1, to: 3 }));
+    assert_eq!((from_zero.head, seqs(&from_zero)), (8, vec![4, 5, 6, 7, 8]));
+    let from_two = broker.since(2, 100).await.unwrap();
+    assert_eq!((from_two.missed, seqs(&from_two)), (Some(Missed::Gap { from: 3, to: 3 }), vec![4, 5, 6, 7, 8]));
+    let from_three = broker.since(3, 100).await.unwrap();
+    assert_eq!((from_three.missed, seqs(&from_three)), (None, vec![4, 5, 6, 7, 8]));
+    let limited = broker.since(0, 2).await.unwrap();
+    assert_eq!((limited.missed, seqs(&limited)), (Some(Missed::Gap { from: 1, to: 3 }), vec![4, 5]));
+    assert_eq!(seqs(&broker.since(7, 100).await.unwrap()), vec![8]);
+}
+
+/// A cursor beyond the newest event (a made-up one, or a room that was reset) is reported, not served.
+async fn a_cursor_ahead_of_the_room_is_reported(fixture: Fixture) {
+    let broker = fixture.process().await;
+    let empty = broker.since(5, 10).await.unwrap();
+    assert_eq!((empty.head, empty.missed, seqs(&empty)), (0, Some(Missed::Ahead { since: 5 }), vec![]));
+    broker.publish(draft("a")).await.unwrap();
+    broker.publish(draft("b")).await.unwrap();
+    let ahead = broker.since(10, 10).await.unwrap();
+    assert_eq!((ahead.head, ahead.missed, seqs(&ahead)), (2, Some(Missed::Ahead { since: 10 }), vec![]));
+}
+
+/// Every process's feed yields every event, whoever published it, in sequence order, once.
+async fn every_feed_delivers_every_event_once_in_order(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let mut feed_a = a.subscribe().await.unwrap();
+    let mut feed_b = b.subscribe().await.unwrap();
+    for i in 1..=20u64 {
+        let publisher = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(publisher.publish(draft(&format!("m{i}"))).await.unwrap().seq, i);
+    }
+    for feed in [&mut feed_a, &mut feed_b] {
+        for i in 1..=20u64 {
+            let event = next_event(feed).await;
+            assert_eq!((event.seq, event.body().message), (i, format!("m{i}")));
+        }
+        let extra = tokio::time::timeout(Duration::from_millis(200), feed.recv()).await;
+        assert!(extra.is_err(), "nothing more: {extra:?}");
+    }
+}
+
+/// Many publishers at once, on two processes: every event gets its own number, 1..=N with no hole, and history
+/// and feed agree with what each publisher was told.
+async fn concurrent_publishers_get_distinct_consecutive_numbers(fixture: Fixture) {
+    const TASKS: usize = 8;
+    const EACH: usize = 25;
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let mut feed = a.subscribe().await.unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let broker = if task % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut published = Vec::new();
+            for i in 0..EACH {
+                published.push(broker.publish(draft(&format!("t{task}-{i}"))).await.unwrap());
+            }
+            published
+        }));
+    }
+    let mut published = Vec::new();
+    for task in tasks {
+        published.extend(tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap());
+    }
+    let total = (TASKS * EACH) as u64;
+    let mut numbers: Vec<Seq> = published.iter().map(|e| e.seq).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=total).collect::<Vec<_>>());
+    let history = a.since(0, usize::MAX).await.unwrap();
+    assert_eq!(seqs(&history), (1..=total).collect::<Vec<_>>());
+    for event in &published {
+        assert_eq!(history.events[event.seq as usize - 1].json, event.json, "history holds what was returned");
+    }
+    for seq in 1..=total {
+        let event = next_event(&mut feed).await;
+        assert_eq!(event.seq, seq, "the feed is in sequence order");
+        assert_eq!(event.json, history.events[seq as usize - 1].json);
+    }
+    // Each publisher's own texts are in the order it sent them.
+    for task in 0..TASKS {
+        let mine: Vec<String> =
+            history.events.iter().map(|e| e.body().message).filter(|m| m.starts_with(&format!("t{task}-"))).collect();
+        assert_eq!(mine, (0..EACH).map(|i| format!("t{task}-{i}")).collect::<Vec<_>>());
+    }
+}
+
+/// Guest numbers count up across processes, never repeating.
+async fn guest_numbers_are_shared(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let got = vec![
+        a.next_guest().await.unwrap(),
+        b.next_guest().await.unwrap(),
+        a.next_guest().await.unwrap(),
+        b.next_guest().await.unwrap(),
+    ];
+    assert_eq!(got, vec![1, 2, 3, 4]);
+}
+
+/// A session made on one process is read and changed on another; of two processes removing it at once, exactly
+/// one gets it back (and announces the leave); a removed session stays removed.
+async fn sessions_are_shared_saved_and_removed_exactly_once(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let record = session("tok1", 1_000, 1);
+    a.create_session(&record, now_ms() + 60_000, 100).await.unwrap();
+    assert_eq!(b.session("tok1").await.unwrap(), Some(record.clone()));
+    assert_eq!(b.session("nope").await.unwrap(), None);
+    let mut changed = record.clone();
+    changed.nickname = "alice 🙂".into();
+    changed.transport = Transport::LongPoll;
+    changed.cursor = 42;
+    changed.seed = true;
+    assert!(b.save_session(&changed).await.unwrap());
+    assert_eq!(a.session("tok1").await.unwrap(), Some(changed.clone()));
+    assert_eq!(a.online().await.unwrap(), 1);
+
+    let (first, second) = tokio::join!(a.remove_session("tok1"), b.remove_session("tok1"));
+    let removed: Vec<SessionRecord> = [first.unwrap(), second.unwrap()].into_iter().flatten().collect();
+    assert_eq!(removed, vec![changed.clone()], "exactly one remover gets the record");
+    assert_eq!(a.session("tok1").await.unwrap(), None);
+    assert!(!a.save_session(&changed).await.unwrap(), "saving a removed session does not bring it back");
+    assert_eq!(b.session("tok1").await.unwrap(), None);
+    assert_eq!(b.online().await.unwrap(), 0);
+    assert_eq!(b.remove_session("tok1").await.unwrap(), None);
+}
+
+/// `max` sessions and no more; a removal makes room again.
+async fn the_room_refuses_sessions_beyond_max(fixture: Fixture) {
+    let broker = fixture.process().await;
+    let lease = now_ms() + 60_000;
+    broker.create_session(&session("s1", 1, 1), lease, 2).await.unwrap();
+    broker.create_session(&session("s2", 2, 2), lease, 2).await.unwrap();
+    let full = broker.create_session(&session("s3", 3, 3), lease, 2).await;
+    assert!(matches!(full, Err(BrokerError::Full)), "{full:?}");
+    assert_eq!(broker.session("s3").await.unwrap(), None);
+    broker.remove_session("s1").await.unwrap();
+    broker.create_session(&session("s3", 3, 3), lease, 2).await.unwrap();
+    assert_eq!(broker.online().await.unwrap(), 2);
+}
+
+/// Sessions whose lease ended are removed and returned once, even when every process expires at the same time.
+async fn expired_sessions_are_returned_exactly_once(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    for (i, lease) in [1_000u64, 2_000, 2_500, 10_000].into_iter().enumerate() {
+        a.create_session(&session(&format!("e{i}"), i as u64, i as u64), lease, 100).await.unwrap();
+    }
+    let first: Vec<String> = a.expire(1_500).await.unwrap().into_iter().map(|r| r.token).collect();
+    assert_eq!(first, vec!["e0"]);
+    assert!(a.expire(1_500).await.unwrap().is_empty(), "nothing twice");
+    assert!(b.expire(1_000).await.unwrap().is_empty(), "a lease ending exactly now is not over yet");
+    let (x, y) = tokio::join!(a.expire(5_000), b.expire(5_000));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut all: Vec<String> = x.iter().chain(y.iter()).map(|r| r.token.clone()).collect();
+    all.sort();
+    assert_eq!(all, vec!["e1", "e2"], "each expired session to exactly one caller");
+    assert_eq!(a.session("e1").await.unwrap(), None);
+    assert_eq!(a.online().await.unwrap(), 1);
+    assert_eq!(b.presence().await.unwrap().into_iter().map(|r| r.token).collect::<Vec<_>>(), vec!["e3"]);
+}
+
+/// Renewal moves a live session's lease later, never earlier, and never brings back a removed session.
+async fn renewal_extends_only_live_sessions_and_never_shortens(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    a.create_session(&session("r1", 1, 1), 1_000, 100).await.unwrap();
+    a.create_session(&session("r2", 2, 2), 1_000, 100).await.unwrap();
+    b.renew(&["r1".to_owned(), "gone".to_owned()], 5_000).await.unwrap();
+    b.renew(&[], 9_000).await.unwrap();
+    let expired: Vec<String> = a.expire(2_000).await.unwrap().into_iter().map(|r| r.token).collect();
+    assert_eq!(expired, vec!["r2"], "r1 was renewed");
+    b.renew(&["r1".to_owned()], 3_000).await.unwrap();
+    assert!(a.expire(4_000).await.unwrap().is_empty(), "a renewal never shortens a lease");
+    b.renew(&["r2".to_owned()], 50_000).await.unwrap();
+    assert_eq!(a.session("r2").await.unwrap(), None, "renewing a removed session does not bring it back");
+    assert_eq!(a.online().await.unwrap(), 1);
+    let expired: Vec<String> = b.expire(6_000).await.unwrap().into_iter().map(|r| r.token).collect();
+    assert_eq!(expired, vec!["r1"]);
+}
+
+/// Presence lists every online session, oldest first, from any process.
+async fn presence_lists_everyone_oldest_first(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let lease = now_ms() + 60_000;
+    a.create_session(&session("p3", 300, 3), lease, 100).await.unwrap();
+    b.create_session(&session("p1", 100, 1), lease, 100).await.unwrap();
+    a.create_session(&session("p2", 200, 2), lease, 100).await.unwrap();
+    let tokens: Vec<String> = b.presence().await.unwrap().into_iter().map(|r| r.token).collect();
+    assert_eq!(tokens, vec!["p1", "p2", "p3"]);
+    let records = a.presence().await.unwrap();
+    assert_eq!(records[0], session("p1", 100, 1));
+}
+
+/// Every event carries the room-wide online count at the time it was published.
+async fn clientcount_is_the_online_count(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let lease = now_ms() + 60_000;
+    a.create_session(&session("c1", 1, 1), lease, 100).await.unwrap();
+    b.create_session(&session("c2", 2, 2), lease, 100).await.unwrap();
+    assert_eq!(a.publish(draft("two")).await.unwrap().body().clientcount, 2);
+    b.remove_session("c1").await.unwrap();
+    assert_eq!(a.publish(draft("one")).await.unwrap().body().clientcount, 1);
+}
+
+/// Redis only: while Redis is down, calls fail fast with `Unavailable` and the feed says `Down`; once it is
+/// back the feed says `Up` by itself, and numbering continues where it was, nothing lost or repeated.
+#[tokio::test]
+async fn redis_outage_is_reported_and_survived() {
+    let Some(fixture) = Fixture::redis("redis_outage_is_reported_and_survived", 100) else { return };
+    let broker = fixture.process().await;
+    let mut feed = broker.subscribe().await.unwrap();
+    assert_eq!(broker.publish(draft("before")).await.unwrap().seq, 1);
+    assert_eq!(next_event(&mut feed).await.seq, 1);
+
+    let mut fixture = fixture;
+    fixture.redis.as_mut().unwrap().stop();
+    match tokio::time::timeout(WAIT, feed.recv()).await.expect("Down in time") {
+        Some(FeedItem::Down(why)) => assert!(why.contains("redis"), "{why}"),
+        other => panic!("expected Down, got {other:?}"),
+    }
+    let started = std::time::Instant::now();
+    let refused = broker.publish(draft("during")).await;
+    assert!(matches!(refused, Err(BrokerError::Unavailable(_))), "{refused:?}");
+    assert!(started.elapsed() < chatlab::broker::redis::OP_TIMEOUT + Duration::from_secs(1), "fails fast");
+    assert!(matches!(broker.session("x").await, Err(BrokerError::Unavailable(_))));
+
+    fixture.redis.as_mut().unwrap().restart();
+    match tokio::time::timeout(Duration::from_secs(10), feed.recv()).await.expect("Up in time") {
+        Some(FeedItem::Up) => {}
+        other => panic!("expected Up, got {other:?}"),
+    }
+    assert_eq!(broker.publish(draft("after")).await.unwrap().seq, 2, "the counter survived the restart");
+    assert_eq!(next_event(&mut feed).await.seq, 2);
+    let history = broker.since(0, 10).await.unwrap();
+    let messages: Vec<String> = history.events.iter().map(|e| e.body().message).collect();
+    assert_eq!(messages, vec!["before", "after"]);
+    let extra = tokio::time::timeout(Duration::from_millis(200), feed.recv()).await;
+    assert!(extra.is_err(), "nothing more: {extra:?}");
+}
