@@ -30,7 +30,8 @@ window.chatlab = { client }; // for the curious (and the browser tests): try cha
 function show(event) {
   const li = document.createElement('li');
   li.dataset.type = event.type;
-  if (typeof event.seq === 'number') li.dataset.seq = event.seq;
+  // data-seq marks room events (a welcome's seq is a cursor, not an event).
+  if (typeof event.seq === 'number' && event.type !== 'welcome') li.dataset.seq = event.seq;
 
   switch (event.type) {
     case 'message': {

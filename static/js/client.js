@@ -41,7 +41,7 @@ export class ChatClient {
     this.nickname = null;
     this.cursor = null; // seq of the last room event delivered
     this.transport = null;
-    this.failures = 0; // consecutive attempts that ended without opening
+    this.failures = 0; // consecutive channels that ended before they proved healthy
     this.retryTimer = null;
     this.stats = { duplicates: 0, holes: 0 }; // should stay 0: the tests read them
   }
@@ -101,6 +101,7 @@ export class ChatClient {
   }
 
   handle(event) {
+    this.failures = 0; // the channel works
     if (event.type === 'welcome') {
       const fresh = this.session !== event.session;
       this.session = event.session;
@@ -114,7 +115,8 @@ export class ChatClient {
         }
         this.cursor = event.seq;
       }
-      this.onevent(event);
+      // A welcome on a resumed channel changes nothing the user needs to see.
+      if (fresh) this.onevent(event);
       return;
     }
     if (typeof event.seq === 'number') {
@@ -139,7 +141,12 @@ export class ChatClient {
   }
 
   changed(state, info = {}) {
-    if (state === 'open') this.failures = 0;
+    // A channel counts as healthy once it delivered something or stayed open a
+    // while; only then does the backoff start again from the shortest delay
+    // (a server that accepts and at once closes must not get a tight loop).
+    if (state === 'open') this.openedAt = Date.now();
+    if (state === 'closed' && this.openedAt && Date.now() - this.openedAt > 5000) this.failures = 0;
+    if (state !== 'open') this.openedAt = null;
     if (state !== 'closed') {
       this.status(state);
       return;

@@ -20,14 +20,25 @@ export class LongPollTransport extends Transport {
         this.since = joined.seq;
         this.deliver({ type: 'welcome', ...joined });
       }
-      let first = true;
+      let open = false;
+      const markOpen = () => {
+        if (!open && !this.closed) { open = true; this.onstate('open'); }
+      };
       while (!this.closed) {
         this.abort = new AbortController();
         const url = withQuery('/api/longpoll', { session: this.session, since: this.since, timeout: HOLD_SECONDS });
         const asked = Date.now();
-        const body = await readJson(await fetch(url, { signal: this.abort.signal, cache: 'no-store' }));
+        // A bad request (unknown session, ...) is answered at once; one that the
+        // server is still holding after a second has been accepted: we are connected.
+        const held = setTimeout(markOpen, 1000);
+        let body;
+        try {
+          body = await readJson(await fetch(url, { signal: this.abort.signal, cache: 'no-store' }));
+        } finally {
+          clearTimeout(held);
+        }
         if (this.closed) return;
-        if (first) { this.onstate('open'); first = false; }
+        markOpen();
         for (const event of body.events) {
           if (event.type === 'error' && event.code === 'replaced') {
             this.finish({ reason: 'replaced', retry: false, message: event.message });

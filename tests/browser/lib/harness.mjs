@@ -1,0 +1,239 @@
+// Shared helpers for the browser specs: spawn a chatlab server on a free port,
+// launch Debian's Chromium through playwright-core, and wait for things on a
+// page. Every wait has a timeout; nothing here waits forever.
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const SCREENSHOTS = path.join(REPO_ROOT, 'docs', 'screenshots');
+
+/** Default timeout (ms) of one wait in a spec. */
+export const WAIT = 10_000;
+
+/** Asks the OS for a free TCP port on 127.0.0.1. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.unref();
+    probe.on('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Spawns the chatlab binary (env CHATLAB_BIN, default target/release/chatlab
+ * relative to the repo root) with `--bind 127.0.0.1:PORT`, and waits for
+ * GET /healthz. Returns {url, port, stop(), output()}.
+ */
+export async function startServer({ port, args = [] } = {}) {
+  const bin = path.resolve(REPO_ROOT, process.env.CHATLAB_BIN || 'target/release/chatlab');
+  if (!fs.existsSync(bin)) {
+    throw new Error(`chatlab binary not found at ${bin}: run \`cargo build --release\` first (or set CHATLAB_BIN)`);
+  }
+  port ??= await freePort();
+  const lines = [];
+  const child = spawn(bin, ['--bind', `127.0.0.1:${port}`, ...args], {
+    cwd: REPO_ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+  });
+  const keep = (chunk) => {
+    lines.push(...chunk.toString().split('\n').filter(Boolean));
+    if (lines.length > 300) lines.splice(0, lines.length - 300);
+  };
+  child.stdout.on('data', keep);
+  child.stderr.on('data', keep);
+  let exited = null;
+  const exit = new Promise((resolve) => child.on('exit', (code, signal) => { exited = { code, signal }; resolve(exited); }));
+
+  const url = `http://127.0.0.1:${port}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (exited) throw new Error(`chatlab exited early (${JSON.stringify(exited)}):\n${lines.join('\n')}`);
+    try {
+      const response = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
+      if (response.ok) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`chatlab did not answer /healthz within 20 s:\n${lines.join('\n')}`);
+    }
+    await sleep(100);
+  }
+
+  return {
+    url,
+    port,
+    output: () => lines.join('\n'),
+    /** SIGTERM, then SIGKILL if it has not exited within 5 s. */
+    async stop() {
+      if (exited) return exited;
+      child.kill('SIGTERM');
+      const done = await Promise.race([exit, sleep(5000).then(() => null)]);
+      if (done) return done;
+      child.kill('SIGKILL');
+      return Promise.race([exit, sleep(2000)]);
+    },
+  };
+}
+
+/** Launches headless Chromium from Debian's package (never a downloaded one). */
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+    timeout: 30_000,
+  });
+}
+
+/**
+ * Opens a new page (in its own browser context, so pages share nothing) and
+ * records page errors and dialogs; spec code asserts on them.
+ */
+export async function newPage(browser, { viewport = { width: 1280, height: 800 } } = {}) {
+  const context = await browser.newContext({ viewport, locale: 'en-US' });
+  context.setDefaultTimeout(WAIT);
+  const page = await context.newPage();
+  page.errors = [];
+  page.dialogs = [];
+  page.on('pageerror', (err) => page.errors.push(String(err)));
+  if (process.env.CHATLAB_DEBUG) page.on('console', (m) => console.log(`[page] ${m.type()} ${m.text()}`));
+  page.on('dialog', (dialog) => {
+    page.dialogs.push(dialog.message());
+    dialog.dismiss().catch(() => {});
+  });
+  return page;
+}
+
+/**
+ * Opens the chat page with the given technique and waits until it is
+ * connected and knows who it is. Returns the page.
+ */
+export async function openChat(browser, server, { transport = 'ws', interval = 0.5, lang = 'en' } = {}) {
+  const page = await newPage(browser);
+  await page.addInitScript((l) => localStorage.setItem('chatlab.lang', l), lang);
+  await page.goto(`${server.url}/?transport=${transport}&interval=${interval}`);
+  await waitConnected(page);
+  return page;
+}
+
+/** Waits until the chat page's connection is open and its identity known. */
+export async function waitConnected(page, timeout = WAIT) {
+  try {
+    await page.waitForFunction(
+      () => document.querySelector('#status').dataset.state === 'open' && window.chatlab.client.id,
+      null,
+      { timeout },
+    );
+  } catch (err) {
+    const shown = await page.evaluate(() => [
+      document.querySelector('#status').textContent.replace(/\s+/g, ' ').trim(),
+      [...document.querySelectorAll('#messages li')].slice(-5).map((li) => li.textContent).join(' | '),
+    ]).catch(() => []);
+    throw new Error(`not connected after ${timeout} ms; status: "${shown[0]}"; last lines: ${shown[1]}`, { cause: err });
+  }
+}
+
+/** Types a text in the chat page and presses Enter. */
+export async function say(page, text) {
+  await page.fill('#message', text);
+  await page.press('#message', 'Enter');
+}
+
+/** Waits until the chat page shows a chat message with exactly this text. */
+export async function waitForMessage(page, text, timeout = WAIT) {
+  await page.waitForFunction(
+    (t) => [...document.querySelectorAll('#messages li[data-type="message"] .text')].some((e) => e.textContent === t),
+    text,
+    { timeout },
+  );
+}
+
+/** Waits until the chat page shows a notice containing this text. */
+export async function waitForNotice(page, text, timeout = WAIT) {
+  await page.waitForFunction(
+    (t) => [...document.querySelectorAll('#messages li.notice')].some((e) => e.textContent.includes(t)),
+    text,
+    { timeout },
+  );
+}
+
+/** The room events shown on a chat page: [{seq, type, nickname, text}]. */
+export function roomEvents(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll('#messages li[data-seq]')].map((li) => ({
+      seq: Number(li.dataset.seq),
+      type: li.dataset.type,
+      nickname: li.querySelector('.nick') ? li.querySelector('.nick').textContent : null,
+      text: li.querySelector('.text') ? li.querySelector('.text').textContent : li.textContent,
+    })),
+  );
+}
+
+/** The chat page's identity: {id, nickname, session}. */
+export function identity(page) {
+  return page.evaluate(() => {
+    const c = window.chatlab.client;
+    return { id: c.id, nickname: c.nickname, session: c.session, technique: c.technique };
+  });
+}
+
+/** GET a JSON endpoint of the server under test. */
+export async function getJson(server, path) {
+  const response = await fetch(server.url + path, { signal: AbortSignal.timeout(5000) });
+  if (!response.ok) throw new Error(`GET ${path}: ${response.status}`);
+  return response.json();
+}
+
+/** Polls `check` (sync or async) until it returns a truthy value, or fails after `timeout`. */
+export async function eventually(check, { timeout = WAIT, interval = 100, message = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      last = await check();
+      if (last) return last;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${message} (last: ${last})`);
+    await sleep(interval);
+  }
+}
+
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Makes sure docs/screenshots exists and returns the path for `name`. */
+export function screenshotPath(name) {
+  fs.mkdirSync(SCREENSHOTS, { recursive: true });
+  return path.join(SCREENSHOTS, name);
+}
+
+/**
+ * before/after hooks for a spec file: one server and one browser for the file.
+ * Returns an object whose .server and .browser are set once `before` ran.
+ */
+export function useServerAndBrowser({ before, after }, options = {}) {
+  const env = { server: null, browser: null };
+  before(async () => {
+    env.server = await startServer(options);
+    env.browser = await launchBrowser();
+  });
+  after(async () => {
+    if (env.browser) await env.browser.close().catch(() => {});
+    if (env.server) await env.server.stop();
+  });
+  return env;
+}

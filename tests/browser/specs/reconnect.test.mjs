@@ -1,0 +1,39 @@
+// After a dropped connection the page reconnects by itself, with backoff, and
+// says so: here the server is stopped and a new one started on the same port.
+// The new server does not know the old session (the room is in memory), so the
+// page ends up joining again as a new participant, and says that too.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startServer, launchBrowser, openChat, say, waitForMessage, waitForNotice, waitConnected, freePort, identity, eventually,
+} from '../lib/harness.mjs';
+
+for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
+  test(`${technique}: reconnects after the server restarts`, { timeout: 90_000 }, async () => {
+    const port = await freePort();
+    let server = await startServer({ port });
+    const browser = await launchBrowser();
+    try {
+      const page = await openChat(browser, server, { transport: technique, interval: 0.5 });
+      const before = await identity(page);
+
+      await server.stop();
+      // The state on screen changes from "connected" to reconnecting.
+      await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'reconnecting');
+      assert.match(await page.textContent('#status-text'), /reconnecting in [\d.]+ s \(attempt \d+\)/);
+
+      server = await startServer({ port });
+      await eventually(async () => (await identity(page)).id !== before.id, { timeout: 30_000, message: 'a new identity' });
+      await waitConnected(page);
+      await waitForNotice(page, 'Session expired');
+      assert.equal(await page.evaluate(() => window.chatlab.client.technique), technique);
+      await say(page, `back on ${technique}`);
+      await waitForMessage(page, `back on ${technique}`);
+      assert.deepEqual(page.errors, []);
+    } finally {
+      await browser.close().catch(() => {});
+      await server.stop();
+    }
+  });
+}
