@@ -6,15 +6,27 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
 
 /// `chatlab`: one chat room, four web push techniques, measured on the wire.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
-    /// Server options.
+    /// Server options (used when no subcommand is given).
     #[command(flatten)]
     pub serve: Config,
+
+    /// Something else than serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// `chatlab <command>`; without one, `chatlab` serves.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Drive real clients of each technique against a chatlab (started here, or `--url`) and compare what each
+    /// costs: deliveries/s, latency, wire bytes and HTTP requests per delivered message, server CPU time.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Everything the server needs to know, with the defaults `chatlab --help` shows.

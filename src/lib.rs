@@ -8,7 +8,8 @@
 //! | [`core`] | the room: events (serialised once), sessions and the one fan-out point ([`core::Room`]) |
 //! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
-//! | [`metering`] | per-technique counters: `/api/stats` and `/metrics` |
+//! | [`metering`] | per-technique counters, exact wire bytes: `/api/stats` and `/metrics` |
+//! | [`bench`] | `chatlab bench`: real clients of every technique, and the side-by-side report |
 //! | [`config`] | every flag, its default and why |
 //! | [`error`] | every refusal and how it reaches a client |
 //!
@@ -18,6 +19,7 @@
 //! [`app`] builds the router and [`run`] serves it until a shutdown future resolves; `main.rs` only parses flags,
 //! sets up logging and binds.
 
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod core;

@@ -3,7 +3,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use chatlab::config::Cli;
+use chatlab::config::{Cli, Command};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -11,6 +11,9 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let cli = Cli::parse();
+    if let Some(Command::Bench(args)) = cli.command {
+        return chatlab::bench::run(args).await;
+    }
     let config = cli.serve;
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     tracing::info!("chatlab serving http://{} (broker: {})", listener.local_addr()?, config.broker);

@@ -1,0 +1,137 @@
+//! One client per technique, all behind [`Participant`]: join, send texts, leave. Each one's receiving side
+//! runs in its own task, counting every bench message it gets into the phase's [`Probe`].
+//!
+//! | file | technique | down | up |
+//! |---|---|---|---|
+//! | [`ws`] | WebSocket on `/ws` | text frames | text frames on the same socket |
+//! | [`sse`] | Server-Sent Events | one `text/event-stream` response | `POST /api/messages` |
+//! | [`long_poll`] | long polling | `GET /api/longpoll`, held until news | `POST /api/messages` |
+//! | [`short_poll`] | short polling | `GET /api/poll` every `--poll-interval` | `POST /api/messages` |
+//! | [`seed`] | the seed protocol (`ws://host:8180/`, the Node.js original or chatlab's `/`) | text frames | text frames |
+//!
+//! The HTTP techniques use two connections, as a browser does: one held by the receiving side, one for POSTs.
+
+pub(crate) mod long_poll;
+pub(crate) mod seed;
+pub(crate) mod short_poll;
+pub(crate) mod sse;
+pub(crate) mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::http::Http;
+use super::probe::Probe;
+
+/// A technique the bench can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Technique {
+    /// WebSocket on chatlab's `/ws`.
+    Ws,
+    /// Server-Sent Events plus `POST /api/messages`.
+    Sse,
+    /// Long polling plus `POST /api/messages`.
+    #[value(name = "longpoll")]
+    #[serde(rename = "longpoll")]
+    LongPoll,
+    /// Short polling plus `POST /api/messages`.
+    Poll,
+    /// The seed protocol at `--seed-url` (WebSocket only, no sessions).
+    Seed,
+}
+
+impl Technique {
+    /// Its name in tables and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Technique::Ws => "ws",
+            Technique::Sse => "sse",
+            Technique::LongPoll => "longpoll",
+            Technique::Poll => "poll",
+            Technique::Seed => "seed",
+        }
+    }
+}
+
+/// What every client of a phase shares.
+#[derive(Debug, Clone)]
+pub(crate) struct Context {
+    /// Where bytes, requests and deliveries are counted.
+    pub(crate) probe: Arc<Probe>,
+    /// Ends every receiving task.
+    pub(crate) stop: CancellationToken,
+    /// Short polling's interval.
+    pub(crate) poll_interval: Duration,
+    /// Send a browser's request headers on every HTTP request (`--headers browser`).
+    pub(crate) browser_headers: bool,
+    /// This client's number in the phase (spreads poll timings).
+    pub(crate) index: usize,
+}
+
+/// One participant in the room, whatever its technique.
+#[async_trait]
+pub(crate) trait Participant: Send {
+    /// Sends one chat text.
+    async fn send(&mut self, text: &str) -> anyhow::Result<()>;
+    /// Leaves the room (no lease left to run out during the next phase) and closes every connection.
+    async fn leave(self: Box<Self>);
+}
+
+/// Joins one participant of `technique` at `target` (`host:port` for chatlab, a `ws://` URL for the seed).
+///
+/// # Errors
+/// A connection or a join that failed.
+pub(crate) async fn join(technique: Technique, target: &str, context: Context) -> anyhow::Result<Box<dyn Participant>> {
+    Ok(match technique {
+        Technique::Ws => Box::new(ws::WsClient::join(target, context).await?),
+        Technique::Sse => Box::new(sse::join(target, context).await?),
+        Technique::LongPoll => Box::new(long_poll::join(target, context).await?),
+        Technique::Poll => Box::new(short_poll::join(target, context).await?),
+        Technique::Seed => Box::new(seed::SeedClient::join(target, context).await?),
+    })
+}
+
+/// A small deterministic generator (SplitMix64) for the spread of start times: no dependency, same run twice.
+pub(crate) fn spread(index: usize, salt: u64) -> f64 {
+    let mut z = (index as u64).wrapping_add(salt).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What the three HTTP techniques share: a session joined with `POST /api/sessions`, a connection for
+/// `POST /api/messages`, and a receiving task that owns the second connection.
+pub(crate) struct HttpClient {
+    up: Http,
+    session: String,
+    receiver: JoinHandle<()>,
+}
+
+/// Joins as `transport` over HTTP: returns the POST connection, a second connection for receiving, the session
+/// and the join cursor.
+async fn join_http(authority: &str, transport: &str, context: &Context) -> anyhow::Result<(Http, Http, String, u64)> {
+    let mut up = Http::connect(authority, context.probe.clone(), context.browser_headers).await?;
+    let (session, since) = up.join(transport).await?;
+    let down = Http::connect(authority, context.probe.clone(), context.browser_headers).await?;
+    Ok((up, down, session, since))
+}
+
+#[async_trait]
+impl Participant for HttpClient {
+    async fn send(&mut self, text: &str) -> anyhow::Result<()> {
+        self.up.post_text(&self.session, text).await.context("POST /api/messages")
+    }
+
+    async fn leave(mut self: Box<Self>) {
+        let _ = self.up.leave(&self.session).await;
+        self.receiver.abort();
+    }
+}

@@ -1,0 +1,88 @@
+//! WebSocket on chatlab's `/ws`: one socket, text frames both ways. The first frame is `welcome`, which names
+//! the session (used only to leave at the end).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use super::{Context, Participant};
+use crate::bench::http::Http;
+use crate::bench::probe::CountingStream;
+
+type Socket = WebSocketStream<CountingStream>;
+
+/// Opens a WebSocket to `url` over a counting socket to `authority`.
+pub(super) async fn open(
+    url: &str,
+    authority: &str,
+    context: &Context,
+) -> anyhow::Result<(SplitSink<Socket, Message>, SplitStream<Socket>)> {
+    let stream = CountingStream::connect(authority, context.probe.clone())
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    context.probe.request();
+    let (socket, _) = tokio_tungstenite::client_async(url, stream).await.with_context(|| format!("upgrading {url}"))?;
+    Ok(socket.split())
+}
+
+/// Counts every text frame until the phase stops or the server closes.
+pub(super) fn receive(mut frames: SplitStream<Socket>, context: Context) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let frame = tokio::select! {
+                _ = context.stop.cancelled() => return,
+                frame = frames.next() => frame,
+            };
+            match frame {
+                Some(Ok(Message::Text(text))) => context.probe.observe(text.as_bytes()),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+}
+
+/// A `/ws` participant.
+pub(crate) struct WsClient {
+    sink: SplitSink<Socket, Message>,
+    session: String,
+    authority: String,
+    context: Context,
+    receiver: JoinHandle<()>,
+}
+
+impl WsClient {
+    pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<WsClient> {
+        let (sink, mut frames) = open(&format!("ws://{authority}/ws"), authority, &context).await?;
+        let welcome = tokio::time::timeout(Duration::from_secs(10), frames.next())
+            .await
+            .context("no welcome frame within 10 s")?
+            .context("closed before the welcome frame")??;
+        let welcome: serde_json::Value = serde_json::from_slice(welcome.into_data().as_ref())?;
+        let session = welcome["session"].as_str().context("the welcome names no session")?.to_owned();
+        let receiver = receive(frames, context.clone());
+        Ok(WsClient { sink, session, authority: authority.to_owned(), context, receiver })
+    }
+}
+
+#[async_trait]
+impl Participant for WsClient {
+    async fn send(&mut self, text: &str) -> anyhow::Result<()> {
+        Ok(self.sink.send(Message::text(text)).await?)
+    }
+
+    async fn leave(mut self: Box<Self>) {
+        // Leave explicitly: a closed `/ws` would otherwise be announced only when its lease runs out.
+        if let Ok(mut http) = Http::connect(&self.authority, self.context.probe.clone(), false).await {
+            let _ = http.leave(&self.session).await;
+        }
+        let _ = self.sink.send(Message::Close(None)).await;
+        self.receiver.abort();
+    }
+}

@@ -1,0 +1,138 @@
+//! A plain HTTP/1.1 client connection for the bench (hyper's low-level client over a [`CountingStream`]): one
+//! TCP connection, one request at a time, exactly as a browser tab's connection would carry them.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::probe::{CountingStream, Probe};
+
+/// Request headers a desktop Chrome sends with a `fetch` to the same origin (cookies aside): what a real page
+/// adds to every poll and POST. `--headers browser` sends them; `minimal` sends only `Host` (and
+/// `Content-Type` on POSTs).
+const BROWSER_HEADERS: [(&str, &str); 11] = [
+    (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36",
+    ),
+    ("accept", "*/*"),
+    ("accept-language", "en-US,en;q=0.9,zh-CN;q=0.8,zh;q=0.7"),
+    ("accept-encoding", "gzip, deflate, br, zstd"),
+    ("referer", "http://127.0.0.1:8180/"),
+    ("sec-ch-ua", "\"Not/A)Brand\";v=\"8\", \"Chromium\";v=\"126\", \"Google Chrome\";v=\"126\""),
+    ("sec-ch-ua-mobile", "?0"),
+    ("sec-ch-ua-platform", "\"Linux\""),
+    ("sec-fetch-dest", "empty"),
+    ("sec-fetch-mode", "cors"),
+    ("sec-fetch-site", "same-origin"),
+];
+
+/// One client connection to a server.
+pub(crate) struct Http {
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
+    probe: Arc<Probe>,
+    browser_headers: bool,
+}
+
+impl Http {
+    /// Opens a connection to `authority` (`host:port`); its bytes count into `probe`.
+    pub(crate) async fn connect(authority: &str, probe: Arc<Probe>, browser_headers: bool) -> anyhow::Result<Http> {
+        let stream = CountingStream::connect(authority, probe.clone())
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Http { sender, authority: authority.to_owned(), probe, browser_headers })
+    }
+
+    /// Sends a request; the response body is left to the caller (for streams).
+    pub(crate) async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Bytes)>,
+    ) -> anyhow::Result<Response<Incoming>> {
+        self.sender.ready().await.context("the connection closed")?;
+        let mut request = Request::builder().method(method).uri(path).header(HOST, &self.authority);
+        if self.browser_headers {
+            for (name, value) in BROWSER_HEADERS {
+                request = request.header(HeaderName::from_static(name), HeaderValue::from_static(value));
+            }
+        }
+        let body = match body {
+            Some((content_type, bytes)) => {
+                request = request.header(CONTENT_TYPE, content_type);
+                bytes
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(body))?;
+        self.probe.request();
+        Ok(self.sender.send_request(request).await?)
+    }
+
+    /// Sends a request and reads its whole response.
+    pub(crate) async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&'static str, Bytes)>,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// `POST /api/sessions` for `transport`: returns the session token and the join cursor.
+    pub(crate) async fn join(&mut self, transport: &str) -> anyhow::Result<(String, u64)> {
+        let body = Bytes::from(format!("{{\"transport\":\"{transport}\"}}"));
+        let (status, body) = self.call(Method::POST, "/api/sessions", Some(("application/json", body))).await?;
+        if status != StatusCode::CREATED {
+            bail!("join refused: {status} {}", String::from_utf8_lossy(&body));
+        }
+        let json: serde_json::Value = serde_json::from_slice(&body)?;
+        let session = json["session"].as_str().context("no session in the join answer")?.to_owned();
+        Ok((session, json["seq"].as_u64().unwrap_or(0)))
+    }
+
+    /// `POST /api/messages`.
+    pub(crate) async fn post_text(&mut self, session: &str, text: &str) -> anyhow::Result<()> {
+        let path = format!("/api/messages?session={session}");
+        let (status, body) =
+            self.call(Method::POST, &path, Some(("text/plain;charset=UTF-8", Bytes::from(text.to_owned())))).await?;
+        if status != StatusCode::ACCEPTED {
+            bail!("text refused: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    }
+
+    /// `DELETE /api/sessions/{session}`: leave now, so the next phase does not hear this one leave later.
+    pub(crate) async fn leave(&mut self, session: &str) -> anyhow::Result<()> {
+        self.call(Method::DELETE, &format!("/api/sessions/{session}"), None).await?;
+        Ok(())
+    }
+}
+
+/// Counts a poll body `{"events":[...],"next":N}` into `probe` (its deliveries, or one empty poll) and returns
+/// its `next` cursor. The events are not parsed: the bench shares the CPU with the server it measures.
+pub(crate) fn count_poll(probe: &Probe, body: &[u8]) -> Option<u64> {
+    if body.starts_with(b"{\"events\":[]") {
+        probe.empty_polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    probe.observe(body);
+    let key = b"\"next\":";
+    let at = body.windows(key.len()).rposition(|w| w == key)? + key.len();
+    let digits: Vec<u8> = body[at..].iter().copied().take_while(u8::is_ascii_digit).collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}

@@ -1,0 +1,184 @@
+//! What the bench's clients measure, shared by every participant of a phase: bytes on their sockets, HTTP
+//! requests, empty polls, and the latency of every bench message they receive.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Every bench message's text starts with this, then the send time in µs since [`Probe::epoch`].
+const MARKER: &str = "bench ";
+
+/// Counters of one phase. All participants of a phase share one.
+#[derive(Debug)]
+pub(crate) struct Probe {
+    /// The clock bench messages carry their send time on (all clients live in this process).
+    epoch: Instant,
+    /// Bytes the clients' sockets wrote (requests, POST bodies, WebSocket frames): the "up" direction.
+    pub(crate) bytes_up: AtomicU64,
+    /// Bytes the clients' sockets read: the "down" direction.
+    pub(crate) bytes_down: AtomicU64,
+    /// HTTP requests sent (joins, polls, POSTs, stream opens; a WebSocket's upgrade is one).
+    pub(crate) requests: AtomicU64,
+    /// Poll or long-poll responses with no event.
+    pub(crate) empty_polls: AtomicU64,
+    /// Bench messages received (one per message per receiver).
+    pub(crate) deliveries: AtomicU64,
+    /// Texts sent, and sends that failed (refused or broken).
+    pub(crate) sent: AtomicU64,
+    pub(crate) send_errors: AtomicU64,
+    /// Send-to-receive latency of each delivery, in µs.
+    latencies: Mutex<Vec<u32>>,
+}
+
+/// The counters at one instant, to subtract.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Reading {
+    pub(crate) bytes_up: u64,
+    pub(crate) bytes_down: u64,
+    pub(crate) requests: u64,
+    pub(crate) empty_polls: u64,
+    pub(crate) deliveries: u64,
+    pub(crate) sent: u64,
+    pub(crate) send_errors: u64,
+    /// How many latency samples existed.
+    pub(crate) samples: usize,
+}
+
+impl Probe {
+    pub(crate) fn new() -> Arc<Probe> {
+        Arc::new(Probe {
+            epoch: Instant::now(),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            empty_polls: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+            send_errors: AtomicU64::new(0),
+            latencies: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A bench message: the marker, the send time, the sender, padded with `x` to at least `len` bytes.
+    pub(crate) fn text(&self, sender: usize, len: usize) -> String {
+        let mut text = format!("{MARKER}{} #{sender} ", self.epoch.elapsed().as_micros());
+        while text.len() < len {
+            text.push('x');
+        }
+        text
+    }
+
+    /// Looks at received bytes (an event, a poll body, SSE frames): each bench message in them counts as a
+    /// delivery, with its latency.
+    pub(crate) fn observe(&self, received: &[u8]) {
+        // A substring search, not a JSON parse: the bench shares the CPU with the server it measures.
+        let needle = b"\"message\":\"bench ";
+        let now = self.epoch.elapsed().as_micros();
+        let mut rest = received;
+        while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+            rest = &rest[at + needle.len()..];
+            let end = rest.iter().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len());
+            let Some(sent) = std::str::from_utf8(&rest[..end]).ok().and_then(|d| d.parse::<u128>().ok()) else {
+                continue;
+            };
+            let latency = now.saturating_sub(sent).min(u32::MAX as u128) as u32;
+            self.deliveries.fetch_add(1, Ordering::Relaxed);
+            // A std mutex: one push, never held across an await.
+            self.latencies.lock().unwrap_or_else(|p| p.into_inner()).push(latency);
+        }
+    }
+
+    /// Counts one HTTP request.
+    pub(crate) fn request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> Reading {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Reading {
+            bytes_up: get(&self.bytes_up),
+            bytes_down: get(&self.bytes_down),
+            requests: get(&self.requests),
+            empty_polls: get(&self.empty_polls),
+            deliveries: get(&self.deliveries),
+            sent: get(&self.sent),
+            send_errors: get(&self.send_errors),
+            samples: self.latencies.lock().unwrap_or_else(|p| p.into_inner()).len(),
+        }
+    }
+
+    /// Latencies (µs) recorded between two readings, sorted.
+    pub(crate) fn latencies_between(&self, from: &Reading, to: &Reading) -> Vec<u32> {
+        let all = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        let mut window = all[from.samples.min(all.len())..to.samples.min(all.len())].to_vec();
+        window.sort_unstable();
+        window
+    }
+}
+
+/// A client socket that counts every byte it reads and writes into a [`Probe`].
+#[derive(Debug)]
+pub(crate) struct CountingStream {
+    inner: TcpStream,
+    probe: Arc<Probe>,
+}
+
+impl CountingStream {
+    /// Connects to `addr` (`host:port`), with Nagle off as a browser has it.
+    pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
+        let inner = TcpStream::connect(addr).await?;
+        inner.set_nodelay(true)?;
+        Ok(CountingStream { inner, probe })
+    }
+}
+
+impl AsyncRead for CountingStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if result.is_ready() {
+            self.probe.bytes_down.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl AsyncWrite for CountingStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, data);
+        if let Poll::Ready(Ok(n)) = result {
+            self.probe.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
+        if let Poll::Ready(Ok(n)) = result {
+            self.probe.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

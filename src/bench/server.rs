@@ -1,0 +1,115 @@
+//! The servers under test: a chatlab the bench starts itself (a child process, so its CPU time is its own),
+//! or the ones given with `--url`; their `/api/stats` counters and their CPU time from `/proc/<pid>/stat`.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use hyper::{Method, StatusCode};
+use tokio::process::{Child, Command};
+
+use super::http::Http;
+use super::probe::Probe;
+use super::report::ServerCounters;
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`): 100 on every mainstream Linux architecture; the
+/// kernel reports in this unit whatever its internal tick rate.
+const USER_HZ: f64 = 100.0;
+
+/// A chatlab the bench started; killed when dropped.
+#[derive(Debug)]
+pub(crate) struct OwnServer {
+    /// `127.0.0.1:PORT`.
+    pub(crate) authority: String,
+    /// The child's process id, for its CPU time.
+    pub(crate) pid: u32,
+    _child: Child,
+}
+
+/// Starts `chatlab` (this very binary, without a subcommand) on a free loopback port, with the per-session
+/// rate limit off (the bench's senders would trip it) and `extra` flags; waits until `/healthz` answers.
+///
+/// # Errors
+/// When the binary cannot be started or does not answer within 10 s.
+pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
+    let port = {
+        // Ask the OS for a free port, then hand it to the child (a tiny race, fine on a bench machine).
+        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
+        probe.local_addr()?.port()
+    };
+    let authority = format!("127.0.0.1:{port}");
+    let exe = std::env::current_exe().context("locating the chatlab binary")?;
+    let child = Command::new(exe)
+        .args(["--bind", &authority, "--rate-limit", "0"])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting chatlab")?;
+    let pid = child.id().context("the child has no pid")?;
+    let server = OwnServer { authority, pid, _child: child };
+    for _ in 0..100 {
+        if let Ok(mut http) = Http::connect(&server.authority, Probe::new(), false).await {
+            if let Ok((StatusCode::OK, _)) = http.call(Method::GET, "/healthz", None).await {
+                return Ok(server);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("chatlab did not answer on {} within 10 s", server.authority)
+}
+
+/// `host:port` of an `http://` URL.
+///
+/// # Errors
+/// Anything but `http://HOST:PORT[/]`.
+pub(crate) fn authority_of(url: &str) -> anyhow::Result<String> {
+    let rest = url.strip_prefix("http://").with_context(|| format!("--url must be http://HOST:PORT, got {url}"))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        bail!("--url must be http://HOST:PORT, got {url}");
+    }
+    Ok(authority.to_owned())
+}
+
+/// Reads `transport`'s counters from every server's `/api/stats` and adds them up.
+///
+/// # Errors
+/// A server that does not answer, or answers something else than chatlab's stats.
+pub(crate) async fn counters(authorities: &[String], transport: &str) -> anyhow::Result<ServerCounters> {
+    let mut sum = ServerCounters::default();
+    for authority in authorities {
+        let mut http = Http::connect(authority, Probe::new(), false).await?;
+        let (status, body) = http.call(Method::GET, "/api/stats", None).await?;
+        if status != StatusCode::OK {
+            bail!("{authority}/api/stats answered {status}");
+        }
+        let stats: serde_json::Value = serde_json::from_slice(&body)?;
+        let of = &stats["transports"][transport];
+        let get = |name: &str| of[name].as_u64().with_context(|| format!("{authority}/api/stats has no {name}"));
+        sum.wire_bytes_in += get("wire_bytes_in")?;
+        sum.wire_bytes_out += get("wire_bytes_out")?;
+        sum.requests += get("requests")?;
+        sum.events_delivered += get("events_delivered")?;
+    }
+    Ok(sum)
+}
+
+/// CPU time (user + system) the processes have used, in seconds; `None` if any cannot be read.
+pub(crate) fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) may hold spaces or parentheses: count fields after its closing ')'.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 (utime) and 15 (stime) of proc(5); `after` starts at field 3.
+        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    }
+    Some(ticks as f64 / USER_HZ)
+}
