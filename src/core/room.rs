@@ -147,6 +147,7 @@ impl Room {
                 }
                 Some(FeedItem::Up) => {
                     tracing::info!("the broker feed is back");
+                    self.rebase_head().await;
                     self.shared.health.send_replace(None);
                 }
                 None => {
@@ -170,6 +171,24 @@ impl Room {
         self.shared.head.store(event.seq, Ordering::Release);
         // No receivers is fine: nobody is listening right now.
         let _ = self.shared.fanout.send(event);
+    }
+
+    /// After an outage: if the store came back with fewer events than were fanned out here (a Redis restarted
+    /// without persistence), numbering starts again below our head, and [`Room::fan_out`] would skip every new
+    /// event as already sent. Follow the store instead; receivers re-reading from their cursors get a `gap`
+    /// notice that the room was reset.
+    async fn rebase_head(&self) {
+        let Ok(stored) = self.shared.broker.since(Seq::MAX, 0).await else { return };
+        let _order = self.shared.fanout_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let head = self.shared.head.load(Ordering::Acquire);
+        if stored.head < head {
+            tracing::error!(
+                stored = stored.head,
+                fanned_out = head,
+                "the broker lost events: the room restarts its numbering"
+            );
+            self.shared.head.store(stored.head, Ordering::Release);
+        }
     }
 
     /// Publishes through the broker and fans the event out here at once when it is next in order.
@@ -404,6 +423,9 @@ impl Room {
             record.transport = transport;
             self.shared.broker.save_session(&record).await?;
         }
+        // Opening a channel or polling is activity: the lease runs from now. (A long poll answered at once is
+        // rarely live at a reaper tick, so without this an active long poller would be announced as gone.)
+        self.renew(token).await?;
         let ended = self.shared.shutdown.child_token();
         let mut local = self.local();
         local.generation += 1;
@@ -463,11 +485,15 @@ impl Room {
         let backlog = self.shared.broker.since(since, self.shared.config.poll_batch as usize).await?;
         let mut items = Vec::with_capacity(backlog.events.len() + 1);
         let next = push_backlog(&mut items, since, backlog);
-        let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
-        self.shared.broker.renew(std::slice::from_ref(&record.token), lease_until).await?;
         record.cursor = next;
         self.shared.broker.save_session(&record).await?;
         Ok((items, next))
+    }
+
+    /// Extends one session's lease to a full lease from now.
+    async fn renew(&self, token: &str) -> Result<(), AppError> {
+        let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
+        Ok(self.shared.broker.renew(&[token.to_owned()], lease_until).await?)
     }
 
     /// Ends this process's hold on a session's channel, unless a newer channel has taken it over.
@@ -745,6 +771,8 @@ impl Drop for Channel {
         record.cursor = self.delivered;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
+                // The lease runs from when the channel closed, not from the reaper's last tick.
+                let _ = room.renew(&record.token).await;
                 if let Ok(Some(mut stored)) = room.shared.broker.session(&record.token).await {
                     if stored.cursor < record.cursor {
                         stored.cursor = record.cursor;
