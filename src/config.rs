@@ -97,6 +97,11 @@ pub struct Config {
     #[arg(long, default_value_t = 100_000)]
     pub max_sessions: usize,
 
+    /// Room size above which joins and leaves are not announced one by one (N notices to N people is N² frames)
+    /// but in one notice a second naming how many came and went; `clientcount` stays exact on every event.
+    #[arg(long, default_value_t = 100)]
+    pub coalesce_above: u64,
+
     /// Room events a receiver may fall behind the newest before it is closed as a slow consumer
     /// (it resumes from its cursor). This bounds every connection's queue.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]

@@ -48,6 +48,17 @@ struct Shared {
     live: Arc<Semaphore>,
     shutdown: CancellationToken,
     metering: Metering,
+    /// Arrivals and departures not yet announced (rooms above `--coalesce-above`).
+    crowd: Crowd,
+}
+
+/// How often a big room hears who came and went.
+const CROWD_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct Crowd {
+    joined: AtomicU64,
+    left: AtomicU64,
 }
 
 #[derive(Default)]
@@ -90,10 +101,12 @@ impl Room {
                 local: Mutex::new(Local::default()),
                 shutdown: CancellationToken::new(),
                 metering,
+                crowd: Crowd::default(),
             }),
         };
         tokio::spawn(room.clone().pump(feed));
         tokio::spawn(room.clone().reap());
+        tokio::spawn(room.clone().announce_crowd());
         Ok(room)
     }
 
@@ -241,6 +254,50 @@ impl Room {
         }
     }
 
+    /// Whether the room is above `--coalesce-above` participants, where joins and leaves are announced in bulk.
+    async fn crowded(&self) -> bool {
+        match self.shared.broker.online().await {
+            Ok(online) => online > self.shared.config.coalesce_above,
+            Err(_) => false,
+        }
+    }
+
+    /// Once a second, while there are any, announces how many participants came and went without a notice of
+    /// their own (`12 人来了，3 人走了`). The event's `clientcount` is exact, as on every event.
+    async fn announce_crowd(self) {
+        let mut tick = tokio::time::interval(CROWD_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let joined = self.shared.crowd.joined.swap(0, Ordering::Relaxed);
+            let left = self.shared.crowd.left.swap(0, Ordering::Relaxed);
+            let mut parts = Vec::new();
+            if joined > 0 {
+                parts.push(format!("{joined} 人来了"));
+            }
+            if left > 0 {
+                parts.push(format!("{left} 人走了"));
+            }
+            if parts.is_empty() {
+                continue;
+            }
+            let draft = Draft {
+                kind: EventKind::Notification,
+                id: String::new(),
+                nickname: String::new(),
+                message: parts.join("，"),
+            };
+            if let Err(error) = self.publish(draft).await {
+                tracing::warn!(%error, joined, left, "could not announce arrivals and departures");
+                self.shared.crowd.joined.fetch_add(joined, Ordering::Relaxed);
+                self.shared.crowd.left.fetch_add(left, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Drops what this process holds for a session: its live channel ends, its rate bucket goes.
     fn forget(&self, token: &str) {
         let mut local = self.local();
@@ -251,6 +308,10 @@ impl Room {
     }
 
     async fn announce_leave(&self, record: &SessionRecord) {
+        if self.crowded().await {
+            self.shared.crowd.left.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let draft = Draft {
             kind: EventKind::Notification,
             id: record.id.clone(),
@@ -293,6 +354,12 @@ impl Room {
         };
         let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
         self.shared.broker.create_session(&record, lease_until, self.shared.config.max_sessions).await?;
+        if self.crowded().await {
+            // A big room hears one notice a second naming how many came, not N notices to N people (N²).
+            self.shared.crowd.joined.fetch_add(1, Ordering::Relaxed);
+            let cursor = self.head();
+            return Ok((SessionRecord { cursor, ..record }, cursor));
+        }
         let draft = Draft {
             kind: EventKind::Notification,
             id: record.id.clone(),
