@@ -45,7 +45,7 @@ async fn joins_and_leaves_are_coalesced_above_the_threshold() {
     for user in [&crowd[2], &crowd[3]] {
         http().delete(server.url(&format!("/api/sessions/{}", user.session))).send().await.unwrap();
     }
-    let mut messages = vec![ws_next(&mut watcher).await, ws_next(&mut watcher).await];
+    let mut messages = [ws_next(&mut watcher).await, ws_next(&mut watcher).await];
     messages.sort_by_key(|e| e["seq"].as_u64());
     let own = messages.iter().find(|e| e["id"] == crowd[3].id.as_str()).expect("its own notice");
     assert_eq!(own["message"], format!("{} 走了", crowd[3].nickname));
