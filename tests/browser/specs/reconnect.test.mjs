@@ -18,7 +18,9 @@ for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
       const page = await openChat(browser, server, { transport: technique, interval: 0.5 });
       const before = await identity(page);
 
-      await server.stop();
+      await server.stop(); // SIGTERM: the server says goodbye, then closes every channel
+      // A short poller has no request open at that moment: it only sees the failure.
+      if (technique !== 'poll') await waitForNotice(page, 'Server has disconnected');
       // The state on screen changes from "connected" to reconnecting.
       await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'reconnecting');
       assert.match(await page.textContent('#status-text'), /reconnecting in [\d.]+ s \(attempt \d+\)/);
