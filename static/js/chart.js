@@ -59,9 +59,10 @@ export function drawLines(svg, series, format = String) {
   const x = (t) => left + ((t - t0) / (t1 - t0)) * (width - left - right);
   const y = (v) => height - bottom - (v / vMax) * (height - top - bottom);
 
-  // grid lines and y labels
-  for (let i = 0; i <= 4; i++) {
-    const v = (vMax * i) / 4;
+  // grid lines and y labels: 5 steps for 1, 5, 10, ... and 4 for 2, 20, ... so every label is round
+  const steps = String(vMax)[0] === '2' ? 4 : 5;
+  for (let i = 0; i <= steps; i++) {
+    const v = (vMax * i) / steps;
     svg.append(svgElement('line', { x1: left, x2: width - right, y1: y(v), y2: y(v), class: 'axis' }));
     const label = svgElement('text', { x: left - 6, y: y(v) + 4, 'text-anchor': 'end' });
     label.textContent = format(v);

@@ -64,7 +64,9 @@ function show(event) {
       break;
     case 'gap':
       li.className = 'notice gap';
-      li.textContent = t('gap', { from: event.from, to: event.to }) + (event.message ? ` (${event.message})` : '');
+      // event.local: made up by client.js after a rejoin, not sent by the server.
+      li.textContent = t(event.local ? 'missed' : 'gap', { from: event.from, to: event.to })
+        + (event.message ? ` (${event.message})` : '');
       break;
     case 'error':
       li.className = 'notice error';

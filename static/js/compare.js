@@ -225,7 +225,7 @@ function setCell(panel, metric, value, text) {
 }
 
 function count(v) {
-  return String(Math.round(v));
+  return Number.isInteger(v) ? String(v) : v < 10 ? v.toFixed(1) : String(Math.round(v));
 }
 function bytes(v) {
   if (v >= 1e6) return (v / 1e6).toFixed(1) + ' MB';

@@ -35,6 +35,7 @@ const LABELS = {
     switched: '已切换到 {t},身份和进度不变',
     gap: '第 {from}–{to} 条消息已不在服务器上,无法补回',
     expired: '会话已过期,重新加入为新用户',
+    missed: '离开期间的第 {from}–{to} 条消息不再显示(你已不在聊天室里)',
     error: '错误',
     sendFailed: '发送失败',
     // comparison view
@@ -91,6 +92,7 @@ const LABELS = {
     switched: 'Switched to {t}; same identity, same cursor',
     gap: 'Events {from}–{to} are no longer kept by the server and cannot be shown',
     expired: 'Session expired; joining again as a new participant',
+    missed: 'Events {from}–{to} happened while you were out of the room and are not shown',
     error: 'Error',
     sendFailed: 'Not sent',
     compareTitle: 'The four techniques side by side',
