@@ -18,6 +18,7 @@
 //! | [`report`] | Markdown, JSON and SVG output |
 
 pub mod clients;
+mod delay;
 mod http;
 mod probe;
 pub mod report;
@@ -134,6 +135,11 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Headers::Minimal)]
     pub headers: Headers,
 
+    /// Emulated one-way network delay, in ms, that the clients add to every byte each way (a round trip gets
+    /// twice this longer). 0 leaves loopback as it is.
+    #[arg(long, default_value_t = 0.0)]
+    pub delay_ms: f64,
+
     /// Extra flag for the chatlab the bench starts itself (repeat; e.g. `--server-arg=--send-queue=4096`).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
@@ -146,9 +152,10 @@ pub struct BenchArgs {
     #[arg(long = "out")]
     pub outs: Vec<PathBuf>,
 
-    /// Render a report saved with `--out FILE.json` instead of running a bench.
+    /// Render a report saved with `--out FILE.json` instead of running a bench; repeat to render the median of
+    /// several runs (each figure's median, technique by technique).
     #[arg(long)]
-    pub from: Option<PathBuf>,
+    pub from: Vec<PathBuf>,
 }
 
 /// Runs `chatlab bench`.
@@ -157,10 +164,17 @@ pub struct BenchArgs {
 /// Bad flags, a server that cannot be started or reached, a phase in which no participant could join, or an
 /// output file that cannot be written.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let report = match &args.from {
-        Some(path) => serde_json::from_str(&std::fs::read_to_string(path)?)
-            .with_context(|| format!("{} is not a bench report", path.display()))?,
-        None => measure(&args).await?,
+    let report = if args.from.is_empty() {
+        measure(&args).await?
+    } else {
+        let mut runs = Vec::new();
+        for path in &args.from {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            runs.push(
+                serde_json::from_str(&text).with_context(|| format!("{} is not a bench report", path.display()))?,
+            );
+        }
+        report::median(runs)?
     };
     print!("{}", report::render(&report, args.format));
     for path in &args.outs {
@@ -178,8 +192,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Runs every phase and gathers the report.
 async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
-    if !(args.duration > 0.0 && args.poll_interval > 0.0 && args.send_every > 0.0 && args.warmup >= 0.0) {
-        bail!("--duration, --poll-interval and --send-every must be positive");
+    let positive = [args.duration, args.poll_interval, args.send_every].iter().all(|x| *x > 0.0);
+    if !positive || args.warmup.is_nan() || args.warmup < 0.0 || args.delay_ms.is_nan() || args.delay_ms < 0.0 {
+        bail!("--duration, --poll-interval and --send-every must be positive; --warmup and --delay-ms not negative");
     }
     let mut techniques = args.techniques.clone();
     techniques.dedup();
@@ -245,6 +260,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         burst: args.burst,
         text_bytes: args.text_bytes,
         headers: args.headers,
+        delay_ms: args.delay_ms,
         targets,
         results,
     })
@@ -259,7 +275,7 @@ async fn phase(
     args: &BenchArgs,
     progress: &ProgressBar,
 ) -> anyhow::Result<PhaseResult> {
-    let probe = Probe::new();
+    let probe = Probe::with_delay(Duration::from_secs_f64(args.delay_ms / 1000.0));
     let stop = CancellationToken::new();
     progress.set_message(format!("{}: joining", technique.as_str()));
     let contexts: Vec<(String, Context)> = (0..args.participants as usize)

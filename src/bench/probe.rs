@@ -6,10 +6,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
+
+use super::delay::delayed;
 
 /// Every bench message's text starts with this, then the send time in µs since [`Probe::epoch`].
 const MARKER: &str = "bench ";
@@ -17,6 +20,8 @@ const MARKER: &str = "bench ";
 /// Counters of one phase. All participants of a phase share one.
 #[derive(Debug)]
 pub(crate) struct Probe {
+    /// Emulated one-way network delay of every client socket (`--delay-ms`).
+    delay: Duration,
     /// The clock bench messages carry their send time on (all clients live in this process).
     epoch: Instant,
     /// Bytes the clients' sockets wrote (requests, POST bodies, WebSocket frames): the "up" direction.
@@ -52,7 +57,13 @@ pub(crate) struct Reading {
 
 impl Probe {
     pub(crate) fn new() -> Arc<Probe> {
+        Probe::with_delay(Duration::ZERO)
+    }
+
+    /// A probe whose client sockets take `delay` longer each way.
+    pub(crate) fn with_delay(delay: Duration) -> Arc<Probe> {
         Arc::new(Probe {
+            delay,
             epoch: Instant::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -125,15 +136,17 @@ impl Probe {
 /// A client socket that counts every byte it reads and writes into a [`Probe`].
 #[derive(Debug)]
 pub(crate) struct CountingStream {
-    inner: TcpStream,
+    inner: Either<TcpStream, DuplexStream>,
     probe: Arc<Probe>,
 }
 
 impl CountingStream {
-    /// Connects to `addr` (`host:port`), with Nagle off as a browser has it.
+    /// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay.
     pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
-        let inner = TcpStream::connect(addr).await?;
-        inner.set_nodelay(true)?;
+        let socket = TcpStream::connect(addr).await?;
+        socket.set_nodelay(true)?;
+        let inner =
+            if probe.delay.is_zero() { Either::Left(socket) } else { Either::Right(delayed(socket, probe.delay)) };
         Ok(CountingStream { inner, probe })
     }
 }

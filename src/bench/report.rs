@@ -57,6 +57,9 @@ pub struct Report {
     pub text_bytes: usize,
     /// Request headers of the HTTP clients.
     pub headers: Headers,
+    /// Emulated one-way network delay the clients added, in ms.
+    #[serde(default)]
+    pub delay_ms: f64,
     /// The servers driven.
     pub targets: Vec<String>,
     /// One per technique, in the order run.
@@ -193,6 +196,60 @@ pub(crate) fn phase_result(m: PhaseInput) -> PhaseResult {
     }
 }
 
+/// The median of several runs of the same bench: every figure is the median of its values, technique by
+/// technique; the header (date, command) is the first run's, with the number of runs added.
+///
+/// # Errors
+/// Runs that do not have the same techniques in the same order.
+pub fn median(mut runs: Vec<Report>) -> anyhow::Result<Report> {
+    if runs.len() == 1 {
+        return Ok(runs.remove(0));
+    }
+    let techniques = |r: &Report| r.results.iter().map(|p| p.technique).collect::<Vec<_>>();
+    let first = runs.first().ok_or_else(|| anyhow::anyhow!("no report"))?.clone();
+    if runs.iter().any(|r| techniques(r) != techniques(&first)) {
+        anyhow::bail!("the runs do not have the same techniques in the same order");
+    }
+    let mut results = Vec::new();
+    for (i, result) in first.results.iter().enumerate() {
+        let values: Vec<serde_json::Value> =
+            runs.iter().map(|r| serde_json::to_value(&r.results[i])).collect::<Result<_, _>>()?;
+        let mut merged = serde_json::to_value(result)?;
+        median_into(&mut merged, &values);
+        results.push(serde_json::from_value(merged)?);
+    }
+    let dates: Vec<&str> = runs.iter().map(|r| r.date.as_str()).collect();
+    Ok(Report { date: format!("median of {} runs ({})", runs.len(), dates.join(", ")), results, ..first })
+}
+
+/// Replaces every number in `target` by the median of the numbers at the same place in `runs`.
+fn median_into(target: &mut serde_json::Value, runs: &[serde_json::Value]) {
+    use serde_json::Value;
+    match target {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                let inner: Vec<Value> = runs.iter().map(|r| r.get(key).cloned().unwrap_or(Value::Null)).collect();
+                median_into(value, &inner);
+            }
+        }
+        Value::Number(number) => {
+            let mut values: Vec<f64> = runs.iter().filter_map(Value::as_f64).collect();
+            if values.is_empty() {
+                return;
+            }
+            values.sort_by(f64::total_cmp);
+            let mid = values.len() / 2;
+            let median = if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 };
+            *number = if number.is_u64() {
+                (median.round() as u64).into()
+            } else {
+                serde_json::Number::from_f64(median).unwrap_or_else(|| number.clone())
+            };
+        }
+        _ => {}
+    }
+}
+
 /// The report in `format`.
 pub fn render(report: &Report, format: Format) -> String {
     match format {
@@ -248,8 +305,10 @@ fn title(report: &Report) -> String {
             report.burst, report.text_bytes, report.send_every_s
         ),
     };
+    let delay =
+        if report.delay_ms > 0.0 { format!("; {} ms emulated one-way delay", report.delay_ms) } else { String::new() };
     format!(
-        "{what}; {} participants per technique; {} s per technique; short-poll interval {} s; {:?} request headers",
+        "{what}; {} participants per technique; {} s per technique; short-poll interval {} s; {:?} request headers{delay}",
         report.participants, report.duration_s, report.poll_interval_s, report.headers
     )
     .replace("Minimal", "minimal")
