@@ -56,10 +56,12 @@ pub async fn handler(
 }
 
 /// Sizes a connection's buffers for chat: tungstenite's defaults (128 KiB read and write buffers) are sized
-/// for bulk transfer and would dominate the memory of an idle chat connection.
+/// for bulk transfer and would dominate the memory of an idle chat connection. The read buffer is allocated up
+/// front and kept, so it is small (a chat line is a few hundred bytes; a longer frame grows it as needed); the
+/// write buffer grows only while a batch is written, and 8 KiB lets a burst go out in few writes.
 pub(crate) fn configure(upgrade: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
     upgrade
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(256)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(config.ws_max_buffer.max(16 * 1024))
         .max_frame_size(config.max_frame_bytes)
@@ -81,6 +83,9 @@ pub(crate) enum Ended {
 
 /// Runs one connection: room events out (coalesced), texts in, until either side ends it.
 /// Errors stay inside this task: a broken connection never affects another.
+///
+/// An idle connection is this future parked on its `select!`, so its size is most of a connection's memory: the
+/// rarer, larger steps (posting a text, a batch, the goodbye) are boxed and exist only while they run.
 pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: Option<String>) -> Ended {
     let room = channel.room().clone();
     let token = channel.record().token.clone();
@@ -100,21 +105,21 @@ pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: 
                     return Ended::Client;
                 }
                 if let Some(end) = batch.end {
-                    return finish(socket, &room, end).await;
+                    return Box::pin(finish(socket, &room, end)).await;
                 }
             }
             received = socket.recv() => {
                 let message = match received {
                     Some(Ok(message)) => message,
                     Some(Err(error)) => {
-                        close(socket, protocol_close_code(&error), "protocol error").await;
+                        Box::pin(close(socket, protocol_close_code(&error), "protocol error")).await;
                         return Ended::Client;
                     }
                     None => return Ended::Client,
                 };
                 match message {
                     Message::Text(text) => {
-                        if let Err(error) = room.post(&token, text.as_str()).await {
+                        if let Err(error) = Box::pin(room.post(&token, text.as_str())).await {
                             if socket.send(Message::Text(error.to_event().into())).await.is_err() {
                                 return Ended::Client;
                             }
@@ -123,7 +128,7 @@ pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: 
                     Message::Binary(_) => {
                         let error = AppError::BadRequest("binary frames are not supported: send text".into());
                         let _ = socket.send(Message::Text(error.to_event().into())).await;
-                        close(socket, 1003, "binary frames are not supported").await;
+                        Box::pin(close(socket, 1003, "binary frames are not supported")).await;
                         return Ended::Client;
                     }
                     Message::Close(_) => {
