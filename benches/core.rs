@@ -1,0 +1,108 @@
+//! The room core without sockets: what publishing costs, and what fanning one event out to 1,000 receivers
+//! costs. `cargo bench --bench core`.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use tokio::runtime::Runtime;
+
+use chatlab::config::Config;
+use chatlab::core::{Channel, Delivery, Item, Room, Transport};
+use chatlab::transport::poll_body;
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn config() -> Config {
+    Config {
+        rate_limit: 0.0,
+        coalesce_above: u64::MAX,
+        max_connections: 10_000,
+        send_queue: 65_536,
+        ..Config::default()
+    }
+}
+
+/// A room with `receivers` open channels (WebSocket participants, without sockets) and one sender.
+async fn room_with(receivers: usize) -> (Room, String, Vec<Channel>) {
+    let room = chatlab::build_room(config()).await.unwrap();
+    let (sender, _) = room.join(Transport::Poll, None, false).await.unwrap();
+    let mut channels = Vec::with_capacity(receivers);
+    for _ in 0..receivers {
+        let (record, cursor) = room.join(Transport::Ws, None, false).await.unwrap();
+        channels.push(room.open(&record.token, Transport::Ws, Some(cursor)).await.unwrap());
+    }
+    // Drain the join notices, so every channel waits for the next event.
+    let head = room.head();
+    for channel in &mut channels {
+        while channel.cursor() < head {
+            drain(channel).await;
+        }
+    }
+    (room, sender.token, channels)
+}
+
+async fn drain(channel: &mut Channel) -> usize {
+    let first = channel.next().await;
+    let batch = channel.batch_from(first, 64).await;
+    assert!(batch.end.is_none() || matches!(batch.end, Some(Item::Deliver(_))));
+    batch.deliveries.len()
+}
+
+fn publish(c: &mut Criterion) {
+    let rt = runtime();
+    let (room, sender, _) = rt.block_on(room_with(0));
+    let mut group = c.benchmark_group("publish");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("post a text, no receivers", |b| {
+        b.to_async(&rt).iter(|| async { black_box(room.post(&sender, "hello, room").await.unwrap()) })
+    });
+    group.finish();
+}
+
+fn fan_out(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("fan-out");
+    for receivers in [100usize, 1_000] {
+        let (room, sender, mut channels) = rt.block_on(room_with(receivers));
+        group.throughput(Throughput::Elements(receivers as u64));
+        group.bench_function(format!("one text to {receivers} receivers"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        room.post(&sender, "hello, room").await.unwrap();
+                        let mut delivered = 0;
+                        for channel in channels.iter_mut() {
+                            delivered += drain(channel).await;
+                        }
+                        assert_eq!(delivered, channels.len());
+                    }
+                    started.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+fn poll_bodies(c: &mut Criterion) {
+    let rt = runtime();
+    let (room, sender, _) = rt.block_on(room_with(0));
+    let (record, _) = rt.block_on(room.join(Transport::Poll, None, false)).unwrap();
+    for i in 0..100 {
+        rt.block_on(room.post(&sender, &format!("text {i}"))).unwrap();
+    }
+    let (deliveries, next): (Vec<Delivery>, u64) = rt.block_on(room.poll(&record.token, Some(0))).unwrap();
+    let mut group = c.benchmark_group("poll body");
+    group.throughput(Throughput::Elements(deliveries.len() as u64));
+    group.bench_function("100 events into one response", |b| {
+        b.iter_batched(|| deliveries.clone(), |d| black_box(poll_body(&d, next)), BatchSize::SmallInput)
+    });
+    group.finish();
+}
+
+criterion_group!(benches, publish, fan_out, poll_bodies);
+criterion_main!(benches);
