@@ -414,10 +414,11 @@ async fn three_processes_share_one_room_through_kill_and_redis_restart() {
     for i in 1..=2 {
         texts.extend(round(&format!("after redis {i}"), &mut w1, &sse, &c, &mut poller, &alive).await);
     }
+    // The poller first again: it has not polled since the outage began, and only polling keeps it online.
     let done = |seen: &Seen| seen.has_all(&texts);
+    poller.read_until("phase 3", &alive, done).await;
     w1.read_until("phase 3", done).await;
     sse.read_until("phase 3", done).await;
-    poller.read_until("phase 3", &alive, done).await;
     let room = check_same_sequence(&[("w1", &w1.seen), ("sse", &sse.seen), ("longpoll", &poller.seen)]);
     for text in &texts {
         assert_eq!(room.values().filter(|e| e["message"] == text.as_str()).count(), 1, "{text} once");
