@@ -264,6 +264,9 @@ fn human(x: f64) -> String {
     if !x.is_finite() {
         return "–".into();
     }
+    if x == 0.0 {
+        return "0".into();
+    }
     let decimals = if x.abs() >= 100.0 {
         0
     } else if x.abs() >= 10.0 {
