@@ -728,6 +728,27 @@ impl Channel {
                     }
                 }
             }
+            // Fast path: an event already waiting is taken without registering a waker on every signal (which
+            // costs a few locks per call); the signals are checked by their flags first, so none is missed.
+            if self.ended.is_cancelled() {
+                return if self.room.shared.shutdown.is_cancelled() { Item::Shutdown } else { Item::Replaced };
+            }
+            if !self.health.has_changed().unwrap_or(false) {
+                match self.receiver.try_recv() {
+                    Ok(event) => {
+                        if let Some(item) = self.accept(event).await {
+                            return item;
+                        }
+                        continue;
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        self.room.metering().of(self.transport).slow_consumers.fetch_add(1, Ordering::Relaxed);
+                        return Item::Lagged;
+                    }
+                    Err(broadcast::error::TryRecvError::Closed) => return Item::Shutdown,
+                    Err(broadcast::error::TryRecvError::Empty) => {}
+                }
+            }
             let received = tokio::select! {
                 biased;
                 _ = self.room.shared.shutdown.cancelled() => return Item::Shutdown,
