@@ -9,7 +9,7 @@
 //! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
 //! | [`metering`] | per-technique counters, exact wire bytes: `/api/stats` and `/metrics` |
-//! | [`bench`] | `chatlab bench`: real clients of every technique, and the side-by-side report |
+//! | [`bench`](mod@bench) | `chatlab bench`: real clients of every technique, and the side-by-side report |
 //! | [`config`] | every flag, its default and why |
 //! | [`error`] | every refusal and how it reaches a client |
 //!

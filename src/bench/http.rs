@@ -1,4 +1,4 @@
-//! A plain HTTP/1.1 client connection for the bench (hyper's low-level client over a [`CountingStream`]): one
+//! A plain HTTP/1.1 client connection for the bench (hyper's low-level client over a [`CountingStream`](super::probe::CountingStream)): one
 //! TCP connection, one request at a time, exactly as a browser tab's connection would carry them.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 
-use super::probe::{CountingStream, Probe};
+use super::probe::{self, Probe};
 
 /// Request headers a desktop Chrome sends with a `fetch` to the same origin (cookies aside): what a real page
 /// adds to every poll and POST. `--headers browser` sends them; `minimal` sends only `Host` (and
@@ -45,9 +45,8 @@ pub(crate) struct Http {
 impl Http {
     /// Opens a connection to `authority` (`host:port`); its bytes count into `probe`.
     pub(crate) async fn connect(authority: &str, probe: Arc<Probe>, browser_headers: bool) -> anyhow::Result<Http> {
-        let stream = CountingStream::connect(authority, probe.clone())
-            .await
-            .with_context(|| format!("connecting to {authority}"))?;
+        let stream =
+            probe::connect(authority, probe.clone()).await.with_context(|| format!("connecting to {authority}"))?;
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.await;

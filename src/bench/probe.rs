@@ -2,17 +2,16 @@
 //! requests, empty polls, and the latency of every bench message they receive.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::delay::delayed;
+use crate::metering::wire::{Counted, Tally};
 
 /// Every bench message's text starts with this, then the send time in µs since [`Probe::epoch`].
 const MARKER: &str = "bench ";
@@ -133,65 +132,24 @@ impl Probe {
     }
 }
 
-/// A client socket that counts every byte it reads and writes into a [`Probe`].
-#[derive(Debug)]
-pub(crate) struct CountingStream {
-    inner: Either<TcpStream, DuplexStream>,
-    probe: Arc<Probe>,
-}
+impl Tally for Arc<Probe> {
+    fn read(&self, bytes: usize) {
+        self.bytes_down.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
 
-impl CountingStream {
-    /// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay.
-    pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
-        let socket = TcpStream::connect(addr).await?;
-        socket.set_nodelay(true)?;
-        let inner =
-            if probe.delay.is_zero() { Either::Left(socket) } else { Either::Right(delayed(socket, probe.delay)) };
-        Ok(CountingStream { inner, probe })
+    fn wrote(&self, bytes: usize) {
+        self.bytes_up.fetch_add(bytes as u64, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for CountingStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if result.is_ready() {
-            self.probe.bytes_down.fetch_add((buf.filled().len() - before) as u64, Ordering::Relaxed);
-        }
-        result
-    }
-}
+/// A client socket that counts every byte it reads and writes into a [`Probe`] (the same wrapper the server
+/// counts its own sockets with).
+pub(crate) type CountingStream = Counted<Either<TcpStream, DuplexStream>, Arc<Probe>>;
 
-impl AsyncWrite for CountingStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = result {
-            self.probe.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
-        if let Poll::Ready(Ok(n)) = result {
-            self.probe.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+/// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay.
+pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
+    let socket = TcpStream::connect(addr).await?;
+    socket.set_nodelay(true)?;
+    let inner = if probe.delay.is_zero() { Either::Left(socket) } else { Either::Right(delayed(socket, probe.delay)) };
+    Ok(Counted::new(inner, probe))
 }

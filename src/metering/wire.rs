@@ -20,7 +20,7 @@
 //! 5. A `101 Switching Protocols` response fixes the technique for the rest of the connection: a WebSocket's
 //!    upgrade request, its handshake response and every frame after count under `ws`.
 //!
-//! The choice travels from the handler to the middleware through a task-local slot ([`chosen`]): the handler
+//! The choice travels from the handler to the middleware through a task-local slot (`chosen`): the handler
 //! future runs inside the middleware's scope, so no transport needs to carry a handle.
 //!
 //! # Where it is not exact
@@ -78,7 +78,7 @@ impl Listener for MeteredListener {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        (MeteredStream { inner: stream, connection: Connection::new(self.metering.clone()) }, addr)
+        (Counted::new(stream, Connection::new(self.metering.clone())), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -87,28 +87,53 @@ impl Listener for MeteredListener {
 }
 
 /// An accepted socket that counts what crosses it into its [`Connection`].
-#[derive(Debug)]
-pub struct MeteredStream {
-    inner: TcpStream,
-    connection: Arc<Connection>,
+pub type MeteredStream = Counted<TcpStream, Arc<Connection>>;
+
+/// Told of every byte a [`Counted`] stream reads and writes.
+pub trait Tally {
+    /// `bytes` were read (0 at end of stream).
+    fn read(&self, bytes: usize);
+    /// `bytes` were written.
+    fn wrote(&self, bytes: usize);
 }
 
-impl AsyncRead for MeteredStream {
+/// A stream that tells a [`Tally`] how many bytes each successful read and write moved, and otherwise behaves
+/// exactly as the stream it wraps (vectored writes included). The server's sockets count into their
+/// [`Connection`]; the bench's client sockets count into its probe.
+#[derive(Debug)]
+pub struct Counted<S, T> {
+    inner: S,
+    tally: T,
+}
+
+impl<S, T> Counted<S, T> {
+    /// Wraps `inner`, counting into `tally`.
+    pub fn new(inner: S, tally: T) -> Self {
+        Counted { inner, tally }
+    }
+
+    /// Where the bytes are counted.
+    pub fn tally(&self) -> &T {
+        &self.tally
+    }
+}
+
+impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for Counted<S, T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            self.connection.read(buf.filled().len() - before);
+            self.tally.read(buf.filled().len() - before);
         }
         result
     }
 }
 
-impl AsyncWrite for MeteredStream {
+impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(written)) = result {
-            self.connection.wrote(written);
+            self.tally.wrote(written);
         }
         result
     }
@@ -120,12 +145,12 @@ impl AsyncWrite for MeteredStream {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
         if let Poll::Ready(Ok(written)) = result {
-            self.connection.wrote(written);
+            self.tally.wrote(written);
         }
         result
     }
 
-    // Forwarded so that hyper writes exactly as it would on a bare `TcpStream` (vectored head + body).
+    // Forwarded so that hyper writes exactly as it would on the bare stream (vectored head + body).
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
@@ -191,7 +216,9 @@ impl Connection {
     fn state(&self) -> MutexGuard<'_, Attribution> {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
 
+impl Tally for Arc<Connection> {
     fn read(&self, bytes: usize) {
         if bytes == 0 {
             return; // end of stream: no request starts
@@ -208,7 +235,9 @@ impl Connection {
         let mut state = self.state();
         self.add(&mut state, 0, bytes as u64);
     }
+}
 
+impl Connection {
     fn add(&self, state: &mut Attribution, read: u64, written: u64) {
         let (into_in, into_out) = match state.owner {
             Owner::Undecided => {
@@ -267,7 +296,7 @@ pub struct Peer {
 
 impl Connected<IncomingStream<'_, MeteredListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, MeteredListener>) -> Self {
-        Peer { addr: *stream.remote_addr(), connection: stream.io().connection.clone() }
+        Peer { addr: *stream.remote_addr(), connection: stream.io().tally().clone() }
     }
 }
 

@@ -1,13 +1,13 @@
-//! One client per technique, all behind [`Participant`]: join, send texts, leave. Each one's receiving side
-//! runs in its own task, counting every bench message it gets into the phase's [`Probe`].
+//! One client per technique, all behind `Participant`: join, send texts, leave. Each one's receiving side
+//! runs in its own task, counting every bench message it gets into the phase's probe.
 //!
 //! | file | technique | down | up |
 //! |---|---|---|---|
-//! | [`ws`] | WebSocket on `/ws` | text frames | text frames on the same socket |
-//! | [`sse`] | Server-Sent Events | one `text/event-stream` response | `POST /api/messages` |
-//! | [`long_poll`] | long polling | `GET /api/longpoll`, held until news | `POST /api/messages` |
-//! | [`short_poll`] | short polling | `GET /api/poll` every `--poll-interval` | `POST /api/messages` |
-//! | [`seed`] | the seed protocol (`ws://host:8180/`, the Node.js original or chatlab's `/`) | text frames | text frames |
+//! | `ws.rs` | WebSocket on `/ws` | text frames | text frames on the same socket |
+//! | `sse.rs` | Server-Sent Events | one `text/event-stream` response | `POST /api/messages` |
+//! | `long_poll.rs` | long polling | `GET /api/longpoll`, held until news | `POST /api/messages` |
+//! | `short_poll.rs` | short polling | `GET /api/poll` every `--poll-interval` | `POST /api/messages` |
+//! | `seed.rs` | the seed protocol (`ws://host:8180/`, the Node.js original or chatlab's `/`) | text frames | text frames |
 //!
 //! The HTTP techniques use two connections, as a browser does: one held by the receiving side, one for POSTs.
 

@@ -13,7 +13,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::{Context, Participant};
 use crate::bench::http::Http;
-use crate::bench::probe::CountingStream;
+use crate::bench::probe::{self, CountingStream};
 
 type Socket = WebSocketStream<CountingStream>;
 
@@ -23,9 +23,8 @@ pub(super) async fn open(
     authority: &str,
     context: &Context,
 ) -> anyhow::Result<(SplitSink<Socket, Message>, SplitStream<Socket>)> {
-    let stream = CountingStream::connect(authority, context.probe.clone())
-        .await
-        .with_context(|| format!("connecting to {authority}"))?;
+    let stream =
+        probe::connect(authority, context.probe.clone()).await.with_context(|| format!("connecting to {authority}"))?;
     context.probe.request();
     let (socket, _) = tokio_tungstenite::client_async(url, stream).await.with_context(|| format!("upgrading {url}"))?;
     Ok(socket.split())
