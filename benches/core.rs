@@ -32,7 +32,7 @@ async fn room_with(receivers: usize) -> (Room, String, Vec<Channel>) {
     let mut channels = Vec::with_capacity(receivers);
     for _ in 0..receivers {
         let (record, cursor) = room.join(Transport::Ws, None, false).await.unwrap();
-        channels.push(room.open(&record.token, Transport::Ws, Some(cursor)).await.unwrap());
+        channels.push(room.open(&record.token, Transport::Ws, Some(cursor)).await.unwrap().0);
     }
     // Drain the join notices, so every channel waits for the next event.
     let head = room.head();

@@ -508,10 +508,17 @@ impl Room {
     /// Opens a live receiving channel for a session (WebSocket, SSE stream, held long poll), resuming after
     /// `since` (default: where the session's last channel stopped). Any older channel of the session ends.
     ///
+    /// Returns the channel and the session's record (for a welcome frame; the channel keeps only the token).
+    ///
     /// # Errors
     /// [`AppError::UnknownSession`], [`AppError::TooManyConnections`], [`AppError::Unavailable`],
     /// [`AppError::ShuttingDown`].
-    pub async fn open(&self, token: &str, transport: Transport, since: Option<Seq>) -> Result<Channel, AppError> {
+    pub async fn open(
+        &self,
+        token: &str,
+        transport: Transport,
+        since: Option<Seq>,
+    ) -> Result<(Channel, SessionRecord), AppError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(AppError::ShuttingDown);
         }
@@ -523,7 +530,7 @@ impl Room {
         let backlog = self.shared.broker.since(since, usize::MAX).await?;
         let mut channel = Channel {
             room: self.clone(),
-            record,
+            token: record.token.clone(),
             transport,
             generation,
             receiver,
@@ -537,7 +544,7 @@ impl Room {
             _open: self.shared.metering.open(transport),
         };
         channel.queue_backlog(backlog);
-        Ok(channel)
+        Ok((channel, record))
     }
 
     /// One short poll: up to `--poll-batch` retained events after `since`, answered at once. It renews the
@@ -631,7 +638,8 @@ pub enum Item {
 /// with no duplicate and no hole. Dropping it releases the session's channel slot and saves its cursor.
 pub struct Channel {
     room: Room,
-    record: SessionRecord,
+    /// The session's token: all a channel needs to know of its session once open.
+    token: String,
     transport: Transport,
     generation: u64,
     receiver: broadcast::Receiver<Arc<RoomEvent>>,
@@ -651,9 +659,9 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// The session this channel serves.
-    pub fn record(&self) -> &SessionRecord {
-        &self.record
+    /// The session token this channel serves.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// The cursor: the newest sequence number handed out by this channel.
@@ -852,18 +860,18 @@ fn push_backlog(items: &mut Vec<Delivery>, since: Seq, backlog: Backlog) -> Seq 
 
 impl Drop for Channel {
     fn drop(&mut self) {
-        self.room.release(&self.record.token, self.generation);
+        self.room.release(&self.token, self.generation);
         // Remember where this channel stopped, so a resume without `since=` continues from here.
         let room = self.room.clone();
-        let mut record = self.record.clone();
-        record.cursor = self.delivered;
+        let token = std::mem::take(&mut self.token);
+        let cursor = self.delivered;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 // The lease runs from when the channel closed, not from the reaper's last tick.
-                let _ = room.renew(&record.token).await;
-                if let Ok(Some(mut stored)) = room.shared.broker.session(&record.token).await {
-                    if stored.cursor < record.cursor {
-                        stored.cursor = record.cursor;
+                let _ = room.renew(&token).await;
+                if let Ok(Some(mut stored)) = room.shared.broker.session(&token).await {
+                    if stored.cursor < cursor {
+                        stored.cursor = cursor;
                         let _ = room.shared.broker.save_session(&stored).await;
                     }
                 }

@@ -20,7 +20,7 @@ pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMa
     let since = params.since(&headers)?;
     let hold = timeout(&params, &room)?;
     room.metering().request(Transport::LongPoll);
-    let mut channel = room.open(&token, Transport::LongPoll, since).await?;
+    let (mut channel, _) = room.open(&token, Transport::LongPoll, since).await?;
     let batch_max = room.config().poll_batch as usize;
     let mut deliveries = Vec::new();
     if let Ok(first) = tokio::time::timeout(hold, channel.next()).await {

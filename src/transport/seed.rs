@@ -10,7 +10,7 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::ws::{configure, serve, Ended};
+use super::ws::{configure, serve, OnClose};
 use super::{assets, check_origin};
 use crate::core::{Room, Transport};
 use crate::error::AppError;
@@ -34,21 +34,11 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
     room.metering().request(Transport::Ws);
     let (record, cursor) = room.join(Transport::Ws, None, true).await?;
     let channel = match room.open(&record.token, Transport::Ws, Some(cursor)).await {
-        Ok(channel) => channel,
+        Ok((channel, _)) => channel,
         Err(error) => {
             let _ = room.leave(&record.token).await;
             return Err(error);
         }
     };
-    Ok(configure(upgrade, room.config()).on_upgrade(move |socket| async move {
-        let token = channel.record().token.clone();
-        let room = channel.room().clone();
-        // On shutdown the participant is not announced as gone: in a cluster it comes back on another process,
-        // and a seed client that does not is reaped by its lease.
-        if serve(socket, channel, None).await != Ended::Shutdown {
-            if let Err(error) = room.leave(&token).await {
-                tracing::warn!(%error, "could not announce a seed participant's leave");
-            }
-        }
-    }))
+    Ok(configure(upgrade, room.config()).on_upgrade(move |socket| serve(socket, channel, None, OnClose::Leave)))
 }

@@ -31,8 +31,7 @@ pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMa
     let token = params.require_session(&headers)?;
     let since = params.since(&headers)?;
     room.metering().request(Transport::Sse);
-    let channel = room.open(&token, Transport::Sse, since).await?;
-    let record = channel.record();
+    let (channel, record) = room.open(&token, Transport::Sse, since).await?;
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
     let mut keepalive = tokio::time::interval(Duration::from_secs(room.config().sse_keepalive));
     keepalive.reset(); // the first tick would fire at once; the welcome frame already shows life

@@ -47,12 +47,9 @@ pub async fn handler(
             (record.token, Some(since.unwrap_or(cursor)))
         }
     };
-    let channel = room.open(&token, Transport::Ws, since).await?;
-    let record = channel.record();
+    let (channel, record) = room.open(&token, Transport::Ws, since).await?;
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
-    Ok(configure(upgrade, room.config()).on_upgrade(move |socket| async move {
-        serve(socket, channel, Some(welcome)).await;
-    }))
+    Ok(configure(upgrade, room.config()).on_upgrade(move |socket| serve(socket, channel, Some(welcome), OnClose::Stay)))
 }
 
 /// Sizes a connection's buffers for chat: tungstenite's defaults (128 KiB read and write buffers) are sized
@@ -68,9 +65,18 @@ pub(crate) fn configure(upgrade: WebSocketUpgrade, config: &Config) -> WebSocket
         .max_message_size(config.max_frame_bytes)
 }
 
+/// What becomes of the participant when its socket ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnClose {
+    /// It stays for the lease: it may come back on any technique (`/ws`).
+    Stay,
+    /// It leaves at once, unless the server is stopping (the seed protocol on `/`).
+    Leave,
+}
+
 /// How a socket's session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ended {
+enum Ended {
     /// The client closed, vanished, or broke the protocol.
     Client,
     /// A newer channel took the session over.
@@ -85,13 +91,33 @@ pub(crate) enum Ended {
 /// Errors stay inside this task: a broken connection never affects another.
 ///
 /// An idle connection is this future parked on its `select!`, so its size is most of a connection's memory: the
-/// rarer, larger steps (posting a text, a batch, the goodbye) are boxed and exist only while they run.
-pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: Option<String>) -> Ended {
+/// rarer, larger steps (posting a text, a batch, the goodbye) are boxed and exist only while they run, and the
+/// upgrade callback returns this future itself rather than wrapping it (a wrapper would hold the socket twice).
+pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: Option<String>, on_close: OnClose) {
     let room = channel.room().clone();
-    let token = channel.record().token.clone();
+    let ended = match exchange(&mut socket, &mut channel, &room, welcome).await {
+        Ok(ended) => ended,
+        Err(end) => Box::pin(finish(&mut socket, &room, end)).await,
+    };
+    // On shutdown the participant is not announced as gone: in a cluster it comes back on another process,
+    // and one that does not is reaped by its lease.
+    if on_close == OnClose::Leave && ended != Ended::Shutdown {
+        if let Err(error) = Box::pin(room.leave(channel.token())).await {
+            tracing::warn!(%error, "could not announce a seed participant's leave");
+        }
+    }
+}
+
+/// Runs the loop until it ends: `Ok` when the client went away, `Err(item)` when the channel asks to end.
+async fn exchange(
+    socket: &mut WebSocket,
+    channel: &mut Channel,
+    room: &Room,
+    welcome: Option<String>,
+) -> Result<Ended, Item> {
     if let Some(welcome) = welcome {
         if socket.send(Message::Text(welcome.into())).await.is_err() {
-            return Ended::Client;
+            return Ok(Ended::Client);
         }
     }
     loop {
@@ -101,11 +127,11 @@ pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: 
             biased;
             item = channel.next() => {
                 let batch = channel.batch_from(item, BATCH).await;
-                if write(&mut socket, &room, &batch.deliveries).await.is_err() {
-                    return Ended::Client;
+                if write(socket, room, &batch.deliveries).await.is_err() {
+                    return Ok(Ended::Client);
                 }
                 if let Some(end) = batch.end {
-                    return Box::pin(finish(socket, &room, end)).await;
+                    return Err(end);
                 }
             }
             received = socket.recv() => {
@@ -113,15 +139,15 @@ pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: 
                     Some(Ok(message)) => message,
                     Some(Err(error)) => {
                         Box::pin(close(socket, protocol_close_code(&error), "protocol error")).await;
-                        return Ended::Client;
+                        return Ok(Ended::Client);
                     }
-                    None => return Ended::Client,
+                    None => return Ok(Ended::Client),
                 };
                 match message {
                     Message::Text(text) => {
-                        if let Err(error) = Box::pin(room.post(&token, text.as_str())).await {
+                        if let Err(error) = Box::pin(room.post(channel.token(), text.as_str())).await {
                             if socket.send(Message::Text(error.to_event().into())).await.is_err() {
-                                return Ended::Client;
+                                return Ok(Ended::Client);
                             }
                         }
                     }
@@ -129,12 +155,12 @@ pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: 
                         let error = AppError::BadRequest("binary frames are not supported: send text".into());
                         let _ = socket.send(Message::Text(error.to_event().into())).await;
                         Box::pin(close(socket, 1003, "binary frames are not supported")).await;
-                        return Ended::Client;
+                        return Ok(Ended::Client);
                     }
                     Message::Close(_) => {
                         // Writes the close reply tungstenite queued (RFC 6455: the server echoes the close).
                         let _ = socket.flush().await;
-                        return Ended::Client;
+                        return Ok(Ended::Client);
                     }
                     // tungstenite answers pings by itself.
                     Message::Ping(_) | Message::Pong(_) => {}
@@ -163,7 +189,7 @@ async fn write(socket: &mut WebSocket, room: &Room, deliveries: &[Delivery]) -> 
 }
 
 /// Ends a connection the channel asked to end, saying why.
-async fn finish(mut socket: WebSocket, room: &Room, end: Item) -> Ended {
+async fn finish(socket: &mut WebSocket, room: &Room, end: Item) -> Ended {
     match end {
         Item::Shutdown => {
             let notice = control::server_disconnected(room.online().await.unwrap_or(0));
@@ -186,7 +212,7 @@ async fn finish(mut socket: WebSocket, room: &Room, end: Item) -> Ended {
 }
 
 /// Sends a close frame, ignoring a peer that is already gone.
-async fn close(mut socket: WebSocket, code: u16, reason: &'static str) {
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
     let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
