@@ -26,7 +26,8 @@ struct State {
     capacity: usize,
     guests: u64,
     /// Sessions by token, with the time (ms) their lease ends.
-    sessions: HashMap<String, (SessionRecord, u64)>,
+    /// Boxed, so the table's empty slots (a hash table is up to half empty) cost a pointer, not a record.
+    sessions: HashMap<String, Box<(SessionRecord, u64)>>,
     /// Where published events go: the room's fan-out point (one per process, and here there is one process).
     feeds: Vec<mpsc::UnboundedSender<FeedItem>>,
 }
@@ -105,19 +106,19 @@ impl Broker for MemoryBroker {
         if state.sessions.len() >= max {
             return Err(BrokerError::Full);
         }
-        state.sessions.insert(record.token.clone(), (record.clone(), lease_until_ms));
+        state.sessions.insert(record.token.clone(), Box::new((record.clone(), lease_until_ms)));
         Ok(())
     }
 
     async fn session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {
-        Ok(self.lock().sessions.get(token).map(|(record, _)| record.clone()))
+        Ok(self.lock().sessions.get(token).map(|entry| entry.0.clone()))
     }
 
     async fn save_session(&self, record: &SessionRecord) -> Result<bool, BrokerError> {
         let mut state = self.lock();
         match state.sessions.get_mut(&record.token) {
-            Some((stored, _)) => {
-                *stored = record.clone();
+            Some(entry) => {
+                entry.0 = record.clone();
                 Ok(true)
             }
             None => Ok(false),
@@ -125,14 +126,14 @@ impl Broker for MemoryBroker {
     }
 
     async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {
-        Ok(self.lock().sessions.remove(token).map(|(record, _)| record))
+        Ok(self.lock().sessions.remove(token).map(|entry| entry.0))
     }
 
     async fn renew(&self, tokens: &[String], until_ms: u64) -> Result<(), BrokerError> {
         let mut state = self.lock();
         for token in tokens {
-            if let Some((_, lease)) = state.sessions.get_mut(token) {
-                *lease = (*lease).max(until_ms);
+            if let Some(entry) = state.sessions.get_mut(token) {
+                entry.1 = entry.1.max(until_ms);
             }
         }
         Ok(())
@@ -141,12 +142,12 @@ impl Broker for MemoryBroker {
     async fn expire(&self, now_ms: u64) -> Result<Vec<SessionRecord>, BrokerError> {
         let mut state = self.lock();
         let gone: Vec<String> =
-            state.sessions.iter().filter(|(_, (_, lease))| *lease < now_ms).map(|(token, _)| token.clone()).collect();
-        Ok(gone.iter().filter_map(|token| state.sessions.remove(token)).map(|(record, _)| record).collect())
+            state.sessions.iter().filter(|(_, entry)| entry.1 < now_ms).map(|(token, _)| token.clone()).collect();
+        Ok(gone.iter().filter_map(|token| state.sessions.remove(token)).map(|entry| entry.0).collect())
     }
 
     async fn presence(&self) -> Result<Vec<SessionRecord>, BrokerError> {
-        let mut all: Vec<SessionRecord> = self.lock().sessions.values().map(|(record, _)| record.clone()).collect();
+        let mut all: Vec<SessionRecord> = self.lock().sessions.values().map(|entry| entry.0.clone()).collect();
         all.sort_by(|a, b| a.since_ms.cmp(&b.since_ms).then(a.guest.cmp(&b.guest)));
         Ok(all)
     }

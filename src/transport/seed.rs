@@ -34,7 +34,7 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
     room.metering().request(Transport::Ws);
     let (record, cursor) = room.join(Transport::Ws, None, true).await?;
     let channel = match room.open(&record.token, Transport::Ws, Some(cursor)).await {
-        Ok((channel, _)) => channel,
+        Ok((channel, _)) => Box::new(channel),
         Err(error) => {
             let _ = room.leave(&record.token).await;
             return Err(error);

@@ -10,6 +10,8 @@
 //! `--max-frame-bytes`, 4000 replaced by a newer channel of the session, 4008 slow consumer (over
 //! `--send-queue` events behind; reconnect with `since=` to resume).
 
+use std::future::Future;
+
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -49,6 +51,7 @@ pub async fn handler(
     };
     let (channel, record) = room.open(&token, Transport::Ws, since).await?;
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
+    let channel = Box::new(channel);
     Ok(configure(upgrade, room.config()).on_upgrade(move |socket| serve(socket, channel, Some(welcome), OnClose::Stay)))
 }
 
@@ -93,17 +96,28 @@ enum Ended {
 /// An idle connection is this future parked on its `select!`, so its size is most of a connection's memory: the
 /// rarer, larger steps (posting a text, a batch, the goodbye) are boxed and exist only while they run, and the
 /// upgrade callback returns this future itself rather than wrapping it (a wrapper would hold the socket twice).
-pub(crate) async fn serve(mut socket: WebSocket, mut channel: Channel, welcome: Option<String>, on_close: OnClose) {
-    let room = channel.room().clone();
-    let ended = match exchange(&mut socket, &mut channel, &room, welcome).await {
-        Ok(ended) => ended,
-        Err(end) => Box::pin(finish(&mut socket, &room, end)).await,
-    };
-    // On shutdown the participant is not announced as gone: in a cluster it comes back on another process,
-    // and one that does not is reaped by its lease.
-    if on_close == OnClose::Leave && ended != Ended::Shutdown {
-        if let Err(error) = Box::pin(room.leave(channel.token())).await {
-            tracing::warn!(%error, "could not announce a seed participant's leave");
+///
+/// The channel comes boxed: the upgrade callback and this future would otherwise each reserve room for it.
+pub(crate) fn serve(
+    mut socket: WebSocket,
+    mut channel: Box<Channel>,
+    welcome: Option<String>,
+    on_close: OnClose,
+) -> impl Future<Output = ()> + Send {
+    // A plain function returning an `async move` block, not an `async fn`: an `async fn` moves its arguments
+    // into locals and so holds the socket twice for the connection's whole life.
+    async move {
+        let room = channel.room().clone();
+        let ended = match exchange(&mut socket, &mut channel, &room, welcome).await {
+            Ok(ended) => ended,
+            Err(end) => Box::pin(finish(&mut socket, &room, end)).await,
+        };
+        // On shutdown the participant is not announced as gone: in a cluster it comes back on another process,
+        // and one that does not is reaped by its lease.
+        if on_close == OnClose::Leave && ended != Ended::Shutdown {
+            if let Err(error) = Box::pin(room.leave(channel.token())).await {
+                tracing::warn!(%error, "could not announce a seed participant's leave");
+            }
         }
     }
 }
