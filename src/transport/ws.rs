@@ -98,6 +98,7 @@ enum Ended {
 /// upgrade callback returns this future itself rather than wrapping it (a wrapper would hold the socket twice).
 ///
 /// The channel comes boxed: the upgrade callback and this future would otherwise each reserve room for it.
+#[allow(clippy::manual_async_fn, reason = "an async fn would hold the socket twice; see the comment inside")]
 pub(crate) fn serve(
     mut socket: WebSocket,
     mut channel: Box<Channel>,
