@@ -61,9 +61,11 @@ pub struct Config {
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub poll_batch: u64,
 
-    /// Seconds between SSE keep-alive comments, so proxies do not cut an idle stream.
+    /// Seconds between keep-alives: an SSE comment (so proxies do not cut a quiet stream) and a WebSocket ping.
+    /// A WebSocket whose peer answers nothing for two of them is dropped (a vanished client is noticed, and
+    /// its lease can run out).
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
-    pub sse_keepalive: u64,
+    pub keepalive: u64,
 
     /// Longest chat text, in characters.
     #[arg(long, default_value_t = 2000)]

@@ -37,9 +37,8 @@ struct Shared {
     /// feed or straight from a local publish. A `std` mutex: the section is one comparison and one
     /// non-blocking `send`.
     fanout_order: Mutex<()>,
-    /// Whether the broker's feed is down (`Some(why)`) or up (`None`), from its `Down`/`Up` items. Live channels
-    /// watch it: they tell their client when it goes down and re-read history from their cursor when it is back.
-    health: watch::Sender<Option<String>>,
+    /// The broker feed's health and the keep-alive beat, which every live channel watches.
+    pulse: watch::Sender<Pulse>,
     config: Config,
     /// Live channels and rate buckets of this process. A `std` mutex: every section is a map operation and never
     /// awaits, so it is cheaper than an async lock and cannot be held across a suspension point.
@@ -50,6 +49,16 @@ struct Shared {
     metering: Metering,
     /// Arrivals and departures not yet announced (rooms above `--coalesce-above`).
     crowd: Crowd,
+}
+
+/// What live channels watch besides events, in one `watch` so that waiting costs one registration.
+#[derive(Debug, Clone, Default)]
+struct Pulse {
+    /// Whether the broker's feed is down (`Some(why)`) or up (`None`), from its `Down`/`Up` items: channels
+    /// tell their client when it goes down and re-read history from their cursor when it is back.
+    down: Option<String>,
+    /// The keep-alive beat, counting up every `--keepalive` seconds.
+    beat: u64,
 }
 
 /// How often a big room hears who came and went.
@@ -95,7 +104,7 @@ impl Room {
                 fanout,
                 head: AtomicU64::new(head),
                 fanout_order: Mutex::new(()),
-                health: watch::Sender::new(None),
+                pulse: watch::Sender::new(Pulse::default()),
                 live: Arc::new(Semaphore::new(config.max_connections)),
                 config,
                 local: Mutex::new(Local::default()),
@@ -107,6 +116,7 @@ impl Room {
         tokio::spawn(room.clone().pump(feed));
         tokio::spawn(room.clone().reap());
         tokio::spawn(room.clone().announce_crowd());
+        tokio::spawn(room.clone().beat());
         Ok(room)
     }
 
@@ -156,12 +166,12 @@ impl Room {
                 Some(FeedItem::Event(event)) => self.fan_out(event, false),
                 Some(FeedItem::Down(why)) => {
                     tracing::warn!(%why, "the broker feed is down");
-                    self.shared.health.send_replace(Some(why));
+                    self.shared.pulse.send_modify(|pulse| pulse.down = Some(why));
                 }
                 Some(FeedItem::Up) => {
                     tracing::info!("the broker feed is back");
                     self.rebase_head().await;
-                    self.shared.health.send_replace(None);
+                    self.shared.pulse.send_modify(|pulse| pulse.down = None);
                 }
                 None => {
                     tracing::error!("the broker feed ended; no more events will be delivered");
@@ -216,7 +226,8 @@ impl Room {
         let lease = self.shared.config.lease();
         let mut tick = tokio::time::interval((lease / 4).max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut health = self.shared.health.subscribe();
+        let mut pulse = self.shared.pulse.subscribe();
+        let mut was_down = false;
         // After a broker outage no lease was renewed for a while, anywhere: expiring at once would announce the
         // departure of participants whose process simply has not renewed yet. Every process saw the outage, so
         // each one only renews for one lease before it expires again.
@@ -226,8 +237,12 @@ impl Room {
                 _ = self.shared.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if health.has_changed().unwrap_or(false) && health.borrow_and_update().is_none() {
-                renew_only_until = Some(Instant::now() + lease);
+            if pulse.has_changed().unwrap_or(false) {
+                let down = pulse.borrow_and_update().down.is_some();
+                if was_down && !down {
+                    renew_only_until = Some(Instant::now() + lease);
+                }
+                was_down = down;
             }
             let live: Vec<String> = self.local().channels.keys().cloned().collect();
             let now = now_ms();
@@ -294,6 +309,19 @@ impl Room {
                 tracing::warn!(%error, joined, left, "could not announce arrivals and departures");
                 self.shared.crowd.joined.fetch_add(joined, Ordering::Relaxed);
                 self.shared.crowd.left.fetch_add(left, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Beats every `--keepalive` seconds for every live channel at once.
+    async fn beat(self) {
+        let every = Duration::from_secs(self.shared.config.keepalive.max(1));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return,
+                _ = tick.tick() => self.shared.pulse.send_modify(|pulse| pulse.beat += 1),
             }
         }
     }
@@ -538,7 +566,9 @@ impl Room {
             last: since,
             delivered: since,
             ended,
-            health: self.shared.health.subscribe(),
+            pulse: self.shared.pulse.subscribe(),
+            seen_down: false,
+            seen_beat: self.shared.pulse.borrow().beat,
             stale: false,
             _permit: permit,
             _open: self.shared.metering.open(transport),
@@ -624,6 +654,9 @@ pub struct Batch {
 /// What a live channel yields next.
 #[derive(Debug)]
 pub enum Item {
+    /// The keep-alive beat (every `--keepalive` seconds, shared by every channel: no timer per connection):
+    /// an SSE stream writes a comment, a WebSocket pings and drops a peer that stopped answering.
+    Beat,
     /// Deliver this.
     Deliver(Delivery),
     /// The receiver fell more than `--send-queue` events behind: close it; the client resumes from its cursor.
@@ -649,8 +682,12 @@ pub struct Channel {
     /// The client's cursor: the newest sequence number handed out by this channel.
     delivered: Seq,
     ended: CancellationToken,
-    /// The broker feed's health (see `Shared::health`).
-    health: watch::Receiver<Option<String>>,
+    /// The broker feed's health and the keep-alive beat (see [`Pulse`]).
+    pulse: watch::Receiver<Pulse>,
+    /// Whether this channel has told its client the feed is down.
+    seen_down: bool,
+    /// The last keep-alive beat this channel handed out.
+    seen_beat: u64,
     /// Set when the feed came back after an outage: history must be re-read from `last` before waiting for
     /// live events (kept until that read succeeds, so a cancelled `next` retries it).
     stale: bool,
@@ -687,6 +724,7 @@ impl Channel {
         let mut batch = Batch::default();
         match first {
             Item::Deliver(delivery) => batch.deliveries.push(delivery),
+            Item::Beat => return batch,
             end => {
                 batch.end = Some(end);
                 return batch;
@@ -741,7 +779,7 @@ impl Channel {
             if self.ended.is_cancelled() {
                 return if self.room.shared.shutdown.is_cancelled() { Item::Shutdown } else { Item::Replaced };
             }
-            if !self.health.has_changed().unwrap_or(false) {
+            if !self.pulse.has_changed().unwrap_or(false) {
                 match self.receiver.try_recv() {
                     Ok(event) => {
                         if let Some(item) = self.accept(event).await {
@@ -761,15 +799,24 @@ impl Channel {
                 biased;
                 _ = self.room.shared.shutdown.cancelled() => return Item::Shutdown,
                 _ = self.ended.cancelled() => return Item::Replaced,
-                Ok(()) = self.health.changed() => {
-                    let down = self.health.borrow_and_update().clone();
-                    match down {
+                Ok(()) = self.pulse.changed() => {
+                    let pulse = self.pulse.borrow_and_update().clone();
+                    match (pulse.down, self.seen_down) {
                         // The client hears of the outage at once; its cursor does not move.
-                        Some(why) => {
+                        (Some(why), false) => {
+                            self.seen_down = true;
                             let json = AppError::Unavailable(why).to_event();
                             return self.hand_out(Delivery::Control { json, resume_after: 0 });
                         }
-                        None => self.stale = true,
+                        (None, true) => {
+                            self.seen_down = false;
+                            self.stale = true;
+                        }
+                        _ => {}
+                    }
+                    if pulse.beat != self.seen_beat {
+                        self.seen_beat = pulse.beat;
+                        return Item::Beat;
                     }
                     continue;
                 }

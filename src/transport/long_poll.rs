@@ -23,7 +23,14 @@ pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMa
     let (mut channel, _) = room.open(&token, Transport::LongPoll, since).await?;
     let batch_max = room.config().poll_batch as usize;
     let mut deliveries = Vec::new();
-    if let Ok(first) = tokio::time::timeout(hold, channel.next()).await {
+    let deadline = tokio::time::Instant::now() + hold;
+    let first = loop {
+        match tokio::time::timeout_at(deadline, channel.next()).await {
+            Ok(Item::Beat) => continue,
+            other => break other,
+        }
+    };
+    if let Ok(first) = first {
         let batch = channel.batch_from(first, batch_max).await;
         deliveries = batch.deliveries;
         if let Some(Item::Shutdown) = batch.end {

@@ -2,13 +2,12 @@
 //!
 //! Frames: first `data: <welcome>`; then each room event as `id: <seq>` + `data: <json>`, so the browser's
 //! `EventSource` resumes by itself with `Last-Event-ID`; control events (`gap`, `error`, the shutdown notice) as
-//! `data:` alone, so they never move the resume point. A `: keep-alive` comment every `--sse-keepalive` seconds
+//! `data:` alone, so they never move the resume point. A `: keep-alive` comment every `--keepalive` seconds
 //! keeps proxies from cutting an idle stream. The stream ends, after an `error` event saying why, when the
 //! receiver lags (`slow_consumer`) or is replaced by a newer channel of its session (`replaced`), and after the
 //! shutdown notice when the server stops.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -33,9 +32,7 @@ pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMa
     room.metering().request(Transport::Sse);
     let (channel, record) = room.open(&token, Transport::Sse, since).await?;
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
-    let mut keepalive = tokio::time::interval(Duration::from_secs(room.config().sse_keepalive));
-    keepalive.reset(); // the first tick would fire at once; the welcome frame already shows life
-    let state = Stream { channel, keepalive, first: Some(frame(None, welcome.as_bytes())), done: false };
+    let state = Stream { channel, first: Some(frame(None, welcome.as_bytes())), done: false };
     let body = Body::from_stream(stream::unfold(state, Stream::step));
     Ok((
         [
@@ -51,7 +48,6 @@ pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMa
 
 struct Stream {
     channel: Channel,
-    keepalive: tokio::time::Interval,
     first: Option<Vec<u8>>,
     done: bool,
 }
@@ -64,10 +60,10 @@ impl Stream {
         if let Some(first) = self.first.take() {
             return Some((Ok(first.into()), self));
         }
-        let first = tokio::select! {
-            item = self.channel.next() => item,
-            _ = self.keepalive.tick() => return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), self)),
-        };
+        let first = self.channel.next().await;
+        if let Item::Beat = first {
+            return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), self));
+        }
         let batch = self.channel.batch_from(first, BATCH).await;
         let mut out = Vec::new();
         let room = self.channel.room().clone();
@@ -86,11 +82,10 @@ impl Stream {
                 Item::Lagged => AppError::SlowConsumer.to_event(),
                 Item::Replaced => control::error("replaced", "a newer channel of this session took over"),
                 Item::Shutdown => control::server_disconnected(room.online().await.unwrap_or(0)),
-                Item::Deliver(_) => unreachable!("a batch ends only on a non-delivery"),
+                Item::Deliver(_) | Item::Beat => unreachable!("a batch ends only on lag, replacement or shutdown"),
             };
             out.extend(frame(None, last.as_bytes()));
         }
-        self.keepalive.reset();
         Some((Ok(out.into()), self))
     }
 }

@@ -6,6 +6,9 @@
 //! The client sends plain text frames (`hello`, `/nick NAME`); a refused text gets an `error` event and the
 //! connection stays open.
 //!
+//! Every `--keepalive` seconds the server pings; a peer that answers nothing for two pings is dropped, so a client
+//! that vanished without closing is noticed (and announced as gone when its lease runs out).
+//!
 //! Close codes: 1001 server stopping, 1003 binary frame, 1007 invalid UTF-8, 1009 frame or message over
 //! `--max-frame-bytes`, 4000 replaced by a newer channel of the session, 4008 slow consumer (over
 //! `--send-queue` events behind; reconnect with `since=` to resume).
@@ -16,6 +19,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use bytes::Bytes;
 use futures_util::SinkExt;
 
 use super::{check_origin, Params};
@@ -135,12 +139,26 @@ async fn exchange(
             return Ok(Ended::Client);
         }
     }
+    // Keep-alive beats since the peer last sent anything (a frame, or the pong to our ping).
+    let mut unanswered = 0u8;
     loop {
         // Biased towards delivery: a connection drains what it owes before reading more input, so a fast
         // sender cannot outrun its own echoes into a slow-consumer close.
         tokio::select! {
             biased;
             item = channel.next() => {
+                if let Item::Beat = item {
+                    if unanswered >= 2 {
+                        // Two pings went unanswered: the peer is gone without a FIN. Dropping the socket ends
+                        // the channel; the lease then announces the leave.
+                        return Ok(Ended::Client);
+                    }
+                    unanswered += 1;
+                    if socket.send(Message::Ping(Bytes::new())).await.is_err() {
+                        return Ok(Ended::Client);
+                    }
+                    continue;
+                }
                 let batch = channel.batch_from(item, BATCH).await;
                 if write(socket, room, &batch.deliveries).await.is_err() {
                     return Ok(Ended::Client);
@@ -150,6 +168,7 @@ async fn exchange(
                 }
             }
             received = socket.recv() => {
+                unanswered = 0;
                 let message = match received {
                     Some(Ok(message)) => message,
                     Some(Err(error)) => {
@@ -218,7 +237,7 @@ async fn finish(socket: &mut WebSocket, room: &Room, end: Item) -> Ended {
             close(socket, CLOSE_REPLACED, "replaced by a newer channel").await;
             Ended::Replaced
         }
-        Item::Lagged | Item::Deliver(_) => {
+        Item::Lagged | Item::Deliver(_) | Item::Beat => {
             let _ = socket.send(Message::Text(AppError::SlowConsumer.to_event().into())).await;
             close(socket, CLOSE_SLOW_CONSUMER, "slow consumer: resume with since=").await;
             Ended::Slow

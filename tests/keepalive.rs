@@ -1,0 +1,92 @@
+//! Keep-alives: one shared beat; SSE streams get a comment, WebSockets a ping, and a silent peer is dropped.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn beating() -> chatlab::config::Config {
+    chatlab::config::Config { keepalive: 1, session_lease: 1, ..config() }
+}
+
+/// A quiet SSE stream receives a `: keep-alive` comment every `--keepalive` seconds.
+#[tokio::test]
+async fn sse_streams_get_keepalive_comments() {
+    let server = start_with(beating()).await;
+    let user = join(&server, "sse").await;
+    let mut response = http().get(server.url(&format!("/api/sse?session={}", user.session))).send().await.unwrap();
+    let started = Instant::now();
+    let mut text = String::new();
+    while !text.contains(": keep-alive\n\n") {
+        let chunk = tokio::time::timeout(WAIT, response.chunk()).await.expect("a chunk in time").unwrap().unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "within a beat or two");
+}
+
+/// A WebSocket client that answers pings (every client library does) stays connected through many beats.
+#[tokio::test]
+async fn answering_websockets_stay() {
+    let server = start_with(beating()).await;
+    let mut socket = ws(&server.ws_url("/ws")).await;
+    ws_next(&mut socket).await;
+    ws_next(&mut socket).await;
+    // Reading answers the server's pings (tungstenite replies by itself); no text arrives meanwhile.
+    ws_quiet_for(&mut socket, Duration::from_millis(4500)).await;
+    ws_send(&mut socket, "still here").await;
+    assert_eq!(ws_next(&mut socket).await["message"], "still here");
+    assert_eq!(get_json(&server, "/api/presence").await.1["clientcount"], 1);
+}
+
+/// A peer that vanished without closing (here: a socket that never reads again, so never answers a ping) is
+/// dropped after two unanswered pings, and then announced as gone when its lease runs out.
+#[tokio::test]
+async fn silent_websockets_are_dropped_and_announced() {
+    let server = start_with(beating()).await;
+    let mut watcher = ws(&server.ws_url("/ws")).await;
+    ws_next(&mut watcher).await;
+    ws_next(&mut watcher).await;
+
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    silent.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    silent.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let joined = ws_next(&mut watcher).await;
+    assert!(joined["message"].as_str().unwrap().ends_with("来了"));
+
+    let started = Instant::now();
+    let left = ws_next_within(&mut watcher, Duration::from_secs(15)).await;
+    assert_eq!(left["message"], format!("{} 走了", joined["nickname"].as_str().unwrap()));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(2), "not before two beats went unanswered: {elapsed:?}");
+    drop(silent);
+}
+
+async fn ws_quiet_for(socket: &mut Ws, how_long: Duration) {
+    let deadline = tokio::time::Instant::now() + how_long;
+    while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, futures_util::StreamExt::next(socket)).await {
+        match frame.unwrap() {
+            tokio_tungstenite::tungstenite::Message::Ping(_) | tokio_tungstenite::tungstenite::Message::Pong(_) => {}
+            other => panic!("expected only pings, got {other:?}"),
+        }
+    }
+}
+
+/// The next text frame as JSON, waiting up to `how_long` (longer than the harness's usual wait).
+async fn ws_next_within(socket: &mut Ws, how_long: Duration) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + how_long;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, futures_util::StreamExt::next(socket)).await;
+        match frame.expect("an event in time").expect("open").unwrap() {
+            tokio_tungstenite::tungstenite::Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            _ => continue,
+        }
+    }
+}
