@@ -46,14 +46,23 @@ pub async fn handler(
     check_origin(&headers, &room.config().allowed_origins)?;
     let since = params.since(&headers)?;
     room.metering().request(Transport::Ws);
-    let (token, since) = match params.session(&headers) {
-        Some(token) => (token, since),
+    let (token, since, joined) = match params.session(&headers) {
+        Some(token) => (token, since, false),
         None => {
             let (record, cursor) = room.join(Transport::Ws, None, false).await?;
-            (record.token, Some(since.unwrap_or(cursor)))
+            (record.token, Some(since.unwrap_or(cursor)), true)
         }
     };
-    let (channel, record) = room.open(&token, Transport::Ws, since).await?;
+    let (channel, record) = match room.open(&token, Transport::Ws, since).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            if joined {
+                // Refused after joining (say, too many connections): leave now rather than linger for a lease.
+                let _ = room.leave(&token).await;
+            }
+            return Err(error);
+        }
+    };
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
     let channel = Box::new(channel);
     Ok(configure(upgrade, room.config()).on_upgrade(move |socket| serve(socket, channel, Some(welcome), OnClose::Stay)))
