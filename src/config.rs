@@ -95,6 +95,11 @@ pub struct Config {
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
 
+    /// Most TCP connections at once; at the limit the server stops accepting until one closes (new clients wait
+    /// in the kernel's backlog). Under the 20,000 open files a process may have here, with room for the rest.
+    #[arg(long, default_value_t = 18_000)]
+    pub max_sockets: usize,
+
     /// Most sessions (participants) at once; more joins get 503.
     #[arg(long, default_value_t = 100_000)]
     pub max_sessions: usize,

@@ -106,7 +106,7 @@ pub async fn run(
     let stopping = room.shutdown_token().clone();
     let signal_room = room.clone();
     // Counting sockets: every byte read and written is given to the technique of its request (metering::wire).
-    let listener = MeteredListener::new(listener, room.metering().clone());
+    let listener = MeteredListener::new(listener, room.metering().clone()).with_limit(room.config().max_sockets);
     let server = axum::serve(listener, app(room.clone()).into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -48,6 +48,7 @@ use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Metering;
 use crate::core::session::Transport;
@@ -60,12 +61,21 @@ use crate::core::session::Transport;
 pub struct MeteredListener {
     inner: TcpListener,
     metering: Metering,
+    /// One permit per open socket (`--max-sockets`); unlimited unless [`MeteredListener::with_limit`] sets it.
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl MeteredListener {
     /// Wraps `inner`; bytes are counted into `metering`.
     pub fn new(inner: TcpListener, metering: Metering) -> Self {
-        MeteredListener { inner, metering }
+        MeteredListener { inner, metering, slots: None }
+    }
+
+    /// At most `max` sockets open at once: at the limit the listener stops accepting until one closes, and new
+    /// clients wait in the kernel's backlog instead of costing the server memory (as mini-redis does).
+    pub fn with_limit(mut self, max: usize) -> Self {
+        self.slots = Some(Arc::new(Semaphore::new(max.max(1))));
+        self
     }
 }
 
@@ -74,11 +84,15 @@ impl Listener for MeteredListener {
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let slot = match &self.slots {
+            Some(slots) => Some(slots.clone().acquire_owned().await.expect("the socket semaphore is never closed")),
+            None => None,
+        };
         let (stream, addr) = Listener::accept(&mut self.inner).await;
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        (Counted::new(stream, Connection::new(self.metering.clone())), addr)
+        (Counted::new(stream, Connection::new(self.metering.clone(), slot)), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -194,10 +208,12 @@ struct Attribution {
 pub struct Connection {
     metering: Metering,
     state: Mutex<Attribution>,
+    /// This socket's place under `--max-sockets`, given back when the socket closes.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Connection {
-    fn new(metering: Metering) -> Arc<Self> {
+    fn new(metering: Metering, slot: Option<OwnedSemaphorePermit>) -> Arc<Self> {
         let others = metering.others();
         others.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
         others.tcp_connections_total.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +226,7 @@ impl Connection {
                 answered: false,
                 upgraded: false,
             }),
+            _slot: slot,
         })
     }
 
