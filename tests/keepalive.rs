@@ -5,7 +5,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn beating() -> chatlab::config::Config {
     chatlab::config::Config { keepalive: 1, session_lease: 1, ..config() }
@@ -49,15 +48,7 @@ async fn silent_websockets_are_dropped_and_announced() {
     ws_next(&mut watcher).await;
     ws_next(&mut watcher).await;
 
-    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    silent.write_all(request.as_bytes()).await.unwrap();
-    let mut head = [0u8; 12];
-    silent.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 101");
+    let (silent, _) = raw_ws_upgrade(&server).await;
     let joined = ws_next(&mut watcher).await;
     assert!(joined["message"].as_str().unwrap().ends_with("来了"));
 

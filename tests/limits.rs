@@ -298,28 +298,14 @@ async fn bad_websocket_frames() {
 
 /// Opens `/ws` over a plain socket, sends one masked text frame with `payload`, returns the close code.
 async fn raw_text_frame(server: &Server, payload: &[u8]) -> u16 {
-    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        server.addr
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.unwrap().unwrap();
-        assert!(n > 0);
-        buffer.extend_from_slice(&chunk[..n]);
-    }
-    assert!(buffer.starts_with(b"HTTP/1.1 101"));
+    let (mut stream, mut data) = raw_ws_upgrade(server).await;
     let mask = [1u8, 2, 3, 4];
     let mut frame = vec![0x81, 0x80 | payload.len() as u8];
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     stream.write_all(&frame).await.unwrap();
     // Read frames (welcome, join) until the close frame: opcode 0x8, then a 2-byte code.
-    let header_end = buffer.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let mut data = buffer.split_off(header_end);
+    let mut chunk = [0u8; 4096];
     loop {
         while data.len() >= 2 {
             let len = (data[1] & 0x7f) as usize;

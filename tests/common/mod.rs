@@ -252,3 +252,29 @@ pub fn summary(events: &[Value]) -> Vec<(u64, String, String)> {
         })
         .collect()
 }
+
+/// Opens `/ws` over a plain TCP socket, by hand (for what no client library sends, or a client that never reads).
+/// Returns the socket and the bytes that came after the `101` response head.
+pub async fn raw_ws_upgrade(server: &Server) -> (TcpStream, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = tokio::time::timeout(WAIT, stream.read(&mut chunk)).await.expect("a response in time").unwrap();
+        assert!(n > 0, "closed before the response head");
+        buffer.extend_from_slice(&chunk[..n]);
+    };
+    assert!(buffer.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buffer));
+    let rest = buffer.split_off(end);
+    (stream, rest)
+}
