@@ -110,8 +110,10 @@ pub struct Config {
     pub coalesce_above: u64,
 
     /// Room events a receiver may fall behind the newest before it is closed as a slow consumer
-    /// (it resumes from its cursor). This bounds every connection's queue.
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    /// (it resumes from its cursor). This bounds every connection's queue. The queue is one ring shared by all
+    /// receivers (a pointer per slot, the events themselves are in the history anyway), so a deep one is cheap:
+    /// 8192 lets a burst of thousands of texts pass without closing receivers that are merely busy writing.
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub send_queue: u64,
 
     /// Bytes a WebSocket may buffer unsent while its socket is not writable; past it the connection is dropped
