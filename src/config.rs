@@ -23,10 +23,15 @@ pub struct Cli {
 
 /// `chatlab <command>`; without one, `chatlab` serves.
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: the size of the bench's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Drive real clients of each technique against a chatlab (started here, or `--url`) and compare what each
     /// costs: deliveries/s, latency, wire bytes and HTTP requests per delivered message, server CPU time.
     Bench(crate::bench::BenchArgs),
+    /// A bare axum server with one fixed answer: `chatlab bench --wrk`'s yardstick (started by the bench).
+    #[command(hide = true)]
+    BenchBare(crate::bench::bare::BareArgs),
 }
 
 /// Everything the server needs to know, with the defaults `chatlab --help` shows.

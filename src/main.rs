@@ -11,8 +11,10 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let cli = Cli::parse();
-    if let Some(Command::Bench(args)) = cli.command {
-        return chatlab::bench::run(args).await;
+    match cli.command {
+        Some(Command::Bench(args)) => return chatlab::bench::run(args).await,
+        Some(Command::BenchBare(args)) => return chatlab::bench::bare::serve(args).await,
+        None => {}
     }
     let config = cli.serve;
     let listener = tokio::net::TcpListener::bind(config.bind).await?;

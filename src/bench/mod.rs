@@ -10,36 +10,39 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `mod.rs` | the flags, the phases, the scenarios |
+//! | `mod.rs` | the flags and the phases |
+//! | `crowd.rs` | a phase's participants: join once, then measured windows of a scenario |
+//! | `search.rs` | `--find-max`: the highest rate within a p99 limit with nothing lost |
+//! | `wrk.rs` | `--wrk`: chatlab's polls against a bare axum handler, with wrk |
+//! | [`bare`] | `chatlab bench-bare`, that bare handler |
 //! | [`clients`] | one client per technique behind one `Participant` trait |
 //! | `probe.rs` | what clients measure, and the byte-counting socket |
 //! | `http.rs` | a plain HTTP/1.1 client connection |
 //! | `server.rs` | the server under test: started here or given, its counters and CPU time |
 //! | [`report`] | Markdown, JSON and SVG output |
 
+pub mod bare;
 pub mod clients;
+mod crowd;
 mod delay;
 mod http;
 mod probe;
 pub mod report;
+mod search;
 mod server;
+pub mod wrk;
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, ValueEnum};
-use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use self::clients::{Context, Participant, Technique};
-use self::probe::Probe;
-use self::report::{Latency, PhaseResult, Report, ServerCounters};
+use self::clients::Technique;
+use self::crowd::{Crowd, Load, Servers};
+use self::report::Report;
 
 /// What participants do during the measured window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -106,6 +109,66 @@ pub struct BenchArgs {
     /// Participants per technique.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     pub participants: u32,
+
+    /// Only the first N participants send (chat and burst); the others only receive. Default: all.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub senders: Option<u32>,
+
+    /// Chat: texts per second in the whole room, shared by the senders (sets `--send-every` to senders / rate).
+    /// With `--find-max`, the first window's rate (default 10).
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Search, per technique, for the highest send rate whose window has p99 latency below `--max-p99-ms`, no
+    /// failed text and no missed delivery: windows of `--duration` from `--rate` up by `--step`, then
+    /// `--refine` windows between the last pass and the first fail. Chat scenario; the crowd joins once.
+    #[arg(long)]
+    pub find_max: bool,
+
+    /// `--find-max`: the p99 latency limit, in ms.
+    #[arg(long, default_value_t = 100.0)]
+    pub max_p99_ms: f64,
+
+    /// `--find-max`: the factor between consecutive rates.
+    #[arg(long, default_value_t = 1.5)]
+    pub step: f64,
+
+    /// `--find-max`: windows spent narrowing between the last pass and the first fail.
+    #[arg(long, default_value_t = 2)]
+    pub refine: u32,
+
+    /// `--find-max`: tries of a rate whose window failed on latency alone (nothing lost), on a shared machine.
+    #[arg(long, default_value_t = 1)]
+    pub retries: u32,
+
+    /// `--find-max`: at most this many windows per technique.
+    #[arg(long, default_value_t = 20)]
+    pub max_steps: u32,
+
+    /// Joins in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub join_concurrency: u32,
+
+    /// Instead of phases: requests per second of `GET /api/poll` and `GET /api/longpoll?timeout=0` (no news)
+    /// against a bare axum handler with the same body (`chatlab bench-bare`), with `wrk`, `--repeat` rounds.
+    #[arg(long)]
+    pub wrk: bool,
+
+    /// `--wrk`: wrk's connections (one session each).
+    #[arg(long, default_value_t = 64)]
+    pub wrk_connections: usize,
+
+    /// `--wrk`: wrk's threads.
+    #[arg(long, default_value_t = 1)]
+    pub wrk_threads: usize,
+
+    /// `--wrk`: seconds per run.
+    #[arg(long, default_value_t = 10)]
+    pub wrk_seconds: u32,
+
+    /// `--wrk`: rounds (each runs every target once; the report gives medians).
+    #[arg(long, default_value_t = 3)]
+    pub repeat: u32,
 
     /// Seconds of measured activity per technique.
     #[arg(long, default_value_t = 20.0)]
@@ -192,9 +255,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 /// Runs every phase and gathers the report.
 async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
-    let positive = [args.duration, args.poll_interval, args.send_every].iter().all(|x| *x > 0.0);
+    let positive = [args.duration, args.poll_interval, args.send_every, args.rate.unwrap_or(1.0), args.step - 1.0]
+        .iter()
+        .all(|x| *x > 0.0);
     if !positive || args.warmup.is_nan() || args.warmup < 0.0 || args.delay_ms.is_nan() || args.delay_ms < 0.0 {
-        bail!("--duration, --poll-interval and --send-every must be positive; --warmup and --delay-ms not negative");
+        bail!(
+            "--duration, --poll-interval, --send-every and --rate must be positive, --step above 1; --warmup and \
+             --delay-ms not negative"
+        );
+    }
+    if args.wrk {
+        return wrk_report(args).await;
     }
     let mut techniques = args.techniques.clone();
     techniques.dedup();
@@ -219,27 +290,51 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         (Vec::new(), Vec::new())
     };
 
-    let phase_secs = args.warmup + args.duration;
+    let windows = if args.find_max { args.max_steps } else { 1 };
+    let phase_secs = args.warmup + args.duration * f64::from(windows);
     let progress = ProgressBar::new((phase_secs * techniques.len() as f64 * 10.0) as u64);
     progress.set_style(
-        ProgressStyle::with_template("{spinner} {msg:<28} [{bar:30}] {elapsed}/{duration}")
+        ProgressStyle::with_template("{spinner} {msg:<28} [{bar:30}] {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
     );
+    let ticker = tick_progress(progress.clone());
     let mut results = Vec::new();
-    for (n, technique) in techniques.iter().enumerate() {
-        progress.set_position((n as f64 * phase_secs * 10.0) as u64);
-        let (targets, pids, stats) = match technique {
-            Technique::Seed => {
-                (vec![args.seed_url.clone().unwrap_or_default()], args.seed_pid.into_iter().collect(), Vec::new())
-            }
-            _ => (authorities.clone(), pids.clone(), authorities.clone()),
+    let mut searches = Vec::new();
+    for technique in &techniques {
+        let servers = match technique {
+            Technique::Seed => Servers {
+                targets: vec![args.seed_url.clone().unwrap_or_default()],
+                pids: args.seed_pid.into_iter().collect(),
+                stats: Vec::new(),
+            },
+            _ => Servers { targets: authorities.clone(), pids: pids.clone(), stats: authorities.clone() },
         };
-        let result = phase(*technique, &targets, &pids, &stats, args, &progress)
-            .await
-            .with_context(|| format!("the {} phase", technique.as_str()))?;
-        results.push(result);
+        let what = || format!("the {} phase", technique.as_str());
+        let mut crowd = Crowd::join(*technique, servers, args, &progress).await.with_context(what)?;
+        if args.find_max {
+            let count = args.participants as usize;
+            let search = search::find_max(&mut crowd, count, args, &progress).await.with_context(what)?;
+            // The table's column is the best passing window (or the first window, if none passed).
+            let best = search
+                .steps
+                .iter()
+                .filter(|s| s.passed)
+                .max_by(|a, b| a.result.deliveries_per_s.total_cmp(&b.result.deliveries_per_s))
+                .or(search.steps.first());
+            results.extend(best.map(|s| s.result.clone()));
+            searches.push(search);
+        } else {
+            progress.set_message(format!("{}: {:?}", technique.as_str(), args.scenario).to_lowercase());
+            let senders = args.senders.map_or(args.participants, |n| n.min(args.participants));
+            let send_every = args.rate.map_or(args.send_every, |rate| f64::from(senders) / rate);
+            let load = Load { scenario: args.scenario, send_every, burst: args.burst };
+            results.push(crowd.window(load, args).await.with_context(what)?);
+        }
+        progress.set_message(format!("{}: leaving", technique.as_str()));
+        crowd.leave().await;
     }
+    ticker.abort();
     progress.finish_and_clear();
     drop(own);
 
@@ -256,169 +351,65 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         participants: args.participants,
         duration_s: args.duration,
         poll_interval_s: args.poll_interval,
-        send_every_s: args.send_every,
+        send_every_s: match (args.rate, args.find_max) {
+            (Some(rate), false) => {
+                f64::from(args.senders.map_or(args.participants, |n| n.min(args.participants))) / rate
+            }
+            _ => args.send_every,
+        },
         burst: args.burst,
         text_bytes: args.text_bytes,
         headers: args.headers,
         delay_ms: args.delay_ms,
         targets,
         results,
+        searches,
+        wrk: None,
+        senders: args.senders,
     })
 }
 
-/// One technique's phase: join, warm up, measure, drain, leave.
-async fn phase(
-    technique: Technique,
-    targets: &[String],
-    pids: &[u32],
-    stats: &[String],
-    args: &BenchArgs,
-    progress: &ProgressBar,
-) -> anyhow::Result<PhaseResult> {
-    let probe = Probe::with_delay(Duration::from_secs_f64(args.delay_ms / 1000.0));
-    let stop = CancellationToken::new();
-    progress.set_message(format!("{}: joining", technique.as_str()));
-    let contexts: Vec<(String, Context)> = (0..args.participants as usize)
-        .map(|index| {
-            let context = Context {
-                probe: probe.clone(),
-                stop: stop.clone(),
-                poll_interval: Duration::from_secs_f64(args.poll_interval),
-                browser_headers: args.headers == Headers::Browser,
-                index,
-            };
-            (targets[index % targets.len()].clone(), context)
-        })
-        .collect();
-    let joined: Vec<anyhow::Result<Box<dyn Participant>>> = futures_util::stream::iter(contexts)
-        .map(|(target, context)| async move { clients::join(technique, &target, context).await })
-        .buffer_unordered(16)
-        .collect()
-        .await;
-    let mut participants = Vec::new();
-    let mut join_errors = 0;
-    for result in joined {
-        match result {
-            Ok(participant) => participants.push(participant),
-            Err(error) => {
-                join_errors += 1;
-                if join_errors == 1 {
-                    progress.suspend(|| eprintln!("{}: a participant could not join: {error:#}", technique.as_str()));
-                }
-            }
+/// `--wrk`: the polls against a bare handler, in a report of their own.
+async fn wrk_report(args: &BenchArgs) -> anyhow::Result<Report> {
+    let mut own = None;
+    let authority = match args.urls.first() {
+        Some(url) => server::authority_of(url)?,
+        None => {
+            let server = server::start(&args.server_args).await?;
+            let authority = server.authority.clone();
+            own = Some(server);
+            authority
         }
-    }
-    if participants.is_empty() {
-        bail!("no participant could join");
-    }
-    let count = participants.len();
-
-    let ticker = tick_progress(progress.clone(), args.warmup + args.duration);
-    progress.set_message(format!("{}: warming up", technique.as_str()));
-    tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
-
-    // The measured window.
-    progress.set_message(format!("{}: {:?}", technique.as_str(), args.scenario).to_lowercase());
-    let transport = technique.as_str();
-    let server_before = server_counters(stats, transport).await?;
-    let cpu_before = server::cpu_seconds(pids);
-    let before = probe.read();
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(args.duration);
-    let tasks: Vec<_> = participants
-        .into_iter()
-        .enumerate()
-        .map(|(index, participant)| tokio::spawn(drive(participant, index, args.clone(), probe.clone(), start, end)))
-        .collect();
-    let mut participants = Vec::with_capacity(count);
-    for task in tasks {
-        participants.push(task.await.context("a participant's task panicked")?);
-    }
-    // Wait for texts still in flight (a short poll's last interval), then read everything.
-    progress.set_message(format!("{}: draining", technique.as_str()));
-    let drain_until = Instant::now() + Duration::from_secs_f64(args.poll_interval + 3.0);
-    loop {
-        let now = probe.read();
-        let expected = (now.sent - before.sent) * count as u64;
-        if now.deliveries - before.deliveries >= expected || Instant::now() >= drain_until {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let after = probe.read();
-    let elapsed = start.elapsed().as_secs_f64();
-    let cpu = cpu_before.zip(server::cpu_seconds(pids)).map(|(b, a)| a - b);
-    let server_delta = server_counters(stats, transport).await?.zip(server_before).map(|(a, b)| a.minus(b));
-    ticker.abort();
-
-    progress.set_message(format!("{}: leaving", technique.as_str()));
-    futures_util::stream::iter(participants).for_each_concurrent(16, |p| p.leave()).await;
-    stop.cancel();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let latencies = probe.latencies_between(&before, &after);
-    Ok(report::phase_result(report::PhaseInput {
-        technique,
-        participants: count,
-        join_errors,
-        elapsed,
-        duration: args.duration,
-        sent: after.sent - before.sent,
-        send_errors: after.send_errors - before.send_errors,
-        deliveries: after.deliveries - before.deliveries,
-        bytes_up: after.bytes_up - before.bytes_up,
-        bytes_down: after.bytes_down - before.bytes_down,
-        requests: after.requests - before.requests,
-        empty_polls: after.empty_polls - before.empty_polls,
-        latency: Latency::of(&latencies),
-        server_cpu_s: cpu,
-        server: server_delta,
-    }))
+    };
+    let wrk = wrk::compare(&authority, args).await?;
+    drop(own);
+    Ok(Report {
+        date: report::utc_now(),
+        machine: report::machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        scenario: Scenario::Idle,
+        participants: 0,
+        duration_s: f64::from(args.wrk_seconds),
+        poll_interval_s: args.poll_interval,
+        send_every_s: args.send_every,
+        burst: args.burst,
+        text_bytes: args.text_bytes,
+        headers: args.headers,
+        delay_ms: 0.0,
+        targets: vec![format!("chatlab at {authority} and chatlab bench-bare")],
+        results: Vec::new(),
+        searches: Vec::new(),
+        wrk: Some(wrk),
+        senders: None,
+    })
 }
 
-/// The servers' counters of `transport`, if there are servers with counters.
-async fn server_counters(stats: &[String], transport: &str) -> anyhow::Result<Option<ServerCounters>> {
-    if stats.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(server::counters(stats, transport).await?))
-}
-
-/// Moves the progress bar along with the phase's clock.
-fn tick_progress(progress: ProgressBar, secs: f64) -> tokio::task::JoinHandle<()> {
+/// Moves the progress bar along with the clock.
+fn tick_progress(progress: ProgressBar) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        for _ in 0..(secs * 10.0) as u64 {
+        loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
             progress.inc(1);
         }
     })
-}
-
-/// One participant's part of the scenario, from `start` until `end`.
-async fn drive(
-    mut participant: Box<dyn Participant>,
-    index: usize,
-    args: BenchArgs,
-    probe: Arc<Probe>,
-    start: Instant,
-    end: Instant,
-) -> Box<dyn Participant> {
-    let every = Duration::from_secs_f64(args.send_every);
-    let (mut next, texts) = match args.scenario {
-        Scenario::Idle => (end, 0),
-        Scenario::Chat => (start + every.mul_f64(clients::spread(index, 1)), 1),
-        Scenario::Burst => (start + every / 2, args.burst),
-    };
-    while next < end {
-        tokio::time::sleep_until(next).await;
-        for _ in 0..texts {
-            match participant.send(&probe.text(index, args.text_bytes)).await {
-                Ok(()) => probe.sent.fetch_add(1, Ordering::Relaxed),
-                Err(_) => probe.send_errors.fetch_add(1, Ordering::Relaxed),
-            };
-        }
-        next += every;
-    }
-    tokio::time::sleep_until(end).await;
-    participant
 }

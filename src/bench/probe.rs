@@ -75,9 +75,12 @@ impl Probe {
         })
     }
 
-    /// A bench message: the marker, the send time, the sender, padded with `x` to at least `len` bytes.
-    pub(crate) fn text(&self, sender: usize, len: usize) -> String {
-        let mut text = format!("{MARKER}{} #{sender} ", self.epoch.elapsed().as_micros());
+    /// A bench message: the marker, the time it was due (`scheduled`), the sender, padded with `x` to at least
+    /// `len` bytes. Latency counts from when the text was due, not from when its sender got round to it: a
+    /// sender held up by a slow server makes the wait show (no coordinated omission).
+    pub(crate) fn text(&self, scheduled: Instant, sender: usize, len: usize) -> String {
+        let due = scheduled.saturating_duration_since(self.epoch).as_micros();
+        let mut text = format!("{MARKER}{due} #{sender} ");
         while text.len() < len {
             text.push('x');
         }

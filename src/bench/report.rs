@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::clients::Technique;
+use super::wrk::WrkReport;
 use super::{Format, Headers, Scenario};
 
 /// One technique's server-side counters (from `/api/stats`), summed over every server.
@@ -62,8 +63,52 @@ pub struct Report {
     pub delay_ms: f64,
     /// The servers driven.
     pub targets: Vec<String>,
-    /// One per technique, in the order run.
+    /// One per technique, in the order run (with `--find-max`: each technique's best passing window).
     pub results: Vec<PhaseResult>,
+    /// `--find-max`: every window of every technique's search.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub searches: Vec<Search>,
+    /// `--wrk`: polls against a bare handler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrk: Option<WrkReport>,
+    /// `--senders`, when only some participants send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub senders: Option<u32>,
+}
+
+/// `--find-max`: one technique's ladder of send rates, each window judged against the limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Search {
+    /// The technique.
+    pub technique: Technique,
+    /// A window passes when its p99 latency is below this (ms) ...
+    pub max_p99_ms: f64,
+    /// ... and no text failed and no delivery was missed.
+    pub steps: Vec<Step>,
+    /// Deliveries per second of the best passing window (none if even the first one failed).
+    pub best_deliveries_per_s: Option<f64>,
+}
+
+/// One window of a search.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Step {
+    /// Whether it met the limits.
+    pub passed: bool,
+    /// Its figures.
+    pub result: PhaseResult,
+}
+
+/// The server's resident memory (`VmRSS` of `/proc/<pid>/status`, summed over the servers), in KiB.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Rss {
+    /// Before the phase's participants joined.
+    pub before_join_kib: u64,
+    /// After they joined and the warm-up passed.
+    pub after_join_kib: u64,
+    /// (after − before) / participants, in bytes: what one more participant costs.
+    pub per_participant_bytes: f64,
+    /// Sampled about once a second during the measured window.
+    pub window_kib: Vec<u64>,
 }
 
 /// Client-measured delivery latency, in milliseconds.
@@ -100,6 +145,31 @@ pub struct PhaseResult {
     pub participants: usize,
     /// Participants that could not join.
     pub join_errors: usize,
+    /// Participants that sent texts (`--senders`; the others only receive).
+    #[serde(default)]
+    pub senders: usize,
+    /// Texts per second the scenario offered to the whole room (chat and burst), deliveries/s being this times
+    /// the participants.
+    #[serde(default)]
+    pub offered_texts_per_s: Option<f64>,
+    /// Seconds from the first participant's connect to the last one's welcome (its first frame, for
+    /// WebSocket and the seed; its join answer or stream for HTTP).
+    #[serde(default)]
+    pub join_s: Option<f64>,
+    /// Joins in flight at once (`--join-concurrency`).
+    #[serde(default)]
+    pub join_concurrency: usize,
+    /// The server's resident memory around the phase.
+    #[serde(default)]
+    pub server_rss: Option<Rss>,
+    /// CPU seconds the bench's own process (all clients) used in the measured span: near the machine's cores
+    /// times the span, the clients, not the server, set the pace.
+    #[serde(default)]
+    pub client_cpu_s: Option<f64>,
+    /// CPU seconds the whole machine was busy in the span (all cores): minus the server's and the clients',
+    /// what other processes took, on a shared machine.
+    #[serde(default)]
+    pub machine_cpu_s: Option<f64>,
     /// Seconds measured: the window plus the wait for texts still in flight.
     pub elapsed_s: f64,
     /// Texts sent in the window, and sends that failed.
@@ -149,6 +219,13 @@ pub(crate) struct PhaseInput {
     pub(crate) technique: Technique,
     pub(crate) participants: usize,
     pub(crate) join_errors: usize,
+    pub(crate) senders: usize,
+    pub(crate) offered_texts_per_s: Option<f64>,
+    pub(crate) join_s: Option<f64>,
+    pub(crate) join_concurrency: usize,
+    pub(crate) server_rss: Option<Rss>,
+    pub(crate) client_cpu_s: Option<f64>,
+    pub(crate) machine_cpu_s: Option<f64>,
     pub(crate) elapsed: f64,
     pub(crate) duration: f64,
     pub(crate) sent: u64,
@@ -170,6 +247,13 @@ pub(crate) fn phase_result(m: PhaseInput) -> PhaseResult {
         technique: m.technique,
         participants: m.participants,
         join_errors: m.join_errors,
+        senders: m.senders,
+        offered_texts_per_s: m.offered_texts_per_s,
+        join_s: m.join_s,
+        join_concurrency: m.join_concurrency,
+        server_rss: m.server_rss,
+        client_cpu_s: m.client_cpu_s,
+        machine_cpu_s: m.machine_cpu_s,
         elapsed_s: m.elapsed,
         sent: m.sent,
         send_errors: m.send_errors,
@@ -300,9 +384,15 @@ fn opt(x: Option<f64>) -> String {
 fn title(report: &Report) -> String {
     let what = match report.scenario {
         Scenario::Idle => "idle (nobody sends)".to_owned(),
-        Scenario::Chat => {
-            format!("chat (each participant sends a {} B text every {} s)", report.text_bytes, report.send_every_s)
-        }
+        Scenario::Chat => match report.senders {
+            Some(senders) => format!(
+                "chat ({senders} senders, each sends a {} B text every {} s)",
+                report.text_bytes, report.send_every_s
+            ),
+            None => {
+                format!("chat (each participant sends a {} B text every {} s)", report.text_bytes, report.send_every_s)
+            }
+        },
         Scenario::Burst => format!(
             "burst ({} texts of {} B from every participant at once, every {} s)",
             report.burst, report.text_bytes, report.send_every_s
@@ -321,6 +411,12 @@ fn title(report: &Report) -> String {
 fn markdown(report: &Report) -> String {
     let r = &report.results;
     let mut out = String::new();
+    if let Some(wrk) = &report.wrk {
+        let _ = writeln!(out, "{} · {}  ", report.date, report.machine);
+        let _ = writeln!(out, "`{}`\n", report.command);
+        wrk_table(&mut out, wrk);
+        return out;
+    }
     let _ = writeln!(out, "**{}**  ", title(report));
     let _ = writeln!(out, "{} · {}  ", report.date, report.machine);
     let _ = writeln!(out, "servers: {}  ", report.targets.join(", "));
@@ -342,6 +438,12 @@ fn markdown(report: &Report) -> String {
         out.push('\n');
     };
     row("participants", &|p| p.participants.to_string());
+    if r.iter().any(|p| p.senders > 0 && p.senders < p.participants) {
+        row("senders", &|p| p.senders.to_string());
+    }
+    if r.iter().any(|p| p.offered_texts_per_s.is_some()) {
+        row("offered texts/s (room)", &|p| opt(p.offered_texts_per_s));
+    }
     row("deliveries/s", &|p| human(p.deliveries_per_s));
     row("latency p50 / p99 / max (ms)", &|p| {
         if p.deliveries == 0 {
@@ -367,7 +469,99 @@ fn markdown(report: &Report) -> String {
         format!("{} / {}", human(p.bytes_down as f64), human(p.bytes_up as f64))
     });
     row("texts sent / failed / deliveries missed", &|p| format!("{} / {} / {}", p.sent, p.send_errors, p.missed));
+    if r.iter().any(|p| p.join_s.is_some()) {
+        row("join: all welcomed after (s), joins in flight", &|p| format!("{}, {}", opt(p.join_s), p.join_concurrency));
+    }
+    if r.iter().any(|p| p.server_rss.is_some()) {
+        row("server RSS before / after join (MiB)", &|p| {
+            p.server_rss.as_ref().map_or("–".into(), |m| {
+                format!("{} / {}", human(m.before_join_kib as f64 / 1024.0), human(m.after_join_kib as f64 / 1024.0))
+            })
+        });
+        row("server RSS per participant (KiB)", &|p| {
+            p.server_rss.as_ref().map_or("–".into(), |m| human(m.per_participant_bytes / 1024.0))
+        });
+        row("server RSS in the window: first / max / last (MiB)", &|p| {
+            p.server_rss.as_ref().and_then(|m| window_rss(&m.window_kib)).unwrap_or_else(|| "–".into())
+        });
+    }
+    if r.iter().any(|p| p.client_cpu_s.is_some()) {
+        row("CPU s per window s: server / bench / other processes", &cpu_split);
+    }
+    for search in &report.searches {
+        search_table(&mut out, search);
+    }
     out
+}
+
+/// CPU seconds per second of the window: the server's, the bench's, and everything else's on the machine.
+fn cpu_split(p: &PhaseResult) -> String {
+    let per_s = |x: Option<f64>| opt(x.map(|c| c / p.elapsed_s));
+    let others = p.machine_cpu_s.map(|m| (m - p.server_cpu_s.unwrap_or(0.0) - p.client_cpu_s.unwrap_or(0.0)).max(0.0));
+    format!("{} / {} / {}", per_s(p.server_cpu_s), per_s(p.client_cpu_s), per_s(others))
+}
+
+/// `--wrk`: one row per target.
+fn wrk_table(out: &mut String, wrk: &WrkReport) {
+    let _ = writeln!(out, "`{}`, one session per connection\n", wrk.wrk);
+    let _ = writeln!(out, "| target | requests/s (median) | of bare | each round | wrk p99 (ms) each round | non-2xx | rounds the room moved |");
+    let _ = writeln!(out, "|---|---:|---:|---|---|---:|---:|");
+    for t in &wrk.targets {
+        let list = |v: &[f64]| v.iter().map(|x| human(*x)).collect::<Vec<_>>().join(", ");
+        let _ = writeln!(
+            out,
+            "| {} `{}` | {} | {:.0}% | {} | {} | {} | {} |",
+            t.name,
+            t.path,
+            human(t.median_requests_per_s),
+            t.ratio_to_bare * 100.0,
+            list(&t.requests_per_s),
+            list(&t.p99_ms),
+            t.non_2xx,
+            t.rounds_room_moved
+        );
+    }
+}
+
+/// First, highest and last of a window's RSS samples, in MiB.
+fn window_rss(samples: &[u64]) -> Option<String> {
+    let mib = |k: u64| human(k as f64 / 1024.0);
+    let max = samples.iter().max()?;
+    Some(format!("{} / {} / {}", mib(*samples.first()?), mib(*max), mib(*samples.last()?)))
+}
+
+/// A search's ladder: one row per window.
+fn search_table(out: &mut String, search: &Search) {
+    let _ = writeln!(
+        out,
+        "\n**{}: highest deliveries/s with p99 < {} ms and nothing lost: {}**\n",
+        search.technique.as_str(),
+        human(search.max_p99_ms),
+        opt(search.best_deliveries_per_s)
+    );
+    let _ = writeln!(
+        out,
+        "| offered texts/s | deliveries/s | p50 / p99 / max (ms) | sent / failed / missed | server CPU ms per 1,000 | CPU s/s: server / bench / others | verdict |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---|");
+    for step in &search.steps {
+        let p = &step.result;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} / {} / {} | {} / {} / {} | {} | {} | {} |",
+            opt(p.offered_texts_per_s),
+            human(p.deliveries_per_s),
+            human(p.latency_ms.p50),
+            human(p.latency_ms.p99),
+            human(p.latency_ms.max),
+            p.sent,
+            p.send_errors,
+            p.missed,
+            opt(p.server_cpu_ms_per_1000),
+            cpu_split(p),
+            if step.passed { "pass" } else { "fail" }
+        );
+    }
 }
 
 /// Colours per technique, stable across charts.
@@ -378,6 +572,7 @@ fn colour(technique: Technique) -> &'static str {
         Technique::LongPoll => "#c05621",
         Technique::Poll => "#c53030",
         Technique::Seed => "#6b46c1",
+        Technique::Mix => "#4a5568",
     }
 }
 

@@ -74,11 +74,11 @@ pub(crate) fn authority_of(url: &str) -> anyhow::Result<String> {
     Ok(authority.to_owned())
 }
 
-/// Reads `transport`'s counters from every server's `/api/stats` and adds them up.
+/// Reads the counters of `transports` from every server's `/api/stats` and adds them up.
 ///
 /// # Errors
 /// A server that does not answer, or answers something else than chatlab's stats.
-pub(crate) async fn counters(authorities: &[String], transport: &str) -> anyhow::Result<ServerCounters> {
+pub(crate) async fn counters(authorities: &[String], transports: &[&str]) -> anyhow::Result<ServerCounters> {
     let mut sum = ServerCounters::default();
     for authority in authorities {
         let mut http = Http::connect(authority, Probe::new(), false).await?;
@@ -87,12 +87,14 @@ pub(crate) async fn counters(authorities: &[String], transport: &str) -> anyhow:
             bail!("{authority}/api/stats answered {status}");
         }
         let stats: serde_json::Value = serde_json::from_slice(&body)?;
-        let of = &stats["transports"][transport];
-        let get = |name: &str| of[name].as_u64().with_context(|| format!("{authority}/api/stats has no {name}"));
-        sum.wire_bytes_in += get("wire_bytes_in")?;
-        sum.wire_bytes_out += get("wire_bytes_out")?;
-        sum.requests += get("requests")?;
-        sum.events_delivered += get("events_delivered")?;
+        for transport in transports {
+            let of = &stats["transports"][transport];
+            let get = |name: &str| of[name].as_u64().with_context(|| format!("{authority}/api/stats has no {name}"));
+            sum.wire_bytes_in += get("wire_bytes_in")?;
+            sum.wire_bytes_out += get("wire_bytes_out")?;
+            sum.requests += get("requests")?;
+            sum.events_delivered += get("events_delivered")?;
+        }
     }
     Ok(sum)
 }
@@ -112,4 +114,30 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> Option<f64> {
         ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     }
     Some(ticks as f64 / USER_HZ)
+}
+
+/// Resident memory of the processes (`VmRSS` of `/proc/<pid>/status`, summed), in KiB; `None` if any cannot be
+/// read.
+pub(crate) fn rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    let mut sum = 0;
+    for pid in pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+        sum += line.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
+    }
+    Some(sum)
+}
+
+/// CPU seconds the whole machine has been busy (all cores: every `/proc/stat` `cpu` field but idle and
+/// iowait), to tell other processes' load apart from the bench's and the server's.
+pub(crate) fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> =
+        stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let total: u64 = fields.iter().take(8).sum();
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle) as f64 / USER_HZ)
 }

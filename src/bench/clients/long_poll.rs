@@ -8,8 +8,9 @@ use crate::bench::http::count_poll;
 
 /// Joins and polls back to back until the phase stops.
 pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<HttpClient> {
-    let (up, mut down, session, mut since) = join_http(authority, "longpoll", &context).await?;
+    let (mut down, session, mut since) = join_http(authority, "longpoll", &context).await?;
     let token = session.clone();
+    let sending = context.clone();
     let receiver = tokio::spawn(async move {
         loop {
             let path = format!("/api/longpoll?session={token}&since={since}");
@@ -21,5 +22,5 @@ pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<Ht
             since = count_poll(&context.probe, &body).unwrap_or(since);
         }
     });
-    Ok(HttpClient { up, session, receiver })
+    Ok(HttpClient::new(authority, session, sending, receiver))
 }

@@ -9,7 +9,11 @@
 //! | `short_poll.rs` | short polling | `GET /api/poll` every `--poll-interval` | `POST /api/messages` |
 //! | `seed.rs` | the seed protocol (`ws://host:8180/`, the Node.js original or chatlab's `/`) | text frames | text frames |
 //!
-//! The HTTP techniques use two connections, as a browser does: one held by the receiving side, one for POSTs.
+//! `mix` is not a client of its own: participant `i` of a mixed phase uses ws, sse, longpoll and poll in turn.
+//!
+//! The HTTP techniques use two connections, as a browser does: one held by the receiving side (which also
+//! joins), one for POSTs, opened at the first text: a participant that never sends holds one socket, so a
+//! 15,000-participant room fits in one bench process's open files.
 
 pub(crate) mod long_poll;
 pub(crate) mod seed;
@@ -45,6 +49,8 @@ pub enum Technique {
     Poll,
     /// The seed protocol at `--seed-url` (WebSocket only, no sessions).
     Seed,
+    /// The four chatlab techniques at once in one phase: participant `i` uses ws, sse, longpoll, poll in turn.
+    Mix,
 }
 
 impl Technique {
@@ -56,9 +62,25 @@ impl Technique {
             Technique::LongPoll => "longpoll",
             Technique::Poll => "poll",
             Technique::Seed => "seed",
+            Technique::Mix => "mix",
+        }
+    }
+
+    /// The server transports whose counters (`/api/stats`) belong to this technique's phase.
+    pub(crate) fn transports(self) -> &'static [&'static str] {
+        match self {
+            Technique::Ws => &["ws"],
+            Technique::Sse => &["sse"],
+            Technique::LongPoll => &["longpoll"],
+            Technique::Poll => &["poll"],
+            Technique::Seed => &["seed"],
+            Technique::Mix => &["ws", "sse", "longpoll", "poll"],
         }
     }
 }
+
+/// The techniques of a mixed phase, in the order participants take them.
+const MIX: [Technique; 4] = [Technique::Ws, Technique::Sse, Technique::LongPoll, Technique::Poll];
 
 /// What every client of a phase shares.
 #[derive(Debug, Clone)]
@@ -89,12 +111,14 @@ pub(crate) trait Participant: Send {
 /// # Errors
 /// A connection or a join that failed.
 pub(crate) async fn join(technique: Technique, target: &str, context: Context) -> anyhow::Result<Box<dyn Participant>> {
+    let technique = if technique == Technique::Mix { MIX[context.index % MIX.len()] } else { technique };
     Ok(match technique {
         Technique::Ws => Box::new(ws::WsClient::join(target, context).await?),
         Technique::Sse => Box::new(sse::join(target, context).await?),
         Technique::LongPoll => Box::new(long_poll::join(target, context).await?),
         Technique::Poll => Box::new(short_poll::join(target, context).await?),
         Technique::Seed => Box::new(seed::SeedClient::join(target, context).await?),
+        Technique::Mix => unreachable!("a mixed phase's participant takes one of the four techniques"),
     })
 }
 
@@ -107,31 +131,51 @@ pub(crate) fn spread(index: usize, salt: u64) -> f64 {
     (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// What the three HTTP techniques share: a session joined with `POST /api/sessions`, a connection for
-/// `POST /api/messages`, and a receiving task that owns the second connection.
+/// What the three HTTP techniques share: a session joined with `POST /api/sessions`, a receiving task that
+/// owns the connection it joined on, and a second connection for `POST /api/messages`, opened at the first text.
 pub(crate) struct HttpClient {
-    up: Http,
+    up: Option<Http>,
     session: String,
+    authority: String,
+    context: Context,
     receiver: JoinHandle<()>,
 }
 
-/// Joins as `transport` over HTTP: returns the POST connection, a second connection for receiving, the session
-/// and the join cursor.
-async fn join_http(authority: &str, transport: &str, context: &Context) -> anyhow::Result<(Http, Http, String, u64)> {
-    let mut up = Http::connect(authority, context.probe.clone(), context.browser_headers).await?;
-    let (session, since) = up.join(transport).await?;
-    let down = Http::connect(authority, context.probe.clone(), context.browser_headers).await?;
-    Ok((up, down, session, since))
+impl HttpClient {
+    fn new(authority: &str, session: String, context: Context, receiver: JoinHandle<()>) -> HttpClient {
+        HttpClient { up: None, session, authority: authority.to_owned(), context, receiver }
+    }
+
+    /// The POST connection, opened on first use.
+    async fn up(&mut self) -> anyhow::Result<&mut Http> {
+        if self.up.is_none() {
+            let http = Http::connect(&self.authority, self.context.probe.clone(), self.context.browser_headers).await?;
+            self.up = Some(http);
+        }
+        Ok(self.up.as_mut().expect("opened above"))
+    }
+}
+
+/// Joins as `transport` over HTTP: returns the connection it joined on (for receiving), the session and the
+/// join cursor.
+async fn join_http(authority: &str, transport: &str, context: &Context) -> anyhow::Result<(Http, String, u64)> {
+    let mut down = Http::connect(authority, context.probe.clone(), context.browser_headers).await?;
+    let (session, since) = down.join(transport).await?;
+    Ok((down, session, since))
 }
 
 #[async_trait]
 impl Participant for HttpClient {
     async fn send(&mut self, text: &str) -> anyhow::Result<()> {
-        self.up.post_text(&self.session, text).await.context("POST /api/messages")
+        let session = self.session.clone();
+        self.up().await?.post_text(&session, text).await.context("POST /api/messages")
     }
 
     async fn leave(mut self: Box<Self>) {
-        let _ = self.up.leave(&self.session).await;
+        let session = self.session.clone();
+        if let Ok(up) = self.up().await {
+            let _ = up.leave(&session).await;
+        }
         self.receiver.abort();
     }
 }

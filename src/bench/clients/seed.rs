@@ -1,5 +1,6 @@
 //! The seed protocol: a WebSocket on `/` (the Node.js original at `ws://host:8180`, or chatlab's `/`). No
-//! welcome and no session: the connection is the participant, and closing it is leaving.
+//! welcome and no session: the connection is the participant, and closing it is leaving. A participant has
+//! joined when its first frame arrives (its own arrival notice, which the seed sends to everyone including it).
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -9,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use super::ws::{open, receive};
+use super::ws::{first_frame, open, receive};
 use super::{Context, Participant};
 use crate::bench::probe::CountingStream;
 
@@ -27,7 +28,8 @@ impl SeedClient {
             .and_then(|rest| rest.split('/').next())
             .filter(|a| !a.is_empty())
             .with_context(|| format!("--seed-url must be ws://HOST:PORT/, got {url}"))?;
-        let (sink, frames) = open(url, authority, &context).await?;
+        let (sink, mut frames) = open(url, authority, &context).await?;
+        first_frame(&mut frames).await?;
         Ok(SeedClient { sink, receiver: receive(frames, context) })
     }
 }

@@ -9,9 +9,10 @@ use crate::bench::http::count_poll;
 
 /// Joins and polls once per interval until the phase stops.
 pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<HttpClient> {
-    let (up, mut down, session, mut since) = join_http(authority, "poll", &context).await?;
+    let (mut down, session, mut since) = join_http(authority, "poll", &context).await?;
     let token = session.clone();
     let interval = context.poll_interval;
+    let sending = context.clone();
     let receiver = tokio::spawn(async move {
         // Like `setInterval`: one poll per interval, from a random phase.
         let first = tokio::time::Instant::now() + interval.mul_f64(spread(context.index, 7));
@@ -27,5 +28,5 @@ pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<Ht
             since = count_poll(&context.probe, &body).unwrap_or(since);
         }
     });
-    Ok(HttpClient { up, session, receiver })
+    Ok(HttpClient::new(authority, session, sending, receiver))
 }

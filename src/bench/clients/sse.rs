@@ -9,15 +9,17 @@ use super::{join_http, Context, HttpClient};
 
 /// Joins, opens the stream and counts every event on it.
 pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<HttpClient> {
-    let (up, mut down, session, since) = join_http(authority, "sse", &context).await?;
+    let (mut down, session, since) = join_http(authority, "sse", &context).await?;
     let response = down.send(Method::GET, &format!("/api/sse?session={session}&since={since}"), None).await?;
     if response.status() != StatusCode::OK {
         bail!("the stream was refused: {}", response.status());
     }
     let mut body = response.into_body();
+    let sending = context.clone();
     let receiver = tokio::spawn(async move {
-        let _down = down; // the stream's connection lives as long as this task
-                          // Frames may arrive split across reads: look at complete events (ending in a blank line) only.
+        // The stream's connection lives as long as this task.
+        let _down = down;
+        // Frames may arrive split across reads: look at complete events (ending in a blank line) only.
         let mut pending: Vec<u8> = Vec::new();
         loop {
             let frame = tokio::select! {
@@ -33,5 +35,5 @@ pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<Ht
             }
         }
     });
-    Ok(HttpClient { up, session, receiver })
+    Ok(HttpClient::new(authority, session, sending, receiver))
 }

@@ -17,6 +17,18 @@ use crate::bench::probe::{self, CountingStream};
 
 type Socket = WebSocketStream<CountingStream>;
 
+/// How long a joining participant waits for its first frame (chatlab's `welcome`, the seed's own arrival
+/// notice). Generous: a server that announces every join to everyone takes seconds per join in a big room.
+pub(super) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Waits for the first frame of a fresh socket.
+pub(super) async fn first_frame(frames: &mut SplitStream<Socket>) -> anyhow::Result<Message> {
+    Ok(tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next())
+        .await
+        .with_context(|| format!("no first frame within {} s", FIRST_FRAME_TIMEOUT.as_secs()))?
+        .context("closed before the first frame")??)
+}
+
 /// Opens a WebSocket to `url` over a counting socket to `authority`.
 pub(super) async fn open(
     url: &str,
@@ -59,10 +71,7 @@ pub(crate) struct WsClient {
 impl WsClient {
     pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<WsClient> {
         let (sink, mut frames) = open(&format!("ws://{authority}/ws"), authority, &context).await?;
-        let welcome = tokio::time::timeout(Duration::from_secs(10), frames.next())
-            .await
-            .context("no welcome frame within 10 s")?
-            .context("closed before the welcome frame")??;
+        let welcome = first_frame(&mut frames).await?;
         let welcome: serde_json::Value = serde_json::from_slice(welcome.into_data().as_ref())?;
         let session = welcome["session"].as_str().context("the welcome names no session")?.to_owned();
         let receiver = receive(frames, context.clone());

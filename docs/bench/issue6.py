@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Prints the figures of docs/benchmarks.md, section "Issue 6", from the bench reports in docs/bench/issue6/.
+
+Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
+FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
+"""
+import json
+import os
+import statistics
+
+HERE = "docs/bench/issue6/"
+# A search ran "clean" when the machine's other processes took under this many CPU seconds per second.
+CLEAN = 0.1
+
+
+def load(name):
+    path = HERE + name
+    return json.load(open(path)) if os.path.exists(path) else None
+
+
+def runs(prefix):
+    out = []
+    for i in range(1, 10):
+        report = load(f"{prefix}-run{i}.json")
+        if report is not None:
+            out.append(report)
+    return out
+
+
+def num(x, digits=None):
+    if x is None:
+        return "–"
+    if x == 0:
+        return "0"
+    if digits is None:
+        digits = 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2 if abs(x) >= 1 else 3
+    return f"{x:,.{digits}f}"
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def best(report, technique):
+    for search in report.get("searches", []):
+        if search["technique"] == technique:
+            return search["best_deliveries_per_s"]
+    return None
+
+
+def others(p):
+    """CPU s/s other processes took during a window (machine busy minus server minus bench)."""
+    if p.get("machine_cpu_s") is None:
+        return None
+    used = (p.get("server_cpu_s") or 0) + (p.get("client_cpu_s") or 0)
+    return max(0.0, p["machine_cpu_s"] - used) / p["elapsed_s"]
+
+
+def search_others(report, technique):
+    """The median over a search's windows of the other processes' CPU s/s."""
+    for search in report.get("searches", []):
+        if search["technique"] == technique:
+            return med([others(step["result"]) for step in search["steps"]])
+    return None
+
+
+def result(report, technique):
+    for r in report["results"]:
+        if r["technique"] == technique:
+            return r
+    return None
+
+
+def find_max(participants, techniques):
+    reports = runs(f"max{participants}")
+    if not reports:
+        return
+    print(f"\n### Highest deliveries/s with p99 < 100 ms and nothing lost, {participants} participants\n")
+    head = " | ".join(techniques)
+    ratios = [t for t in techniques if t != "ws"]
+    print(f"| run | {head} | " + " | ".join(f"ws / {t}" if t == "seed" else f"{t} / ws" for t in ratios)
+          + " | other processes' CPU s/s (" + ", ".join(techniques) + ") |")
+    print("|---|" + "---:|" * (len(techniques) + len(ratios) + 1))
+    rows = []
+    for i, report in enumerate(reports, 1):
+        b = {t: best(report, t) for t in techniques}
+        r = {}
+        for t in ratios:
+            if b.get("ws") and b.get(t):
+                r[t] = b["ws"] / b[t] if t == "seed" else b[t] / b["ws"]
+            else:
+                r[t] = None
+        rows.append((b, r))
+        load = ", ".join(num(search_others(report, t), 2) for t in techniques)
+        print(f"| {i} | " + " | ".join(num(b[t]) for t in techniques) + " | "
+              + " | ".join(num(r[t], 2) for t in ratios) + f" | {load} |")
+    print("| **median** | " + " | ".join(num(med([b[t] for b, _ in rows])) for t in techniques) + " | "
+          + " | ".join(num(med([r[t] for _, r in rows]), 2) for t in ratios) + " | |")
+    # Clean: a technique's search during which other processes took under 0.1 CPU s/s (median of its windows).
+    clean = {t: med([b[t] for (b, _), rep in zip(rows, reports) if (search_others(rep, t) or 0) < CLEAN])
+             for t in techniques}
+    cr = {t: (clean["ws"] / clean[t] if t == "seed" else clean[t] / clean["ws"]) if clean["ws"] and clean[t] else None
+          for t in ratios}
+    counts = ", ".join(
+        f"{t} {sum(1 for rep in reports if (search_others(rep, t) or 0) < CLEAN)}" for t in techniques)
+    print("| **median of clean runs** | " + " | ".join(num(clean[t]) for t in techniques) + " | "
+          + " | ".join(num(cr[t], 2) for t in ratios) + f" | clean runs: {counts} |")
+
+
+def cpu():
+    reports = runs("cpu100")
+    if not reports:
+        return
+    print("\n### Server CPU ms per 1,000 deliveries at the same offered load\n")
+    print("| run | deliveries/s (ws / seed) | p99 ms (ws / seed) | ws | seed | seed / ws | other processes' CPU s/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    ratios, ws_all, seed_all = [], [], []
+    for i, report in enumerate(reports, 1):
+        ws, seed = result(report, "ws"), result(report, "seed")
+        ratio = seed["server_cpu_ms_per_1000"] / ws["server_cpu_ms_per_1000"]
+        ratios.append(ratio)
+        ws_all.append(ws["server_cpu_ms_per_1000"])
+        seed_all.append(seed["server_cpu_ms_per_1000"])
+        print(f"| {i} | {num(ws['deliveries_per_s'])} / {num(seed['deliveries_per_s'])} | "
+              f"{num(ws['latency_ms']['p99'])} / {num(seed['latency_ms']['p99'])} | "
+              f"{num(ws['server_cpu_ms_per_1000'])} | {num(seed['server_cpu_ms_per_1000'])} | {num(ratio, 2)} | "
+              f"{num(others(ws), 2)}, {num(others(seed), 2)} |")
+    print(f"| **median** | | | {num(med(ws_all))} | {num(med(seed_all))} | {num(med(ratios), 2)} | |")
+
+
+def idle():
+    reports = runs("idle10k")
+    seeds = [(n, load(f"idleseed{n}.json")) for n in (1000, 2000, 3000, 5000)]
+    seeds = [(n, r) for n, r in seeds if r is not None]
+    if not reports and not seeds:
+        return
+    print("\n### Idle WebSocket participants: server RSS per participant and time to join\n")
+    print("| server, run | participants | joined in (s) | joins in flight | RSS before / after (MiB) | KiB per participant |")
+    print("|---|---:|---:|---:|---:|---:|")
+    per, joins = [], []
+    for i, report in enumerate(reports, 1):
+        r = report["results"][0]
+        rss = r["server_rss"]
+        per.append(rss["per_participant_bytes"] / 1024)
+        joins.append(r["join_s"])
+        print(f"| chatlab, run {i} | {r['participants']:,} | {num(r['join_s'])} | {r['join_concurrency']} | "
+              f"{num(rss['before_join_kib'] / 1024)} / {num(rss['after_join_kib'] / 1024)} | {num(per[-1])} |")
+    if reports:
+        print(f"| **chatlab, median** | | {num(med(joins))} | | | {num(med(per))} |")
+    for n, report in seeds:
+        r = report["results"][0]
+        rss = r["server_rss"]
+        print(f"| seed | {r['participants']:,} | {num(r['join_s'])} | {r['join_concurrency']} | "
+              f"{num(rss['before_join_kib'] / 1024)} / {num(rss['after_join_kib'] / 1024)} | "
+              f"{num(rss['per_participant_bytes'] / 1024)} |")
+    if len(seeds) >= 2:
+        # The seed announces every join to everyone: time ~ a * N^2. Least squares on the runs.
+        xs = [r["results"][0]["participants"] for _, r in seeds]
+        ys = [r["results"][0]["join_s"] for _, r in seeds]
+        a = sum(y * x * x for x, y in zip(xs, ys)) / sum(x ** 4 for x in xs)
+        fit = ", ".join(f"{x:,}: {num(y)} s measured, {num(a * x * x)} s fitted" for x, y in zip(xs, ys))
+        print(f"\nSeed join time fitted as a·N² (a = {a:.3g} s): {fit}; "
+              f"extrapolated 5,000: {num(a * 25e6)} s, 10,000: {num(a * 1e8)} s.")
+
+
+def mix():
+    reports = runs("mix15k")
+    if not reports:
+        return
+    print("\n### 15,000 participants mixed across the four techniques\n")
+    print("| run | participants (join errors) | joined in (s) | texts sent / failed | deliveries/s | missed | "
+          "p50 / p99 / max (ms) | RSS in the window: first / max / last (MiB) | samples |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, report in enumerate(reports, 1):
+        r = report["results"][0]
+        w = r["server_rss"]["window_kib"]
+        lat = r["latency_ms"]
+        print(f"| {i} | {r['participants']:,} ({r['join_errors']}) | {num(r['join_s'])} | {r['sent']:,} / "
+              f"{r['send_errors']} | {num(r['deliveries_per_s'])} | {r['missed']} | {num(lat['p50'])} / "
+              f"{num(lat['p99'])} / {num(lat['max'])} | {num(w[0] / 1024)} / {num(max(w) / 1024)} / "
+              f"{num(w[-1] / 1024)} | {len(w)} |")
+
+
+def wrk():
+    report = load("wrk.json")
+    if report is None:
+        return
+    w = report["wrk"]
+    print(f"\n### Polls against a bare axum handler (`{w['wrk']}`)\n")
+    print("| target | requests/s, median | of bare | each round | non-2xx | rounds the room moved |")
+    print("|---|---:|---:|---|---:|---:|")
+    for t in w["targets"]:
+        rounds = ", ".join(num(x) for x in t["requests_per_s"])
+        print(f"| {t['name']} `{t['path']}` | {num(t['median_requests_per_s'])} | {t['ratio_to_bare'] * 100:.0f}% | "
+              f"{rounds} | {t['non_2xx']} | {t['rounds_room_moved']} |")
+
+
+find_max(100, ["ws", "sse", "longpoll", "seed"])
+find_max(1000, ["ws", "seed"])
+cpu()
+idle()
+mix()
+wrk()
