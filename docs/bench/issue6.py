@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Prints the figures of docs/benchmarks.md, section "Issue 6", from the bench reports in docs/bench/issue6/.
 
+Reports named head-* were measured at a later server commit (the section says which); their tables carry the
+prefix "head-".
+
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
 """
@@ -72,11 +75,11 @@ def result(report, technique):
     return None
 
 
-def find_max(participants, techniques):
-    reports = runs(f"max{participants}")
+def find_max(participants, techniques, prefix=""):
+    reports = runs(f"{prefix}max{participants}")
     if not reports:
         return
-    print(f"\n### Highest deliveries/s with p99 < 100 ms and nothing lost, {participants} participants\n")
+    print(f"\n### {prefix}Highest deliveries/s with p99 < 100 ms and nothing lost, {participants} participants\n")
     head = " | ".join(techniques)
     ratios = [t for t in techniques if t != "ws"]
     print(f"| run | {head} | " + " | ".join(f"ws / {t}" if t == "seed" else f"{t} / ws" for t in ratios)
@@ -108,11 +111,11 @@ def find_max(participants, techniques):
           + " | ".join(num(cr[t], 2) for t in ratios) + f" | clean runs: {counts} |")
 
 
-def cpu():
-    reports = runs("cpu100")
+def cpu(prefix=""):
+    reports = runs(f"{prefix}cpu100")
     if not reports:
         return
-    print("\n### Server CPU ms per 1,000 deliveries at the same offered load\n")
+    print(f"\n### {prefix}Server CPU ms per 1,000 deliveries at the same offered load\n")
     print("| run | deliveries/s (ws / seed) | p99 ms (ws / seed) | ws | seed | seed / ws | other processes' CPU s/s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     ratios, ws_all, seed_all = [], [], []
@@ -199,6 +202,10 @@ def wrk():
 find_max(100, ["ws", "sse", "longpoll", "seed"])
 find_max(1000, ["ws", "seed"])
 cpu()
+# The same at the newest commit (files named head-*).
+find_max(100, ["ws", "sse", "longpoll", "seed"], "head-")
+find_max(1000, ["ws", "seed"], "head-")
+cpu("head-")
 idle()
 mix()
 wrk()
