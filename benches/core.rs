@@ -98,7 +98,8 @@ fn poll_bodies(c: &mut Criterion) {
     for i in 0..100 {
         rt.block_on(room.post(&sender, &format!("text {i}"))).unwrap();
     }
-    let (deliveries, next): (Vec<Delivery>, u64) = rt.block_on(room.poll(&record.token, Some(0))).unwrap();
+    let (deliveries, next): (Vec<Delivery>, u64) =
+        rt.block_on(room.poll(&record.token, Transport::Poll, Some(0))).unwrap();
     let mut group = c.benchmark_group("poll body");
     group.throughput(Throughput::Elements(deliveries.len() as u64));
     group.bench_function("100 events into one response", |b| {

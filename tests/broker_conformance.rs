@@ -89,6 +89,8 @@ conformance! {
     the_room_refuses_sessions_beyond_max(100),
     expired_sessions_are_returned_exactly_once(100),
     renewal_extends_only_live_sessions_and_never_shortens(100),
+    a_visit_renews_records_the_technique_and_returns_the_record(100),
+    the_cursor_only_moves_forward_and_keeps_a_rename(100),
     presence_lists_everyone_oldest_first(100),
     clientcount_is_the_online_count(100),
 }
@@ -338,6 +340,40 @@ async fn renewal_extends_only_live_sessions_and_never_shortens(fixture: Fixture)
     assert_eq!(a.online().await.unwrap(), 1);
     let expired: Vec<String> = b.expire(6_000).await.unwrap().into_iter().map(|r| r.token).collect();
     assert_eq!(expired, vec!["r1"]);
+}
+
+/// `touch` is one call for a lookup, a technique change and a renewal: it returns the record as stored, renews
+/// without ever shortening, and does nothing for a session that is gone.
+async fn a_visit_renews_records_the_technique_and_returns_the_record(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    a.create_session(&session("t1", 1, 1), 1_000, 100).await.unwrap();
+    a.create_session(&session("t2", 2, 2), 1_000, 100).await.unwrap();
+    let touched = b.touch("t1", Transport::LongPoll, 5_000).await.unwrap().expect("t1 is online");
+    assert_eq!(touched, SessionRecord { transport: Transport::LongPoll, ..session("t1", 1, 1) });
+    assert_eq!(a.session("t1").await.unwrap(), Some(touched), "every process sees the new technique");
+    b.touch("t1", Transport::Poll, 3_000).await.unwrap();
+    let expired: Vec<String> = a.expire(4_000).await.unwrap().into_iter().map(|r| r.token).collect();
+    assert_eq!(expired, vec!["t2"], "t1's lease runs to 5,000: a visit never shortens it");
+    assert_eq!(b.touch("t2", Transport::Ws, 50_000).await.unwrap(), None, "a visit does not bring t2 back");
+    assert_eq!(a.session("t2").await.unwrap(), None);
+    assert_eq!(a.online().await.unwrap(), 1);
+}
+
+/// `save_cursor` moves the cursor forward only, renews the lease, leaves a rename made meanwhile alone, and does
+/// nothing for a session that is gone.
+async fn the_cursor_only_moves_forward_and_keeps_a_rename(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    a.create_session(&session("c1", 1, 1), 1_000, 100).await.unwrap();
+    let mut renamed = session("c1", 1, 1);
+    renamed.nickname = "bob".into();
+    assert!(a.save_session(&renamed).await.unwrap());
+    b.save_cursor("c1", 40, 5_000).await.unwrap();
+    b.save_cursor("c1", 30, 2_000).await.unwrap();
+    assert_eq!(a.session("c1").await.unwrap(), Some(SessionRecord { cursor: 40, ..renamed }));
+    assert!(a.expire(4_000).await.unwrap().is_empty(), "saving the cursor renewed the lease");
+    b.save_cursor("gone", 7, 50_000).await.unwrap();
+    assert_eq!(a.session("gone").await.unwrap(), None, "saving a cursor creates nothing");
+    assert_eq!(a.online().await.unwrap(), 1);
 }
 
 /// Presence lists every online session, oldest first, from any process.

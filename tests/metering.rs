@@ -228,7 +228,8 @@ async fn long_poll_bytes_are_exact() {
     let counters = room.metering().of(Transport::LongPoll);
     assert_eq!(counters.requests.load(Ordering::Relaxed), 3);
     assert_eq!(counters.empty_responses.load(Ordering::Relaxed), 1);
-    assert_eq!(counters.connections_total.load(Ordering::Relaxed), 2);
+    // The first poll found its event waiting and was answered at once; only the second was held on a channel.
+    assert_eq!(counters.connections_total.load(Ordering::Relaxed), 1);
 }
 
 /// SSE: the stream's head, chunk framing and frames, plus the join and the POSTed message on other

@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{Backlog, Broker, BrokerError, FeedItem, Missed};
 use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
-use crate::core::session::SessionRecord;
+use crate::core::session::{SessionRecord, Transport};
 
 /// The in-memory broker: a bounded history, a session table and a feed, behind one mutex.
 ///
@@ -123,6 +123,28 @@ impl Broker for MemoryBroker {
             }
             None => Ok(false),
         }
+    }
+
+    async fn touch(
+        &self,
+        token: &str,
+        transport: Transport,
+        lease_until_ms: u64,
+    ) -> Result<Option<SessionRecord>, BrokerError> {
+        let mut state = self.lock();
+        Ok(state.sessions.get_mut(token).map(|entry| {
+            entry.0.transport = transport;
+            entry.1 = entry.1.max(lease_until_ms);
+            entry.0.clone()
+        }))
+    }
+
+    async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {
+        if let Some(entry) = self.lock().sessions.get_mut(token) {
+            entry.0.cursor = entry.0.cursor.max(cursor);
+            entry.1 = entry.1.max(lease_until_ms);
+        }
+        Ok(())
     }
 
     async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {

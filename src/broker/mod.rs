@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::core::event::{Draft, RoomEvent, Seq};
-use crate::core::session::SessionRecord;
+use crate::core::session::{SessionRecord, Transport};
 
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
@@ -116,6 +116,27 @@ pub trait Broker: Send + Sync + 'static {
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn save_session(&self, record: &SessionRecord) -> Result<bool, BrokerError>;
+
+    /// A client of the session showed up (it polled, or opened a receiving channel) with `transport`: the
+    /// session's technique becomes `transport` and its lease runs until `lease_until_ms` (never shortened).
+    /// Returns the record as stored now, or `None` if the session is gone (nothing is written then). One call for
+    /// what would otherwise be a lookup, a save and a renewal: one round trip to a shared store.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn touch(
+        &self,
+        token: &str,
+        transport: Transport,
+        lease_until_ms: u64,
+    ) -> Result<Option<SessionRecord>, BrokerError>;
+
+    /// Moves a live session's cursor forward to `cursor` (never back; its other fields are left alone, so a
+    /// rename meanwhile is kept) and extends its lease to `lease_until_ms`. A session that is gone stays gone.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError>;
 
     /// Removes a session; returns it if this call removed it, so exactly one caller announces the leave.
     ///

@@ -116,6 +116,33 @@ return 1
     )
 });
 
+/// A client showed up. KEYS: leases, session hash. ARGV: token, lease end, transport. Renews the lease (never
+/// shortening it), records the transport and returns the record's fields; nil when the session is gone.
+static TOUCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'transport', ARGV[3])
+return redis.call('HGETALL', KEYS[2])
+"#,
+    )
+});
+
+/// Moves a live session's cursor forward. KEYS: leases, session hash. ARGV: token, cursor, lease end.
+static SAVE_CURSOR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[1])
+if tonumber(redis.call('HGET', KEYS[2], 'cursor') or '0') < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], 'cursor', ARGV[2])
+end
+return 1
+"#,
+    )
+});
+
 /// Removes a session. KEYS: leases, session hash. ARGV: token. Returns the record's fields if this call removed
 /// it, nil if it was already gone.
 static REMOVE: LazyLock<Script> = LazyLock::new(|| {
@@ -380,6 +407,27 @@ impl Broker for RedisBroker {
         let mut conn = self.conn.clone();
         let saved: i64 = within(invocation.invoke_async(&mut conn)).await?;
         Ok(saved == 1)
+    }
+
+    async fn touch(
+        &self,
+        token: &str,
+        transport: Transport,
+        lease_until_ms: u64,
+    ) -> Result<Option<SessionRecord>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = TOUCH.prepare_invoke();
+        invocation.key(&self.keys.leases).key(self.keys.session(token)).arg(token).arg(lease_until_ms);
+        invocation.arg(transport.as_str());
+        let touched: Option<HashMap<String, String>> = within(invocation.invoke_async(&mut conn)).await?;
+        Ok(touched.and_then(|hash| record(token, hash)))
+    }
+
+    async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = SAVE_CURSOR.prepare_invoke();
+        invocation.key(&self.keys.leases).key(self.keys.session(token)).arg(token).arg(cursor).arg(lease_until_ms);
+        within(invocation.invoke_async::<i64>(&mut conn)).await.map(|_| ())
     }
 
     async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {

@@ -506,21 +506,22 @@ impl Room {
         Ok(self.shared.broker.online().await?)
     }
 
+    /// A client of the session showed up with `transport` (it polled, or is opening a channel): the session's
+    /// technique is now `transport` and its lease runs from now. (A long poll answered at once is rarely live at
+    /// a reaper tick, so without this an active long poller would be announced as gone.)
+    async fn visit(&self, token: &str, transport: Transport) -> Result<SessionRecord, AppError> {
+        let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
+        self.shared.broker.touch(token, transport, lease_until).await?.ok_or(AppError::UnknownSession)
+    }
+
     /// Makes `transport` the session's one receiving channel: any older channel of the session ends now.
-    /// Returns the record (with the transport updated) and the token cancelled when this channel is replaced.
+    /// Returns the record, the channel's generation and the token cancelled when this channel is replaced.
     async fn claim(
         &self,
         token: &str,
         transport: Transport,
     ) -> Result<(SessionRecord, u64, CancellationToken), AppError> {
-        let mut record = self.session(token).await?;
-        if record.transport != transport {
-            record.transport = transport;
-            self.shared.broker.save_session(&record).await?;
-        }
-        // Opening a channel or polling is activity: the lease runs from now. (A long poll answered at once is
-        // rarely live at a reaper tick, so without this an active long poller would be announced as gone.)
-        self.renew(token).await?;
+        let record = self.visit(token, transport).await?;
         let ended = self.shared.shutdown.child_token();
         let mut local = self.local();
         local.generation += 1;
@@ -531,6 +532,14 @@ impl Room {
             old.ended.cancel();
         }
         Ok((record, generation, ended))
+    }
+
+    /// Ends the session's live channel in this process, if it has one (its client has moved to polling).
+    fn end_channel(&self, token: &str) {
+        let old = self.local().channels.remove(token);
+        if let Some(old) = old {
+            old.ended.cancel();
+        }
     }
 
     /// Opens a live receiving channel for a session (WebSocket, SSE stream, held long poll), resuming after
@@ -577,27 +586,30 @@ impl Room {
         Ok((channel, record))
     }
 
-    /// One short poll: up to `--poll-batch` retained events after `since`, answered at once. It renews the
-    /// session's lease and ends any live channel the session had (it has moved to polling).
+    /// One poll, answered at once: up to `--poll-batch` retained events after `since` (default: the session's
+    /// cursor). It renews the session's lease, moves its cursor, and ends any live channel the session had (it
+    /// has moved to polling). A long poll that has something to answer at once is served here too, without
+    /// opening a channel.
     ///
     /// # Errors
     /// [`AppError::UnknownSession`], [`AppError::Unavailable`].
-    pub async fn poll(&self, token: &str, since: Option<Seq>) -> Result<(Vec<Delivery>, Seq), AppError> {
-        let (mut record, generation, _) = self.claim(token, Transport::Poll).await?;
-        self.release(token, generation);
+    pub async fn poll(
+        &self,
+        token: &str,
+        transport: Transport,
+        since: Option<Seq>,
+    ) -> Result<(Vec<Delivery>, Seq), AppError> {
+        let record = self.visit(token, transport).await?;
+        self.end_channel(token);
         let since = since.unwrap_or(record.cursor);
         let backlog = self.shared.broker.since(since, self.shared.config.poll_batch as usize).await?;
         let mut items = Vec::with_capacity(backlog.events.len() + 1);
         let next = push_backlog(&mut items, since, backlog);
-        record.cursor = next;
-        self.shared.broker.save_session(&record).await?;
+        if next > record.cursor {
+            let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
+            self.shared.broker.save_cursor(token, next, lease_until).await?;
+        }
         Ok((items, next))
-    }
-
-    /// Extends one session's lease to a full lease from now.
-    async fn renew(&self, token: &str) -> Result<(), AppError> {
-        let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
-        Ok(self.shared.broker.renew(&[token.to_owned()], lease_until).await?)
     }
 
     /// Ends this process's hold on a session's channel, unless a newer channel has taken it over.
@@ -915,13 +927,8 @@ impl Drop for Channel {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 // The lease runs from when the channel closed, not from the reaper's last tick.
-                let _ = room.renew(&token).await;
-                if let Ok(Some(mut stored)) = room.shared.broker.session(&token).await {
-                    if stored.cursor < cursor {
-                        stored.cursor = cursor;
-                        let _ = room.shared.broker.save_session(&stored).await;
-                    }
-                }
+                let lease_until = now_ms() + room.shared.config.lease().as_millis() as u64;
+                let _ = room.shared.broker.save_cursor(&token, cursor, lease_until).await;
             });
         }
     }

@@ -3,10 +3,9 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-use super::{poll_body, short_poll, Params};
+use super::{short_poll, Params};
 use crate::core::event::control;
 use crate::core::{Delivery, Item, Room, Transport};
 use crate::error::AppError;
@@ -15,12 +14,21 @@ use crate::error::AppError;
 /// other event ready at that moment, up to `--poll-batch`), or with no events after `timeout` seconds
 /// (default `--longpoll-default`, at most `--longpoll-max`). A held poll is the session's live channel: a newer
 /// channel of the session, or the server stopping, answers it at once.
-pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMap) -> Result<Response, AppError> {
-    let token = params.require_session(&headers)?;
-    let since = params.since(&headers)?;
+pub async fn handler(State(room): State<Room>, params: Params) -> Result<Response, AppError> {
+    let token = params.require_session()?;
+    let mut since = params.since()?;
     let hold = timeout(&params, &room)?;
     room.metering().request(Transport::LongPoll);
-    let (mut channel, _) = room.open(&token, Transport::LongPoll, since).await?;
+    // Something is there already (or no wait was asked for): answer like a short poll, without opening a live
+    // channel. A client that keeps up arrives with `since` at the head and goes straight to waiting.
+    if hold.is_zero() || since.is_none_or(|since| since < room.head()) {
+        let (deliveries, next) = room.poll(token, Transport::LongPoll, since).await?;
+        if !deliveries.is_empty() || hold.is_zero() {
+            return Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next));
+        }
+        since = Some(next);
+    }
+    let (mut channel, _) = room.open(token, Transport::LongPoll, since).await?;
     let batch_max = room.config().poll_batch as usize;
     let mut deliveries = Vec::new();
     let deadline = tokio::time::Instant::now() + hold;
@@ -40,18 +48,13 @@ pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMa
     }
     let next = channel.cursor();
     drop(channel);
-    short_poll::record(&room, Transport::LongPoll, &deliveries);
-    Ok((
-        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")],
-        poll_body(&deliveries, next),
-    )
-        .into_response())
+    Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next))
 }
 
 /// `timeout=` in seconds (decimals allowed), clamped to `--longpoll-max`.
 fn timeout(params: &Params, room: &Room) -> Result<Duration, AppError> {
     let max = room.config().longpoll_max as f64;
-    match params.0.get("timeout") {
+    match params.timeout() {
         None => Ok(Duration::from_secs(room.config().longpoll_default.min(room.config().longpoll_max))),
         Some(raw) => match raw.trim().parse::<f64>() {
             Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(Duration::from_secs_f64(secs.min(max))),

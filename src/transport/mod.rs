@@ -20,66 +20,99 @@ pub mod short_poll;
 pub mod sse;
 pub mod ws;
 
-use std::collections::HashMap;
-
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap};
+use axum::http::{header, HeaderMap, HeaderValue};
 
 use axum::body::Body;
 use bytes::Bytes;
 
-use crate::core::{Delivery, Seq};
+use crate::core::{Delivery, Room, Seq};
 use crate::error::AppError;
 
-/// The query parameters the transports take (`session`, `since`, `timeout`), with errors as JSON.
+/// What the transports take from a request: `session=` (or the `X-Session` header), the cursor (the
+/// `Last-Event-ID` header, else `since=`) and `timeout=`. Read once from the query string and the headers,
+/// without copying either; other query parameters are ignored.
 #[derive(Debug, Default)]
-pub struct Params(pub HashMap<String, String>);
+pub struct Params {
+    session: Option<String>,
+    since: Option<String>,
+    timeout: Option<String>,
+}
 
 impl<S: Send + Sync> FromRequestParts<S> for Params {
     type Rejection = AppError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let Query(map) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|rejection| AppError::BadRequest(format!("malformed query string: {rejection}")))?;
-        Ok(Params(map))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut params = Params::default();
+        for (name, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            let slot = match &*name {
+                "session" => &mut params.session,
+                "since" => &mut params.since,
+                "timeout" => &mut params.timeout,
+                _ => continue,
+            };
+            *slot = Some(value.into_owned());
+        }
+        let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+        if params.session.as_deref().is_none_or(str::is_empty) {
+            params.session = text("x-session").map(str::to_owned);
+        }
+        // The header wins: `EventSource` reconnects to the same URL (with its original, older `since=`) and
+        // sends the newest id it saw.
+        if let Some(id) = text("last-event-id") {
+            params.since = Some(id.to_owned());
+        }
+        Ok(params)
     }
 }
 
 impl Params {
     /// `session=`, falling back to the `X-Session` header.
-    pub fn session(&self, headers: &HeaderMap) -> Option<String> {
-        self.0
-            .get("session")
-            .cloned()
-            .or_else(|| headers.get("x-session").and_then(|v| v.to_str().ok()).map(str::to_owned))
-            .filter(|s| !s.is_empty())
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref().filter(|s| !s.is_empty())
     }
 
     /// `session=` (or `X-Session`), required.
     ///
     /// # Errors
     /// [`AppError::BadRequest`] when it is missing.
-    pub fn require_session(&self, headers: &HeaderMap) -> Result<String, AppError> {
-        self.session(headers)
-            .ok_or_else(|| AppError::BadRequest("missing session= (join with POST /api/sessions)".into()))
+    pub fn require_session(&self) -> Result<&str, AppError> {
+        self.session().ok_or_else(|| AppError::BadRequest("missing session= (join with POST /api/sessions)".into()))
     }
 
-    /// The cursor: the `Last-Event-ID` header if present, else `since=`. The header wins because `EventSource`
-    /// reconnects to the same URL (with its original, older `since=`) and sends the newest id it saw.
+    /// The cursor: the `Last-Event-ID` header if present, else `since=`.
     ///
     /// # Errors
     /// [`AppError::BadRequest`] when it is not a non-negative integer.
-    pub fn since(&self, headers: &HeaderMap) -> Result<Option<Seq>, AppError> {
-        let header = headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-        let raw = header.or_else(|| self.0.get("since").map(String::as_str));
-        raw.map(|raw| {
-            raw.trim()
-                .parse::<Seq>()
-                .map_err(|_| AppError::BadRequest(format!("since must be a sequence number, got {raw:?}")))
-        })
-        .transpose()
+    pub fn since(&self) -> Result<Option<Seq>, AppError> {
+        self.since
+            .as_deref()
+            .map(|raw| {
+                raw.trim()
+                    .parse::<Seq>()
+                    .map_err(|_| AppError::BadRequest(format!("since must be a sequence number, got {raw:?}")))
+            })
+            .transpose()
+    }
+
+    /// `timeout=` as given.
+    pub fn timeout(&self) -> Option<&str> {
+        self.timeout.as_deref()
+    }
+}
+
+/// The cross-site check, as an extractor: a handler that takes it refuses (`403 forbidden_origin`) a browser
+/// request from another site. Used by WebSocket upgrades and every `POST` and `DELETE`.
+#[derive(Debug)]
+pub struct SameOrigin;
+
+impl FromRequestParts<Room> for SameOrigin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, room: &Room) -> Result<Self, Self::Rejection> {
+        check_origin(&parts.headers, &room.config().allowed_origins)?;
+        Ok(SameOrigin)
     }
 }
 
@@ -96,7 +129,7 @@ pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppEr
     }
     let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
     let origin_host = host_of(authority);
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let host = headers.get(header::HOST).and_then(|h: &HeaderValue| h.to_str().ok()).unwrap_or("");
     let same_host = !authority.is_empty() && authority.eq_ignore_ascii_case(host);
     let loopback = matches!(origin_host, "localhost" | "127.0.0.1" | "[::1]");
     if same_host || loopback {

@@ -2,11 +2,11 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde_json::json;
 
-use super::{check_origin, read_body, Params};
+use super::{read_body, Params, SameOrigin};
 use crate::core::Room;
 use crate::error::AppError;
 
@@ -14,15 +14,14 @@ use crate::error::AppError;
 /// Answers `202 {"seq"}`: the event is sequenced; it reaches every receiver, the sender included, on its channel.
 pub async fn handler(
     State(room): State<Room>,
+    _: SameOrigin,
     params: Params,
-    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), AppError> {
-    check_origin(&headers, &room.config().allowed_origins)?;
-    let token = params.require_session(&headers)?;
+    let token = params.require_session()?;
     let body = read_body(body, room.config().max_body_bytes).await?;
     let text = std::str::from_utf8(&body).map_err(|_| AppError::InvalidUtf8)?;
-    let (seq, transport) = room.post(&token, text).await?;
+    let (seq, transport) = room.post(token, text).await?;
     room.metering().request(transport);
     Ok((StatusCode::ACCEPTED, Json(json!({"seq": seq}))))
 }

@@ -2,13 +2,13 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{check_origin, read_body};
+use super::{read_body, SameOrigin};
 use crate::core::{Room, Transport};
 use crate::error::AppError;
 
@@ -22,8 +22,7 @@ struct JoinRequest {
 
 /// `POST /api/sessions`: a participant joins over HTTP; everyone is told `<nickname> 来了`.
 /// Answers `201 {"session","id","nickname","seq"}`; `seq` is the cursor just before the join notice.
-pub async fn create(State(room): State<Room>, headers: HeaderMap, body: Body) -> Result<Response, AppError> {
-    check_origin(&headers, &room.config().allowed_origins)?;
+pub async fn create(State(room): State<Room>, _: SameOrigin, body: Body) -> Result<Response, AppError> {
     let body = read_body(body, room.config().max_body_bytes).await?;
     let request: JoinRequest = serde_json::from_slice(&body).map_err(|error| {
         AppError::BadRequest(format!(
@@ -39,10 +38,9 @@ pub async fn create(State(room): State<Room>, headers: HeaderMap, body: Body) ->
 /// `DELETE /api/sessions/{session}`: leave now (`<nickname> 走了`). `204`, or `404` if already gone.
 pub async fn delete(
     State(room): State<Room>,
-    headers: HeaderMap,
+    _: SameOrigin,
     Path(token): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    check_origin(&headers, &room.config().allowed_origins)?;
     if let Ok(record) = room.session(&token).await {
         room.metering().request(record.transport);
     }

@@ -11,7 +11,7 @@ use std::convert::Infallible;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
@@ -26,11 +26,11 @@ const BATCH: usize = 64;
 
 /// Opens the stream for a session made by `POST /api/sessions` (`404` if unknown; `503` if
 /// `--max-connections` channels are open). Any older channel of the session ends.
-pub async fn handler(State(room): State<Room>, params: Params, headers: HeaderMap) -> Result<Response, AppError> {
-    let token = params.require_session(&headers)?;
-    let since = params.since(&headers)?;
+pub async fn handler(State(room): State<Room>, params: Params) -> Result<Response, AppError> {
+    let token = params.require_session()?;
+    let since = params.since()?;
     room.metering().request(Transport::Sse);
-    let (channel, record) = room.open(&token, Transport::Sse, since).await?;
+    let (channel, record) = room.open(token, Transport::Sse, since).await?;
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
     let state = Stream { channel, first: Some(frame(None, welcome.as_bytes())), done: false };
     let body = Body::from_stream(stream::unfold(state, Stream::step));

@@ -17,12 +17,11 @@ use std::future::Future;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::SinkExt;
 
-use super::{check_origin, Params};
+use super::{Params, SameOrigin};
 use crate::config::Config;
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
@@ -39,15 +38,14 @@ const BATCH: usize = 64;
 /// `403` cross-site origin, `404` unknown session, `400` malformed `since`, `503` too many connections.
 pub async fn handler(
     State(room): State<Room>,
+    _: SameOrigin,
     params: Params,
-    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, AppError> {
-    check_origin(&headers, &room.config().allowed_origins)?;
-    let since = params.since(&headers)?;
+    let since = params.since()?;
     room.metering().request(Transport::Ws);
-    let (token, since, joined) = match params.session(&headers) {
-        Some(token) => (token, since, false),
+    let (token, since, joined) = match params.session() {
+        Some(token) => (token.to_owned(), since, false),
         None => {
             let (record, cursor) = room.join(Transport::Ws, None, false).await?;
             (record.token, Some(since.unwrap_or(cursor)), true)
