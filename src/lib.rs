@@ -42,7 +42,7 @@ use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::core::Room;
 use crate::error::AppError;
-use crate::metering::wire::{MeteredListener, Peer};
+use crate::metering::wire::{MakeMetered, MeteredListener};
 use crate::metering::Metering;
 use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, ws};
 
@@ -62,7 +62,6 @@ pub fn app(room: Room) -> Router {
         .route("/metrics", get(metering::prometheus::handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(assets::fallback)
-        .layer(axum::middleware::from_fn(metering::wire::attribute))
         .with_state(room)
 }
 
@@ -107,7 +106,7 @@ pub async fn run(
     let signal_room = room.clone();
     // Counting sockets: every byte read and written is given to the technique of its request (metering::wire).
     let listener = MeteredListener::new(listener, room.metering().clone()).with_limit(room.config().max_sockets);
-    let server = axum::serve(listener, app(room.clone()).into_make_service_with_connect_info::<Peer>())
+    let server = axum::serve(listener, MakeMetered::new(app(room.clone())))
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!("shutting down: telling every participant");

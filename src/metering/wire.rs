@@ -10,9 +10,9 @@
 //! HTTP/1.1 gives a connection:
 //!
 //! 1. Bytes read while no technique is known (a request's head and body) wait in the cell.
-//! 2. The handler names the technique when it calls [`crate::metering::Metering::request`]; the [`attribute`]
-//!    middleware, which wraps every request, reads that choice when the response head is ready and gives the
-//!    waiting bytes to it (or to "none of the four" when no technique was named: `/api/stats`, `/metrics`,
+//! 2. The handler names the technique when it calls [`crate::metering::Metering::request`]; the connection's
+//!    [`Metered`] service, which runs every request, reads that choice when the response head is ready and gives
+//!    the waiting bytes to it (or to "none of the four" when no technique was named: `/api/stats`, `/metrics`,
 //!    `/healthz`, the demo's files, refused requests).
 //! 3. Every byte written from then on (the response head and its whole body, however long it streams) and read
 //!    until the next request belongs to the same technique.
@@ -20,8 +20,9 @@
 //! 5. A `101 Switching Protocols` response fixes the technique for the rest of the connection: a WebSocket's
 //!    upgrade request, its handshake response and every frame after count under `ws`.
 //!
-//! The choice travels from the handler to the middleware through a task-local slot (`chosen`): the handler
-//! future runs inside the middleware's scope, so no transport needs to carry a handle.
+//! The choice travels from the handler to the service through a task-local slot (`chosen`): the handler
+//! future runs inside the service's scope, so no transport needs to carry a handle. The service is made per
+//! connection ([`MakeMetered`]) and holds the connection's cell, so a request carries nothing extra.
 //!
 //! # Where it is not exact
 //!
@@ -33,19 +34,22 @@
 //! Counting is one uncontended `std` mutex per socket read or write: the connection's own task is almost the
 //! only one touching it, and the section is a few additions, never held across an `.await`.
 
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::{ready, Future, Ready};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
+use axum::Router;
+use tower::{Service, ServiceExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -202,7 +206,7 @@ struct Attribution {
     upgraded: bool,
 }
 
-/// The shared per-connection cell: the socket counts into it, the [`attribute`] middleware tells it whose
+/// The shared per-connection cell: the socket counts into it, the connection's [`Metered`] service tells it whose
 /// bytes they are.
 #[derive(Debug)]
 pub struct Connection {
@@ -302,18 +306,61 @@ impl Drop for Connection {
     }
 }
 
-/// What every request sees of its connection (as `ConnectInfo<Peer>`): the peer's address and the connection's
-/// counting cell. Serve with `into_make_service_with_connect_info::<Peer>()` on a [`MeteredListener`].
+/// What `axum::serve` calls once per accepted [`MeteredListener`] connection: it makes that connection's
+/// [`Metered`] service around the router.
 #[derive(Debug, Clone)]
-pub struct Peer {
-    /// The client's address.
-    pub addr: SocketAddr,
+pub struct MakeMetered {
+    router: Router,
+}
+
+impl MakeMetered {
+    /// Serves `router`, attributing each connection's bytes request by request.
+    pub fn new(router: Router) -> Self {
+        MakeMetered { router }
+    }
+}
+
+impl Service<IncomingStream<'_, MeteredListener>> for MakeMetered {
+    type Response = Metered;
+    type Error = Infallible;
+    type Future = Ready<Result<Metered, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'_, MeteredListener>) -> Self::Future {
+        ready(Ok(Metered { router: self.router.clone(), connection: stream.io().tally().clone() }))
+    }
+}
+
+/// One connection's service: runs each request with a fresh choice slot, then tells the connection whose bytes
+/// the request and its response are.
+#[derive(Debug, Clone)]
+pub struct Metered {
+    router: Router,
     connection: Arc<Connection>,
 }
 
-impl Connected<IncomingStream<'_, MeteredListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, MeteredListener>) -> Self {
-        Peer { addr: *stream.remote_addr(), connection: stream.io().tally().clone() }
+impl Service<Request> for Metered {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let router = self.router.clone();
+        let connection = self.connection.clone();
+        Box::pin(CHOSEN.scope(Cell::new(NONE), async move {
+            let response = router.oneshot(request).await?;
+            let chosen = CHOSEN.with(Cell::get);
+            let technique = Transport::ALL.into_iter().find(|t| *t as u8 == chosen);
+            connection.answer(technique, response.status() == StatusCode::SWITCHING_PROTOCOLS);
+            Ok(response)
+        }))
     }
 }
 
@@ -322,24 +369,11 @@ const NONE: u8 = u8::MAX;
 
 tokio::task_local! {
     /// The technique the handler of the current request named, as `Transport as u8`, or [`NONE`].
-    static CHOSEN: Arc<AtomicU8>;
+    static CHOSEN: Cell<u8>;
 }
 
 /// Records that the current request belongs to `transport`. Called by
-/// [`crate::metering::Metering::request`]; outside a request (tests, the bench) it does nothing.
+/// [`crate::metering::Metering::request`]; outside a metered request (tests, the bench) it does nothing.
 pub(crate) fn chosen(transport: Transport) {
-    let _ = CHOSEN.try_with(|slot| slot.store(transport as u8, Ordering::Relaxed));
-}
-
-/// Middleware on every route: runs the request with a fresh choice slot, then tells the connection whose bytes
-/// the request and its response are. A router served without a [`MeteredListener`] passes through unchanged.
-pub async fn attribute(request: Request, next: Next) -> Response {
-    let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>().cloned() else {
-        return next.run(request).await;
-    };
-    let slot = Arc::new(AtomicU8::new(NONE));
-    let response = CHOSEN.scope(slot.clone(), next.run(request)).await;
-    let technique = Transport::ALL.into_iter().find(|t| *t as u8 == slot.load(Ordering::Relaxed));
-    peer.connection.answer(technique, response.status() == StatusCode::SWITCHING_PROTOCOLS);
-    response
+    let _ = CHOSEN.try_with(|slot| slot.set(transport as u8));
 }
