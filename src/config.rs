@@ -121,6 +121,14 @@ pub struct Config {
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub send_queue: u64,
 
+    /// Streams (WebSocket, SSE) write at most once per this many milliseconds: events that arrive within the
+    /// interval after a write wait for its end and go out together, in one write. The first event after a quiet
+    /// interval goes at once. 0 (the default) writes as soon as a connection's task runs, coalescing only what
+    /// queued meanwhile. A higher value trades up to that much latency for far fewer system calls per delivery
+    /// in a busy room (see docs/benchmarks.md).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub flush_interval_ms: u64,
+
     /// Bytes a WebSocket may buffer unsent while its socket is not writable; past it the connection is dropped
     /// and the client resumes from its cursor.
     #[arg(long, default_value_t = 256 * 1024)]
@@ -147,5 +155,10 @@ impl Config {
     /// The session lease as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.session_lease)
+    }
+
+    /// `--flush-interval-ms` as a duration (zero: no pacing).
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
     }
 }

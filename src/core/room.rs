@@ -849,8 +849,9 @@ impl Channel {
         }
     }
 
-    /// What is ready now, without waiting for new events (it may read history to fill a hole).
-    async fn ready(&mut self) -> Option<Item> {
+    /// What is ready now, without waiting for new events (it may read history to fill a hole): a stream that
+    /// paces its writes collects with it what arrived while it waited.
+    pub async fn ready(&mut self) -> Option<Item> {
         loop {
             if let Some(delivery) = self.pending.pop_front() {
                 return Some(self.hand_out(delivery));

@@ -49,10 +49,10 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::serve::{IncomingStream, Listener};
 use axum::Router;
-use tower::{Service, ServiceExt};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Service, ServiceExt};
 
 use super::Metering;
 use crate::core::session::Transport;

@@ -20,6 +20,9 @@ pub mod short_poll;
 pub mod sse;
 pub mod ws;
 
+use std::io::Write as _;
+use std::sync::LazyLock;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -148,6 +151,60 @@ fn host_of(authority: &str) -> &str {
     }
 }
 
+/// Most events written together by a stream that is not paced: enough to empty a burst in few writes, few
+/// enough that the first of them is not held back long.
+const BATCH: usize = 64;
+
+/// Where the pacing ticks of every stream are counted from.
+static TICKS: LazyLock<tokio::time::Instant> = LazyLock::new(tokio::time::Instant::now);
+
+/// `--flush-interval-ms` for one stream (a WebSocket or an SSE response): after a write, the stream sleeps for
+/// the interval and then writes whatever arrived meanwhile in one go, instead of waking for every event. When
+/// nothing arrived it goes back to waiting for the next event, which is written at once: a quiet room pays no
+/// delay and no timer.
+#[derive(Debug, Default)]
+pub(crate) struct Pacer {
+    /// When the stream may write again, if it wrote less than an interval ago.
+    next: Option<tokio::time::Instant>,
+}
+
+impl Pacer {
+    /// Whether the stream is between a write and the end of its interval.
+    pub(crate) fn pacing(&self) -> bool {
+        self.next.is_some()
+    }
+
+    /// Resolves at the end of the interval (at once when not pacing), which ends the pacing.
+    pub(crate) async fn ready(&mut self) {
+        if let Some(next) = self.next {
+            tokio::time::sleep_until(next).await;
+            self.next = None;
+        }
+    }
+
+    /// Notes that a write just went out: the next may go at the next tick of the interval. Ticks are on one
+    /// clock for every stream of the process, so busy streams wake together, and one worker thread woken once
+    /// writes many of them, rather than each stream waking a parked thread at its own moment.
+    pub(crate) fn wrote(&mut self, room: &Room) {
+        let interval = room.config().flush_interval().as_nanos();
+        if interval == 0 {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let into_tick = now.duration_since(*TICKS).as_nanos() % interval;
+        self.next = Some(now + std::time::Duration::from_nanos((interval - into_tick) as u64));
+    }
+
+    /// Most deliveries one write may carry: everything queued when paced (it waited for them), else [`BATCH`].
+    pub(crate) fn batch(room: &Room) -> usize {
+        if room.config().flush_interval().is_zero() {
+            BATCH
+        } else {
+            room.config().send_queue as usize
+        }
+    }
+}
+
 /// Builds a poll response body `{"events":[...],"next":N}` from pre-serialised events without re-encoding them.
 pub fn poll_body(deliveries: &[Delivery], next: Seq) -> Vec<u8> {
     let size: usize = deliveries.iter().map(|d| d.json().len() + 1).sum();
@@ -159,7 +216,8 @@ pub fn poll_body(deliveries: &[Delivery], next: Seq) -> Vec<u8> {
         }
         body.extend_from_slice(delivery.json());
     }
-    body.extend_from_slice(format!("],\"next\":{next}}}").as_bytes());
+    // Writing into a Vec cannot fail.
+    let _ = write!(body, "],\"next\":{next}}}");
     body
 }
 

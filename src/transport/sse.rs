@@ -8,6 +8,7 @@
 //! shutdown notice when the server stops.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -16,13 +17,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::stream;
 
-use super::Params;
+use super::{Pacer, Params};
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
-
-/// Most events written together in one chunk.
-const BATCH: usize = 64;
 
 /// Opens the stream for a session made by `POST /api/sessions` (`404` if unknown; `503` if
 /// `--max-connections` channels are open). Any older channel of the session ends.
@@ -32,7 +30,9 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     room.metering().request(Transport::Sse);
     let (channel, record) = room.open(token, Transport::Sse, since).await?;
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
-    let state = Stream { channel, first: Some(frame(None, welcome.as_bytes())), done: false };
+    let mut first = Vec::new();
+    frame(&mut first, None, welcome.as_bytes());
+    let state = Stream { channel, first: Some(first), done: false, pacer: Pacer::default() };
     let body = Body::from_stream(stream::unfold(state, Stream::step));
     Ok((
         [
@@ -50,6 +50,7 @@ struct Stream {
     channel: Channel,
     first: Option<Vec<u8>>,
     done: bool,
+    pacer: Pacer,
 }
 
 impl Stream {
@@ -60,22 +61,33 @@ impl Stream {
         if let Some(first) = self.first.take() {
             return Some((Ok(first.into()), self));
         }
-        let first = self.channel.next().await;
+        // Paced (`--flush-interval-ms`): at the end of the interval, write what arrived meanwhile, if anything.
+        let mut first = None;
+        if self.pacer.pacing() {
+            self.pacer.ready().await;
+            first = self.channel.ready().await;
+        }
+        let first = match first {
+            Some(first) => first,
+            None => self.channel.next().await,
+        };
         if let Item::Beat = first {
             return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), self));
         }
-        let batch = self.channel.batch_from(first, BATCH).await;
-        let mut out = Vec::new();
         let room = self.channel.room().clone();
+        let batch = self.channel.batch_from(first, Pacer::batch(&room)).await;
+        let size: usize = batch.deliveries.iter().map(|d| d.json().len() + 32).sum();
+        let mut out = Vec::with_capacity(size);
         for delivery in &batch.deliveries {
             match delivery {
                 Delivery::Event(event) => {
-                    out.extend(frame(Some(event.seq), &event.json));
+                    frame(&mut out, Some(event.seq), &event.json);
                     room.metering().delivered(Transport::Sse, event);
                 }
-                Delivery::Control { json, .. } => out.extend(frame(None, json.as_bytes())),
+                Delivery::Control { json, .. } => frame(&mut out, None, json.as_bytes()),
             }
         }
+        self.pacer.wrote(&room);
         if let Some(end) = batch.end {
             self.done = true;
             let last = match end {
@@ -84,20 +96,20 @@ impl Stream {
                 Item::Shutdown => control::server_disconnected(room.online().await.unwrap_or(0)),
                 Item::Deliver(_) | Item::Beat => unreachable!("a batch ends only on lag, replacement or shutdown"),
             };
-            out.extend(frame(None, last.as_bytes()));
+            frame(&mut out, None, last.as_bytes());
         }
         Some((Ok(out.into()), self))
     }
 }
 
-/// One SSE frame: `id: <seq>\n` (room events only), `data: <json>\n\n`. JSON text never holds a raw newline.
-fn frame(id: Option<u64>, json: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(json.len() + 32);
+/// Appends one SSE frame to `out`: `id: <seq>\n` (room events only), `data: <json>\n\n`. JSON text never holds a
+/// raw newline.
+fn frame(out: &mut Vec<u8>, id: Option<u64>, json: &[u8]) {
     if let Some(id) = id {
-        out.extend_from_slice(format!("id: {id}\n").as_bytes());
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(out, "id: {id}");
     }
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(json);
     out.extend_from_slice(b"\n\n");
-    out
 }

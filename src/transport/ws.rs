@@ -21,7 +21,7 @@ use axum::response::Response;
 use bytes::Bytes;
 use futures_util::SinkExt;
 
-use super::{Params, SameOrigin};
+use super::{Pacer, Params, SameOrigin};
 use crate::config::Config;
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
@@ -31,8 +31,6 @@ use crate::error::AppError;
 pub const CLOSE_REPLACED: u16 = 4000;
 /// Close code: the receiver fell more than `--send-queue` events behind.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-/// Most events coalesced into one socket write.
-const BATCH: usize = 64;
 
 /// Upgrades `/ws`. Joins (or takes over `session=`) before upgrading, so a refusal is a plain HTTP error:
 /// `403` cross-site origin, `404` unknown session, `400` malformed `since`, `503` too many connections.
@@ -134,13 +132,11 @@ pub(crate) fn serve(
     }
 }
 
-/// Runs the loop until it ends: `Ok` when the client went away, `Err(item)` when the channel asks to end.
-async fn exchange(
-    socket: &mut WebSocket,
-    channel: &mut Channel,
-    room: &Room,
-    welcome: Option<String>,
-) -> Result<Ended, Item> {
+/// How an exchange ends: `Ok` when the client went away, `Err(item)` when the channel asks to end.
+type Exit = Result<Ended, Item>;
+
+/// Runs the loop until it ends.
+async fn exchange(socket: &mut WebSocket, channel: &mut Channel, room: &Room, welcome: Option<String>) -> Exit {
     if let Some(welcome) = welcome {
         if socket.send(Message::Text(welcome.into())).await.is_err() {
             return Ok(Ended::Client);
@@ -148,12 +144,21 @@ async fn exchange(
     }
     // Keep-alive beats since the peer last sent anything (a frame, or the pong to our ping).
     let mut unanswered = 0u8;
+    let mut pacer = Pacer::default();
     loop {
         // Biased towards delivery: a connection drains what it owes before reading more input, so a fast
         // sender cannot outrun its own echoes into a slow-consumer close.
         tokio::select! {
             biased;
-            item = channel.next() => {
+            // Paced (`--flush-interval-ms`): at the end of the interval, write what arrived meanwhile.
+            () = pacer.ready(), if pacer.pacing() => {
+                if let Some(first) = channel.ready().await {
+                    if let Err(exit) = deliver(socket, channel, room, first, &mut pacer).await {
+                        return exit;
+                    }
+                }
+            }
+            item = channel.next(), if !pacer.pacing() => {
                 if let Item::Beat = item {
                     if unanswered >= 2 {
                         // Two pings went unanswered: the peer is gone without a FIN. Dropping the socket ends
@@ -166,12 +171,8 @@ async fn exchange(
                     }
                     continue;
                 }
-                let batch = channel.batch_from(item, BATCH).await;
-                if write(socket, room, &batch.deliveries).await.is_err() {
-                    return Ok(Ended::Client);
-                }
-                if let Some(end) = batch.end {
-                    return Err(end);
+                if let Err(exit) = deliver(socket, channel, room, item, &mut pacer).await {
+                    return exit;
                 }
             }
             received = socket.recv() => {
@@ -208,6 +209,25 @@ async fn exchange(
                 }
             }
         }
+    }
+}
+
+/// Writes `first` and everything ready after it with one flush; `Err` when that ends the exchange.
+async fn deliver(
+    socket: &mut WebSocket,
+    channel: &mut Channel,
+    room: &Room,
+    first: Item,
+    pacer: &mut Pacer,
+) -> Result<(), Exit> {
+    let batch = channel.batch_from(first, Pacer::batch(room)).await;
+    if write(socket, room, &batch.deliveries).await.is_err() {
+        return Err(Ok(Ended::Client));
+    }
+    pacer.wrote(room);
+    match batch.end {
+        Some(end) => Err(Err(end)),
+        None => Ok(()),
     }
 }
 

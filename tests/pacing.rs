@@ -1,0 +1,114 @@
+//! `--flush-interval-ms`: a busy stream writes at most once per interval, with everything that arrived
+//! meanwhile in that one write; nothing is lost or reordered, and the first event after a quiet spell goes at once.
+//!
+//! The sender posts `TEXTS` texts `SPACING` apart (270 ms in all). Unpaced, each is its own write; paced at
+//! 300 ms, the first goes at once and the rest wait for at most two ticks.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+const TEXTS: usize = 10;
+const SPACING: Duration = Duration::from_millis(30);
+const INTERVAL_MS: u64 = 300;
+
+fn paced(interval_ms: u64) -> chatlab::config::Config {
+    chatlab::config::Config { flush_interval_ms: interval_ms, rate_limit: 0.0, ..config() }
+}
+
+/// Joins a poll-only sender and posts the texts in the background after a quiet interval; returns when the
+/// first was posted.
+async fn post_spaced(server: &Server) -> tokio::task::JoinHandle<Instant> {
+    let sender = join(server, "poll").await;
+    let url = server.url(&format!("/api/messages?session={}", sender.session));
+    tokio::spawn(async move {
+        // The sender's arrival notice may wait up to one tick for its write, and the stream stops pacing at
+        // the tick after that: two intervals on, the room is quiet.
+        tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS + 100)).await;
+        let started = Instant::now();
+        for i in 0..TEXTS {
+            let response = http().post(&url).body(format!("paced {i}")).send().await.unwrap();
+            assert_eq!(response.status(), 202);
+            tokio::time::sleep(SPACING).await;
+        }
+        started
+    })
+}
+
+/// The texts in order, exactly once, from a list of received pieces.
+fn assert_all_in_order(texts: &[String]) {
+    let expected: Vec<String> = (0..TEXTS).map(|i| format!("paced {i}")).collect();
+    assert_eq!(texts, expected);
+}
+
+/// SSE: each write is one HTTP chunk, so the chunks holding the texts are the writes.
+async fn sse_writes(interval_ms: u64) -> (usize, Duration) {
+    let server = start_with(paced(interval_ms)).await;
+    let receiver = join(&server, "sse").await;
+    let mut response = http().get(server.url(&format!("/api/sse?session={}", receiver.session))).send().await.unwrap();
+    let poster = post_spaced(&server).await;
+    let (mut texts, mut writes, mut first_at) = (Vec::new(), 0, None);
+    while texts.len() < TEXTS {
+        let chunk = tokio::time::timeout(WAIT, response.chunk()).await.expect("a chunk in time").unwrap().unwrap();
+        let chunk = std::str::from_utf8(&chunk).unwrap();
+        let found: Vec<String> = chunk
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .map(|data| serde_json::from_str::<serde_json::Value>(data).unwrap())
+            .filter_map(|event| event["message"].as_str().filter(|m| m.starts_with("paced ")).map(str::to_owned))
+            .collect();
+        if !found.is_empty() {
+            writes += 1;
+            first_at.get_or_insert_with(Instant::now);
+            texts.extend(found);
+        }
+    }
+    let started = poster.await.unwrap();
+    assert_all_in_order(&texts);
+    (writes, first_at.unwrap().duration_since(started))
+}
+
+#[tokio::test]
+async fn a_paced_sse_stream_writes_once_per_interval() {
+    let (writes, first) = sse_writes(INTERVAL_MS).await;
+    assert!(writes <= 3, "10 texts over 270 ms at one write per 300 ms: at most 3 writes, got {writes}");
+    assert!(first < Duration::from_millis(200), "the first text after a quiet spell goes at once: {first:?}");
+    let (writes, _) = sse_writes(0).await;
+    assert!(writes >= 5, "unpaced, texts 30 ms apart go out one by one: got {writes} writes");
+}
+
+/// WebSocket: frames of one write arrive together; count the bursts of arrivals.
+async fn ws_bursts(interval_ms: u64) -> (usize, Duration) {
+    let server = start_with(paced(interval_ms)).await;
+    let mut socket = ws(&server.ws_url("/ws")).await;
+    ws_next(&mut socket).await; // welcome
+    ws_next(&mut socket).await; // its own arrival
+    let poster = post_spaced(&server).await;
+    let mut arrivals: Vec<(Instant, String)> = Vec::new();
+    while arrivals.len() < TEXTS {
+        let message = tokio::time::timeout(WAIT, socket.next()).await.expect("a frame in time").unwrap().unwrap();
+        let Message::Text(text) = message else { continue };
+        let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if let Some(text) = event["message"].as_str().filter(|m| m.starts_with("paced ")) {
+            arrivals.push((Instant::now(), text.to_owned()));
+        }
+    }
+    let started = poster.await.unwrap();
+    let texts: Vec<String> = arrivals.iter().map(|(_, text)| text.clone()).collect();
+    assert_all_in_order(&texts);
+    let bursts = 1 + arrivals.windows(2).filter(|w| w[1].0 - w[0].0 > Duration::from_millis(15)).count();
+    (bursts, arrivals[0].0.duration_since(started))
+}
+
+#[tokio::test]
+async fn a_paced_websocket_writes_once_per_interval() {
+    let (bursts, first) = ws_bursts(INTERVAL_MS).await;
+    assert!(bursts <= 3, "10 texts over 270 ms at one write per 300 ms: at most 3 bursts, got {bursts}");
+    assert!(first < Duration::from_millis(200), "the first text after a quiet spell goes at once: {first:?}");
+    let (bursts, _) = ws_bursts(0).await;
+    assert!(bursts >= 5, "unpaced, texts 30 ms apart arrive one by one: got {bursts} bursts");
+}
