@@ -648,7 +648,7 @@ impl Delivery {
     /// The JSON text to write.
     pub fn json(&self) -> &[u8] {
         match self {
-            Delivery::Event(event) => &event.json,
+            Delivery::Event(event) => event.json.as_bytes(),
             Delivery::Control { json, .. } => json.as_bytes(),
         }
     }

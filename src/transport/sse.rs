@@ -81,7 +81,7 @@ impl Stream {
         for delivery in &batch.deliveries {
             match delivery {
                 Delivery::Event(event) => {
-                    frame(&mut out, Some(event.seq), &event.json);
+                    frame(&mut out, Some(event.seq), event.json.as_bytes());
                     room.metering().delivered(Transport::Sse, event);
                 }
                 Delivery::Control { json, .. } => frame(&mut out, None, json.as_bytes()),

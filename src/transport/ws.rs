@@ -235,7 +235,7 @@ async fn deliver(
 async fn write(socket: &mut WebSocket, room: &Room, deliveries: &[Delivery]) -> Result<(), axum::Error> {
     for delivery in deliveries {
         let text = match delivery {
-            Delivery::Event(event) => Utf8Bytes::try_from(event.json.clone()).expect("event JSON is UTF-8"),
+            Delivery::Event(event) => event.json.clone(),
             Delivery::Control { json, .. } => Utf8Bytes::from(json.as_str()),
         };
         socket.feed(Message::Text(text)).await?;
