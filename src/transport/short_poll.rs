@@ -34,9 +34,5 @@ fn record(room: &Room, transport: Transport, deliveries: &[Delivery]) {
     if deliveries.is_empty() {
         metering.of(transport).empty_responses.fetch_add(1, Ordering::Relaxed);
     }
-    for delivery in deliveries {
-        if let Delivery::Event(event) = delivery {
-            metering.delivered(transport, event);
-        }
-    }
+    metering.delivered(transport, deliveries);
 }

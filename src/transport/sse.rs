@@ -80,13 +80,11 @@ impl Stream {
         let mut out = Vec::with_capacity(size);
         for delivery in &batch.deliveries {
             match delivery {
-                Delivery::Event(event) => {
-                    frame(&mut out, Some(event.seq), event.json.as_bytes());
-                    room.metering().delivered(Transport::Sse, event);
-                }
+                Delivery::Event(event) => frame(&mut out, Some(event.seq), event.json.as_bytes()),
                 Delivery::Control { json, .. } => frame(&mut out, None, json.as_bytes()),
             }
         }
+        room.metering().delivered(Transport::Sse, &batch.deliveries);
         self.pacer.wrote(&room);
         if let Some(end) = batch.end {
             self.done = true;

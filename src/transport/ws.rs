@@ -241,11 +241,7 @@ async fn write(socket: &mut WebSocket, room: &Room, deliveries: &[Delivery]) -> 
         socket.feed(Message::Text(text)).await?;
     }
     socket.flush().await?;
-    for delivery in deliveries {
-        if let Delivery::Event(event) = delivery {
-            room.metering().delivered(Transport::Ws, event);
-        }
-    }
+    room.metering().delivered(Transport::Ws, deliveries);
     Ok(())
 }
 
