@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Prints the figures of docs/benchmarks.md, section "Issue 6", from the bench reports in docs/bench/issue6/.
 
-Reports named head-* were measured at a later server commit (the section says which); their tables carry the
-prefix "head-".
+Reports named head-* were measured at a later server commit, s2-* at a later one still (the section says which);
+their tables carry the prefix. s2-flushN-* ran the server with --flush-interval-ms=N.
 
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
@@ -132,13 +132,13 @@ def cpu(prefix=""):
     print(f"| **median** | | | {num(med(ws_all))} | {num(med(seed_all))} | {num(med(ratios), 2)} | |")
 
 
-def idle():
-    reports = runs("idle10k")
-    seeds = [(n, load(f"idleseed{n}.json")) for n in (1000, 2000, 3000, 5000)]
+def idle(prefix=""):
+    reports = runs(f"{prefix}idle10k")
+    seeds = [(n, load(f"idleseed{n}.json")) for n in (1000, 2000, 3000, 5000)] if not prefix else []
     seeds = [(n, r) for n, r in seeds if r is not None]
     if not reports and not seeds:
         return
-    print("\n### Idle WebSocket participants: server RSS per participant and time to join\n")
+    print(f"\n### {prefix}Idle WebSocket participants: server RSS per participant and time to join\n")
     print("| server, run | participants | joined in (s) | joins in flight | RSS before / after (MiB) | KiB per participant |")
     print("|---|---:|---:|---:|---:|---:|")
     per, joins = [], []
@@ -167,11 +167,11 @@ def idle():
               f"extrapolated 5,000: {num(a * 25e6)} s, 10,000: {num(a * 1e8)} s.")
 
 
-def mix():
-    reports = runs("mix15k")
+def mix(prefix=""):
+    reports = runs(f"{prefix}mix15k")
     if not reports:
         return
-    print("\n### 15,000 participants mixed across the four techniques\n")
+    print(f"\n### {prefix}15,000 participants mixed across the four techniques\n")
     print("| run | participants (join errors) | joined in (s) | texts sent / failed | deliveries/s | missed | "
           "p50 / p99 / max (ms) | RSS in the window: first / max / last (MiB) | samples |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -185,12 +185,12 @@ def mix():
               f"{num(w[-1] / 1024)} | {len(w)} |")
 
 
-def wrk():
-    report = load("wrk.json")
+def wrk(name="wrk"):
+    report = load(f"{name}.json")
     if report is None:
         return
     w = report["wrk"]
-    print(f"\n### Polls against a bare axum handler (`{w['wrk']}`)\n")
+    print(f"\n### {name}: polls against a bare axum handler (`{w['wrk']}`)\n")
     print("| target | requests/s, median | of bare | each round | non-2xx | rounds the room moved |")
     print("|---|---:|---:|---|---:|---:|")
     for t in w["targets"]:
@@ -209,3 +209,15 @@ cpu("head-")
 idle()
 mix()
 wrk()
+# The same at the session-2 commits (files named s2-*; s2-flushN-* with --flush-interval-ms=N).
+find_max(100, ["ws", "sse", "longpoll", "seed"], "s2-")
+find_max(1000, ["ws", "seed"], "s2-")
+find_max(1000, ["ws", "seed"], "s2-flush20-")
+cpu("s2-")
+cpu("s2-flush20-")
+cpu("s2-flush50-")
+idle("s2-")
+mix("s2-")
+wrk("s2-wrk")
+wrk("s2-wrk-run2")
+wrk("s2-wrk-run3")
