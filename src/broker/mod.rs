@@ -87,6 +87,14 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError>;
 
+    /// The newest sequence number given out (0 in a room with no event yet).
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn head(&self) -> Result<Seq, BrokerError> {
+        Ok(self.since(Seq::MAX, 0).await?.head)
+    }
+
     /// The feed of every event of the room, in sequence order. The room calls it once, at start.
     ///
     /// # Errors

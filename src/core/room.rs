@@ -96,7 +96,7 @@ impl Room {
     /// When the broker cannot be subscribed to.
     pub async fn start(broker: Arc<dyn Broker>, config: Config, metering: Metering) -> Result<Room, AppError> {
         let feed = broker.subscribe().await?;
-        let head = broker.since(u64::MAX, 0).await?.head;
+        let head = broker.head().await?;
         let (fanout, _) = broadcast::channel(config.send_queue as usize);
         let room = Room {
             shared: Arc::new(Shared {
@@ -201,16 +201,12 @@ impl Room {
     /// event as already sent. Follow the store instead; receivers re-reading from their cursors get a `gap`
     /// notice that the room was reset.
     async fn rebase_head(&self) {
-        let Ok(stored) = self.shared.broker.since(Seq::MAX, 0).await else { return };
+        let Ok(stored) = self.shared.broker.head().await else { return };
         let _order = self.shared.fanout_order.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let head = self.shared.head.load(Ordering::Acquire);
-        if stored.head < head {
-            tracing::error!(
-                stored = stored.head,
-                fanned_out = head,
-                "the broker lost events: the room restarts its numbering"
-            );
-            self.shared.head.store(stored.head, Ordering::Release);
+        if stored < head {
+            tracing::error!(stored, fanned_out = head, "the broker lost events: the room restarts its numbering");
+            self.shared.head.store(stored, Ordering::Release);
         }
     }
 

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::core::Delivery;
 use crate::core::session::Transport;
+use crate::core::Delivery;
 
 /// Counters for one technique.
 #[derive(Debug, Default)]
