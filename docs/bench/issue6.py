@@ -11,6 +11,8 @@ import json
 import os
 import statistics
 
+from tables import num
+
 HERE = "docs/bench/issue6/"
 # A search ran "clean" when the machine's other processes took under this many CPU seconds per second.
 CLEAN = 0.1
@@ -28,16 +30,6 @@ def runs(prefix):
         if report is not None:
             out.append(report)
     return out
-
-
-def num(x, digits=None):
-    if x is None:
-        return "–"
-    if x == 0:
-        return "0"
-    if digits is None:
-        digits = 0 if abs(x) >= 100 else 1 if abs(x) >= 10 else 2 if abs(x) >= 1 else 3
-    return f"{x:,.{digits}f}"
 
 
 def med(values):

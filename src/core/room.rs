@@ -324,11 +324,8 @@ impl Room {
 
     /// Drops what this process holds for a session: its live channel ends, its rate bucket goes.
     fn forget(&self, token: &str) {
-        let mut local = self.local();
-        if let Some(channel) = local.channels.remove(token) {
-            channel.ended.cancel();
-        }
-        local.buckets.remove(token);
+        self.end_channel(token);
+        self.local().buckets.remove(token);
     }
 
     async fn announce_leave(&self, record: &SessionRecord) {
@@ -376,8 +373,7 @@ impl Room {
             cursor: 0,
             seed,
         };
-        let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
-        self.shared.broker.create_session(&record, lease_until, self.shared.config.max_sessions).await?;
+        self.shared.broker.create_session(&record, self.lease_end(), self.shared.config.max_sessions).await?;
         if self.crowded().await {
             // A big room hears one notice a second naming how many came, not N notices to N people (N²).
             self.shared.crowd.joined.fetch_add(1, Ordering::Relaxed);
@@ -502,12 +498,16 @@ impl Room {
         Ok(self.shared.broker.online().await?)
     }
 
+    /// When a lease that starts now ends (ms since the epoch).
+    fn lease_end(&self) -> u64 {
+        now_ms() + self.shared.config.lease().as_millis() as u64
+    }
+
     /// A client of the session showed up with `transport` (it polled, or is opening a channel): the session's
     /// technique is now `transport` and its lease runs from now. (A long poll answered at once is rarely live at
     /// a reaper tick, so without this an active long poller would be announced as gone.)
     async fn visit(&self, token: &str, transport: Transport) -> Result<SessionRecord, AppError> {
-        let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
-        self.shared.broker.touch(token, transport, lease_until).await?.ok_or(AppError::UnknownSession)
+        self.shared.broker.touch(token, transport, self.lease_end()).await?.ok_or(AppError::UnknownSession)
     }
 
     /// Makes `transport` the session's one receiving channel: any older channel of the session ends now.
@@ -530,7 +530,7 @@ impl Room {
         Ok((record, generation, ended))
     }
 
-    /// Ends the session's live channel in this process, if it has one (its client has moved to polling).
+    /// Ends the session's live channel in this process, if it has one (its client has moved to polling, or left).
     fn end_channel(&self, token: &str) {
         let old = self.local().channels.remove(token);
         if let Some(old) = old {
@@ -602,8 +602,7 @@ impl Room {
         let mut items = Vec::with_capacity(backlog.events.len() + 1);
         let next = push_backlog(&mut items, since, backlog);
         if next > record.cursor {
-            let lease_until = now_ms() + self.shared.config.lease().as_millis() as u64;
-            self.shared.broker.save_cursor(token, next, lease_until).await?;
+            self.shared.broker.save_cursor(token, next, self.lease_end()).await?;
         }
         Ok((items, next))
     }
@@ -924,8 +923,7 @@ impl Drop for Channel {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
                 // The lease runs from when the channel closed, not from the reaper's last tick.
-                let lease_until = now_ms() + room.shared.config.lease().as_millis() as u64;
-                let _ = room.shared.broker.save_cursor(&token, cursor, lease_until).await;
+                let _ = room.shared.broker.save_cursor(&token, cursor, room.lease_end()).await;
             });
         }
     }

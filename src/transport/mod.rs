@@ -58,9 +58,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
             *slot = Some(value.into_owned());
         }
         let text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-        if params.session.as_deref().is_none_or(str::is_empty) {
-            params.session = text("x-session").map(str::to_owned);
-        }
+        // An empty `session=` counts as none.
+        params.session = params.session.filter(|s| !s.is_empty()).or_else(|| text("x-session").map(str::to_owned));
         // The header wins: `EventSource` reconnects to the same URL (with its original, older `since=`) and
         // sends the newest id it saw.
         if let Some(id) = text("last-event-id") {
@@ -71,9 +70,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 }
 
 impl Params {
-    /// `session=`, falling back to the `X-Session` header.
+    /// `session=`, falling back to the `X-Session` header (never empty).
     pub fn session(&self) -> Option<&str> {
-        self.session.as_deref().filter(|s| !s.is_empty())
+        self.session.as_deref()
     }
 
     /// `session=` (or `X-Session`), required.
