@@ -2,7 +2,8 @@
 //! meanwhile in that one write; nothing is lost or reordered, and the first event after a quiet spell goes at once.
 //!
 //! The sender posts `TEXTS` texts `SPACING` apart (270 ms in all). Unpaced, each is its own write; paced at
-//! 300 ms, the first goes at once and the rest wait for at most two ticks.
+//! 300 ms, the first goes at once and the rest wait for at most two ticks. Pacing starts only when the server
+//! delivers more than `--pace-above` events a second, so a room of people chatting is never paced.
 
 mod common;
 
@@ -16,13 +17,14 @@ const TEXTS: usize = 10;
 const SPACING: Duration = Duration::from_millis(30);
 const INTERVAL_MS: u64 = 300;
 
+/// Paced at `interval_ms` from the first delivery on (`--pace-above 0`), or never (`interval_ms` 0).
 fn paced(interval_ms: u64) -> chatlab::config::Config {
-    chatlab::config::Config { flush_interval_ms: interval_ms, rate_limit: 0.0, ..config() }
+    chatlab::config::Config { flush_interval_ms: interval_ms, pace_above: 0, rate_limit: 0.0, ..config() }
 }
 
-/// Joins a poll-only sender and posts the texts in the background after a quiet interval; returns when the
+/// Joins a poll-only sender and posts `texts` texts in the background after a quiet interval; returns when the
 /// first was posted.
-async fn post_spaced(server: &Server) -> tokio::task::JoinHandle<Instant> {
+async fn post_spaced(server: &Server, texts: usize) -> tokio::task::JoinHandle<Instant> {
     let sender = join(server, "poll").await;
     let url = server.url(&format!("/api/messages?session={}", sender.session));
     tokio::spawn(async move {
@@ -30,7 +32,7 @@ async fn post_spaced(server: &Server) -> tokio::task::JoinHandle<Instant> {
         // the tick after that: two intervals on, the room is quiet.
         tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS + 100)).await;
         let started = Instant::now();
-        for i in 0..TEXTS {
+        for i in 0..texts {
             let response = http().post(&url).body(format!("paced {i}")).send().await.unwrap();
             assert_eq!(response.status(), 202);
             tokio::time::sleep(SPACING).await;
@@ -41,7 +43,7 @@ async fn post_spaced(server: &Server) -> tokio::task::JoinHandle<Instant> {
 
 /// The texts in order, exactly once, from a list of received pieces.
 fn assert_all_in_order(texts: &[String]) {
-    let expected: Vec<String> = (0..TEXTS).map(|i| format!("paced {i}")).collect();
+    let expected: Vec<String> = (0..texts.len()).map(|i| format!("paced {i}")).collect();
     assert_eq!(texts, expected);
 }
 
@@ -50,7 +52,7 @@ async fn sse_writes(interval_ms: u64) -> (usize, Duration) {
     let server = start_with(paced(interval_ms)).await;
     let receiver = join(&server, "sse").await;
     let mut response = http().get(server.url(&format!("/api/sse?session={}", receiver.session))).send().await.unwrap();
-    let poster = post_spaced(&server).await;
+    let poster = post_spaced(&server, TEXTS).await;
     let (mut texts, mut writes, mut first_at) = (Vec::new(), 0, None);
     while texts.len() < TEXTS {
         let chunk = tokio::time::timeout(WAIT, response.chunk()).await.expect("a chunk in time").unwrap().unwrap();
@@ -81,15 +83,15 @@ async fn a_paced_sse_stream_writes_once_per_interval() {
     assert!(writes >= 5, "unpaced, texts 30 ms apart go out one by one: got {writes} writes");
 }
 
-/// WebSocket: frames of one write arrive together; count the bursts of arrivals.
-async fn ws_bursts(interval_ms: u64) -> (usize, Duration) {
-    let server = start_with(paced(interval_ms)).await;
+/// WebSocket: frames of one write arrive together; count the bursts of arrivals of `texts` texts.
+async fn ws_bursts(config: chatlab::config::Config, texts: usize) -> (usize, Duration) {
+    let server = start_with(config).await;
     let mut socket = ws(&server.ws_url("/ws")).await;
     ws_next(&mut socket).await; // welcome
     ws_next(&mut socket).await; // its own arrival
-    let poster = post_spaced(&server).await;
+    let poster = post_spaced(&server, texts).await;
     let mut arrivals: Vec<(Instant, String)> = Vec::new();
-    while arrivals.len() < TEXTS {
+    while arrivals.len() < texts {
         let message = tokio::time::timeout(WAIT, socket.next()).await.expect("a frame in time").unwrap().unwrap();
         let Message::Text(text) = message else { continue };
         let event: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -98,17 +100,32 @@ async fn ws_bursts(interval_ms: u64) -> (usize, Duration) {
         }
     }
     let started = poster.await.unwrap();
-    let texts: Vec<String> = arrivals.iter().map(|(_, text)| text.clone()).collect();
-    assert_all_in_order(&texts);
+    let received: Vec<String> = arrivals.iter().map(|(_, text)| text.clone()).collect();
+    assert_all_in_order(&received);
     let bursts = 1 + arrivals.windows(2).filter(|w| w[1].0 - w[0].0 > Duration::from_millis(15)).count();
     (bursts, arrivals[0].0.duration_since(started))
 }
 
 #[tokio::test]
 async fn a_paced_websocket_writes_once_per_interval() {
-    let (bursts, first) = ws_bursts(INTERVAL_MS).await;
+    let (bursts, first) = ws_bursts(paced(INTERVAL_MS), TEXTS).await;
     assert!(bursts <= 3, "10 texts over 270 ms at one write per 300 ms: at most 3 bursts, got {bursts}");
     assert!(first < Duration::from_millis(200), "the first text after a quiet spell goes at once: {first:?}");
-    let (bursts, _) = ws_bursts(0).await;
+    let (bursts, _) = ws_bursts(paced(0), TEXTS).await;
     assert!(bursts >= 5, "unpaced, texts 30 ms apart arrive one by one: got {bursts} bursts");
+}
+
+/// `--pace-above`: the same stream of texts (about 33 deliveries a second) is paced by a server told that 10 a
+/// second is busy, and written text by text by one told that a million is. Pacing starts once a whole quarter
+/// second of deliveries has been counted over the threshold, so the first few texts of the busy run still go
+/// one by one: at most 9 in 250 ms, then at most 5 bursts at 300 ms for the remaining 0.95 s.
+#[tokio::test]
+async fn pacing_starts_only_above_the_busy_threshold() {
+    const LONG: usize = 40;
+    let busy = chatlab::config::Config { pace_above: 10, ..paced(INTERVAL_MS) };
+    let (bursts, _) = ws_bursts(busy, LONG).await;
+    assert!(bursts <= 15, "over 10 deliveries/s the stream is paced after the first quarter second: {bursts} bursts");
+    let quiet = chatlab::config::Config { pace_above: 1_000_000, ..paced(INTERVAL_MS) };
+    let (bursts, _) = ws_bursts(quiet, LONG).await;
+    assert!(bursts >= 20, "under the threshold, texts 30 ms apart arrive one by one: got {bursts} bursts");
 }

@@ -192,8 +192,11 @@ impl Room {
             return;
         }
         self.shared.head.store(event.seq, Ordering::Release);
+        let seen = event.seen;
         // No receivers is fine: nobody is listening right now.
-        let _ = self.shared.fanout.send(event);
+        if let Ok(receivers) = self.shared.fanout.send(event) {
+            self.metering().load().add(seen, receivers as u64);
+        }
     }
 
     /// After an outage: if the store came back with fewer events than were fanned out here (a Redis restarted

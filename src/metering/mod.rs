@@ -52,6 +52,7 @@ pub struct Counters {
 pub struct Metering {
     transports: Arc<[Counters; 4]>,
     others: Arc<Others>,
+    load: Arc<Load>,
 }
 
 /// What counts under none of the four techniques.
@@ -77,6 +78,11 @@ impl Metering {
     /// What counts under none of the techniques.
     pub fn others(&self) -> &Others {
         &self.others
+    }
+
+    /// How busy the process is: live deliveries owed per second (see [`Load`]).
+    pub fn load(&self) -> &Load {
+        &self.load
     }
 
     /// Counts the room events among `deliveries`, handed to the socket writer together just now (every
@@ -148,6 +154,7 @@ impl Metering {
                 "tcp_connections_total": get(&o.tcp_connections_total),
                 "wire_bytes_in": get(&o.wire_bytes_in),
                 "wire_bytes_out": get(&o.wire_bytes_out),
+                "fanout_per_second": self.load.per_second(Instant::now()),
             },
             "units": {
                 "connections_open": "live receiving channels (WebSockets, SSE streams, held long polls)",
@@ -156,9 +163,70 @@ impl Metering {
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",
                 "payload_bytes_out": "JSON event bytes only, no headers or framing",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds",
-                "other": "TCP connections of the whole server, and wire bytes of requests of no technique",
+                "other": "TCP connections of the whole server, wire bytes of requests of no technique, and room events \
+                          fanned out per second times the live channels each went to (the last quarter second)",
             },
         })
+    }
+}
+
+/// How busy the process is: room events fanned out per second, each counted once per live channel (WebSocket,
+/// SSE stream, held long poll) it is handed to, in windows of [`Load::WINDOW`]. This is what `--pace-above`
+/// compares with. It is counted when events are fanned out, not when they are written, so pacing the writes does
+/// not change it. Lock-free: one atomic addition per event, and one compare-and-swap per window to roll it over.
+#[derive(Debug)]
+pub struct Load {
+    origin: Instant,
+    /// The window being counted, as a number of windows since `origin`.
+    window: AtomicU64,
+    /// Deliveries counted in that window so far.
+    count: AtomicU64,
+    /// Deliveries per second in the window before it (0 if that one saw none).
+    rate: AtomicU64,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Self { origin: Instant::now(), window: AtomicU64::new(0), count: AtomicU64::new(0), rate: AtomicU64::new(0) }
+    }
+}
+
+impl Load {
+    /// How long the rate is counted over before it is updated.
+    pub const WINDOW: Duration = Duration::from_millis(250);
+    /// Windows per second.
+    const PER_SECOND: u64 = 1000 / Self::WINDOW.as_millis() as u64;
+
+    fn window_of(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.origin).as_nanos() / Self::WINDOW.as_nanos()) as u64
+    }
+
+    /// Counts `deliveries` owed since an event fanned out at `now`. The first count of a new window closes the
+    /// one before.
+    pub fn add(&self, now: Instant, deliveries: u64) {
+        let window = self.window_of(now);
+        let current = self.window.load(Ordering::Relaxed);
+        if window > current
+            && self.window.compare_exchange(current, window, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let counted = self.count.swap(deliveries, Ordering::Relaxed);
+            // A window that saw no batch at all lies between: the last whole window was quiet.
+            let rate = if window == current + 1 { counted * Self::PER_SECOND } else { 0 };
+            self.rate.store(rate, Ordering::Relaxed);
+        } else {
+            self.count.fetch_add(deliveries, Ordering::Relaxed);
+        }
+    }
+
+    /// Deliveries per second over the last whole window before `now`; 0 when the process has been quiet since.
+    pub fn per_second(&self, now: Instant) -> u64 {
+        let (window, current) = (self.window_of(now), self.window.load(Ordering::Relaxed));
+        match window.saturating_sub(current) {
+            0 => self.rate.load(Ordering::Relaxed),
+            // The window being counted is over and nothing has rolled it yet: it is the last whole one.
+            1 => self.count.load(Ordering::Relaxed) * Self::PER_SECOND,
+            _ => 0,
+        }
     }
 }
 
@@ -272,5 +340,43 @@ impl Histogram {
             }
         }
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: Duration = Load::WINDOW;
+
+    #[test]
+    fn load_is_the_rate_of_the_last_whole_window() {
+        let load = Load::default();
+        let t0 = load.origin;
+        assert_eq!(load.per_second(t0), 0, "nothing delivered yet");
+        load.add(t0 + Q / 10, 100);
+        load.add(t0 + Q / 2, 150);
+        assert_eq!(load.per_second(t0 + Q / 2), 0, "the first window is not over");
+        assert_eq!(load.per_second(t0 + Q + Q / 2), 250 * 4, "over, though nothing rolled it yet");
+        load.add(t0 + Q + Q / 2, 10);
+        assert_eq!(load.per_second(t0 + Q + Q / 2), 250 * 4, "the batch that rolled it counts in the next");
+        assert_eq!(load.per_second(t0 + 2 * Q + Q / 2), 10 * 4);
+        assert_eq!(load.per_second(t0 + 3 * Q + Q / 2), 0, "a quiet window since: not busy any more");
+        load.add(t0 + 5 * Q, 1000);
+        assert_eq!(load.per_second(t0 + 5 * Q), 0, "the window before this batch was quiet");
+    }
+
+    #[test]
+    fn load_counts_batches_from_many_threads() {
+        let load = Arc::new(Load::default());
+        let t0 = load.origin;
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let load = Arc::clone(&load);
+                std::thread::spawn(move || (0..1000).for_each(|_| load.add(t0 + Q / 2, 3)))
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        assert_eq!(load.per_second(t0 + Q + Q / 2), 4 * 1000 * 3 * 4);
     }
 }

@@ -157,10 +157,10 @@ const BATCH: usize = 64;
 /// Where the pacing ticks of every stream are counted from.
 static TICKS: LazyLock<tokio::time::Instant> = LazyLock::new(tokio::time::Instant::now);
 
-/// `--flush-interval-ms` for one stream (a WebSocket or an SSE response): after a write, the stream sleeps for
-/// the interval and then writes whatever arrived meanwhile in one go, instead of waking for every event. When
-/// nothing arrived it goes back to waiting for the next event, which is written at once: a quiet room pays no
-/// delay and no timer.
+/// `--flush-interval-ms` for one stream (a WebSocket or an SSE response) while the server is busy
+/// (`--pace-above`): after a write, the stream sleeps for the interval and then writes whatever arrived meanwhile
+/// in one go, instead of waking for every event. When nothing arrived it goes back to waiting for the next event,
+/// which is written at once: a quiet room pays no delay and no timer.
 #[derive(Debug, Default)]
 pub(crate) struct Pacer {
     /// When the stream may write again, if it wrote less than an interval ago.
@@ -168,6 +168,19 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
+    /// The interval a stream of `room` waits after a write now: `--flush-interval-ms` when the process fans out
+    /// more than `--pace-above` deliveries a second, else zero.
+    fn interval(room: &Room) -> std::time::Duration {
+        let config = room.config();
+        let busy =
+            config.pace_above == 0 || room.metering().load().per_second(std::time::Instant::now()) > config.pace_above;
+        if busy {
+            config.flush_interval()
+        } else {
+            std::time::Duration::ZERO
+        }
+    }
+
     /// Whether the stream is between a write and the end of its interval.
     pub(crate) fn pacing(&self) -> bool {
         self.next.is_some()
@@ -181,11 +194,12 @@ impl Pacer {
         }
     }
 
-    /// Notes that a write just went out: the next may go at the next tick of the interval. Ticks are on one
-    /// clock for every stream of the process, so busy streams wake together, and one worker thread woken once
-    /// writes many of them, rather than each stream waking a parked thread at its own moment.
+    /// Notes that a write just went out: when the server is busy, the next may go at the next tick of the
+    /// interval. Ticks are on one clock for every stream of the process, so busy streams wake together, and one
+    /// worker thread woken once writes many of them, rather than each stream waking a parked thread at its own
+    /// moment.
     pub(crate) fn wrote(&mut self, room: &Room) {
-        let interval = room.config().flush_interval().as_nanos();
+        let interval = Self::interval(room).as_nanos();
         if interval == 0 {
             return;
         }
@@ -194,9 +208,10 @@ impl Pacer {
         self.next = Some(now + std::time::Duration::from_nanos((interval - into_tick) as u64));
     }
 
-    /// Most deliveries one write may carry: everything queued when paced (it waited for them), else [`BATCH`].
+    /// Most deliveries one write may carry: everything queued while the server is busy (the stream waited for
+    /// them), else [`BATCH`].
     pub(crate) fn batch(room: &Room) -> usize {
-        if room.config().flush_interval().is_zero() {
+        if Self::interval(room).is_zero() {
             BATCH
         } else {
             room.config().send_queue as usize
