@@ -126,7 +126,7 @@ pub struct Config {
     /// in one write. The first event after a quiet interval goes at once. It trades up to that much latency for
     /// far fewer system calls per delivery (see docs/benchmarks.md). 0 never paces: each connection writes as soon
     /// as its task runs, coalescing only what queued meanwhile.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub flush_interval_ms: u64,
 
     /// Deliveries per second above which streams are paced by `--flush-interval-ms`: room events fanned out by
