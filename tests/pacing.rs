@@ -129,3 +129,43 @@ async fn pacing_starts_only_above_the_busy_threshold() {
     let (bursts, _) = ws_bursts(quiet, LONG).await;
     assert!(bursts >= 20, "under the threshold, texts 30 ms apart arrive one by one: got {bursts} bursts");
 }
+
+/// Long polling: a poller that comes back 40 ms after each answer finds texts waiting. While the server is busy,
+/// such a poll is answered at the next tick with everything that arrived until then; returns how many answers
+/// carried the `texts` texts.
+async fn longpoll_answers(config: chatlab::config::Config, texts: usize) -> usize {
+    let server = start_with(config).await;
+    let receiver = join(&server, "longpoll").await;
+    let poster = post_spaced(&server, texts).await;
+    let (mut cursor, mut received, mut answers) = (receiver.seq, Vec::new(), 0);
+    while received.len() < texts {
+        let url = server.url(&format!("/api/longpoll?session={}&since={cursor}&timeout=5", receiver.session));
+        let response = tokio::time::timeout(WAIT, http().get(url).send()).await.expect("an answer in time").unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        cursor = body["next"].as_u64().unwrap();
+        let found: Vec<String> = body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|event| event["message"].as_str().filter(|m| m.starts_with("paced ")).map(str::to_owned))
+            .collect();
+        if !found.is_empty() {
+            answers += 1;
+            received.extend(found);
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    poster.await.unwrap();
+    assert_all_in_order(&received);
+    answers
+}
+
+#[tokio::test]
+async fn a_busy_server_answers_a_long_poll_that_is_behind_at_the_tick() {
+    const LONG: usize = 20;
+    let answers = longpoll_answers(paced(INTERVAL_MS), LONG).await;
+    assert!(answers <= 5, "20 texts over 570 ms, polls behind answered once per 300 ms: got {answers} answers");
+    let answers = longpoll_answers(paced(0), LONG).await;
+    assert!(answers >= 8, "unpaced, a poll back 40 ms later takes the one or two texts waiting: got {answers}");
+}

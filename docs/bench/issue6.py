@@ -2,7 +2,9 @@
 """Prints the figures of docs/benchmarks.md, section "Issue 6", from the bench reports in docs/bench/issue6/.
 
 Reports named head-* were measured at a later server commit, s2-* at a later one still (the section says which);
-their tables carry the prefix. s2-flushN-* ran the server with --flush-interval-ms=N.
+their tables carry the prefix. s2-flushN-* ran the server with --flush-interval-ms=N. s3-* ran with pacing on
+when busy (--pace-above 10,000 deliveries/s, --flush-interval-ms 20, the defaults from then on); s3-flush50-* ran
+it at 50 ms; s3-100k-* and s3-flush50-100k-* ran the CPU comparison at 100,000 deliveries/s (1,000 texts/s).
 
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
@@ -213,3 +215,12 @@ mix("s2-")
 wrk("s2-wrk")
 wrk("s2-wrk-run2")
 wrk("s2-wrk-run3")
+# Session 3: streams paced when the server is busy, at 20 ms (the default) and at 50 ms.
+find_max(100, ["ws", "sse", "longpoll", "seed"], "s3-")
+find_max(1000, ["ws", "seed"], "s3-")
+find_max(1000, ["ws", "seed"], "s3-flush50-")
+cpu("s3-")
+cpu("s3-100k-")
+cpu("s3-flush50-")
+cpu("s3-flush50-100k-")
+mix("s3-")

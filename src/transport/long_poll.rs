@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::Response;
 
-use super::{short_poll, Params};
+use super::{short_poll, Pacer, Params};
 use crate::core::event::control;
 use crate::core::{Delivery, Item, Room, Transport};
 use crate::error::AppError;
@@ -13,7 +13,9 @@ use crate::error::AppError;
 /// Answers `200 {"events":[...],"next":N}` as soon as at least one event after `since` exists (with every
 /// other event ready at that moment, up to `--poll-batch`), or with no events after `timeout` seconds
 /// (default `--longpoll-default`, at most `--longpoll-max`). A held poll is the session's live channel: a newer
-/// channel of the session, or the server stopping, answers it at once.
+/// channel of the session, or the server stopping, answers it at once. While the server is busy
+/// (`--pace-above`), a poll that arrives with events already waiting is answered at the next `--flush-interval-ms`
+/// tick, with everything that arrived until then.
 pub async fn handler(State(room): State<Room>, params: Params) -> Result<Response, AppError> {
     let token = params.require_session()?;
     let mut since = params.since()?;
@@ -22,6 +24,10 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     // Something is there already (or no wait was asked for): answer like a short poll, without opening a live
     // channel. A client that keeps up arrives with `since` at the head and goes straight to waiting.
     if hold.is_zero() || since.is_none_or(|since| since < room.head()) {
+        if !hold.is_zero() && since.is_some() {
+            // Behind a busy room: answer at the pacing tick, with what arrived meanwhile.
+            Pacer::tick(&room).await;
+        }
         let (deliveries, next) = room.poll(token, Transport::LongPoll, since).await?;
         if !deliveries.is_empty() || hold.is_zero() {
             return Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next));

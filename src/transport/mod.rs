@@ -199,13 +199,27 @@ impl Pacer {
     /// worker thread woken once writes many of them, rather than each stream waking a parked thread at its own
     /// moment.
     pub(crate) fn wrote(&mut self, room: &Room) {
+        self.next = Self::next_tick(room);
+    }
+
+    /// The next tick of the interval while the server is busy; `None` when it is not.
+    fn next_tick(room: &Room) -> Option<tokio::time::Instant> {
         let interval = Self::interval(room).as_nanos();
         if interval == 0 {
-            return;
+            return None;
         }
         let now = tokio::time::Instant::now();
         let into_tick = now.duration_since(*TICKS).as_nanos() % interval;
-        self.next = Some(now + std::time::Duration::from_nanos((interval - into_tick) as u64));
+        Some(now + std::time::Duration::from_nanos((interval - into_tick) as u64))
+    }
+
+    /// For a long poll that arrives with events already waiting (its client is behind a busy room): while the
+    /// server is busy, waits for the next tick, so the answer carries everything that arrived until then, as a
+    /// paced stream's write does. Returns at once when the server is not busy.
+    pub(crate) async fn tick(room: &Room) {
+        if let Some(next) = Self::next_tick(room) {
+            tokio::time::sleep_until(next).await;
+        }
     }
 
     /// Most deliveries one write may carry: everything queued while the server is busy (the stream waited for
