@@ -130,10 +130,10 @@ async fn pacing_starts_only_above_the_busy_threshold() {
     assert!(bursts >= 20, "under the threshold, texts 30 ms apart arrive one by one: got {bursts} bursts");
 }
 
-/// Long polling: a poller that comes back 40 ms after each answer finds texts waiting. While the server is busy,
-/// such a poll is answered at the next tick with everything that arrived until then; returns how many answers
-/// carried the `texts` texts.
-async fn longpoll_answers(config: chatlab::config::Config, texts: usize) -> usize {
+/// Long polling: a poller that comes back `pause` after each answer. While the server is busy, a poll is
+/// answered at a tick with everything that arrived until then, whether it found texts waiting or was held for
+/// one; returns how many answers carried the `texts` texts.
+async fn longpoll_answers(config: chatlab::config::Config, texts: usize, pause: Duration) -> usize {
     let server = start_with(config).await;
     let receiver = join(&server, "longpoll").await;
     let poster = post_spaced(&server, texts).await;
@@ -154,7 +154,7 @@ async fn longpoll_answers(config: chatlab::config::Config, texts: usize) -> usiz
             answers += 1;
             received.extend(found);
         }
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(pause).await;
     }
     poster.await.unwrap();
     assert_all_in_order(&received);
@@ -162,10 +162,13 @@ async fn longpoll_answers(config: chatlab::config::Config, texts: usize) -> usiz
 }
 
 #[tokio::test]
-async fn a_busy_server_answers_a_long_poll_that_is_behind_at_the_tick() {
+async fn a_busy_server_answers_long_polls_at_the_ticks() {
     const LONG: usize = 20;
-    let answers = longpoll_answers(paced(INTERVAL_MS), LONG).await;
-    assert!(answers <= 5, "20 texts over 570 ms, polls behind answered once per 300 ms: got {answers} answers");
-    let answers = longpoll_answers(paced(0), LONG).await;
-    assert!(answers >= 8, "unpaced, a poll back 40 ms later takes the one or two texts waiting: got {answers}");
+    for (pause, why) in [(40, "back 40 ms later, finding texts waiting"), (0, "back at once, held for the next text")] {
+        let pause = Duration::from_millis(pause);
+        let answers = longpoll_answers(paced(INTERVAL_MS), LONG, pause).await;
+        assert!(answers <= 5, "20 texts over 570 ms, paced at 300 ms, a poller {why}: got {answers} answers");
+        let answers = longpoll_answers(paced(0), LONG, pause).await;
+        assert!(answers >= 8, "unpaced, a poller {why} takes one or two texts an answer: got {answers}");
+    }
 }

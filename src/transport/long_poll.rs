@@ -14,8 +14,8 @@ use crate::error::AppError;
 /// other event ready at that moment, up to `--poll-batch`), or with no events after `timeout` seconds
 /// (default `--longpoll-default`, at most `--longpoll-max`). A held poll is the session's live channel: a newer
 /// channel of the session, or the server stopping, answers it at once. While the server is busy
-/// (`--pace-above`), a poll that arrives with events already waiting is answered at the next `--flush-interval-ms`
-/// tick, with everything that arrived until then.
+/// (`--pace-above`), a poll is answered with events only at a `--flush-interval-ms` tick, with everything that
+/// arrived until then: one answer per tick at most, as a paced stream writes.
 pub async fn handler(State(room): State<Room>, params: Params) -> Result<Response, AppError> {
     let token = params.require_session()?;
     let mut since = params.since()?;
@@ -45,6 +45,10 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
         }
     };
     if let Ok(first) = first {
+        if let Item::Deliver(_) = first {
+            // While the server is busy, an answer waits for the pacing tick too, and takes what came meanwhile.
+            Pacer::tick(&room).await;
+        }
         let batch = channel.batch_from(first, batch_max).await;
         deliveries = batch.deliveries;
         if let Some(Item::Shutdown) = batch.end {
