@@ -80,7 +80,7 @@ impl Metering {
         &self.others
     }
 
-    /// How busy the process is: live deliveries owed per second (see [`Load`]).
+    /// How busy the process is: deliveries per second (see [`Load`]).
     pub fn load(&self) -> &Load {
         &self.load
     }
@@ -154,7 +154,7 @@ impl Metering {
                 "tcp_connections_total": get(&o.tcp_connections_total),
                 "wire_bytes_in": get(&o.wire_bytes_in),
                 "wire_bytes_out": get(&o.wire_bytes_out),
-                "fanout_per_second": self.load.per_second(Instant::now()),
+                "deliveries_per_second": self.load.per_second(Instant::now()),
             },
             "units": {
                 "connections_open": "live receiving channels (WebSockets, SSE streams, held long polls)",
@@ -163,17 +163,19 @@ impl Metering {
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",
                 "payload_bytes_out": "JSON event bytes only, no headers or framing",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds",
-                "other": "TCP connections of the whole server, wire bytes of requests of no technique, and room events \
-                          fanned out per second times the live channels each went to (the last quarter second)",
+                "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \
+                          second (events times the live channels each went to, plus events answered to polls from \
+                          history; the last quarter second)",
             },
         })
     }
 }
 
-/// How busy the process is: room events fanned out per second, each counted once per live channel (WebSocket,
-/// SSE stream, held long poll) it is handed to, in windows of [`Load::WINDOW`]. This is what `--pace-above`
-/// compares with. It is counted when events are fanned out, not when they are written, so pacing the writes does
-/// not change it. Lock-free: one atomic addition per event, and one compare-and-swap per window to roll it over.
+/// How busy the process is: deliveries per second, in windows of [`Load::WINDOW`]. This is what `--pace-above`
+/// compares with. An event counts once per live channel (WebSocket, SSE stream, held long poll) it is fanned out
+/// to, when it is fanned out (not when it is written, so pacing the writes does not change the figure), and once
+/// per poll that answers it from history (a short poll, a long poll that did not wait). Lock-free: one atomic
+/// addition per event or poll, and one compare-and-swap per window to roll it over.
 #[derive(Debug)]
 pub struct Load {
     origin: Instant,
