@@ -93,6 +93,10 @@ impl Probe {
         // A substring search, not a JSON parse: the bench shares the CPU with the server it measures.
         let needle = b"\"message\":\"bench ";
         let now = self.epoch.elapsed().as_micros();
+        // Latencies are gathered here and handed over a batch at a time: the counter and the list are shared
+        // by every client of the phase.
+        let mut found = [0u32; 64];
+        let mut n = 0;
         let mut rest = received;
         while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
             rest = &rest[at + needle.len()..];
@@ -100,11 +104,24 @@ impl Probe {
             let Some(sent) = std::str::from_utf8(&rest[..end]).ok().and_then(|d| d.parse::<u128>().ok()) else {
                 continue;
             };
-            let latency = now.saturating_sub(sent).min(u32::MAX as u128) as u32;
-            self.deliveries.fetch_add(1, Ordering::Relaxed);
-            // A std mutex: one push, never held across an await.
-            self.latencies.lock().unwrap_or_else(|p| p.into_inner()).push(latency);
+            found[n] = now.saturating_sub(sent).min(u32::MAX as u128) as u32;
+            n += 1;
+            if n == found.len() {
+                self.record(&found);
+                n = 0;
+            }
         }
+        self.record(&found[..n]);
+    }
+
+    /// Adds latencies found together.
+    fn record(&self, latencies: &[u32]) {
+        if latencies.is_empty() {
+            return;
+        }
+        self.deliveries.fetch_add(latencies.len() as u64, Ordering::Relaxed);
+        // A std mutex: one extend, never held across an await.
+        self.latencies.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(latencies);
     }
 
     /// Counts one HTTP request.

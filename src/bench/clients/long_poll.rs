@@ -12,10 +12,12 @@ pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<Ht
     let token = session.clone();
     let sending = context.clone();
     let receiver = tokio::spawn(async move {
+        let stop = context.stop.cancelled();
+        tokio::pin!(stop);
         loop {
             let path = format!("/api/longpoll?session={token}&since={since}");
             let answer = tokio::select! {
-                _ = context.stop.cancelled() => return,
+                () = &mut stop => return,
                 answer = down.call(Method::GET, &path, None) => answer,
             };
             let Ok((StatusCode::OK, body)) = answer else { return };

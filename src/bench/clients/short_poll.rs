@@ -18,9 +18,11 @@ pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<Ht
         let first = tokio::time::Instant::now() + interval.mul_f64(spread(context.index, 7));
         let mut tick = tokio::time::interval_at(first, interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let stop = context.stop.cancelled();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
-                _ = context.stop.cancelled() => return,
+                () = &mut stop => return,
                 _ = tick.tick() => {}
             }
             let path = format!("/api/poll?session={token}&since={since}");

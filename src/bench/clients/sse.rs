@@ -21,9 +21,11 @@ pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<Ht
         let _down = down;
         // Frames may arrive split across reads: look at complete events (ending in a blank line) only.
         let mut pending: Vec<u8> = Vec::new();
+        let stop = context.stop.cancelled();
+        tokio::pin!(stop);
         loop {
             let frame = tokio::select! {
-                _ = context.stop.cancelled() => return,
+                () = &mut stop => return,
                 frame = body.frame() => frame,
             };
             let Some(Ok(frame)) = frame else { return };
