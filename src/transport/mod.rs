@@ -158,7 +158,7 @@ const BATCH: usize = 64;
 static TICKS: LazyLock<tokio::time::Instant> = LazyLock::new(tokio::time::Instant::now);
 
 /// `--flush-interval-ms` for one stream (a WebSocket or an SSE response) while the server is busy
-/// (`--pace-above`): after a write, the stream sleeps for the interval and then writes whatever arrived meanwhile
+/// (`--pace-above`), and for long polls ([`Pacer::tick`]): after a write, the stream sleeps for the interval and then writes whatever arrived meanwhile
 /// in one go, instead of waking for every event. When nothing arrived it goes back to waiting for the next event,
 /// which is written at once: a quiet room pays no delay and no timer.
 #[derive(Debug, Default)]
@@ -168,8 +168,8 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
-    /// The interval a stream of `room` waits after a write now: `--flush-interval-ms` when the process fans out
-    /// more than `--pace-above` deliveries a second, else zero.
+    /// The interval a stream of `room` waits after a write now: `--flush-interval-ms` when the process delivers
+    /// more than `--pace-above` events a second (see [`crate::metering::Load`]), else zero.
     fn interval(room: &Room) -> std::time::Duration {
         let config = room.config();
         let busy =
@@ -213,9 +213,9 @@ impl Pacer {
         Some(now + std::time::Duration::from_nanos((interval - into_tick) as u64))
     }
 
-    /// For a long poll that arrives with events already waiting (its client is behind a busy room): while the
-    /// server is busy, waits for the next tick, so the answer carries everything that arrived until then, as a
-    /// paced stream's write does. Returns at once when the server is not busy.
+    /// For a long poll about to answer with events (found waiting, or the one it was held for): while the server
+    /// is busy, waits for the next tick, so the answer carries everything that arrived until then, as a paced
+    /// stream's write does, and a poller gets at most one answer per tick. Returns at once when it is not busy.
     pub(crate) async fn tick(room: &Room) {
         if let Some(next) = Self::next_tick(room) {
             tokio::time::sleep_until(next).await;
