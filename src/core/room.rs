@@ -607,8 +607,11 @@ impl Room {
         if next > record.cursor {
             self.shared.broker.save_cursor(token, next, self.lease_end()).await?;
         }
-        // Answered from history, not fanned out to a channel: the load counts them here.
-        self.metering().load().add(Instant::now(), items.len() as u64);
+        // Answered from history, not fanned out to a channel: the load counts them here (an empty answer, the
+        // commonest poll, costs it nothing).
+        if !items.is_empty() {
+            self.metering().load().add(Instant::now(), items.len() as u64);
+        }
         Ok((items, next))
     }
 
