@@ -124,16 +124,16 @@ pub struct Config {
     /// When the server is busy (see `--pace-above`), streams (WebSocket, SSE) write at most once per this many
     /// milliseconds: events that arrive within the interval after a write wait for its end and go out together,
     /// in one write. The first event after a quiet interval goes at once. Long polls are answered with events
-    /// only at the ticks of this interval. It trades up to that much latency for
-    /// far fewer system calls per delivery (see docs/benchmarks.md). 0 never paces: each connection writes as soon
-    /// as its task runs, coalescing only what queued meanwhile.
+    /// only at the ticks of this interval. It trades up to that much latency for far fewer system calls per
+    /// delivery (see docs/benchmarks.md). 0 never paces: each connection writes as soon as its task runs,
+    /// coalescing only what queued meanwhile.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub flush_interval_ms: u64,
 
     /// Deliveries per second above which streams and long polls are paced by `--flush-interval-ms`: room events
     /// fanned out by this process times the live channels (WebSockets, SSE streams, held long polls) each goes
-    /// to, plus events answered to polls from history, over the last quarter second. At or below it every event is written at once, so a room of people chatting sees each
-    /// technique's own latency. 0 paces always.
+    /// to, plus events answered to polls from history, over the last quarter second. At or below it every event
+    /// is written at once, so a room of people chatting sees each technique's own latency. 0 paces always.
     #[arg(long, default_value_t = 10_000)]
     pub pace_above: u64,
 

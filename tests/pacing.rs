@@ -41,9 +41,9 @@ async fn post_spaced(server: &Server, texts: usize) -> tokio::task::JoinHandle<I
     })
 }
 
-/// The texts in order, exactly once, from a list of received pieces.
-fn assert_all_in_order(texts: &[String]) {
-    let expected: Vec<String> = (0..texts.len()).map(|i| format!("paced {i}")).collect();
+/// The `count` texts posted, in order, exactly once, from a list of received pieces.
+fn assert_all_in_order(texts: &[String], count: usize) {
+    let expected: Vec<String> = (0..count).map(|i| format!("paced {i}")).collect();
     assert_eq!(texts, expected);
 }
 
@@ -70,7 +70,7 @@ async fn sse_writes(interval_ms: u64) -> (usize, Duration) {
         }
     }
     let started = poster.await.unwrap();
-    assert_all_in_order(&texts);
+    assert_all_in_order(&texts, TEXTS);
     (writes, first_at.unwrap().duration_since(started))
 }
 
@@ -101,7 +101,7 @@ async fn ws_bursts(config: chatlab::config::Config, texts: usize) -> (usize, Dur
     }
     let started = poster.await.unwrap();
     let received: Vec<String> = arrivals.iter().map(|(_, text)| text.clone()).collect();
-    assert_all_in_order(&received);
+    assert_all_in_order(&received, texts);
     let bursts = 1 + arrivals.windows(2).filter(|w| w[1].0 - w[0].0 > Duration::from_millis(15)).count();
     (bursts, arrivals[0].0.duration_since(started))
 }
@@ -157,7 +157,7 @@ async fn longpoll_answers(config: chatlab::config::Config, texts: usize, pause: 
         tokio::time::sleep(pause).await;
     }
     poster.await.unwrap();
-    assert_all_in_order(&received);
+    assert_all_in_order(&received, texts);
     answers
 }
 

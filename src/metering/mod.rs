@@ -203,8 +203,8 @@ impl Load {
         (now.saturating_duration_since(self.origin).as_nanos() / Self::WINDOW.as_nanos()) as u64
     }
 
-    /// Counts `deliveries` owed since an event fanned out at `now`. The first count of a new window closes the
-    /// one before.
+    /// Counts `deliveries` made at `now` (an event fanned out to that many channels, or a poll answered with
+    /// that many events). The first count of a new window closes the one before.
     pub fn add(&self, now: Instant, deliveries: u64) {
         let window = self.window_of(now);
         let current = self.window.load(Ordering::Relaxed);

@@ -158,9 +158,9 @@ const BATCH: usize = 64;
 static TICKS: LazyLock<tokio::time::Instant> = LazyLock::new(tokio::time::Instant::now);
 
 /// `--flush-interval-ms` for one stream (a WebSocket or an SSE response) while the server is busy
-/// (`--pace-above`), and for long polls ([`Pacer::tick`]): after a write, the stream sleeps for the interval and then writes whatever arrived meanwhile
-/// in one go, instead of waking for every event. When nothing arrived it goes back to waiting for the next event,
-/// which is written at once: a quiet room pays no delay and no timer.
+/// (`--pace-above`), and for long polls ([`Pacer::tick`]): after a write, the stream sleeps for the interval and
+/// then writes whatever arrived meanwhile in one go, instead of waking for every event. When nothing arrived it
+/// goes back to waiting for the next event, which is written at once: a quiet room pays no delay and no timer.
 #[derive(Debug, Default)]
 pub(crate) struct Pacer {
     /// When the stream may write again, if it wrote less than an interval ago.
