@@ -10,6 +10,7 @@
 //! | [`post`] | `POST /api/messages`, the upstream of the three HTTP techniques |
 //! | [`sessions`] | join, leave and presence over HTTP |
 //! | [`assets`] | the demo page and its files |
+//! | [`websocket`] | the WebSocket handshake and connection that [`ws`] and [`seed`] share |
 
 pub mod assets;
 pub mod long_poll;
@@ -18,6 +19,7 @@ pub mod seed;
 pub mod sessions;
 pub mod short_poll;
 pub mod sse;
+pub mod websocket;
 pub mod ws;
 
 use std::io::Write as _;

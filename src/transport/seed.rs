@@ -5,12 +5,12 @@
 //! (`游客N 走了`). Events are the same room events every technique gets: the seed's fields plus `seq` and `ts`.
 //! A plain `GET /` is the demo page.
 
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-use super::ws::{configure, serve, OnClose};
+use super::websocket::Upgrade;
+use super::ws::{serve, OnClose};
 use super::{assets, check_origin};
 use crate::core::{Room, Transport};
 use crate::error::AppError;
@@ -27,10 +27,7 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
     }
     let (mut parts, _body) = request.into_parts();
     check_origin(&parts.headers, &room.config().allowed_origins)?;
-    let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &room).await {
-        Ok(upgrade) => upgrade,
-        Err(rejection) => return Ok(rejection.into_response()),
-    };
+    let upgrade = Upgrade::from_request_parts(&mut parts, &room).await?;
     room.metering().request(Transport::Ws);
     let (record, cursor) = room.join(Transport::Ws, None, true).await?;
     let channel = match room.open(&record.token, Transport::Ws, Some(cursor)).await {
@@ -40,5 +37,5 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
             return Err(error);
         }
     };
-    Ok(configure(upgrade, room.config()).on_upgrade(move |socket| serve(socket, channel, None, OnClose::Leave)))
+    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, None, OnClose::Leave)))
 }

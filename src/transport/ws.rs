@@ -15,14 +15,14 @@
 
 use std::future::Future;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
-use bytes::Bytes;
-use futures_util::SinkExt;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::CloseFrame;
+use tungstenite::{Bytes, Message, Utf8Bytes};
 
+use super::websocket::{Socket, Upgrade};
 use super::{Pacer, Params, SameOrigin};
-use crate::config::Config;
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
@@ -38,7 +38,7 @@ pub async fn handler(
     State(room): State<Room>,
     _: SameOrigin,
     params: Params,
-    upgrade: WebSocketUpgrade,
+    upgrade: Upgrade,
 ) -> Result<Response, AppError> {
     let since = params.since()?;
     room.metering().request(Transport::Ws);
@@ -61,20 +61,7 @@ pub async fn handler(
     };
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
     let channel = Box::new(channel);
-    Ok(configure(upgrade, room.config()).on_upgrade(move |socket| serve(socket, channel, Some(welcome), OnClose::Stay)))
-}
-
-/// Sizes a connection's buffers for chat: tungstenite's defaults (128 KiB read and write buffers) are sized
-/// for bulk transfer and would dominate the memory of an idle chat connection. The read buffer is allocated up
-/// front and kept, so it is small (a chat line is a few hundred bytes; a longer frame grows it as needed); the
-/// write buffer grows only while a batch is written, and 8 KiB lets a burst go out in few writes.
-pub(crate) fn configure(upgrade: WebSocketUpgrade, config: &Config) -> WebSocketUpgrade {
-    upgrade
-        .read_buffer_size(256)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(config.ws_max_buffer.max(16 * 1024))
-        .max_frame_size(config.max_frame_bytes)
-        .max_message_size(config.max_frame_bytes)
+    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, Some(welcome), OnClose::Stay)))
 }
 
 /// What becomes of the participant when its socket ends.
@@ -109,7 +96,7 @@ enum Ended {
 /// The channel comes boxed: the upgrade callback and this future would otherwise each reserve room for it.
 #[allow(clippy::manual_async_fn, reason = "an async fn would hold the socket twice; see the comment inside")]
 pub(crate) fn serve(
-    mut socket: WebSocket,
+    mut socket: Socket,
     mut channel: Box<Channel>,
     welcome: Option<String>,
     on_close: OnClose,
@@ -136,7 +123,7 @@ pub(crate) fn serve(
 type Exit = Result<Ended, Item>;
 
 /// Runs the loop until it ends.
-async fn exchange(socket: &mut WebSocket, channel: &mut Channel, room: &Room, welcome: Option<String>) -> Exit {
+async fn exchange(socket: &mut Socket, channel: &mut Channel, room: &Room, welcome: Option<String>) -> Exit {
     if let Some(welcome) = welcome {
         if socket.send(Message::Text(welcome.into())).await.is_err() {
             return Ok(Ended::Client);
@@ -199,13 +186,10 @@ async fn exchange(socket: &mut WebSocket, channel: &mut Channel, room: &Room, we
                         Box::pin(close(socket, 1003, "binary frames are not supported")).await;
                         return Ok(Ended::Client);
                     }
-                    Message::Close(_) => {
-                        // Writes the close reply tungstenite queued (RFC 6455: the server echoes the close).
-                        let _ = socket.flush().await;
-                        return Ok(Ended::Client);
-                    }
-                    // tungstenite answers pings by itself.
-                    Message::Ping(_) | Message::Pong(_) => {}
+                    // `recv` has already echoed the close (RFC 6455).
+                    Message::Close(_) => return Ok(Ended::Client),
+                    // tungstenite answers pings by itself; it never reads a raw `Frame`.
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
         }
@@ -214,7 +198,7 @@ async fn exchange(socket: &mut WebSocket, channel: &mut Channel, room: &Room, we
 
 /// Writes `first` and everything ready after it with one flush; `Err` when that ends the exchange.
 async fn deliver(
-    socket: &mut WebSocket,
+    socket: &mut Socket,
     channel: &mut Channel,
     room: &Room,
     first: Item,
@@ -231,22 +215,15 @@ async fn deliver(
     }
 }
 
-/// Writes a batch with one flush, then counts it.
-async fn write(socket: &mut WebSocket, room: &Room, deliveries: &[Delivery]) -> Result<(), axum::Error> {
-    for delivery in deliveries {
-        let text = match delivery {
-            Delivery::Event(event) => event.json.clone(),
-            Delivery::Control { json, .. } => Utf8Bytes::from(json.as_str()),
-        };
-        socket.feed(Message::Text(text)).await?;
-    }
-    socket.flush().await?;
+/// Writes a batch, then counts it.
+async fn write(socket: &mut Socket, room: &Room, deliveries: &[Delivery]) -> std::io::Result<()> {
+    socket.deliver(deliveries).await?;
     room.metering().delivered(Transport::Ws, deliveries);
     Ok(())
 }
 
 /// Ends a connection the channel asked to end, saying why.
-async fn finish(socket: &mut WebSocket, room: &Room, end: Item) -> Ended {
+async fn finish(socket: &mut Socket, room: &Room, end: Item) -> Ended {
     match end {
         Item::Shutdown => {
             let notice = control::server_disconnected(room.online().await.unwrap_or(0));
@@ -269,24 +246,16 @@ async fn finish(socket: &mut WebSocket, room: &Room, end: Item) -> Ended {
 }
 
 /// Sends a close frame, ignoring a peer that is already gone.
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
+async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
     let _ = socket.send(Message::Close(Some(frame))).await;
 }
 
 /// The close code for a read error: 1009 too big, 1007 invalid UTF-8, 1002 any other protocol error.
-fn protocol_close_code(error: &axum::Error) -> u16 {
-    use std::error::Error as _;
-    let mut source: Option<&(dyn std::error::Error + 'static)> = error.source();
-    while let Some(inner) = source {
-        if let Some(ws) = inner.downcast_ref::<tungstenite::Error>() {
-            return match ws {
-                tungstenite::Error::Capacity(_) => 1009,
-                tungstenite::Error::Utf8(_) => 1007,
-                _ => 1002,
-            };
-        }
-        source = inner.source();
+fn protocol_close_code(error: &tungstenite::Error) -> u16 {
+    match error {
+        tungstenite::Error::Capacity(_) => 1009,
+        tungstenite::Error::Utf8(_) => 1007,
+        _ => 1002,
     }
-    1002
 }
