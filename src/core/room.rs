@@ -736,7 +736,8 @@ impl Channel {
     /// now, so several events go out in one write or one poll response. Await it to completion once started:
     /// unlike `next`, it is not cancel-safe.
     pub async fn batch_from(&mut self, first: Item, max: usize) -> Batch {
-        let mut batch = Batch::default();
+        // Room for a typical batch at once (a paced write carries a few to a few tens), rather than growing.
+        let mut batch = Batch { deliveries: Vec::with_capacity(max.clamp(1, 16)), end: None };
         match first {
             Item::Deliver(delivery) => batch.deliveries.push(delivery),
             Item::Beat => return batch,
