@@ -137,8 +137,8 @@ pub struct Config {
     #[arg(long, default_value_t = 10_000)]
     pub pace_above: u64,
 
-    /// Bytes a WebSocket may buffer unsent while its socket is not writable; past it the connection is dropped
-    /// and the client resumes from its cursor.
+    /// Bytes of control frames (pongs, close replies) a WebSocket may hold unsent while its client does not
+    /// read; past it the server stops reading that client until they drain.
     #[arg(long, default_value_t = 256 * 1024)]
     pub ws_max_buffer: usize,
 

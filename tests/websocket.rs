@@ -173,3 +173,20 @@ fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
 }
+
+/// A client that sends pings and never reads the pongs is not read any further once `--ws-max-buffer` bytes of
+/// pongs wait unsent: its own writes stall (the server holds a bounded queue, not every pong), and the room
+/// carries on for everyone else.
+#[tokio::test]
+async fn a_client_that_never_reads_its_pongs_is_held_back() {
+    let config = chatlab::config::Config { ws_max_buffer: 16 * 1024, ..config() };
+    let server = start_with(config).await;
+    let (mut stream, _) = raw_ws_upgrade(&server).await;
+    // 48 MiB of pings: far more than the loopback socket buffers of both sides hold (a few MiB each way).
+    let ping = masked(0x89, &[b'p'; 120]);
+    let pings = ping.repeat((48 << 20) / ping.len());
+    let written = tokio::time::timeout(std::time::Duration::from_secs(3), stream.write_all(&pings)).await;
+    assert!(written.is_err(), "the server kept reading pings whose pongs nobody read");
+    let mut other = ws(&server.ws_url("/ws")).await;
+    assert_eq!(ws_next(&mut other).await["type"], "welcome", "everyone else is served");
+}

@@ -102,7 +102,8 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
 
 /// What tungstenite enforces on client frames, sized for chat. Its read buffer is allocated up front and kept
 /// for the connection's life, so it is small (a chat line is a few hundred bytes; a longer frame grows it as
-/// needed); tungstenite buffers only the control frames it writes, so its write buffer stays empty.
+/// needed); tungstenite buffers only the control frames it writes, so its write buffer stays empty, and its
+/// limit is the most the socket's queue may hold before reading stops (`--ws-max-buffer`).
 fn limits(config: &Config) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(256)
@@ -149,6 +150,11 @@ impl Socket {
         // A pong or close reply queued earlier goes out as the socket allows, without holding up reading.
         if let Poll::Ready(Err(_)) = self.poll_write_queue(cx) {
             return Poll::Ready(None);
+        }
+        if self.queue.len() > self.context.get_config().max_write_buffer_size {
+            // A client that pings without reading the pongs is not read any further until they drain
+            // (`--ws-max-buffer`): what it costs the server stays bounded. The write waker is registered.
+            return Poll::Pending;
         }
         let mut stream = Stream { io: &mut self.io, cx, queue: &mut self.queue };
         let read = self.context.read(&mut stream);
