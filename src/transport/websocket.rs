@@ -135,8 +135,8 @@ impl Socket {
     }
 
     /// The next message from the client; `None` once the connection is closed (after a close frame, the reply
-    /// to it is already written). Pings are answered without showing here. Cancel-safe: a frame read in part
-    /// stays buffered.
+    /// to it is already written). A ping shows here too, its pong already queued. Cancel-safe: a frame read in
+    /// part stays buffered.
     pub(crate) async fn recv(&mut self) -> Option<Result<Message, tungstenite::Error>> {
         let received = poll_fn(|cx| self.poll_recv(cx)).await;
         if matches!(received, Some(Ok(Message::Close(_)))) {
