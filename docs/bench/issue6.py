@@ -7,7 +7,7 @@ when busy (--pace-above 10,000 deliveries/s, --flush-interval-ms 20, the default
 it at 50 ms; s3-100k-* and s3-flush50-100k-* ran the CPU comparison at 100,000 deliveries/s (1,000 texts/s);
 s3-lp-* ran once long polls were paced at every answer and counted in the load (no seed); s3b-* ran with the bench
 whose WebSocket client looks at a burst of frames at once. s4-* ran with chatlab's own WebSocket frame writing
-(transport/websocket.rs); s4-100k-* is its CPU comparison at 100,000 deliveries/s.
+(transport/websocket.rs); s4-100k-* and s4-150k-* are its CPU comparisons at 100,000 and 150,000 deliveries/s.
 
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
@@ -233,6 +233,7 @@ find_max(1000, ["ws", "seed"], "s3b-")
 wrk("s3-wrk")
 cpu("s4-")
 cpu("s4-100k-")
+cpu("s4-150k-")
 idle("s4-")
 find_max(100, ["ws", "sse", "longpoll", "seed"], "s4-")
 find_max(1000, ["ws", "seed"], "s4-")
