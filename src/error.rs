@@ -53,6 +53,9 @@ pub enum AppError {
     /// The server is stopping.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A WebSocket upgrade asking for a protocol version other than 13 (RFC 6455).
+    #[error("WebSocket version {0} is not supported: this server speaks version 13")]
+    WebSocketVersion(String),
     /// A receiver fell more than `--send-queue` events behind and is closed; it resumes from its cursor.
     #[error("too slow: fell too far behind the room; reconnect with your cursor (since=) to resume")]
     SlowConsumer,
@@ -76,6 +79,7 @@ impl AppError {
             AppError::Unavailable(_) => "unavailable",
             AppError::ShuttingDown => "shutting_down",
             AppError::SlowConsumer => "slow_consumer",
+            AppError::WebSocketVersion(_) => "websocket_version",
         }
     }
 
@@ -91,6 +95,7 @@ impl AppError {
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
+            AppError::WebSocketVersion(_) => StatusCode::UPGRADE_REQUIRED,
             AppError::TooManyConnections
             | AppError::RoomFull
             | AppError::Unavailable(_)
@@ -121,9 +126,16 @@ impl IntoResponse for AppError {
         }
         let body = json!({"error": self.to_string(), "code": self.code()});
         let mut response = (self.status(), axum::Json(body)).into_response();
-        if let AppError::RateLimited(ms) = self {
-            let secs = ms.div_ceil(1000).max(1);
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        match self {
+            AppError::RateLimited(ms) => {
+                let secs = ms.div_ceil(1000).max(1);
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            // RFC 6455, 4.2.2: the versions the server speaks.
+            AppError::WebSocketVersion(_) => {
+                response.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+            }
+            _ => {}
         }
         response
     }

@@ -11,8 +11,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
 
-/// The handshake answers the client's key as RFC 6455 computes it (the RFC's own example), and a request that
-/// is not an upgrade is refused with `400` and a reason, joining nobody.
+/// The handshake answers the client's key as RFC 6455 computes it (the RFC's own example); a request that is
+/// not an upgrade is refused with `400` and a reason, one for another protocol version with `426` and the
+/// version spoken, and neither joins anybody.
 #[tokio::test]
 async fn the_handshake_accepts_the_rfc_example_and_refuses_what_is_not_an_upgrade() {
     let server = start().await;
@@ -34,29 +35,31 @@ async fn the_handshake_accepts_the_rfc_example_and_refuses_what_is_not_an_upgrad
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
 
-    for (headers, why) in [
-        ("", "Connection"),
-        (
-            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 8\r\n",
-            "Version",
-        ),
-        ("Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n", "Key"),
+    let upgrade = "Connection: Upgrade\r\nUpgrade: websocket\r\n";
+    for (headers, status, why) in [
+        (String::new(), 400, "Connection"),
+        (format!("{upgrade}Sec-WebSocket-Key: x\r\n"), 400, "Version"),
+        (format!("{upgrade}Sec-WebSocket-Version: 13\r\n"), 400, "Key"),
+        (format!("{upgrade}Sec-WebSocket-Key: x\r\nSec-WebSocket-Version: 8\r\n"), 426, "version 8"),
     ] {
         for path in ["/ws", "/"] {
-            let status = raw_status(&server, path, headers).await;
+            let (code, head, body) = raw_status(&server, path, &headers).await;
             if path == "/" && headers.is_empty() {
-                assert_eq!(status.0, 200, "a plain GET / is the page");
+                assert_eq!(code, 200, "a plain GET / is the page");
                 continue;
             }
-            assert_eq!(status.0, 400, "{path} without a valid {why}: {}", status.1);
-            assert!(status.1.contains(why), "the reason names {why}: {}", status.1);
+            assert_eq!(code, status, "{path} without a valid {why}: {body}");
+            assert!(body.contains(why), "the reason names {why}: {body}");
+            if status == 426 {
+                assert!(head.to_lowercase().contains("sec-websocket-version: 13"), "the version spoken: {head}");
+            }
         }
     }
     assert_eq!(get_json(&server, "/api/presence").await.1["clientcount"], 1, "only the one real upgrade joined");
 }
 
-/// Sends a GET with extra header lines; returns the status and the body.
-async fn raw_status(server: &Server, path: &str, headers: &str) -> (u16, String) {
+/// Sends a GET with extra header lines; returns the status, the response head and the body.
+async fn raw_status(server: &Server, path: &str, headers: &str) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n{headers}\r\n", server.addr);
     stream.write_all(request.as_bytes()).await.unwrap();
@@ -71,7 +74,7 @@ async fn raw_status(server: &Server, path: &str, headers: &str) -> (u16, String)
                 l.to_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
             });
             if n == 0 || length.is_some_and(|length| body.len() >= length) {
-                return (head[9..12].parse().unwrap(), body.to_owned());
+                return (head[9..12].parse().unwrap(), head.to_owned(), body.to_owned());
             }
         }
         assert!(n > 0, "closed before a whole response");

@@ -32,7 +32,7 @@ use crate::core::Delivery;
 use crate::error::AppError;
 
 /// A valid WebSocket upgrade request (HTTP/1.1), as an extractor. A request that is not one is refused with
-/// `400` and what is wrong with it.
+/// `400` and what is wrong with it; one for another protocol version with `426` and `Sec-WebSocket-Version: 13`.
 #[derive(Debug)]
 pub struct Upgrade {
     key: HeaderValue,
@@ -50,8 +50,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
         if !has_token(&parts.headers, header::UPGRADE, "websocket") {
             return Err(refuse("Upgrade must be websocket"));
         }
-        if parts.headers.get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v.as_bytes() != b"13") {
-            return Err(refuse("Sec-WebSocket-Version must be 13"));
+        match parts.headers.get(header::SEC_WEBSOCKET_VERSION) {
+            Some(version) if version.as_bytes() == b"13" => {}
+            Some(version) => {
+                return Err(AppError::WebSocketVersion(String::from_utf8_lossy(version.as_bytes()).into_owned()))
+            }
+            None => return Err(refuse("Sec-WebSocket-Version is missing")),
         }
         let key = parts.headers.get(header::SEC_WEBSOCKET_KEY).ok_or_else(|| refuse("Sec-WebSocket-Key is missing"))?;
         let key = key.clone();
