@@ -5,9 +5,9 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tungstenite::Utf8Bytes;
 
 /// A room sequence number: strictly increasing, no holes between consecutive room events. `0` means "before the
 /// first event", so a cursor of `0` asks for everything retained.
