@@ -256,10 +256,17 @@ pub fn summary(events: &[Value]) -> Vec<(u64, String, String)> {
 /// Opens `/ws` over a plain TCP socket, by hand (for what no client library sends, or a client that never reads).
 /// Returns the socket and the bytes that came after the `101` response head.
 pub async fn raw_ws_upgrade(server: &Server) -> (TcpStream, Vec<u8>) {
+    let (stream, _, rest) = raw_ws_upgrade_head(server).await;
+    (stream, rest)
+}
+
+/// [`raw_ws_upgrade`], also returning the `101` response head. The request is RFC 6455's example (its key is
+/// `dGhlIHNhbXBsZSBub25jZQ==`) with `Connection` as Firefox sends it, a list.
+pub async fn raw_ws_upgrade_head(server: &Server) -> (TcpStream, String, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(server.addr).await.unwrap();
     let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         server.addr
     );
@@ -276,5 +283,5 @@ pub async fn raw_ws_upgrade(server: &Server) -> (TcpStream, Vec<u8>) {
     };
     assert!(buffer.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buffer));
     let rest = buffer.split_off(end);
-    (stream, rest)
+    (stream, String::from_utf8_lossy(&buffer).into_owned(), rest)
 }
