@@ -150,6 +150,12 @@ pub struct Config {
     /// Seconds to wait for connections to drain on shutdown before exiting anyway.
     #[arg(long, default_value_t = 3)]
     pub shutdown_grace: u64,
+
+    /// Threads running connections (tokio's worker threads). Default: one per CPU core. `1` runs everything on
+    /// one thread, as the Node.js original does: no wake-ups, work stealing or cache lines shared between
+    /// threads, so each delivery costs less CPU, with one core's ceiling (see docs/benchmarks.md).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
 }
 
 impl Default for Config {

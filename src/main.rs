@@ -8,18 +8,31 @@ use chatlab::config::{Cli, Command};
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .init();
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Bench(args)) => return chatlab::bench::run(args).await,
-        Some(Command::BenchBare(args)) => return chatlab::bench::bare::serve(args).await,
-        None => {}
-    }
-    let config = cli.serve;
+    // `--threads 1`: the whole server on this thread. Otherwise tokio's work-stealing pool, one worker per core
+    // unless `--threads` says how many (the bench's clients always use the pool).
+    let runtime = match (&cli.command, cli.serve.threads) {
+        (None, Some(1)) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        (None, Some(threads)) => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(threads as usize).enable_all().build()?
+        }
+        _ => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Some(Command::Bench(args)) => chatlab::bench::run(args).await,
+            Some(Command::BenchBare(args)) => chatlab::bench::bare::serve(args).await,
+            None => serve(cli.serve).await,
+        }
+    })
+}
+
+/// Binds, builds the room and serves until SIGINT or SIGTERM.
+async fn serve(config: chatlab::config::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     tracing::info!("chatlab serving http://{} (broker: {})", listener.local_addr()?, config.broker);
     let room = chatlab::build_room(config).await?;

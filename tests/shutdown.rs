@@ -56,12 +56,31 @@ async fn shutdown_with_open_channels() {
 /// The binary exits within 5 seconds of SIGTERM even with an SSE stream open.
 #[tokio::test]
 async fn binary_exits_on_sigterm() {
+    let (child, _stream) = serve_binary_with_a_stream(&[]).await;
+    exits_on_sigterm(child).await;
+}
+
+/// `--threads 1` serves the whole process on one thread (an SSE stream open, a text posted and delivered), and
+/// still exits cleanly on SIGTERM.
+#[tokio::test]
+async fn binary_on_one_thread() {
+    let (child, _stream) = serve_binary_with_a_stream(&["--threads", "1"]).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+    let threads = status.lines().find_map(|line| line.strip_prefix("Threads:")).unwrap().trim().to_owned();
+    assert_eq!(threads, "1", "one thread serves everything");
+    exits_on_sigterm(child).await;
+}
+
+/// Starts the binary with `args` on a free port, joins over SSE, and posts a text the stream delivers; returns
+/// the process and the open stream.
+async fn serve_binary_with_a_stream(args: &[&str]) -> (tokio::process::Child, reqwest::Response) {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         probe.local_addr().unwrap().port()
     };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatlab"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatlab"))
         .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -89,7 +108,25 @@ async fn binary_exits_on_sigterm() {
     let mut stream =
         http().get(format!("{base}/api/sse?session={}", joined["session"].as_str().unwrap())).send().await.unwrap();
     tokio::time::timeout(WAIT, stream.chunk()).await.unwrap().unwrap();
+    let posted = http()
+        .post(format!("{base}/api/messages?session={}", joined["session"].as_str().unwrap()))
+        .header("content-type", "text/plain")
+        .body("on the stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+    loop {
+        let chunk = tokio::time::timeout(WAIT, stream.chunk()).await.unwrap().unwrap().unwrap();
+        if String::from_utf8_lossy(&chunk).contains("on the stream") {
+            break;
+        }
+    }
+    (child, stream)
+}
 
+/// SIGTERM, then a clean exit within 5 seconds.
+async fn exits_on_sigterm(mut child: tokio::process::Child) {
     let started = Instant::now();
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
