@@ -14,7 +14,8 @@
 //! | [`error`] | every refusal and how it reaches a client |
 //!
 //! An event's path: a transport calls [`core::Room::post`]; the broker sequences and stores it and feeds it to
-//! the room of every process; each room hands the same `Arc` to every local receiver, which writes its bytes.
+//! the room of every process; each room keeps it in a ring of recent events that every local channel reads from
+//! its own cursor, writing the event's bytes.
 //!
 //! [`app`] builds the router and [`run`] serves it until a shutdown future resolves; `main.rs` only parses flags,
 //! sets up logging and binds.

@@ -172,3 +172,32 @@ async fn a_busy_server_answers_long_polls_at_the_ticks() {
         assert!(answers >= 8, "unpaced, a poller {why} takes one or two texts an answer: got {answers}");
     }
 }
+
+/// A paced WebSocket whose session is taken over by a newer channel while texts keep coming hears it at its next
+/// tick (the `replaced` error, close 4000): a stream kept busy by its pacing does not wait for a quiet moment.
+#[tokio::test]
+async fn a_busy_paced_websocket_hears_it_was_replaced() {
+    let server = start_with(paced(100)).await;
+    let mut first = ws(&server.ws_url("/ws")).await;
+    let welcome = ws_next(&mut first).await;
+    let session = welcome["session"].as_str().unwrap().to_owned();
+    let seq = welcome["seq"].as_u64().unwrap();
+    // A text every 20 ms for 3 s: the first socket has something to write at every tick.
+    let sender = join(&server, "poll").await;
+    let url = server.url(&format!("/api/messages?session={}", sender.session));
+    let posting = tokio::spawn(async move {
+        for i in 0..150 {
+            assert_eq!(http().post(&url).body(format!("busy {i}")).send().await.unwrap().status(), 202);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    while ws_next(&mut first).await["message"] != "busy 10" {}
+    let mut second = ws(&server.ws_url(&format!("/ws?session={session}&since={}", seq + 1))).await;
+    assert_eq!(ws_next(&mut second).await["type"], "welcome");
+    let replaced = Instant::now();
+    while ws_next(&mut first).await["code"] != "replaced" {}
+    assert!(replaced.elapsed() < Duration::from_secs(1), "told within a tick or two: {:?}", replaced.elapsed());
+    assert_eq!(ws_close_code(&mut first).await.map(u16::from), Some(4000));
+    assert!(!posting.is_finished(), "texts were still coming");
+    posting.abort();
+}

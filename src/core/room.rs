@@ -2,15 +2,17 @@
 //!
 //! Every transport talks to a [`Room`]: [`Room::join`], [`Room::post`], [`Room::open`] (a receiving channel
 //! that resumes from a cursor), [`Room::poll`], [`Room::leave`]. The broker feeds each room event once into a
-//! `broadcast` channel; every receiver holds the same `Arc<RoomEvent>` and writes its pre-serialised bytes, so
-//! fan-out costs one reference count per receiver and never holds a lock while a socket is written.
+//! ring of recent events, and a `watch` wakes the channels waiting for one; every channel reads the ring from its
+//! own cursor, a run of events under one read lock, and writes the events' pre-serialised bytes. Fan-out costs
+//! the sender one ring slot and one wake-up, whatever the number of channels, and never holds a lock while a
+//! socket is written.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -29,11 +31,15 @@ pub struct Room {
 
 struct Shared {
     broker: Arc<dyn Broker>,
-    /// The fan-out: one slot per event, `--send-queue` slots. A receiver more than that behind is lagged.
-    fanout: broadcast::Sender<Arc<RoomEvent>>,
+    /// The fan-out: the newest `--send-queue` events, which every channel reads from its own cursor. A channel
+    /// more than that behind is lagged.
+    recent: RwLock<Recent>,
+    /// Bumped once each event is in `recent`: a channel with nothing left to read waits for it. Its receiver
+    /// count is the number of live channels.
+    added: watch::Sender<()>,
     /// The newest sequence number fanned out here (read without the lock).
     head: AtomicU64,
-    /// Serialises fan-out so events enter the broadcast in sequence order, whether they come from the broker's
+    /// Serialises fan-out so events enter the ring in sequence order, whether they come from the broker's
     /// feed or straight from a local publish. A `std` mutex: the section is one comparison and one
     /// non-blocking `send`.
     fanout_order: Mutex<()>,
@@ -59,6 +65,15 @@ struct Pulse {
     down: Option<String>,
     /// The keep-alive beat, counting up every `--keepalive` seconds.
     beat: u64,
+}
+
+/// The ring of recent events, in sequence order (with the holes the broker's feed may leave).
+#[derive(Default)]
+struct Recent {
+    events: VecDeque<Arc<RoomEvent>>,
+    /// The newest sequence number pushed out of the ring (0 when none was): a channel whose cursor is below it
+    /// missed it.
+    dropped: Seq,
 }
 
 /// How often a big room hears who came and went.
@@ -97,11 +112,11 @@ impl Room {
     pub async fn start(broker: Arc<dyn Broker>, config: Config, metering: Metering) -> Result<Room, AppError> {
         let feed = broker.subscribe().await?;
         let head = broker.head().await?;
-        let (fanout, _) = broadcast::channel(config.send_queue as usize);
         let room = Room {
             shared: Arc::new(Shared {
                 broker,
-                fanout,
+                recent: RwLock::new(Recent { events: VecDeque::with_capacity(config.send_queue as usize), dropped: 0 }),
+                added: watch::Sender::new(()),
                 head: AtomicU64::new(head),
                 fanout_order: Mutex::new(()),
                 pulse: watch::Sender::new(Pulse::default()),
@@ -193,10 +208,25 @@ impl Room {
         }
         self.shared.head.store(event.seq, Ordering::Release);
         let seen = event.seen;
-        // No receivers is fine: nobody is listening right now.
-        if let Ok(receivers) = self.shared.fanout.send(event) {
-            self.metering().load().add(seen, receivers as u64);
+        {
+            let mut recent = self.recent_mut();
+            if recent.events.len() >= self.shared.config.send_queue.max(1) as usize {
+                if let Some(oldest) = recent.events.pop_front() {
+                    recent.dropped = oldest.seq;
+                }
+            }
+            recent.events.push_back(event);
         }
+        self.shared.added.send_replace(());
+        self.metering().load().add(seen, self.shared.added.receiver_count() as u64);
+    }
+
+    fn recent(&self) -> RwLockReadGuard<'_, Recent> {
+        self.shared.recent.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn recent_mut(&self) -> std::sync::RwLockWriteGuard<'_, Recent> {
+        self.shared.recent.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// After an outage: if the store came back with fewer events than were fanned out here (a Redis restarted
@@ -210,6 +240,10 @@ impl Room {
         if stored < head {
             tracing::error!(stored, fanned_out = head, "the broker lost events: the room restarts its numbering");
             self.shared.head.store(stored, Ordering::Release);
+            // The ring's events carry the old numbers: channels re-read from the store (they are stale).
+            let mut recent = self.recent_mut();
+            recent.events.clear();
+            recent.dropped = recent.dropped.min(stored);
         }
     }
 
@@ -559,8 +593,8 @@ impl Room {
             return Err(AppError::ShuttingDown);
         }
         let permit = self.shared.live.clone().try_acquire_owned().map_err(|_| AppError::TooManyConnections)?;
-        // Subscribe before reading history, so nothing published in between is missed (duplicates are skipped).
-        let receiver = self.shared.fanout.subscribe();
+        // Events published while history is read are in the ring too, where the channel finds them after it.
+        let added = self.shared.added.subscribe();
         let (record, generation, ended) = self.claim(token, transport).await?;
         let since = since.unwrap_or(record.cursor);
         let backlog = self.shared.broker.since(since, usize::MAX).await?;
@@ -569,7 +603,7 @@ impl Room {
             token: record.token.clone(),
             transport,
             generation,
-            receiver,
+            added,
             pending: VecDeque::new(),
             last: since,
             delivered: since,
@@ -690,7 +724,9 @@ pub struct Channel {
     token: String,
     transport: Transport,
     generation: u64,
-    receiver: broadcast::Receiver<Arc<RoomEvent>>,
+    /// Wakes the channel when an event enters the ring.
+    added: watch::Receiver<()>,
+    /// Deliveries queued but not yet handed out: a backlog, or a run taken from the ring.
     pending: VecDeque<Delivery>,
     /// The newest sequence number queued or delivered (or skipped past a gap): the de-duplication mark.
     last: Seq,
@@ -765,8 +801,8 @@ impl Channel {
         Item::Deliver(delivery)
     }
 
-    /// The next thing to deliver. Cancel-safe: if the future is dropped, nothing is lost (an event taken from
-    /// the fan-out but not handed out is re-read from history when the next one arrives).
+    /// The next thing to deliver. Cancel-safe: if the future is dropped, nothing is lost (the ring is read by
+    /// cursor, and what was queued stays queued).
     ///
     /// When the broker's feed goes down, the client gets an `error` event with code `unavailable` (and the
     /// channel stays open); when it is back, the channel re-reads history from its cursor, so what the feed lost
@@ -790,28 +826,27 @@ impl Channel {
                     }
                 }
             }
-            // Fast path: an event already waiting is taken without registering a waker on every signal (which
+            // Fast path: events already in the ring are taken without registering a waker on every signal (which
             // costs a few locks per call); the signals are checked by their flags first, so none is missed.
-            if self.ended.is_cancelled() {
-                return if self.room.shared.shutdown.is_cancelled() { Item::Shutdown } else { Item::Replaced };
+            if let Some(end) = self.ending() {
+                return end;
             }
             if !self.pulse.has_changed().unwrap_or(false) {
-                match self.receiver.try_recv() {
-                    Ok(event) => {
+                // Marked as seen before the ring is read: an event added after the read wakes the wait below.
+                self.added.mark_unchanged();
+                match self.take_recent() {
+                    Taken::Queued => continue,
+                    Taken::Hole(event) => {
                         if let Some(item) = self.accept(event).await {
                             return item;
                         }
                         continue;
                     }
-                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                        self.room.metering().of(self.transport).slow_consumers.fetch_add(1, Ordering::Relaxed);
-                        return Item::Lagged;
-                    }
-                    Err(broadcast::error::TryRecvError::Closed) => return Item::Shutdown,
-                    Err(broadcast::error::TryRecvError::Empty) => {}
+                    Taken::Lagged => return self.lagged(),
+                    Taken::Nothing => {}
                 }
             }
-            let received = tokio::select! {
+            tokio::select! {
                 biased;
                 _ = self.room.shared.shutdown.cancelled() => return Item::Shutdown,
                 _ = self.ended.cancelled() => return Item::Replaced,
@@ -834,21 +869,12 @@ impl Channel {
                         self.seen_beat = pulse.beat;
                         return Item::Beat;
                     }
-                    continue;
                 }
-                received = self.receiver.recv() => received,
-            };
-            match received {
-                Ok(event) => {
-                    if let Some(item) = self.accept(event).await {
-                        return item;
+                added = self.added.changed() => {
+                    if added.is_err() {
+                        return Item::Shutdown;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.room.metering().of(self.transport).slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    return Item::Lagged;
-                }
-                Err(broadcast::error::RecvError::Closed) => return Item::Shutdown,
             }
         }
     }
@@ -860,19 +886,85 @@ impl Channel {
             if let Some(delivery) = self.pending.pop_front() {
                 return Some(self.hand_out(delivery));
             }
-            match self.receiver.try_recv() {
-                Ok(event) => {
+            // A stream kept busy by its pacing never waits in `next`: it hears here that it is over.
+            if let Some(end) = self.ending() {
+                return Some(end);
+            }
+            match self.take_recent() {
+                Taken::Queued => {}
+                Taken::Hole(event) => {
                     if let Some(item) = self.accept(event).await {
                         return Some(item);
                     }
                 }
-                Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                    self.room.metering().of(self.transport).slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    return Some(Item::Lagged);
-                }
-                Err(_) => return None,
+                Taken::Lagged => return Some(self.lagged()),
+                Taken::Nothing => return None,
             }
         }
+    }
+
+    /// Queues the run of ring events that follow the cursor in sequence (at most [`RUN`]), under one read lock.
+    fn take_recent(&mut self) -> Taken {
+        let recent = self.room.recent();
+        if self.last < recent.dropped {
+            return Taken::Lagged;
+        }
+        let start = recent.events.partition_point(|event| event.seq <= self.last);
+        let mut taken = Taken::Nothing;
+        for event in recent.events.range(start..).take(RUN) {
+            if event.seq != self.last + 1 {
+                if let Taken::Nothing = taken {
+                    taken = Taken::Hole(event.clone());
+                }
+                break;
+            }
+            self.last = event.seq;
+            self.pending.push_back(Delivery::Event(event.clone()));
+            taken = Taken::Queued;
+        }
+        taken
+    }
+
+    /// A paced stream's fast path: hands `write` the run of room events that follow the cursor (at most `max`),
+    /// by reference, in order, under one read lock of the ring, and moves the cursor past them. No reference
+    /// count, queue entry or batch per event: a stream that copies each event's bytes into its write buffer keeps
+    /// nothing. Returns how many events it handed; none when anything else must go first (a queued backlog or
+    /// control event, a hole in the ring, a lag, history to re-read after an outage, the channel's end), which
+    /// [`Channel::ready`] then brings.
+    pub fn drain(&mut self, max: usize, mut write: impl FnMut(&RoomEvent)) -> usize {
+        if !self.pending.is_empty() || self.stale || self.ended.is_cancelled() {
+            return 0;
+        }
+        let recent = self.room.recent();
+        if self.last < recent.dropped {
+            return 0;
+        }
+        let start = recent.events.partition_point(|event| event.seq <= self.last);
+        let mut handed = 0;
+        for event in recent.events.range(start..).take(max) {
+            if event.seq != self.last + 1 {
+                break;
+            }
+            write(event);
+            self.last = event.seq;
+            handed += 1;
+        }
+        self.delivered = self.delivered.max(self.last);
+        handed
+    }
+
+    /// Why the channel must end now, if it must: the server is stopping, or a newer channel took the session.
+    fn ending(&self) -> Option<Item> {
+        if !self.ended.is_cancelled() {
+            return None;
+        }
+        Some(if self.room.shared.shutdown.is_cancelled() { Item::Shutdown } else { Item::Replaced })
+    }
+
+    /// Counts a slow consumer and says so.
+    fn lagged(&self) -> Item {
+        self.room.metering().of(self.transport).slow_consumers.fetch_add(1, Ordering::Relaxed);
+        Item::Lagged
     }
 
     /// Takes a live event in order: skips what was already delivered, and fills a hole from history (a broker
@@ -888,6 +980,12 @@ impl Channel {
         match self.room.shared.broker.since(self.last, usize::MAX).await {
             Ok(backlog) => {
                 self.queue_backlog(backlog);
+                if self.last + 1 < event.seq {
+                    // Not in history either: the client hears of the gap, and the channel goes on past it.
+                    let (from, to) = (self.last + 1, event.seq - 1);
+                    self.pending.push_back(Delivery::Control { json: control::gap(from, to), resume_after: to });
+                    self.last = to;
+                }
                 let next = self.pending.pop_front()?;
                 Some(self.hand_out(next))
             }
@@ -897,6 +995,21 @@ impl Channel {
             }
         }
     }
+}
+
+/// Most events a channel takes from the ring under one read lock.
+const RUN: usize = 64;
+
+/// What the ring holds after a channel's cursor.
+enum Taken {
+    /// Nothing newer.
+    Nothing,
+    /// A run of events in sequence, now in the channel's queue.
+    Queued,
+    /// The next event in the ring is not the next in sequence (the broker's feed lost some): filled from history.
+    Hole(Arc<RoomEvent>),
+    /// The channel fell more than `--send-queue` events behind.
+    Lagged,
 }
 
 /// Appends the backlog's gap notice (if any) and events to `items`; returns the new cursor.

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::core::event::RoomEvent;
 use crate::core::session::Transport;
 use crate::core::Delivery;
 
@@ -90,22 +91,20 @@ impl Metering {
     /// entered this process. One clock read and a few atomic additions per batch, not per event: these counters
     /// are shared by every worker thread.
     pub fn delivered(&self, transport: Transport, deliveries: &[Delivery]) {
-        let now = Instant::now();
-        let (mut events, mut bytes) = (0u64, 0u64);
-        let latencies = deliveries.iter().filter_map(|delivery| match delivery {
-            Delivery::Event(event) => {
-                events += 1;
-                bytes += event.json.len() as u64;
-                Some(now.saturating_duration_since(event.seen))
+        let mut delivering = self.delivering(transport);
+        for delivery in deliveries {
+            if let Delivery::Event(event) = delivery {
+                delivering.event(event);
             }
-            Delivery::Control { .. } => None,
-        });
-        let counters = self.of(transport);
-        counters.latency.record_all(latencies);
-        if events > 0 {
-            counters.events_delivered.fetch_add(events, Ordering::Relaxed);
-            counters.payload_bytes_out.fetch_add(bytes, Ordering::Relaxed);
         }
+        delivering.finish();
+    }
+
+    /// Starts counting deliveries written together one at a time, for a transport that writes events without
+    /// a slice of them ([`Metering::delivered`] for a slice); [`Delivering::finish`] once they are written.
+    pub fn delivering(&self, transport: Transport) -> Delivering<'_> {
+        let counters = self.of(transport);
+        Delivering { counters, now: Instant::now(), events: 0, bytes: 0, latencies: counters.latency.recording() }
     }
 
     /// Counts one HTTP request of a technique, and gives the request's wire bytes (and those of its response)
@@ -168,6 +167,36 @@ impl Metering {
                           history; the last quarter second)",
             },
         })
+    }
+}
+
+/// Deliveries of one transport written together, counted as they are added ([`Metering::delivering`]).
+#[derive(Debug)]
+pub struct Delivering<'a> {
+    counters: &'a Counters,
+    /// When the write went out: each event's latency runs from when it entered this process to this.
+    now: Instant,
+    events: u64,
+    bytes: u64,
+    latencies: Recording<'a>,
+}
+
+impl Delivering<'_> {
+    /// Counts one room event.
+    pub fn event(&mut self, event: &RoomEvent) {
+        self.events += 1;
+        self.bytes += event.json.len() as u64;
+        self.latencies.add(self.now.saturating_duration_since(event.seen));
+    }
+
+    /// Adds the counts to the transport's counters: one clock read and a few atomic additions per write, not
+    /// per event (these counters are shared by every worker thread).
+    pub fn finish(self) {
+        self.latencies.finish();
+        if self.events > 0 {
+            self.counters.events_delivered.fetch_add(self.events, Ordering::Relaxed);
+            self.counters.payload_bytes_out.fetch_add(self.bytes, Ordering::Relaxed);
+        }
     }
 }
 
@@ -257,6 +286,41 @@ pub struct Histogram {
     sum_micros: AtomicU64,
 }
 
+/// Latencies being recorded together ([`Histogram::recording`]): counted locally, then one addition per run of
+/// values in the same bucket, and one for the sum.
+#[derive(Debug)]
+pub struct Recording<'a> {
+    histogram: &'a Histogram,
+    sum: u64,
+    /// The bucket of the current run of values, and its length.
+    run: Option<(usize, u64)>,
+}
+
+impl Recording<'_> {
+    /// Adds one value.
+    pub fn add(&mut self, latency: Duration) {
+        let micros = latency.as_micros() as u64;
+        self.sum += micros;
+        let index = Histogram::index(micros);
+        self.run = match self.run {
+            Some((bucket, n)) if bucket == index => Some((bucket, n + 1)),
+            Some((bucket, n)) => {
+                self.histogram.buckets[bucket].fetch_add(n, Ordering::Relaxed);
+                Some((index, 1))
+            }
+            None => Some((index, 1)),
+        };
+    }
+
+    /// Adds what is left to the histogram.
+    pub fn finish(self) {
+        if let Some((bucket, n)) = self.run {
+            self.histogram.buckets[bucket].fetch_add(n, Ordering::Relaxed);
+            self.histogram.sum_micros.fetch_add(self.sum, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
@@ -283,24 +347,16 @@ impl Histogram {
 
     /// Records latencies measured together: one addition per run of values in the same bucket, one for the sum.
     pub fn record_all(&self, latencies: impl IntoIterator<Item = Duration>) {
-        let (mut sum, mut run): (u64, Option<(usize, u64)>) = (0, None);
+        let mut recording = self.recording();
         for latency in latencies {
-            let micros = latency.as_micros() as u64;
-            sum += micros;
-            let index = Self::index(micros);
-            run = match run {
-                Some((bucket, n)) if bucket == index => Some((bucket, n + 1)),
-                Some((bucket, n)) => {
-                    self.buckets[bucket].fetch_add(n, Ordering::Relaxed);
-                    Some((index, 1))
-                }
-                None => Some((index, 1)),
-            };
+            recording.add(latency);
         }
-        if let Some((bucket, n)) = run {
-            self.buckets[bucket].fetch_add(n, Ordering::Relaxed);
-            self.sum_micros.fetch_add(sum, Ordering::Relaxed);
-        }
+        recording.finish();
+    }
+
+    /// Starts recording latencies measured together, one at a time ([`Histogram::record_all`] for a slice).
+    pub fn recording(&self) -> Recording<'_> {
+        Recording { histogram: self, sum: 0, run: None }
     }
 
     /// The sum of recorded values, in seconds.

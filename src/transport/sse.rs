@@ -61,10 +61,22 @@ impl Stream {
         if let Some(first) = self.first.take() {
             return Some((Ok(first.into()), self));
         }
-        // Paced (`--flush-interval-ms`): at the end of the interval, write what arrived meanwhile, if anything.
+        // Paced (`--flush-interval-ms`): at the end of the interval, write what arrived meanwhile, if anything:
+        // the run of room events straight from the ring when nothing else is queued (the busy steady state).
         let mut first = None;
         if self.pacer.pacing() {
             self.pacer.ready().await;
+            let room = self.channel.room().clone();
+            let (mut out, mut delivering) = (Vec::new(), room.metering().delivering(Transport::Sse));
+            let drained = self.channel.drain(Pacer::batch(&room), |event| {
+                frame(&mut out, Some(event.seq), event.json.as_bytes());
+                delivering.event(event);
+            });
+            if drained > 0 {
+                delivering.finish();
+                self.pacer.wrote(&room);
+                return Some((Ok(out.into()), self));
+            }
             first = self.channel.ready().await;
         }
         let first = match first {

@@ -199,8 +199,18 @@ impl Socket {
         let size: usize = deliveries.iter().map(|d| d.json().len() + MAX_HEADER).sum();
         self.queue.reserve(size);
         for delivery in deliveries {
-            push_text_frame(&mut self.queue, delivery.json());
+            self.push_event(delivery.json());
         }
+        self.write_out().await
+    }
+
+    /// Queues one room event's JSON as a text frame, behind whatever is queued; [`Socket::write_out`] sends it.
+    pub(crate) fn push_event(&mut self, json: &[u8]) {
+        push_text_frame(&mut self.queue, json);
+    }
+
+    /// Writes out everything queued, in as few writes as the socket allows.
+    pub(crate) async fn write_out(&mut self) -> io::Result<()> {
         self.write_queue().await
     }
 

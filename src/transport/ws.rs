@@ -139,10 +139,8 @@ async fn exchange(socket: &mut Socket, channel: &mut Channel, room: &Room, welco
             biased;
             // Paced (`--flush-interval-ms`): at the end of the interval, write what arrived meanwhile.
             () = pacer.ready(), if pacer.pacing() => {
-                if let Some(first) = channel.ready().await {
-                    if let Err(exit) = deliver(socket, channel, room, first, &mut pacer).await {
-                        return exit;
-                    }
+                if let Err(exit) = flush(socket, channel, room, &mut pacer).await {
+                    return exit;
                 }
             }
             item = channel.next(), if !pacer.pacing() => {
@@ -211,6 +209,29 @@ async fn deliver(
     pacer.wrote(room);
     match batch.end {
         Some(end) => Err(Err(end)),
+        None => Ok(()),
+    }
+}
+
+/// At the end of a pacing interval, writes what arrived meanwhile: the run of room events straight from the ring
+/// into the socket's buffer when nothing else is queued for the channel (the busy server's steady state), else
+/// whatever is ready, the general way.
+async fn flush(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &mut Pacer) -> Result<(), Exit> {
+    let mut delivering = room.metering().delivering(Transport::Ws);
+    let drained = channel.drain(Pacer::batch(room), |event| {
+        socket.push_event(event.json.as_bytes());
+        delivering.event(event);
+    });
+    if drained > 0 {
+        if socket.write_out().await.is_err() {
+            return Err(Ok(Ended::Client));
+        }
+        delivering.finish();
+        pacer.wrote(room);
+        return Ok(());
+    }
+    match channel.ready().await {
+        Some(first) => deliver(socket, channel, room, first, pacer).await,
         None => Ok(()),
     }
 }
