@@ -76,6 +76,19 @@ struct Recent {
     dropped: Seq,
 }
 
+impl Recent {
+    /// Where the events after `cursor` start. Without holes an event's place follows from its number, which
+    /// is checked; a ring with holes is searched.
+    fn after(&self, cursor: Seq) -> usize {
+        let guess = self.events.front().map_or(0, |oldest| (cursor + 1).saturating_sub(oldest.seq) as usize);
+        let fits = |at: usize| at == 0 || self.events.get(at - 1).is_some_and(|event| event.seq <= cursor);
+        if guess <= self.events.len() && fits(guess) && self.events.get(guess).is_none_or(|event| event.seq > cursor) {
+            return guess;
+        }
+        self.events.partition_point(|event| event.seq <= cursor)
+    }
+}
+
 /// How often a big room hears who came and went.
 const CROWD_EVERY: Duration = Duration::from_secs(1);
 
@@ -909,7 +922,7 @@ impl Channel {
         if self.last < recent.dropped {
             return Taken::Lagged;
         }
-        let start = recent.events.partition_point(|event| event.seq <= self.last);
+        let start = recent.after(self.last);
         let mut taken = Taken::Nothing;
         for event in recent.events.range(start..).take(RUN) {
             if event.seq != self.last + 1 {
@@ -939,7 +952,7 @@ impl Channel {
         if self.last < recent.dropped {
             return 0;
         }
-        let start = recent.events.partition_point(|event| event.seq <= self.last);
+        let start = recent.after(self.last);
         let mut handed = 0;
         for event in recent.events.range(start..).take(max) {
             if event.seq != self.last + 1 {
@@ -1047,6 +1060,32 @@ impl Drop for Channel {
                 // The lease runs from when the channel closed, not from the reaper's last tick.
                 let _ = room.shared.broker.save_cursor(&token, cursor, room.lease_end()).await;
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::{Draft, EventBody, EventKind};
+
+    fn ring(seqs: &[Seq]) -> Recent {
+        let event = |seq| {
+            let draft = Draft { kind: EventKind::Message, id: "a".into(), nickname: "a".into(), message: "m".into() };
+            Arc::new(RoomEvent::new(&EventBody::stamp(draft, seq, 1)))
+        };
+        Recent { events: seqs.iter().map(|&seq| event(seq)).collect(), dropped: 0 }
+    }
+
+    /// `after` agrees with a search of the ring for every cursor, with and without holes.
+    #[test]
+    fn where_the_events_after_a_cursor_start() {
+        for seqs in [&[][..], &[5], &[5, 6, 7, 8], &[5, 6, 9, 10, 11], &[3, 7], &[1, 2, 3, 5, 6, 7, 20]] {
+            let recent = ring(seqs);
+            for cursor in 0..25 {
+                let searched = recent.events.partition_point(|event| event.seq <= cursor);
+                assert_eq!(recent.after(cursor), searched, "ring {seqs:?}, cursor {cursor}");
+            }
         }
     }
 }

@@ -152,8 +152,12 @@ impl Socket {
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Message, tungstenite::Error>>> {
         // A pong or close reply queued earlier goes out as the socket allows, without holding up reading.
-        if let Poll::Ready(Err(_)) = self.poll_write_queue(cx) {
-            return Poll::Ready(None);
+        if !self.queue.is_empty() {
+            match self.poll_write_queue(cx) {
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => self.shrink(),
+                Poll::Pending => {}
+            }
         }
         if self.queue.len() > self.context.get_config().max_write_buffer_size {
             // A client that pings without reading the pongs is not read any further until they drain
@@ -201,7 +205,7 @@ impl Socket {
         for delivery in deliveries {
             self.push_event(delivery.json());
         }
-        self.write_out().await
+        self.write_queue().await
     }
 
     /// Queues one room event's JSON as a text frame, behind whatever is queued; [`Socket::write_out`] sends it.
@@ -209,14 +213,26 @@ impl Socket {
         push_text_frame(&mut self.queue, json);
     }
 
-    /// Writes out everything queued, in as few writes as the socket allows.
+    /// Writes out everything queued, in as few writes as the socket allows, and keeps the queue's memory: a paced
+    /// stream writes again at the next tick ([`Socket::shrink`] once it stops pacing).
     pub(crate) async fn write_out(&mut self) -> io::Result<()> {
-        self.write_queue().await
+        poll_fn(|cx| self.poll_write_queue(cx)).await
     }
 
-    /// Writes the queue out. Cancel-safe: what was written is removed from it, so a retry goes on from there.
+    /// Writes the queue out, then gives back its memory. Cancel-safe: what was written is removed from it, so a
+    /// retry goes on from there.
     async fn write_queue(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_write_queue(cx)).await
+        self.write_out().await?;
+        self.shrink();
+        Ok(())
+    }
+
+    /// Gives back the queue's memory past [`KEEP`] bytes once it is written out: an idle connection keeps no
+    /// batch-sized buffer.
+    pub(crate) fn shrink(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > KEEP {
+            self.queue = Vec::new();
+        }
     }
 
     fn poll_write_queue(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -226,9 +242,6 @@ impl Socket {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.queue.drain(..written);
-        }
-        if self.queue.capacity() > KEEP {
-            self.queue = Vec::new();
         }
         Pin::new(&mut self.io).poll_flush(cx)
     }

@@ -228,11 +228,19 @@ async fn flush(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &
         }
         delivering.finish();
         pacer.wrote(room);
+        if !pacer.pacing() {
+            // The server is no longer busy: the stream goes back to waiting, without its batch buffer.
+            socket.shrink();
+        }
         return Ok(());
     }
     match channel.ready().await {
         Some(first) => deliver(socket, channel, room, first, pacer).await,
-        None => Ok(()),
+        None => {
+            // Nothing came during the interval: the stream goes back to waiting, without its batch buffer.
+            socket.shrink();
+            Ok(())
+        }
     }
 }
 
