@@ -8,6 +8,8 @@ it at 50 ms; s3-100k-* and s3-flush50-100k-* ran the CPU comparison at 100,000 d
 s3-lp-* ran once long polls were paced at every answer and counted in the load (no seed); s3b-* ran with the bench
 whose WebSocket client looks at a burst of frames at once. s4-* ran with chatlab's own WebSocket frame writing
 (transport/websocket.rs); s4-100k-* and s4-150k-* are its CPU comparisons at 100,000 and 150,000 deliveries/s.
+s5-* ran with the ring fan-out and paced streams drained from it (Channel::drain); s5t1-* ran that server with
+--threads 1 (the whole server on one thread).
 
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
@@ -72,15 +74,19 @@ def result(report, technique):
     return None
 
 
+def row(cells):
+    """One Markdown table row."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def find_max(participants, techniques, prefix=""):
     reports = runs(f"{prefix}max{participants}")
     if not reports:
         return
     print(f"\n### {prefix}Highest deliveries/s with p99 < 100 ms and nothing lost, {participants} participants\n")
-    head = " | ".join(techniques)
     ratios = [t for t in techniques if t != "ws"]
-    print(f"| run | {head} | " + " | ".join(f"ws / {t}" if t == "seed" else f"{t} / ws" for t in ratios)
-          + " | other processes' CPU s/s (" + ", ".join(techniques) + ") |")
+    ratio_heads = [f"ws / {t}" if t == "seed" else f"{t} / ws" for t in ratios]
+    print(row(["run", *techniques, *ratio_heads, "other processes' CPU s/s (" + ", ".join(techniques) + ")"]))
     print("|---|" + "---:|" * (len(techniques) + len(ratios) + 1))
     rows = []
     for i, report in enumerate(reports, 1):
@@ -93,10 +99,9 @@ def find_max(participants, techniques, prefix=""):
                 r[t] = None
         rows.append((b, r))
         load = ", ".join(num(search_others(report, t), 2) for t in techniques)
-        print(f"| {i} | " + " | ".join(num(b[t]) for t in techniques) + " | "
-              + " | ".join(num(r[t], 2) for t in ratios) + f" | {load} |")
-    print("| **median** | " + " | ".join(num(med([b[t] for b, _ in rows])) for t in techniques) + " | "
-          + " | ".join(num(med([r[t] for _, r in rows]), 2) for t in ratios) + " | |")
+        print(row([str(i), *(num(b[t]) for t in techniques), *(num(r[t], 2) for t in ratios), load]))
+    print(row(["**median**", *(num(med([b[t] for b, _ in rows])) for t in techniques),
+               *(num(med([r[t] for _, r in rows]), 2) for t in ratios), ""]))
     # Clean: a technique's search during which other processes took under 0.1 CPU s/s (median of its windows).
     clean = {t: med([b[t] for (b, _), rep in zip(rows, reports) if (search_others(rep, t) or 0) < CLEAN])
              for t in techniques}
@@ -104,8 +109,8 @@ def find_max(participants, techniques, prefix=""):
           for t in ratios}
     counts = ", ".join(
         f"{t} {sum(1 for rep in reports if (search_others(rep, t) or 0) < CLEAN)}" for t in techniques)
-    print("| **median of clean runs** | " + " | ".join(num(clean[t]) for t in techniques) + " | "
-          + " | ".join(num(cr[t], 2) for t in ratios) + f" | clean runs: {counts} |")
+    print(row(["**median of clean runs**", *(num(clean[t]) for t in techniques), *(num(cr[t], 2) for t in ratios),
+               f"clean runs: {counts}"]))
 
 
 def cpu(prefix=""):
@@ -239,3 +244,16 @@ find_max(100, ["ws", "sse", "longpoll", "seed"], "s4-")
 find_max(1000, ["ws", "seed"], "s4-")
 mix("s4-")
 wrk("s4-wrk")
+# Session 5: the ring fan-out drained by paced streams, with the default threads and with --threads 1.
+cpu("s5-")
+cpu("s5-100k-")
+cpu("s5-150k-")
+cpu("s5t1-")
+cpu("s5t1-100k-")
+cpu("s5t1-150k-")
+idle("s5-")
+find_max(100, ["ws", "sse", "longpoll", "seed"], "s5-")
+find_max(1000, ["ws", "seed"], "s5-")
+find_max(100, ["ws"], "s5t1-")
+mix("s5-")
+wrk("s5-wrk")

@@ -40,8 +40,8 @@ struct Shared {
     /// The newest sequence number fanned out here (read without the lock).
     head: AtomicU64,
     /// Serialises fan-out so events enter the ring in sequence order, whether they come from the broker's
-    /// feed or straight from a local publish. A `std` mutex: the section is one comparison and one
-    /// non-blocking `send`.
+    /// feed or straight from a local publish. A `std` mutex: the section is a comparison, a ring push and a
+    /// `watch` bump, none of which waits.
     fanout_order: Mutex<()>,
     /// The broker feed's health and the keep-alive beat, which every live channel watches.
     pulse: watch::Sender<Pulse>,

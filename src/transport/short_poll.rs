@@ -32,7 +32,9 @@ pub(crate) fn respond(room: &Room, transport: Transport, deliveries: &[Delivery]
 fn record(room: &Room, transport: Transport, deliveries: &[Delivery]) {
     let metering = room.metering();
     if deliveries.is_empty() {
+        // The commonest answer: nothing to time or count but that it was empty.
         metering.of(transport).empty_responses.fetch_add(1, Ordering::Relaxed);
+    } else {
+        metering.delivered(transport, deliveries);
     }
-    metering.delivered(transport, deliveries);
 }

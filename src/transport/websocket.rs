@@ -222,9 +222,12 @@ impl Socket {
     /// Writes the queue out, then gives back its memory. Cancel-safe: what was written is removed from it, so a
     /// retry goes on from there.
     async fn write_queue(&mut self) -> io::Result<()> {
-        self.write_out().await?;
-        self.shrink();
-        Ok(())
+        poll_fn(|cx| {
+            ready!(self.poll_write_queue(cx))?;
+            self.shrink();
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
 
     /// Gives back the queue's memory past [`KEEP`] bytes once it is written out: an idle connection keeps no

@@ -217,22 +217,8 @@ async fn deliver(
 /// into the socket's buffer when nothing else is queued for the channel (the busy server's steady state), else
 /// whatever is ready, the general way.
 async fn flush(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &mut Pacer) -> Result<(), Exit> {
-    let mut delivering = room.metering().delivering(Transport::Ws);
-    let drained = channel.drain(Pacer::batch(room), |event| {
-        socket.push_event(event.json.as_bytes());
-        delivering.event(event);
-    });
-    if drained > 0 {
-        if socket.write_out().await.is_err() {
-            return Err(Ok(Ended::Client));
-        }
-        delivering.finish();
-        pacer.wrote(room);
-        if !pacer.pacing() {
-            // The server is no longer busy: the stream goes back to waiting, without its batch buffer.
-            socket.shrink();
-        }
-        return Ok(());
+    if let Some(written) = drain(socket, channel, room, pacer).await {
+        return written;
     }
     match channel.ready().await {
         Some(first) => deliver(socket, channel, room, first, pacer).await,
@@ -242,6 +228,29 @@ async fn flush(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &
             Ok(())
         }
     }
+}
+
+/// [`flush`]'s fast path ([`Channel::drain`]); `None` when it found nothing to write. Its own function, so that
+/// what it counts with is not kept in an idle connection's state.
+async fn drain(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &mut Pacer) -> Option<Result<(), Exit>> {
+    let mut delivering = room.metering().delivering(Transport::Ws);
+    let drained = channel.drain(Pacer::batch(room), |event| {
+        socket.push_event(event.json.as_bytes());
+        delivering.event(event);
+    });
+    if drained == 0 {
+        return None;
+    }
+    if socket.write_out().await.is_err() {
+        return Some(Err(Ok(Ended::Client)));
+    }
+    delivering.finish();
+    pacer.wrote(room);
+    if !pacer.pacing() {
+        // The server is no longer busy: the stream goes back to waiting, without its batch buffer.
+        socket.shrink();
+    }
+    Some(Ok(()))
 }
 
 /// Writes a batch, then counts it.
