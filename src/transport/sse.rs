@@ -66,15 +66,7 @@ impl Stream {
         let mut first = None;
         if self.pacer.pacing() {
             self.pacer.ready().await;
-            let room = self.channel.room().clone();
-            let (mut out, mut delivering) = (Vec::new(), room.metering().delivering(Transport::Sse));
-            let drained = self.channel.drain(Pacer::batch(&room), |event| {
-                frame(&mut out, Some(event.seq), event.json.as_bytes());
-                delivering.event(event);
-            });
-            if drained > 0 {
-                delivering.finish();
-                self.pacer.wrote(&room);
+            if let Some(out) = self.drain() {
                 return Some((Ok(out.into()), self));
             }
             first = self.channel.ready().await;
@@ -109,6 +101,23 @@ impl Stream {
             frame(&mut out, None, last.as_bytes());
         }
         Some((Ok(out.into()), self))
+    }
+
+    /// The paced fast path ([`Channel::drain`]): the run of room events after the cursor as SSE frames, counted;
+    /// `None` when there is none.
+    fn drain(&mut self) -> Option<Vec<u8>> {
+        let room = self.channel.room().clone();
+        let (mut out, mut delivering) = (Vec::new(), room.metering().delivering(Transport::Sse));
+        let drained = self.channel.drain(Pacer::batch(&room), |event| {
+            frame(&mut out, Some(event.seq), event.json.as_bytes());
+            delivering.event(event);
+        });
+        if drained == 0 {
+            return None;
+        }
+        delivering.finish();
+        self.pacer.wrote(&room);
+        Some(out)
     }
 }
 
