@@ -174,7 +174,9 @@ impl Metering {
 #[derive(Debug)]
 pub struct Delivering<'a> {
     counters: &'a Counters,
-    /// When the write went out: each event's latency runs from when it entered this process to this.
+    /// When counting began: each event's latency runs from when it entered this process to this. For a batch that
+    /// was written first, the end of the write; for a paced stream's run taken from the ring, the moment its
+    /// write starts (the events are counted as they are copied into the write buffer, under the ring's lock).
     now: Instant,
     events: u64,
     bytes: u64,
