@@ -121,6 +121,11 @@ fn limits(config: &Config) -> WebSocketConfig {
 /// otherwise leave each idle one holding its largest.
 const KEEP: usize = 512;
 
+/// Most bytes a paced stream's queue keeps allocated from one tick to the next ([`Socket::write_out`]): a
+/// typical paced write (tens of events) reuses its buffer, while a burst's write does not leave every busy
+/// connection of a big room holding a burst-sized buffer until the room calms down.
+const KEEP_PACED: usize = 8 * 1024;
+
 /// One upgraded connection: reads client messages, writes room events and control frames.
 pub(crate) struct Socket {
     io: TokioIo<Upgraded>,
@@ -213,10 +218,17 @@ impl Socket {
         push_text_frame(&mut self.queue, json);
     }
 
-    /// Writes out everything queued, in as few writes as the socket allows, and keeps the queue's memory: a paced
-    /// stream writes again at the next tick ([`Socket::shrink`] once it stops pacing).
+    /// Writes out everything queued, in as few writes as the socket allows, and keeps the queue's memory (up to
+    /// [`KEEP_PACED`] bytes): a paced stream writes again at the next tick ([`Socket::shrink`] once it stops).
     pub(crate) async fn write_out(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_write_queue(cx)).await
+        poll_fn(|cx| {
+            ready!(self.poll_write_queue(cx))?;
+            if self.queue.capacity() > KEEP_PACED {
+                self.queue = Vec::new();
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
     }
 
     /// Writes the queue out, then gives back its memory. Cancel-safe: what was written is removed from it, so a
