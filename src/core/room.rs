@@ -87,6 +87,16 @@ impl Recent {
         }
         self.events.partition_point(|event| event.seq <= cursor)
     }
+
+    /// The run of events that follow `cursor` in sequence, with no hole (at most `max`).
+    fn run_after(&self, cursor: Seq, max: usize) -> impl Iterator<Item = &Arc<RoomEvent>> {
+        self.events
+            .range(self.after(cursor)..)
+            .take(max)
+            .zip(cursor + 1..)
+            .take_while(|(event, seq)| event.seq == *seq)
+            .map(|(event, _)| event)
+    }
 }
 
 /// How often a big room hears who came and went.
@@ -922,20 +932,19 @@ impl Channel {
         if self.last < recent.dropped {
             return Taken::Lagged;
         }
-        let start = recent.after(self.last);
-        let mut taken = Taken::Nothing;
-        for event in recent.events.range(start..).take(RUN) {
-            if event.seq != self.last + 1 {
-                if let Taken::Nothing = taken {
-                    taken = Taken::Hole(event.clone());
-                }
-                break;
-            }
+        let queued = self.pending.len();
+        for event in recent.run_after(self.last, RUN) {
             self.last = event.seq;
             self.pending.push_back(Delivery::Event(event.clone()));
-            taken = Taken::Queued;
         }
-        taken
+        if self.pending.len() > queued {
+            return Taken::Queued;
+        }
+        // Nothing in sequence: the next event in the ring, if any, is past a hole.
+        match recent.events.get(recent.after(self.last)) {
+            Some(event) => Taken::Hole(event.clone()),
+            None => Taken::Nothing,
+        }
     }
 
     /// A paced stream's fast path: hands `write` the run of room events that follow the cursor (at most `max`),
@@ -952,12 +961,8 @@ impl Channel {
         if self.last < recent.dropped {
             return 0;
         }
-        let start = recent.after(self.last);
         let mut handed = 0;
-        for event in recent.events.range(start..).take(max) {
-            if event.seq != self.last + 1 {
-                break;
-            }
+        for event in recent.run_after(self.last, max) {
             write(event);
             self.last = event.seq;
             handed += 1;
@@ -1077,7 +1082,8 @@ mod tests {
         Recent { events: seqs.iter().map(|&seq| event(seq)).collect(), dropped: 0 }
     }
 
-    /// `after` agrees with a search of the ring for every cursor, with and without holes.
+    /// `after` agrees with a search of the ring for every cursor, with and without holes, and `run_after` is the
+    /// events numbered cursor + 1, cursor + 2, ... that the ring holds without a hole, at most `max`.
     #[test]
     fn where_the_events_after_a_cursor_start() {
         for seqs in [&[][..], &[5], &[5, 6, 7, 8], &[5, 6, 9, 10, 11], &[3, 7], &[1, 2, 3, 5, 6, 7, 20]] {
@@ -1085,6 +1091,11 @@ mod tests {
             for cursor in 0..25 {
                 let searched = recent.events.partition_point(|event| event.seq <= cursor);
                 assert_eq!(recent.after(cursor), searched, "ring {seqs:?}, cursor {cursor}");
+                for max in [1, 2, 64] {
+                    let run: Vec<Seq> = recent.run_after(cursor, max).map(|event| event.seq).collect();
+                    let expected: Vec<Seq> = (cursor + 1..).take_while(|seq| seqs.contains(seq)).take(max).collect();
+                    assert_eq!(run, expected, "ring {seqs:?}, cursor {cursor}, max {max}");
+                }
             }
         }
     }

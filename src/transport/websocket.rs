@@ -220,32 +220,35 @@ impl Socket {
 
     /// Writes out everything queued, in as few writes as the socket allows, and keeps the queue's memory (up to
     /// [`KEEP_PACED`] bytes): a paced stream writes again at the next tick ([`Socket::shrink`] once it stops).
-    pub(crate) async fn write_out(&mut self) -> io::Result<()> {
-        poll_fn(|cx| {
-            ready!(self.poll_write_queue(cx))?;
-            if self.queue.capacity() > KEEP_PACED {
-                self.queue = Vec::new();
-            }
-            Poll::Ready(Ok(()))
-        })
-        .await
+    pub(crate) fn write_out(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        self.write_keeping(KEEP_PACED)
     }
 
-    /// Writes the queue out, then gives back its memory. Cancel-safe: what was written is removed from it, so a
-    /// retry goes on from there.
-    async fn write_queue(&mut self) -> io::Result<()> {
-        poll_fn(|cx| {
+    /// Writes the queue out, then gives back its memory past [`KEEP`] bytes.
+    fn write_queue(&mut self) -> impl Future<Output = io::Result<()>> + '_ {
+        self.write_keeping(KEEP)
+    }
+
+    /// Writes the queue out, then keeps at most `keep` bytes of it allocated. Cancel-safe: what was written is
+    /// removed from the queue, so a retry goes on from there. A plain function returning the `poll_fn`, not an
+    /// `async fn`: each level of `async` nesting would add to every parked connection's task.
+    fn write_keeping(&mut self, keep: usize) -> impl Future<Output = io::Result<()>> + '_ {
+        poll_fn(move |cx| {
             ready!(self.poll_write_queue(cx))?;
-            self.shrink();
+            self.release(keep);
             Poll::Ready(Ok(()))
         })
-        .await
     }
 
     /// Gives back the queue's memory past [`KEEP`] bytes once it is written out: an idle connection keeps no
     /// batch-sized buffer.
     pub(crate) fn shrink(&mut self) {
-        if self.queue.is_empty() && self.queue.capacity() > KEEP {
+        self.release(KEEP);
+    }
+
+    /// Frees the queue if it is empty and holds more than `keep` bytes.
+    fn release(&mut self, keep: usize) {
+        if self.queue.is_empty() && self.queue.capacity() > keep {
             self.queue = Vec::new();
         }
     }
