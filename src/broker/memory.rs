@@ -1,6 +1,8 @@
 //! The embedded broker: the room lives in this process (the default).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -42,7 +44,7 @@ impl MemoryBroker {
                 history: VecDeque::with_capacity(capacity.min(4096)),
                 capacity,
                 guests: 0,
-                sessions: HashMap::new(),
+                sessions: HashMap::default(),
                 feeds: Vec::new(),
             }),
         }

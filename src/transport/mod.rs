@@ -22,6 +22,7 @@ pub mod sse;
 pub mod websocket;
 pub mod ws;
 
+use std::borrow::Cow;
 use std::io::Write as _;
 use std::sync::LazyLock;
 
@@ -36,8 +37,8 @@ use crate::core::{Delivery, Room, Seq};
 use crate::error::AppError;
 
 /// What the transports take from a request: `session=` (or the `X-Session` header), the cursor (the
-/// `Last-Event-ID` header, else `since=`) and `timeout=`. Read once from the query string and the headers,
-/// without copying either; other query parameters are ignored.
+/// `Last-Event-ID` header, else `since=`) and `timeout=`, read once from the query string and the headers;
+/// other query parameters are ignored.
 #[derive(Debug, Default)]
 pub struct Params {
     session: Option<String>,
@@ -50,7 +51,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let mut params = Params::default();
-        for (name, value) in form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+        for (name, value) in parts.uri.query().unwrap_or("").split('&').map(query_pair) {
             let slot = match &*name {
                 "session" => &mut params.session,
                 "since" => &mut params.since,
@@ -68,6 +69,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
             params.since = Some(id.to_owned());
         }
         Ok(params)
+    }
+}
+
+/// One `name=value` pair of a query string, decoded (`%XX`, `+`) only when it has something to decode: the
+/// usual pairs (`session=` a token, `since=` a number) are borrowed as they are, which makes the commonest
+/// request, an empty poll, markedly cheaper than a general query parse.
+fn query_pair(raw: &str) -> (Cow<'_, str>, Cow<'_, str>) {
+    if raw.bytes().any(|b| b == b'%' || b == b'+') {
+        return form_urlencoded::parse(raw.as_bytes()).next().unwrap_or_default();
+    }
+    match raw.bytes().position(|b| b == b'=') {
+        Some(at) => (Cow::Borrowed(&raw[..at]), Cow::Borrowed(&raw[at + 1..])),
+        None => (Cow::Borrowed(raw), Cow::Borrowed("")),
     }
 }
 
@@ -257,4 +271,22 @@ pub fn poll_body(deliveries: &[Delivery], next: Seq) -> Vec<u8> {
 /// [`AppError::TooLarge`].
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
     axum::body::to_bytes(body, limit).await.map_err(|_| AppError::TooLarge(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::query_pair;
+
+    /// The borrowed fast path and the general decoding agree on every shape of pair.
+    #[test]
+    fn query_pairs_decode_like_a_form() {
+        for raw in
+            ["session=abc_DEF-12", "since=42", "since=", "since", "=5", "", "session=a%20b", "name=a+b", "a%3Db=c=d"]
+        {
+            let general = form_urlencoded::parse(raw.as_bytes()).next().unwrap_or_default();
+            assert_eq!(query_pair(raw), general, "pair {raw:?}");
+        }
+        assert_eq!(query_pair("session=a%20b").1, "a b");
+        assert!(matches!(query_pair("session=abc").1, std::borrow::Cow::Borrowed("abc")));
+    }
 }

@@ -2,9 +2,10 @@
 
 use std::sync::atomic::Ordering;
 
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderValue};
+use axum::response::Response;
 
 use super::{poll_body, Params};
 use crate::core::{Delivery, Room, Seq, Transport};
@@ -21,11 +22,21 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     Ok(respond(&room, Transport::Poll, &deliveries, next))
 }
 
+/// A poll answer's headers, made once: a header value built from a `&str` is checked and copied on every
+/// answer, and the empty poll is the commonest request the server sees.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+
 /// The poll response `{"events":[...],"next":N}` (short or long), counted under `transport`.
 pub(crate) fn respond(room: &Room, transport: Transport, deliveries: &[Delivery], next: Seq) -> Response {
     record(room, transport, deliveries);
-    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], poll_body(deliveries, next))
-        .into_response()
+    // Built by hand: a `Vec<u8>` body made into a response first gets an `application/octet-stream` type that
+    // would then be replaced.
+    let mut response = Response::new(Body::from(poll_body(deliveries, next)));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, JSON);
+    headers.insert(header::CACHE_CONTROL, NO_STORE);
+    response
 }
 
 /// Counts a poll response's deliveries (or its emptiness) under `transport`.
