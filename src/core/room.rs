@@ -660,7 +660,8 @@ impl Room {
         self.end_channel(token);
         let since = since.unwrap_or(record.cursor);
         let backlog = self.shared.broker.since(since, self.shared.config.poll_batch as usize).await?;
-        let mut items = Vec::with_capacity(backlog.events.len() + 1);
+        // Sized exactly: an empty answer, the commonest poll, allocates nothing.
+        let mut items = Vec::with_capacity(backlog.events.len() + usize::from(backlog.missed.is_some()));
         let next = push_backlog(&mut items, since, backlog);
         if next > record.cursor {
             self.shared.broker.save_cursor(token, next, self.lease_end()).await?;
