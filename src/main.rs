@@ -14,10 +14,12 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     // `--threads 1`: the whole server on this thread. Otherwise tokio's work-stealing pool, one worker per core
-    // unless `--threads` says how many (the bench's clients always use the pool).
-    let runtime = match (&cli.command, cli.serve.threads) {
-        (None, Some(1)) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        (None, Some(threads)) => {
+    // unless `--threads` says how many. The bench's bare yardstick takes the same shape as the chatlab it is
+    // compared with; the bench's clients always use the pool.
+    let server = matches!(cli.command, None | Some(Command::BenchBare(_)));
+    let runtime = match (server, cli.serve.threads) {
+        (true, Some(1)) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        (true, Some(threads)) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(threads as usize).enable_all().build()?
         }
         _ => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,

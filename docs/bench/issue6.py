@@ -9,7 +9,8 @@ s3-lp-* ran once long polls were paced at every answer and counted in the load (
 whose WebSocket client looks at a burst of frames at once. s4-* ran with chatlab's own WebSocket frame writing
 (transport/websocket.rs); s4-100k-* and s4-150k-* are its CPU comparisons at 100,000 and 150,000 deliveries/s.
 s5-* ran with the ring fan-out and paced streams drained from it (Channel::drain); s5t1-* ran that server with
---threads 1 (the whole server on one thread).
+--threads 1 (the whole server on one thread). s6-paceN-* ran the CPU comparison at 30,000 deliveries/s with
+--flush-interval-ms=N (20 is the default); s6-* ran with the sixth round's cheaper empty poll.
 
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
@@ -192,7 +193,8 @@ def wrk(name="wrk"):
     if report is None:
         return
     w = report["wrk"]
-    print(f"\n### {name}: polls against a bare axum handler (`{w['wrk']}`)\n")
+    bare = f", bare server `{w['bare']}`" if w.get("bare") else ""
+    print(f"\n### {name}: polls against a bare axum handler (`{w['wrk']}`{bare})\n")
     print("| target | requests/s, median | of bare | each round | non-2xx | rounds the room moved |")
     print("|---|---:|---:|---|---:|---:|")
     for t in w["targets"]:
@@ -257,3 +259,8 @@ find_max(1000, ["ws", "seed"], "s5-")
 find_max(100, ["ws"], "s5t1-")
 mix("s5-")
 wrk("s5-wrk")
+# Session 6: the cheaper empty poll (wrk, idle), and the pacing interval against CPU at 30,000 deliveries/s.
+for pace in (20, 40, 60, 80):
+    cpu(f"s6-pace{pace}-")
+idle("s6-")
+wrk("s6-wrk")

@@ -503,7 +503,7 @@ fn cpu_split(p: &PhaseResult) -> String {
 
 /// `--wrk`: one row per target.
 fn wrk_table(out: &mut String, wrk: &WrkReport) {
-    let _ = writeln!(out, "`{}`, one session per connection\n", wrk.wrk);
+    let _ = writeln!(out, "`{}`, one session per connection; bare server: `{}`\n", wrk.wrk, wrk.bare);
     let _ = writeln!(out, "| target | requests/s (median) | of bare | each round | wrk p99 (ms) each round | non-2xx | rounds the room moved |");
     let _ = writeln!(out, "|---|---:|---:|---|---|---:|---:|");
     for t in &wrk.targets {

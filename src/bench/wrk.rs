@@ -32,6 +32,9 @@ use super::BenchArgs;
 pub struct WrkReport {
     /// The wrk command line's shape (threads, connections, seconds per run).
     pub wrk: String,
+    /// How the bare server ran: on the same runtime shape as the chatlab the bench started (its `--threads`).
+    #[serde(default)]
+    pub bare: String,
     /// One per target, in the order run within a round.
     pub targets: Vec<WrkTarget>,
 }
@@ -73,7 +76,8 @@ pub(crate) async fn compare(authority: &str, args: &BenchArgs) -> anyhow::Result
     let sessions = join(authority, "poll", 1).await?;
     let (_, body) = head(authority, &sessions[0]).await?;
     leave(authority, &sessions).await;
-    let bare = start_bare(&String::from_utf8_lossy(&body)).await?;
+    let threads = threads_of(&args.server_args);
+    let bare = start_bare(&String::from_utf8_lossy(&body), threads.as_deref()).await?;
     let names = ["bare", "poll", "longpoll"];
     let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(), Vec::new(), Vec::new()];
     let mut paths = vec![String::new(); 3];
@@ -129,6 +133,10 @@ pub(crate) async fn compare(authority: &str, args: &BenchArgs) -> anyhow::Result
         .collect();
     Ok(WrkReport {
         wrk: format!("wrk -t{} -c{connections} -d{}s --latency", args.wrk_threads, args.wrk_seconds),
+        bare: match &threads {
+            Some(n) => format!("chatlab --threads {n} bench-bare"),
+            None => "chatlab bench-bare".to_owned(),
+        },
         targets,
     })
 }
@@ -241,11 +249,26 @@ async fn head(authority: &str, session: &str) -> anyhow::Result<(u64, Bytes)> {
     bail!("the room did not stop moving")
 }
 
-/// Starts `chatlab bench-bare` on a free port, serving `body`; waits until it answers.
-async fn start_bare(body: &str) -> anyhow::Result<Bare> {
+/// The `--threads` among the flags the bench gives the chatlab it starts (`--threads=N` or `--threads N`).
+fn threads_of(server_args: &[String]) -> Option<String> {
+    server_args.iter().enumerate().find_map(|(i, arg)| match arg.strip_prefix("--threads") {
+        Some("") => server_args.get(i + 1).cloned(),
+        Some(rest) => rest.strip_prefix('=').map(str::to_owned),
+        None => None,
+    })
+}
+
+/// Starts `chatlab bench-bare` on a free port, serving `body`, with chatlab's `--threads` when one was given (a
+/// yardstick on one thread against a chatlab on two, or the reverse, would measure the runtimes, not chatlab);
+/// waits until it answers.
+async fn start_bare(body: &str, threads: Option<&str>) -> anyhow::Result<Bare> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let authority = format!("127.0.0.1:{port}");
-    let child = Command::new(std::env::current_exe()?)
+    let mut command = Command::new(std::env::current_exe()?);
+    if let Some(threads) = threads {
+        command.args(["--threads", threads]);
+    }
+    let child = command
         .args(["bench-bare", "--bind", &authority, "--body", body])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -261,4 +284,18 @@ async fn start_bare(body: &str) -> anyhow::Result<Bare> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("chatlab bench-bare did not answer on {authority} within 10 s")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::threads_of;
+
+    #[test]
+    fn the_bare_server_takes_chatlabs_threads() {
+        let args = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(threads_of(&args(&["--send-queue=4096", "--threads=1"])), Some("1".to_owned()));
+        assert_eq!(threads_of(&args(&["--threads", "3"])), Some("3".to_owned()));
+        assert_eq!(threads_of(&args(&["--send-queue=4096"])), None);
+        assert_eq!(threads_of(&args(&["--threadsx=2"])), None);
+    }
 }
