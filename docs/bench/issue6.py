@@ -264,3 +264,4 @@ for pace in (20, 40, 60, 80):
     cpu(f"s6-pace{pace}-")
 idle("s6-")
 wrk("s6-wrk")
+wrk("s6t1-wrk")
