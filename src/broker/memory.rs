@@ -1,11 +1,10 @@
 //! The embedded broker: the room lives in this process (the default).
 
 use std::collections::VecDeque;
-
-use foldhash::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use foldhash::HashMap;
 use tokio::sync::mpsc;
 
 use super::{Backlog, Broker, BrokerError, FeedItem, Missed};
