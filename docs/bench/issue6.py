@@ -265,3 +265,4 @@ for pace in (20, 40, 60, 80):
 idle("s6-")
 wrk("s6-wrk")
 wrk("s6t1-wrk")
+find_max(1000, ["ws"], "s6t1-")
