@@ -347,16 +347,7 @@ impl Histogram {
         (1u64 << octave) as f64 * (1.0 + (step + 1) as f64 / SUB_BUCKETS as f64)
     }
 
-    /// Records latencies measured together: one addition per run of values in the same bucket, one for the sum.
-    pub fn record_all(&self, latencies: impl IntoIterator<Item = Duration>) {
-        let mut recording = self.recording();
-        for latency in latencies {
-            recording.add(latency);
-        }
-        recording.finish();
-    }
-
-    /// Starts recording latencies measured together, one at a time ([`Histogram::record_all`] for a slice).
+    /// Starts recording latencies measured together, one at a time; [`Recording::finish`] adds them.
     pub fn recording(&self) -> Recording<'_> {
         Recording { histogram: self, sum: 0, run: None }
     }
