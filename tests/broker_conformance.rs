@@ -90,6 +90,7 @@ conformance! {
     expired_sessions_are_returned_exactly_once(100),
     renewal_extends_only_live_sessions_and_never_shortens(100),
     a_visit_renews_records_the_technique_and_returns_the_record(100),
+    a_poll_is_a_visit_and_a_read_from_the_saved_cursor(5),
     the_cursor_only_moves_forward_and_keeps_a_rename(100),
     presence_lists_everyone_oldest_first(100),
     clientcount_is_the_online_count(100),
@@ -357,6 +358,34 @@ async fn a_visit_renews_records_the_technique_and_returns_the_record(fixture: Fi
     assert_eq!(b.touch("t2", Transport::Ws, 50_000).await.unwrap(), None, "a visit does not bring t2 back");
     assert_eq!(a.session("t2").await.unwrap(), None);
     assert_eq!(a.online().await.unwrap(), 1);
+}
+
+/// `poll` is a visit (technique, lease never shortened) and a read: from the session's saved cursor when no
+/// cursor is given, from the given one otherwise, with the hole or the cursor ahead reported as `since` does;
+/// for a session that is gone it reads nothing and brings nothing back.
+async fn a_poll_is_a_visit_and_a_read_from_the_saved_cursor(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    a.create_session(&session("p1", 1, 1), 1_000, 100).await.unwrap();
+    a.create_session(&session("p2", 2, 2), 1_000, 100).await.unwrap();
+    for i in 1..=7 {
+        a.publish(draft(&format!("m{i}"))).await.unwrap();
+    }
+    a.save_cursor("p1", 4, 1_000).await.unwrap();
+    let (cursor, backlog) = b.poll("p1", Transport::Poll, 5_000, None, 2).await.unwrap().expect("p1 is online");
+    assert_eq!((cursor, seqs(&backlog), backlog.missed, backlog.head), (4, vec![5, 6], None, 7));
+    let stored = a.session("p1").await.unwrap().expect("p1 is still online");
+    assert_eq!((stored.transport, stored.cursor), (Transport::Poll, 4), "a poll moves no cursor by itself");
+    let (cursor, backlog) = b.poll("p1", Transport::LongPoll, 3_000, Some(6), 10).await.unwrap().unwrap();
+    assert_eq!((cursor, seqs(&backlog), backlog.missed), (4, vec![7], None), "a given cursor wins");
+    let (_, backlog) = b.poll("p1", Transport::Poll, 3_000, Some(0), 10).await.unwrap().unwrap();
+    assert_eq!((seqs(&backlog), backlog.missed), (vec![3, 4, 5, 6, 7], Some(Missed::Gap { from: 1, to: 2 })));
+    let (_, backlog) = b.poll("p1", Transport::Poll, 3_000, Some(9), 10).await.unwrap().unwrap();
+    assert_eq!(backlog.missed, Some(Missed::Ahead { since: 9 }));
+    assert_eq!(a.session("p1").await.unwrap().unwrap().transport, Transport::Poll);
+    let expired: Vec<String> = a.expire(4_000).await.unwrap().into_iter().map(|r| r.token).collect();
+    assert_eq!(expired, vec!["p2"], "p1's lease runs to 5,000: a poll never shortens it");
+    assert!(b.poll("p2", Transport::Poll, 50_000, None, 10).await.unwrap().is_none(), "p2 is gone");
+    assert_eq!(a.session("p2").await.unwrap(), None, "a poll does not bring p2 back");
 }
 
 /// `save_cursor` moves the cursor forward only, renews the lease, leaves a rename made meanwhile alone, and does

@@ -56,6 +56,25 @@ impl MemoryBroker {
     }
 }
 
+impl State {
+    /// At most `max` retained events after `cursor`, with the hole the client must be told of.
+    fn since(&self, cursor: Seq, max: usize) -> Backlog {
+        let head = self.head;
+        if cursor > head {
+            return Backlog { head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() };
+        }
+        let first = self.history.front().map_or(head + 1, |event| event.seq);
+        let (missed, start) = if cursor + 1 < first {
+            (Some(Missed::Gap { from: cursor + 1, to: first - 1 }), first)
+        } else {
+            (None, cursor + 1)
+        };
+        let skip = (start - first) as usize;
+        let events = self.history.iter().skip(skip).take(max).cloned().collect();
+        Backlog { head, missed, events }
+    }
+}
+
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
@@ -74,20 +93,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError> {
-        let state = self.lock();
-        let head = state.head;
-        if cursor > head {
-            return Ok(Backlog { head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() });
-        }
-        let first = state.history.front().map_or(head + 1, |event| event.seq);
-        let (missed, start) = if cursor + 1 < first {
-            (Some(Missed::Gap { from: cursor + 1, to: first - 1 }), first)
-        } else {
-            (None, cursor + 1)
-        };
-        let skip = (start - first) as usize;
-        let events = state.history.iter().skip(skip).take(max).cloned().collect();
-        Ok(Backlog { head, missed, events })
+        Ok(self.lock().since(cursor, max))
     }
 
     async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<FeedItem>, BrokerError> {
@@ -138,6 +144,24 @@ impl Broker for MemoryBroker {
             entry.1 = entry.1.max(lease_until_ms);
             entry.0.clone()
         }))
+    }
+
+    async fn poll(
+        &self,
+        token: &str,
+        transport: Transport,
+        lease_until_ms: u64,
+        since: Option<Seq>,
+        max: usize,
+    ) -> Result<Option<(Seq, Backlog)>, BrokerError> {
+        let mut state = self.lock();
+        let Some(entry) = state.sessions.get_mut(token) else {
+            return Ok(None);
+        };
+        entry.0.transport = transport;
+        entry.1 = entry.1.max(lease_until_ms);
+        let cursor = entry.0.cursor;
+        Ok(Some((cursor, state.since(since.unwrap_or(cursor), max))))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {

@@ -656,14 +656,15 @@ impl Room {
         transport: Transport,
         since: Option<Seq>,
     ) -> Result<(Vec<Delivery>, Seq), AppError> {
-        let record = self.visit(token, transport).await?;
+        let batch = self.shared.config.poll_batch as usize;
+        let (cursor, backlog) = (self.shared.broker.poll(token, transport, self.lease_end(), since, batch).await?)
+            .ok_or(AppError::UnknownSession)?;
         self.end_channel(token);
-        let since = since.unwrap_or(record.cursor);
-        let backlog = self.shared.broker.since(since, self.shared.config.poll_batch as usize).await?;
+        let since = since.unwrap_or(cursor);
         // Sized exactly: an empty answer, the commonest poll, allocates nothing.
         let mut items = Vec::with_capacity(backlog.events.len() + usize::from(backlog.missed.is_some()));
         let next = push_backlog(&mut items, since, backlog);
-        if next > record.cursor {
+        if next > cursor {
             self.shared.broker.save_cursor(token, next, self.lease_end()).await?;
         }
         // Answered from history, not fanned out to a channel: the load counts them here (an empty answer, the
