@@ -10,7 +10,9 @@ whose WebSocket client looks at a burst of frames at once. s4-* ran with chatlab
 (transport/websocket.rs); s4-100k-* and s4-150k-* are its CPU comparisons at 100,000 and 150,000 deliveries/s.
 s5-* ran with the ring fan-out and paced streams drained from it (Channel::drain); s5t1-* ran that server with
 --threads 1 (the whole server on one thread). s6-paceN-* ran the CPU comparison at 30,000 deliveries/s with
---flush-interval-ms=N (20 is the default); s6-* ran with the sixth round's cheaper empty poll.
+--flush-interval-ms=N (20 is the default); s6-* ran with the sixth round's cheaper empty poll. s7-wrk and s7b-wrk
+are two runs of wrk with one broker call per poll, s7t1-wrk the same on one thread; s7-p1000-* ran the CPU
+comparison at 30,000 deliveries/s with 1,000 participants (30 texts/s).
 
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
@@ -266,3 +268,8 @@ idle("s6-")
 wrk("s6-wrk")
 wrk("s6t1-wrk")
 find_max(1000, ["ws"], "s6t1-")
+# Session 7: one broker call per poll (wrk, two runs, and on one thread); CPU at 30,000/s among 1,000.
+wrk("s7-wrk")
+wrk("s7b-wrk")
+wrk("s7t1-wrk")
+cpu("s7-p1000-")
