@@ -57,6 +57,14 @@ impl MemoryBroker {
 }
 
 impl State {
+    /// A client of the session showed up with `transport` (see [`Broker::touch`]): the record as it is now.
+    fn visit(&mut self, token: &str, transport: Transport, lease_until_ms: u64) -> Option<&SessionRecord> {
+        let entry = self.sessions.get_mut(token)?;
+        entry.0.transport = transport;
+        entry.1 = entry.1.max(lease_until_ms);
+        Some(&entry.0)
+    }
+
     /// At most `max` retained events after `cursor`, with the hole the client must be told of.
     fn since(&self, cursor: Seq, max: usize) -> Backlog {
         let head = self.head;
@@ -138,12 +146,7 @@ impl Broker for MemoryBroker {
         transport: Transport,
         lease_until_ms: u64,
     ) -> Result<Option<SessionRecord>, BrokerError> {
-        let mut state = self.lock();
-        Ok(state.sessions.get_mut(token).map(|entry| {
-            entry.0.transport = transport;
-            entry.1 = entry.1.max(lease_until_ms);
-            entry.0.clone()
-        }))
+        Ok(self.lock().visit(token, transport, lease_until_ms).cloned())
     }
 
     async fn poll(
@@ -155,12 +158,9 @@ impl Broker for MemoryBroker {
         max: usize,
     ) -> Result<Option<(Seq, Backlog)>, BrokerError> {
         let mut state = self.lock();
-        let Some(entry) = state.sessions.get_mut(token) else {
+        let Some(cursor) = state.visit(token, transport, lease_until_ms).map(|record| record.cursor) else {
             return Ok(None);
         };
-        entry.0.transport = transport;
-        entry.1 = entry.1.max(lease_until_ms);
-        let cursor = entry.0.cursor;
         Ok(Some((cursor, state.since(since.unwrap_or(cursor), max))))
     }
 
