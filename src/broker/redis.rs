@@ -129,6 +129,26 @@ return redis.call('HGETALL', KEYS[2])
     )
 });
 
+/// A poll: [`TOUCH`] without the record, and the reads of [`RedisBroker::since`] after the given cursor or, when
+/// ARGV[4] is empty, after the session's saved one, in one round trip. KEYS: leases, session hash, seq, history.
+/// ARGV: token, lease end, transport, first stream id to read (`<seq>-0`, or empty), count. Returns the saved
+/// cursor, the head, the oldest entry and the entries read; nil when the session is gone.
+static POLL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'transport', ARGV[3])
+local cursor = redis.call('HGET', KEYS[2], 'cursor') or '0'
+local start = ARGV[4]
+if start == '' then start = string.format('%d-0', tonumber(cursor) + 1) end
+local head = redis.call('GET', KEYS[3]) or '0'
+local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
+return {cursor, head, oldest, redis.call('XRANGE', KEYS[4], start, '+', 'COUNT', ARGV[5])}
+"#,
+    )
+});
+
 /// Moves a live session's cursor forward. KEYS: leases, session hash. ARGV: token, cursor, lease end.
 static SAVE_CURSOR: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -215,6 +235,12 @@ pub struct RedisBroker {
 }
 
 impl RedisBroker {
+    /// The `COUNT` of a read of at most `max` events: at most `history` entries exist, so that bounds it (it
+    /// must fit an i64).
+    fn count(&self, max: usize) -> usize {
+        max.min(self.history).max(1)
+    }
+
     /// Connects to `url` (`redis://HOST:PORT[/DB]`), keeping the newest `history` events, under the key prefix
     /// `chatlab`.
     ///
@@ -291,6 +317,28 @@ fn entry_seq(id: &str) -> Option<Seq> {
     id.split_once('-').and_then(|(seq, _)| seq.parse().ok())
 }
 
+/// The stream id of the first event after `cursor`.
+fn first_id(cursor: Seq) -> String {
+    format!("{}-0", cursor.saturating_add(1))
+}
+
+/// The backlog after `cursor`, from the head, the oldest retained entry and the entries read after the cursor.
+fn backlog(
+    cursor: Seq,
+    head: Seq,
+    oldest: &StreamRangeReply,
+    range: &StreamRangeReply,
+    max: usize,
+) -> Result<Backlog, BrokerError> {
+    if cursor > head {
+        return Ok(Backlog { head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() });
+    }
+    let first = oldest.ids.first().and_then(|entry| entry_seq(&entry.id)).unwrap_or(head + 1);
+    let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
+    let events = range.ids.iter().take(max).map(entry_event).collect::<Result<Vec<_>, _>>()?;
+    Ok(Backlog { head, missed, events })
+}
+
 /// A history entry's event.
 fn entry_event(entry: &redis::streams::StreamId) -> Result<Arc<RoomEvent>, BrokerError> {
     let damaged = || BrokerError::Unavailable(format!("redis: history entry {} is damaged", entry.id));
@@ -326,9 +374,8 @@ impl Broker for RedisBroker {
     }
 
     async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError> {
-        // At most `history` entries exist, so that bounds COUNT (which must fit an i64).
-        let count = max.min(self.history).max(1);
-        let start = format!("{}-0", cursor.saturating_add(1));
+        let count = self.count(max);
+        let start = first_id(cursor);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .get(&self.keys.seq)
@@ -347,14 +394,7 @@ impl Broker for RedisBroker {
         let mut conn = self.conn.clone();
         let (head, oldest, range): (Option<Seq>, StreamRangeReply, StreamRangeReply) =
             within(pipe.query_async(&mut conn)).await?;
-        let head = head.unwrap_or(0);
-        if cursor > head {
-            return Ok(Backlog { head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() });
-        }
-        let first = oldest.ids.first().and_then(|entry| entry_seq(&entry.id)).unwrap_or(head + 1);
-        let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
-        let events = range.ids.iter().take(max).map(entry_event).collect::<Result<Vec<_>, _>>()?;
-        Ok(Backlog { head, missed, events })
+        backlog(cursor, head.unwrap_or(0), &oldest, &range, max)
     }
 
     async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<FeedItem>, BrokerError> {
@@ -421,6 +461,27 @@ impl Broker for RedisBroker {
         invocation.arg(transport.as_str());
         let touched: Option<HashMap<String, String>> = within(invocation.invoke_async(&mut conn)).await?;
         Ok(touched.and_then(|hash| record(token, hash)))
+    }
+
+    async fn poll(
+        &self,
+        token: &str,
+        transport: Transport,
+        lease_until_ms: u64,
+        since: Option<Seq>,
+        max: usize,
+    ) -> Result<Option<(Seq, Backlog)>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = POLL.prepare_invoke();
+        invocation.key(&self.keys.leases).key(self.keys.session(token)).key(&self.keys.seq).key(&self.keys.history);
+        invocation.arg(token).arg(lease_until_ms).arg(transport.as_str());
+        invocation.arg(since.map(first_id).unwrap_or_default()).arg(self.count(max));
+        let polled: Option<(Seq, Seq, StreamRangeReply, StreamRangeReply)> =
+            within(invocation.invoke_async(&mut conn)).await?;
+        let Some((cursor, head, oldest, range)) = polled else {
+            return Ok(None);
+        };
+        Ok(Some((cursor, backlog(since.unwrap_or(cursor), head, &oldest, &range, max)?)))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {
