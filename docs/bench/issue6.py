@@ -12,7 +12,8 @@ s5-* ran with the ring fan-out and paced streams drained from it (Channel::drain
 --threads 1 (the whole server on one thread). s6-paceN-* ran the CPU comparison at 30,000 deliveries/s with
 --flush-interval-ms=N (20 is the default); s6-* ran with the sixth round's cheaper empty poll. s7-wrk and s7b-wrk
 are two runs of wrk with one broker call per poll, s7t1-wrk the same on one thread; s7-p1000-* ran the CPU
-comparison at 30,000 deliveries/s with 1,000 participants (30 texts/s).
+comparison at 30,000 deliveries/s with 1,000 participants (30 texts/s); s7-redis-before-wrk and s7-redis-after-wrk ran
+wrk with --broker redis:// before and after a poll became one Lua script.
 
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
@@ -273,3 +274,5 @@ wrk("s7-wrk")
 wrk("s7b-wrk")
 wrk("s7t1-wrk")
 cpu("s7-p1000-")
+wrk("s7-redis-before-wrk")
+wrk("s7-redis-after-wrk")

@@ -139,10 +139,10 @@ pub trait Broker: Send + Sync + 'static {
         lease_until_ms: u64,
     ) -> Result<Option<SessionRecord>, BrokerError>;
 
-    /// A poll of the session: [`Broker::touch`] without the record, then [`Broker::since`] from `since` (the
-    /// session's saved cursor when `None`). Returns the saved cursor and the backlog, or `None` if the session is
-    /// gone. The empty poll is the commonest request the server sees: a store that can answer it in one step
-    /// (one lock, no copy of the record) overrides this, which makes the two calls.
+    /// A poll of the session: [`Broker::touch`] without the record, and [`Broker::since`] from `since` (the
+    /// session's saved cursor when `None`), in one step: one lock, one round trip. Returns the saved cursor and
+    /// the backlog, or `None` if the session is gone (nothing is written then). The empty poll is the commonest
+    /// request the server sees.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.
@@ -153,13 +153,7 @@ pub trait Broker: Send + Sync + 'static {
         lease_until_ms: u64,
         since: Option<Seq>,
         max: usize,
-    ) -> Result<Option<(Seq, Backlog)>, BrokerError> {
-        let Some(record) = self.touch(token, transport, lease_until_ms).await? else {
-            return Ok(None);
-        };
-        let backlog = self.since(since.unwrap_or(record.cursor), max).await?;
-        Ok(Some((record.cursor, backlog)))
-    }
+    ) -> Result<Option<(Seq, Backlog)>, BrokerError>;
 
     /// Moves a live session's cursor forward to `cursor` (never back; its other fields are left alone, so a
     /// rename meanwhile is kept) and extends its lease to `lease_until_ms`. A session that is gone stays gone.
