@@ -104,3 +104,32 @@ async fn delete_leaves_at_once() {
     let status = http().delete(server.url(&format!("/api/sessions/{}", user.session))).send().await.unwrap().status();
     assert_eq!(status, 404);
 }
+
+/// The session may come as the `X-Session` header instead of `session=` (an empty `session=` counts as none): a
+/// text posted that way is the session's, a poll that way reads the room, and a request with neither is refused.
+#[tokio::test]
+async fn the_session_may_come_as_a_header() {
+    let server = start().await;
+    let user = join(&server, "poll").await;
+    let posted = http()
+        .post(server.url("/api/messages?session="))
+        .header("x-session", &user.session)
+        .header("content-type", "text/plain")
+        .body("by header")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status().as_u16(), 202);
+    let polled = http()
+        .get(server.url(&format!("/api/poll?since={}", user.seq)))
+        .header("x-session", &user.session)
+        .send()
+        .await;
+    let polled = polled.unwrap();
+    assert_eq!(polled.status().as_u16(), 200);
+    let body: Value = polled.json().await.unwrap();
+    let last = body["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["message"].as_str(), last["nickname"].as_str()), (Some("by header"), Some(&*user.nickname)));
+    let refused = http().get(server.url("/api/poll?since=0")).send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 400, "no session= and no X-Session");
+}
