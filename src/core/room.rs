@@ -564,9 +564,9 @@ impl Room {
         now_ms() + self.shared.config.lease().as_millis() as u64
     }
 
-    /// A client of the session showed up with `transport` (it polled, or is opening a channel): the session's
-    /// technique is now `transport` and its lease runs from now. (A long poll answered at once is rarely live at
-    /// a reaper tick, so without this an active long poller would be announced as gone.)
+    /// A client of the session is opening a channel with `transport`: the session's technique is now `transport`
+    /// and its lease runs from now. A poll does the same within [`Broker::poll`] (a long poll answered at once is
+    /// rarely live at a reaper tick, so without it an active long poller would be announced as gone).
     async fn visit(&self, token: &str, transport: Transport) -> Result<SessionRecord, AppError> {
         self.shared.broker.touch(token, transport, self.lease_end()).await?.ok_or(AppError::UnknownSession)
     }
