@@ -15,7 +15,7 @@
 //!
 //! # One global order
 //!
-//! [`PUBLISH`] is a Lua script, so Redis runs it alone: `INCR P:seq`, stamp `clientcount` (`ZCARD P:leases`) and
+//! `PUBLISH` is a Lua script, so Redis runs it alone: `INCR P:seq`, stamp `clientcount` (`ZCARD P:leases`) and
 //! `ts` (Redis `TIME`, one clock for the whole room), `XADD P:history MAXLEN <history> <seq>-0`, `PUBLISH`. No
 //! other command runs between the increment and the append, so sequence numbers have no holes, the history is
 //! in sequence order, and pub/sub messages leave Redis in sequence order too. The JSON is built by the script from
@@ -34,7 +34,7 @@
 //! # Sessions and leases
 //!
 //! A session is a hash plus a member of `P:leases`; membership of the sorted set is what "online" means. Removal
-//! ([`REMOVE`], [`EXPIRE`]) is a script that `ZREM`s first and goes on only if that removed the member, so when
+//! (`REMOVE`, `EXPIRE`) is a script that `ZREM`s first and goes on only if that removed the member, so when
 //! several processes race to remove or expire the same session, exactly one of them gets the record back and
 //! announces the leave. Renewal is `ZADD XX GT`: it never resurrects a removed session nor shortens a lease.
 //! Lease times are each process's clock (ms since the epoch): hosts must keep their clocks in sync (NTP) well

@@ -1,5 +1,5 @@
 //! The server side of a WebSocket (RFC 6455), shared by `/ws` and the seed protocol on `/`: the upgrade
-//! handshake ([`Upgrade`]) and the connection ([`Socket`]).
+//! handshake ([`Upgrade`]) and the connection (`Socket`).
 //!
 //! Client frames are read by tungstenite, which checks masks, sizes, fragments and UTF-8 and answers pings and
 //! close frames. Room events are written here: a server frame is unmasked, so its bytes are the same for every
@@ -9,7 +9,7 @@
 //! of the server's CPU time (see docs/benchmarks.md).
 //!
 //! tungstenite never touches the socket's write side: what it writes (pongs, close replies, and the few frames
-//! sent through [`Socket::send`]) lands in the socket's queue, whole frames only, and goes out before or with
+//! sent through `Socket::send`) lands in the socket's queue, whole frames only, and goes out before or with
 //! the next batch. So its frames and ours never interleave.
 
 use std::future::{poll_fn, Future};
