@@ -343,19 +343,27 @@ async fn renewal_extends_only_live_sessions_and_never_shortens(fixture: Fixture)
     assert_eq!(expired, vec!["r1"]);
 }
 
-/// `touch` is one call for a lookup, a technique change and a renewal: it returns the record as stored, renews
-/// without ever shortening, and does nothing for a session that is gone.
+/// `open` is one call for a lookup, a technique change, a renewal and a read: it returns the record as stored
+/// and what follows the saved (or the given) cursor, renews without ever shortening, and does nothing for a
+/// session that is gone.
 async fn a_visit_renews_records_the_technique_and_returns_the_record(fixture: Fixture) {
     let (a, b) = (fixture.process().await, fixture.process().await);
     a.create_session(&session("t1", 1, 1), 1_000, 100).await.unwrap();
     a.create_session(&session("t2", 2, 2), 1_000, 100).await.unwrap();
-    let touched = b.touch("t1", Transport::LongPoll, 5_000).await.unwrap().expect("t1 is online");
-    assert_eq!(touched, SessionRecord { transport: Transport::LongPoll, ..session("t1", 1, 1) });
-    assert_eq!(a.session("t1").await.unwrap(), Some(touched), "every process sees the new technique");
-    b.touch("t1", Transport::Poll, 3_000).await.unwrap();
+    for i in 1..=3 {
+        a.publish(draft(&format!("m{i}"))).await.unwrap();
+    }
+    a.save_cursor("t1", 1, 1_000).await.unwrap();
+    let (opened, backlog) =
+        b.open("t1", Transport::LongPoll, 5_000, None, usize::MAX).await.unwrap().expect("t1 is online");
+    assert_eq!(opened, SessionRecord { transport: Transport::LongPoll, cursor: 1, ..session("t1", 1, 1) });
+    assert_eq!((seqs(&backlog), backlog.missed, backlog.head), (vec![2, 3], None, 3), "after the saved cursor");
+    assert_eq!(a.session("t1").await.unwrap(), Some(opened), "every process sees the new technique");
+    let (_, backlog) = b.open("t1", Transport::Poll, 3_000, Some(2), 1).await.unwrap().unwrap();
+    assert_eq!(seqs(&backlog), vec![3], "after the given cursor, at most `max`");
     let expired: Vec<String> = a.expire(4_000).await.unwrap().into_iter().map(|r| r.token).collect();
     assert_eq!(expired, vec!["t2"], "t1's lease runs to 5,000: a visit never shortens it");
-    assert_eq!(b.touch("t2", Transport::Ws, 50_000).await.unwrap(), None, "a visit does not bring t2 back");
+    assert!(b.open("t2", Transport::Ws, 50_000, None, 10).await.unwrap().is_none(), "a visit does not bring t2 back");
     assert_eq!(a.session("t2").await.unwrap(), None);
     assert_eq!(a.online().await.unwrap(), 1);
 }

@@ -57,7 +57,7 @@ impl MemoryBroker {
 }
 
 impl State {
-    /// A client of the session showed up with `transport` (see [`Broker::touch`]): the record as it is now.
+    /// A client of the session showed up with `transport` (see [`Broker::open`]): the record as it is now.
     fn visit(&mut self, token: &str, transport: Transport, lease_until_ms: u64) -> Option<&SessionRecord> {
         let entry = self.sessions.get_mut(token)?;
         entry.0.transport = transport;
@@ -140,13 +140,20 @@ impl Broker for MemoryBroker {
         }
     }
 
-    async fn touch(
+    async fn open(
         &self,
         token: &str,
         transport: Transport,
         lease_until_ms: u64,
-    ) -> Result<Option<SessionRecord>, BrokerError> {
-        Ok(self.lock().visit(token, transport, lease_until_ms).cloned())
+        since: Option<Seq>,
+        max: usize,
+    ) -> Result<Option<(SessionRecord, Backlog)>, BrokerError> {
+        let mut state = self.lock();
+        let Some(record) = state.visit(token, transport, lease_until_ms).cloned() else {
+            return Ok(None);
+        };
+        let backlog = state.since(since.unwrap_or(record.cursor), max);
+        Ok(Some((record, backlog)))
     }
 
     async fn poll(

@@ -125,24 +125,26 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn save_session(&self, record: &SessionRecord) -> Result<bool, BrokerError>;
 
-    /// A client of the session showed up (it polled, or opened a receiving channel) with `transport`: the
-    /// session's technique becomes `transport` and its lease runs until `lease_until_ms` (never shortened).
-    /// Returns the record as stored now, or `None` if the session is gone (nothing is written then). One call for
-    /// what would otherwise be a lookup, a save and a renewal: one round trip to a shared store.
+    /// A client of the session opens a receiving channel with `transport`: the session's technique becomes
+    /// `transport` and its lease runs until `lease_until_ms` (never shortened), and the events after `since` (the
+    /// session's saved cursor when `None`) are read, at most `max`. Returns the record as stored now and the
+    /// backlog, or `None` if the session is gone (nothing is written then). One step for what would otherwise be
+    /// a lookup, a save, a renewal and a read: one lock, one round trip to a shared store.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.
-    async fn touch(
+    async fn open(
         &self,
         token: &str,
         transport: Transport,
         lease_until_ms: u64,
-    ) -> Result<Option<SessionRecord>, BrokerError>;
+        since: Option<Seq>,
+        max: usize,
+    ) -> Result<Option<(SessionRecord, Backlog)>, BrokerError>;
 
-    /// A poll of the session: [`Broker::touch`] without the record, and [`Broker::since`] from `since` (the
-    /// session's saved cursor when `None`), in one step: one lock, one round trip. Returns the saved cursor and
-    /// the backlog, or `None` if the session is gone (nothing is written then). The empty poll is the commonest
-    /// request the server sees.
+    /// A poll of the session: [`Broker::open`] without a copy of the record (the saved cursor is enough). The
+    /// empty poll is the commonest request the server sees. Returns the saved cursor and the backlog, or `None`
+    /// if the session is gone.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.

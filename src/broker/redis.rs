@@ -53,7 +53,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use redis::streams::StreamRangeReply;
-use redis::{Client, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value};
+use redis::{Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value};
 use tokio::sync::mpsc;
 
 use super::{Backlog, Broker, BrokerError, FeedItem, Missed};
@@ -116,24 +116,13 @@ return 1
     )
 });
 
-/// A client showed up. KEYS: leases, session hash. ARGV: token, lease end, transport. Renews the lease (never
-/// shortening it), records the transport and returns the record's fields; nil when the session is gone.
-static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
-redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], 'transport', ARGV[3])
-return redis.call('HGETALL', KEYS[2])
-"#,
-    )
-});
-
-/// A poll: [`TOUCH`] without the record, and the reads of [`RedisBroker::since`] after the given cursor or, when
-/// ARGV[4] is empty, after the session's saved one, in one round trip. KEYS: leases, session hash, seq, history.
-/// ARGV: token, lease end, transport, first stream id to read (`<seq>-0`, or empty), count. Returns the saved
-/// cursor, the head, the oldest entry and the entries read; nil when the session is gone.
-static POLL: LazyLock<Script> = LazyLock::new(|| {
+/// A client showed up: [`Broker::open`] and [`Broker::poll`] in one round trip. Renews the lease (never shortening
+/// it), records the transport, and reads the history after the given cursor or, when ARGV[4] is empty, after the
+/// session's saved one. KEYS: leases, session hash, seq, history. ARGV: token, lease end, transport, first stream
+/// id to read (`<seq>-0`, or empty), count, `record` for the record's fields (else only the saved cursor).
+/// Returns the record's fields (or the cursor), the head, the oldest entry and the entries read; nil when the
+/// session is gone.
+static VISIT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
@@ -142,9 +131,11 @@ redis.call('HSET', KEYS[2], 'transport', ARGV[3])
 local cursor = redis.call('HGET', KEYS[2], 'cursor') or '0'
 local start = ARGV[4]
 if start == '' then start = string.format('%d-0', tonumber(cursor) + 1) end
+local session = cursor
+if ARGV[6] == 'record' then session = redis.call('HGETALL', KEYS[2]) end
 local head = redis.call('GET', KEYS[3]) or '0'
 local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
-return {cursor, head, oldest, redis.call('XRANGE', KEYS[4], start, '+', 'COUNT', ARGV[5])}
+return {session, head, oldest, redis.call('XRANGE', KEYS[4], start, '+', 'COUNT', ARGV[5])}
 "#,
     )
 });
@@ -234,7 +225,31 @@ pub struct RedisBroker {
     history: usize,
 }
 
+/// What [`VISIT`] answers: the session (its record's fields, or its saved cursor), the head, the oldest retained
+/// entry and the entries read.
+type Visited<T> = Option<(T, Seq, StreamRangeReply, StreamRangeReply)>;
+
 impl RedisBroker {
+    /// Runs [`VISIT`]: with `record`, the session comes back as its record's fields (`T` a map), else as its
+    /// saved cursor (`T` a [`Seq`]).
+    async fn visit<T: FromRedisValue>(
+        &self,
+        token: &str,
+        transport: Transport,
+        lease_until_ms: u64,
+        since: Option<Seq>,
+        max: usize,
+        record: bool,
+    ) -> Result<Visited<T>, BrokerError> {
+        let mut conn = self.conn.clone();
+        let mut invocation = VISIT.prepare_invoke();
+        invocation.key(&self.keys.leases).key(self.keys.session(token)).key(&self.keys.seq).key(&self.keys.history);
+        invocation.arg(token).arg(lease_until_ms).arg(transport.as_str());
+        invocation.arg(since.map(first_id).unwrap_or_default()).arg(self.count(max));
+        invocation.arg(if record { "record" } else { "cursor" });
+        within(invocation.invoke_async(&mut conn)).await
+    }
+
     /// The `COUNT` of a read of at most `max` events: at most `history` entries exist, so that bounds it (it
     /// must fit an i64).
     fn count(&self, max: usize) -> usize {
@@ -449,18 +464,23 @@ impl Broker for RedisBroker {
         Ok(saved == 1)
     }
 
-    async fn touch(
+    async fn open(
         &self,
         token: &str,
         transport: Transport,
         lease_until_ms: u64,
-    ) -> Result<Option<SessionRecord>, BrokerError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = TOUCH.prepare_invoke();
-        invocation.key(&self.keys.leases).key(self.keys.session(token)).arg(token).arg(lease_until_ms);
-        invocation.arg(transport.as_str());
-        let touched: Option<HashMap<String, String>> = within(invocation.invoke_async(&mut conn)).await?;
-        Ok(touched.and_then(|hash| record(token, hash)))
+        since: Option<Seq>,
+        max: usize,
+    ) -> Result<Option<(SessionRecord, Backlog)>, BrokerError> {
+        let visited = self.visit::<HashMap<String, String>>(token, transport, lease_until_ms, since, max, true).await?;
+        let Some((fields, head, oldest, range)) = visited else {
+            return Ok(None);
+        };
+        let Some(record) = record(token, fields) else {
+            return Ok(None);
+        };
+        let backlog = backlog(since.unwrap_or(record.cursor), head, &oldest, &range, max)?;
+        Ok(Some((record, backlog)))
     }
 
     async fn poll(
@@ -471,14 +491,9 @@ impl Broker for RedisBroker {
         since: Option<Seq>,
         max: usize,
     ) -> Result<Option<(Seq, Backlog)>, BrokerError> {
-        let mut conn = self.conn.clone();
-        let mut invocation = POLL.prepare_invoke();
-        invocation.key(&self.keys.leases).key(self.keys.session(token)).key(&self.keys.seq).key(&self.keys.history);
-        invocation.arg(token).arg(lease_until_ms).arg(transport.as_str());
-        invocation.arg(since.map(first_id).unwrap_or_default()).arg(self.count(max));
-        let polled: Option<(Seq, Seq, StreamRangeReply, StreamRangeReply)> =
-            within(invocation.invoke_async(&mut conn)).await?;
-        let Some((cursor, head, oldest, range)) = polled else {
+        let Some((cursor, head, oldest, range)) =
+            self.visit::<Seq>(token, transport, lease_until_ms, since, max, false).await?
+        else {
             return Ok(None);
         };
         Ok(Some((cursor, backlog(since.unwrap_or(cursor), head, &oldest, &range, max)?)))

@@ -564,21 +564,16 @@ impl Room {
         now_ms() + self.shared.config.lease().as_millis() as u64
     }
 
-    /// A client of the session is opening a channel with `transport`: the session's technique is now `transport`
-    /// and its lease runs from now. A poll does the same within [`Broker::poll`] (a long poll answered at once is
-    /// rarely live at a reaper tick, so without it an active long poller would be announced as gone).
-    async fn visit(&self, token: &str, transport: Transport) -> Result<SessionRecord, AppError> {
-        self.shared.broker.touch(token, transport, self.lease_end()).await?.ok_or(AppError::UnknownSession)
-    }
-
-    /// Makes `transport` the session's one receiving channel: any older channel of the session ends now.
-    /// Returns the record, the channel's generation and the token cancelled when this channel is replaced.
-    async fn claim(
-        &self,
-        token: &str,
-        transport: Transport,
-    ) -> Result<(SessionRecord, u64, CancellationToken), AppError> {
-        let record = self.visit(token, transport).await?;
+    /// Makes `transport` the session's one receiving channel: any older channel of the session ends now. The
+    /// session's technique is now `transport` and its lease runs from now (a poll does the same within
+    /// [`Broker::poll`]: a long poll answered at once is rarely live at a reaper tick, so without it an active long
+    /// poller would be announced as gone). Returns the record, what was retained after `since` (default: the
+    /// session's cursor) and where that is, the channel's generation and the token cancelled when this channel is
+    /// replaced.
+    async fn claim(&self, token: &str, transport: Transport, since: Option<Seq>) -> Result<Claimed, AppError> {
+        let (record, backlog) =
+            (self.shared.broker.open(token, transport, self.lease_end(), since, usize::MAX).await?)
+                .ok_or(AppError::UnknownSession)?;
         let ended = self.shared.shutdown.child_token();
         let mut local = self.local();
         local.generation += 1;
@@ -588,7 +583,8 @@ impl Room {
         if let Some(old) = old {
             old.ended.cancel();
         }
-        Ok((record, generation, ended))
+        let since = since.unwrap_or(record.cursor);
+        Ok(Claimed { record, backlog, since, generation, ended })
     }
 
     /// Ends the session's live channel in this process, if it has one (its client has moved to polling, or left).
@@ -619,9 +615,7 @@ impl Room {
         let permit = self.shared.live.clone().try_acquire_owned().map_err(|_| AppError::TooManyConnections)?;
         // Events published while history is read are in the ring too, where the channel finds them after it.
         let added = self.shared.added.subscribe();
-        let (record, generation, ended) = self.claim(token, transport).await?;
-        let since = since.unwrap_or(record.cursor);
-        let backlog = self.shared.broker.since(since, usize::MAX).await?;
+        let Claimed { record, backlog, since, generation, ended } = self.claim(token, transport, since).await?;
         let mut channel = Channel {
             room: self.clone(),
             token: record.token.clone(),
@@ -682,6 +676,16 @@ impl Room {
             local.channels.remove(token);
         }
     }
+}
+
+/// What [`Room::claim`] gives a channel being opened.
+struct Claimed {
+    record: SessionRecord,
+    backlog: Backlog,
+    /// Where the backlog starts: the cursor asked for, or the session's.
+    since: Seq,
+    generation: u64,
+    ended: CancellationToken,
 }
 
 /// One thing to deliver to a client.
