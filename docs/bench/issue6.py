@@ -13,7 +13,8 @@ s5-* ran with the ring fan-out and paced streams drained from it (Channel::drain
 --flush-interval-ms=N (20 is the default); s6-* ran with the sixth round's cheaper empty poll. s7-wrk and s7b-wrk
 are two runs of wrk with one broker call per poll, s7t1-wrk the same on one thread; s7-p1000-* ran the CPU
 comparison at 30,000 deliveries/s with 1,000 participants (30 texts/s); s7-redis-before-wrk and s7-redis-after-wrk ran
-wrk with --broker redis:// before and after a poll became one Lua script.
+wrk with --broker redis:// before and after a poll became one Lua script; s7-redis-lp-before/after-* ran long
+polls over Redis before and after opening a channel became one Lua script too.
 
 Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
 FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
@@ -136,6 +137,25 @@ def cpu(prefix=""):
               f"{num(ws['server_cpu_ms_per_1000'])} | {num(seed['server_cpu_ms_per_1000'])} | {num(ratio, 2)} | "
               f"{num(others(ws), 2)}, {num(others(seed), 2)} |")
     print(f"| **median** | | | {num(med(ws_all))} | {num(med(seed_all))} | {num(med(ratios), 2)} | |")
+
+
+def before_after(title, technique, before, after):
+    """One technique's runs at two commits, side by side: CPU per 1,000 deliveries and latency."""
+    pairs = list(zip(runs(before), runs(after)))
+    if not pairs:
+        return
+    print(f"\n### {title}\n")
+    print("| run | ms per 1,000 deliveries (before / after) | p50 ms (before / after) | p99 ms (before / after) |")
+    print("|---|---:|---:|---:|")
+    cpu = ([], [])
+    for i, reports in enumerate(pairs, 1):
+        b, a = (result(r, technique) for r in reports)
+        cpu[0].append(b["server_cpu_ms_per_1000"])
+        cpu[1].append(a["server_cpu_ms_per_1000"])
+        print(f"| {i} | {num(b['server_cpu_ms_per_1000'])} / {num(a['server_cpu_ms_per_1000'])} | "
+              f"{num(b['latency_ms']['p50'])} / {num(a['latency_ms']['p50'])} | "
+              f"{num(b['latency_ms']['p99'])} / {num(a['latency_ms']['p99'])} |")
+    print(f"| **median** | {num(med(cpu[0]))} / {num(med(cpu[1]))} | | |")
 
 
 def idle(prefix=""):
@@ -276,3 +296,5 @@ wrk("s7t1-wrk")
 cpu("s7-p1000-")
 wrk("s7-redis-before-wrk")
 wrk("s7-redis-after-wrk")
+before_after("s7-redis-lp: long polls over Redis before and after the one-step open", "longpoll",
+             "s7-redis-lp-before", "s7-redis-lp-after")
