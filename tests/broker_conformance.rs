@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use chatlab::broker::{Backlog, Broker, BrokerError, FeedItem, MemoryBroker, Missed, RedisBroker};
+use chatlab::broker::{Backlog, Broker, BrokerError, FeedItem, MemoryBroker, Missed, RedisBroker, Visit};
 use chatlab::core::event::{now_ms, Draft, EventKind, RoomEvent, Seq};
 use chatlab::core::session::{SessionRecord, Transport};
 use redis_support::RedisServer;
@@ -94,6 +94,12 @@ conformance! {
     the_cursor_only_moves_forward_and_keeps_a_rename(100),
     presence_lists_everyone_oldest_first(100),
     clientcount_is_the_online_count(100),
+}
+
+/// A client of session `token` showing up with `transport`, its lease to `lease_until_ms`, reading at most `max`
+/// events after `since`.
+fn visit(token: &str, transport: Transport, lease_until_ms: u64, since: Option<Seq>, max: usize) -> Visit<'_> {
+    Visit { token, transport, lease_until_ms, since, max }
 }
 
 fn draft(message: &str) -> Draft {
@@ -355,15 +361,18 @@ async fn a_visit_renews_records_the_technique_and_returns_the_record(fixture: Fi
     }
     a.save_cursor("t1", 1, 1_000).await.unwrap();
     let (opened, backlog) =
-        b.open("t1", Transport::LongPoll, 5_000, None, usize::MAX).await.unwrap().expect("t1 is online");
+        b.open(visit("t1", Transport::LongPoll, 5_000, None, usize::MAX)).await.unwrap().expect("t1 is online");
     assert_eq!(opened, SessionRecord { transport: Transport::LongPoll, cursor: 1, ..session("t1", 1, 1) });
     assert_eq!((seqs(&backlog), backlog.missed, backlog.head), (vec![2, 3], None, 3), "after the saved cursor");
     assert_eq!(a.session("t1").await.unwrap(), Some(opened), "every process sees the new technique");
-    let (_, backlog) = b.open("t1", Transport::Poll, 3_000, Some(2), 1).await.unwrap().unwrap();
+    let (_, backlog) = b.open(visit("t1", Transport::Poll, 3_000, Some(2), 1)).await.unwrap().unwrap();
     assert_eq!(seqs(&backlog), vec![3], "after the given cursor, at most `max`");
     let expired: Vec<String> = a.expire(4_000).await.unwrap().into_iter().map(|r| r.token).collect();
     assert_eq!(expired, vec!["t2"], "t1's lease runs to 5,000: a visit never shortens it");
-    assert!(b.open("t2", Transport::Ws, 50_000, None, 10).await.unwrap().is_none(), "a visit does not bring t2 back");
+    assert!(
+        b.open(visit("t2", Transport::Ws, 50_000, None, 10)).await.unwrap().is_none(),
+        "a visit does not bring t2 back"
+    );
     assert_eq!(a.session("t2").await.unwrap(), None);
     assert_eq!(a.online().await.unwrap(), 1);
 }
@@ -379,20 +388,20 @@ async fn a_poll_is_a_visit_and_a_read_from_the_saved_cursor(fixture: Fixture) {
         a.publish(draft(&format!("m{i}"))).await.unwrap();
     }
     a.save_cursor("p1", 4, 1_000).await.unwrap();
-    let (cursor, backlog) = b.poll("p1", Transport::Poll, 5_000, None, 2).await.unwrap().expect("p1 is online");
+    let (cursor, backlog) = b.poll(visit("p1", Transport::Poll, 5_000, None, 2)).await.unwrap().expect("p1 is online");
     assert_eq!((cursor, seqs(&backlog), backlog.missed, backlog.head), (4, vec![5, 6], None, 7));
     let stored = a.session("p1").await.unwrap().expect("p1 is still online");
     assert_eq!((stored.transport, stored.cursor), (Transport::Poll, 4), "a poll moves no cursor by itself");
-    let (cursor, backlog) = b.poll("p1", Transport::LongPoll, 3_000, Some(6), 10).await.unwrap().unwrap();
+    let (cursor, backlog) = b.poll(visit("p1", Transport::LongPoll, 3_000, Some(6), 10)).await.unwrap().unwrap();
     assert_eq!((cursor, seqs(&backlog), backlog.missed), (4, vec![7], None), "a given cursor wins");
-    let (_, backlog) = b.poll("p1", Transport::Poll, 3_000, Some(0), 10).await.unwrap().unwrap();
+    let (_, backlog) = b.poll(visit("p1", Transport::Poll, 3_000, Some(0), 10)).await.unwrap().unwrap();
     assert_eq!((seqs(&backlog), backlog.missed), (vec![3, 4, 5, 6, 7], Some(Missed::Gap { from: 1, to: 2 })));
-    let (_, backlog) = b.poll("p1", Transport::Poll, 3_000, Some(9), 10).await.unwrap().unwrap();
+    let (_, backlog) = b.poll(visit("p1", Transport::Poll, 3_000, Some(9), 10)).await.unwrap().unwrap();
     assert_eq!(backlog.missed, Some(Missed::Ahead { since: 9 }));
     assert_eq!(a.session("p1").await.unwrap().unwrap().transport, Transport::Poll);
     let expired: Vec<String> = a.expire(4_000).await.unwrap().into_iter().map(|r| r.token).collect();
     assert_eq!(expired, vec!["p2"], "p1's lease runs to 5,000: a poll never shortens it");
-    assert!(b.poll("p2", Transport::Poll, 50_000, None, 10).await.unwrap().is_none(), "p2 is gone");
+    assert!(b.poll(visit("p2", Transport::Poll, 50_000, None, 10)).await.unwrap().is_none(), "p2 is gone");
     assert_eq!(a.session("p2").await.unwrap(), None, "a poll does not bring p2 back");
 }
 

@@ -7,9 +7,9 @@ use async_trait::async_trait;
 use foldhash::HashMap;
 use tokio::sync::mpsc;
 
-use super::{Backlog, Broker, BrokerError, FeedItem, Missed};
+use super::{Backlog, Broker, BrokerError, FeedItem, Missed, Visit};
 use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
-use crate::core::session::{SessionRecord, Transport};
+use crate::core::session::SessionRecord;
 
 /// The in-memory broker: a bounded history, a session table and a feed, behind one mutex.
 ///
@@ -57,11 +57,11 @@ impl MemoryBroker {
 }
 
 impl State {
-    /// A client of the session showed up with `transport` (see [`Broker::open`]): the record as it is now.
-    fn visit(&mut self, token: &str, transport: Transport, lease_until_ms: u64) -> Option<&SessionRecord> {
-        let entry = self.sessions.get_mut(token)?;
-        entry.0.transport = transport;
-        entry.1 = entry.1.max(lease_until_ms);
+    /// A client of the session showed up (see [`Broker::open`]): the record as it is now.
+    fn visit(&mut self, visit: &Visit<'_>) -> Option<&SessionRecord> {
+        let entry = self.sessions.get_mut(visit.token)?;
+        entry.0.transport = visit.transport;
+        entry.1 = entry.1.max(visit.lease_until_ms);
         Some(&entry.0)
     }
 
@@ -140,35 +140,21 @@ impl Broker for MemoryBroker {
         }
     }
 
-    async fn open(
-        &self,
-        token: &str,
-        transport: Transport,
-        lease_until_ms: u64,
-        since: Option<Seq>,
-        max: usize,
-    ) -> Result<Option<(SessionRecord, Backlog)>, BrokerError> {
+    async fn open(&self, visit: Visit<'_>) -> Result<Option<(SessionRecord, Backlog)>, BrokerError> {
         let mut state = self.lock();
-        let Some(record) = state.visit(token, transport, lease_until_ms).cloned() else {
+        let Some(record) = state.visit(&visit).cloned() else {
             return Ok(None);
         };
-        let backlog = state.since(since.unwrap_or(record.cursor), max);
+        let backlog = state.since(visit.since.unwrap_or(record.cursor), visit.max);
         Ok(Some((record, backlog)))
     }
 
-    async fn poll(
-        &self,
-        token: &str,
-        transport: Transport,
-        lease_until_ms: u64,
-        since: Option<Seq>,
-        max: usize,
-    ) -> Result<Option<(Seq, Backlog)>, BrokerError> {
+    async fn poll(&self, visit: Visit<'_>) -> Result<Option<(Seq, Backlog)>, BrokerError> {
         let mut state = self.lock();
-        let Some(cursor) = state.visit(token, transport, lease_until_ms).map(|record| record.cursor) else {
+        let Some(cursor) = state.visit(&visit).map(|record| record.cursor) else {
             return Ok(None);
         };
-        Ok(Some((cursor, state.since(since.unwrap_or(cursor), max))))
+        Ok(Some((cursor, state.since(visit.since.unwrap_or(cursor), visit.max))))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {

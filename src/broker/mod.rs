@@ -59,6 +59,22 @@ pub enum Missed {
     },
 }
 
+/// A client of a session showing up ([`Broker::open`], [`Broker::poll`]): who, with what technique, until when,
+/// and what it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Visit<'a> {
+    /// The session's secret token.
+    pub token: &'a str,
+    /// The technique it shows up with: the session's from now on.
+    pub transport: Transport,
+    /// When its lease ends (ms since the epoch), unless it already ends later.
+    pub lease_until_ms: u64,
+    /// Read after this cursor; after the session's saved cursor when `None`.
+    pub since: Option<Seq>,
+    /// Read at most this many events.
+    pub max: usize,
+}
+
 /// What a broker feeds to a process's fan-out point.
 #[derive(Debug)]
 pub enum FeedItem {
@@ -125,22 +141,15 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn save_session(&self, record: &SessionRecord) -> Result<bool, BrokerError>;
 
-    /// A client of the session opens a receiving channel with `transport`: the session's technique becomes
-    /// `transport` and its lease runs until `lease_until_ms` (never shortened), and the events after `since` (the
-    /// session's saved cursor when `None`) are read, at most `max`. Returns the record as stored now and the
-    /// backlog, or `None` if the session is gone (nothing is written then). One step for what would otherwise be
+    /// A client of the session opens a receiving channel: the session's technique becomes the visit's and its
+    /// lease runs until the visit's end (never shortened), and the events after the visit's cursor (the session's
+    /// saved one when `None`) are read, at most `max`. Returns the record as stored now and the backlog, or
+    /// `None` if the session is gone (nothing is written then). One step for what would otherwise be
     /// a lookup, a save, a renewal and a read: one lock, one round trip to a shared store.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.
-    async fn open(
-        &self,
-        token: &str,
-        transport: Transport,
-        lease_until_ms: u64,
-        since: Option<Seq>,
-        max: usize,
-    ) -> Result<Option<(SessionRecord, Backlog)>, BrokerError>;
+    async fn open(&self, visit: Visit<'_>) -> Result<Option<(SessionRecord, Backlog)>, BrokerError>;
 
     /// A poll of the session: [`Broker::open`] without a copy of the record (the saved cursor is enough). The
     /// empty poll is the commonest request the server sees. Returns the saved cursor and the backlog, or `None`
@@ -148,14 +157,7 @@ pub trait Broker: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.
-    async fn poll(
-        &self,
-        token: &str,
-        transport: Transport,
-        lease_until_ms: u64,
-        since: Option<Seq>,
-        max: usize,
-    ) -> Result<Option<(Seq, Backlog)>, BrokerError>;
+    async fn poll(&self, visit: Visit<'_>) -> Result<Option<(Seq, Backlog)>, BrokerError>;
 
     /// Moves a live session's cursor forward to `cursor` (never back; its other fields are left alone, so a
     /// rename meanwhile is kept) and extends its lease to `lease_until_ms`. A session that is gone stays gone.

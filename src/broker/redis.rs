@@ -56,7 +56,7 @@ use redis::streams::StreamRangeReply;
 use redis::{Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value};
 use tokio::sync::mpsc;
 
-use super::{Backlog, Broker, BrokerError, FeedItem, Missed};
+use super::{Backlog, Broker, BrokerError, FeedItem, Missed, Visit};
 use crate::core::event::{Draft, RoomEvent, Seq};
 use crate::core::session::{SessionRecord, Transport};
 
@@ -232,20 +232,13 @@ type Visited<T> = Option<(T, Seq, StreamRangeReply, StreamRangeReply)>;
 impl RedisBroker {
     /// Runs [`VISIT`]: with `record`, the session comes back as its record's fields (`T` a map), else as its
     /// saved cursor (`T` a [`Seq`]).
-    async fn visit<T: FromRedisValue>(
-        &self,
-        token: &str,
-        transport: Transport,
-        lease_until_ms: u64,
-        since: Option<Seq>,
-        max: usize,
-        record: bool,
-    ) -> Result<Visited<T>, BrokerError> {
+    async fn visit<T: FromRedisValue>(&self, visit: Visit<'_>, record: bool) -> Result<Visited<T>, BrokerError> {
         let mut conn = self.conn.clone();
         let mut invocation = VISIT.prepare_invoke();
-        invocation.key(&self.keys.leases).key(self.keys.session(token)).key(&self.keys.seq).key(&self.keys.history);
-        invocation.arg(token).arg(lease_until_ms).arg(transport.as_str());
-        invocation.arg(since.map(first_id).unwrap_or_default()).arg(self.count(max));
+        let keys = &self.keys;
+        invocation.key(&keys.leases).key(keys.session(visit.token)).key(&keys.seq).key(&keys.history);
+        invocation.arg(visit.token).arg(visit.lease_until_ms).arg(visit.transport.as_str());
+        invocation.arg(visit.since.map(first_id).unwrap_or_default()).arg(self.count(visit.max));
         invocation.arg(if record { "record" } else { "cursor" });
         within(invocation.invoke_async(&mut conn)).await
     }
@@ -464,39 +457,22 @@ impl Broker for RedisBroker {
         Ok(saved == 1)
     }
 
-    async fn open(
-        &self,
-        token: &str,
-        transport: Transport,
-        lease_until_ms: u64,
-        since: Option<Seq>,
-        max: usize,
-    ) -> Result<Option<(SessionRecord, Backlog)>, BrokerError> {
-        let visited = self.visit::<HashMap<String, String>>(token, transport, lease_until_ms, since, max, true).await?;
-        let Some((fields, head, oldest, range)) = visited else {
+    async fn open(&self, visit: Visit<'_>) -> Result<Option<(SessionRecord, Backlog)>, BrokerError> {
+        let Some((fields, head, oldest, range)) = self.visit::<HashMap<String, String>>(visit, true).await? else {
             return Ok(None);
         };
-        let Some(record) = record(token, fields) else {
+        let Some(record) = record(visit.token, fields) else {
             return Ok(None);
         };
-        let backlog = backlog(since.unwrap_or(record.cursor), head, &oldest, &range, max)?;
+        let backlog = backlog(visit.since.unwrap_or(record.cursor), head, &oldest, &range, visit.max)?;
         Ok(Some((record, backlog)))
     }
 
-    async fn poll(
-        &self,
-        token: &str,
-        transport: Transport,
-        lease_until_ms: u64,
-        since: Option<Seq>,
-        max: usize,
-    ) -> Result<Option<(Seq, Backlog)>, BrokerError> {
-        let Some((cursor, head, oldest, range)) =
-            self.visit::<Seq>(token, transport, lease_until_ms, since, max, false).await?
-        else {
+    async fn poll(&self, visit: Visit<'_>) -> Result<Option<(Seq, Backlog)>, BrokerError> {
+        let Some((cursor, head, oldest, range)) = self.visit::<Seq>(visit, false).await? else {
             return Ok(None);
         };
-        Ok(Some((cursor, backlog(since.unwrap_or(cursor), head, &oldest, &range, max)?)))
+        Ok(Some((cursor, backlog(visit.since.unwrap_or(cursor), head, &oldest, &range, visit.max)?)))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {

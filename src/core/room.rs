@@ -17,7 +17,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{Backlog, Broker, FeedItem, Missed};
+use crate::broker::{Backlog, Broker, FeedItem, Missed, Visit};
 use crate::config::Config;
 use crate::core::event::{control, now_ms, Draft, EventKind, RoomEvent, Seq};
 use crate::core::session::{clean_nickname, SessionRecord, Transport};
@@ -571,9 +571,8 @@ impl Room {
     /// session's cursor) and where that is, the channel's generation and the token cancelled when this channel is
     /// replaced.
     async fn claim(&self, token: &str, transport: Transport, since: Option<Seq>) -> Result<Claimed, AppError> {
-        let (record, backlog) =
-            (self.shared.broker.open(token, transport, self.lease_end(), since, usize::MAX).await?)
-                .ok_or(AppError::UnknownSession)?;
+        let visit = Visit { token, transport, lease_until_ms: self.lease_end(), since, max: usize::MAX };
+        let (record, backlog) = self.shared.broker.open(visit).await?.ok_or(AppError::UnknownSession)?;
         let ended = self.shared.shutdown.child_token();
         let mut local = self.local();
         local.generation += 1;
@@ -650,9 +649,9 @@ impl Room {
         transport: Transport,
         since: Option<Seq>,
     ) -> Result<(Vec<Delivery>, Seq), AppError> {
-        let batch = self.shared.config.poll_batch as usize;
-        let (cursor, backlog) = (self.shared.broker.poll(token, transport, self.lease_end(), since, batch).await?)
-            .ok_or(AppError::UnknownSession)?;
+        let max = self.shared.config.poll_batch as usize;
+        let visit = Visit { token, transport, lease_until_ms: self.lease_end(), since, max };
+        let (cursor, backlog) = self.shared.broker.poll(visit).await?.ok_or(AppError::UnknownSession)?;
         self.end_channel(token);
         let since = since.unwrap_or(cursor);
         // Sized exactly: an empty answer, the commonest poll, allocates nothing.
