@@ -11,7 +11,8 @@ whose WebSocket client looks at a burst of frames at once. s4-* ran with chatlab
 s5-* ran with the ring fan-out and paced streams drained from it (Channel::drain); s5t1-* ran that server with
 --threads 1 (the whole server on one thread). s6-paceN-* ran the CPU comparison at 30,000 deliveries/s with
 --flush-interval-ms=N (20 is the default); s6-* ran with the sixth round's cheaper empty poll. s7-wrk and s7b-wrk
-are two runs of wrk with one broker call per poll, s7t1-wrk the same on one thread; s7-p1000-* ran the CPU
+are two runs of wrk with one broker call per poll, s7t1-wrk the same on one thread, s7c-wrk and s7d-wrk two more
+at the end of the round with a neighbour on the machine; s7-p1000-* ran the CPU
 comparison at 30,000 deliveries/s with 1,000 participants (30 texts/s); s7-redis-before-wrk and s7-redis-after-wrk ran
 wrk with --broker redis:// before and after a poll became one Lua script; s7-redis-lp-before/after-* ran long
 polls over Redis before and after opening a channel became one Lua script too.
@@ -293,6 +294,8 @@ find_max(1000, ["ws"], "s6t1-")
 wrk("s7-wrk")
 wrk("s7b-wrk")
 wrk("s7t1-wrk")
+wrk("s7c-wrk")
+wrk("s7d-wrk")
 cpu("s7-p1000-")
 wrk("s7-redis-before-wrk")
 wrk("s7-redis-after-wrk")
