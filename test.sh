@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Runs every chatlab test: Rust unit and integration tests (the Redis cluster tests against a real
 # redis-server they start themselves), then the browser tests in headless Chromium.
-# Installs what is missing first: Debian's chromium, redis-server, nginx and a CJK font; the browser tests' npm
-# packages. The Redis and nginx tests start their own servers on free ports.
+# Installs what is missing first: Debian's chromium, redis-server, nginx, wrk and a CJK font; the browser tests'
+# npm packages. The Redis and nginx tests start their own servers on free ports.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fonts-wqy-microhei)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -20,7 +21,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # Everything builds once, in release: the tests, and the server binary the browser tests spawn.
-export CHATLAB_REQUIRE_REDIS=1 CHATLAB_REQUIRE_NGINX=1
+export CHATLAB_REQUIRE_REDIS=1 CHATLAB_REQUIRE_NGINX=1 CHATLAB_REQUIRE_WRK=1
 cargo build --release --bin chatlab
 cargo test --release --all-targets
 CHATLAB_BIN="$PWD/target/release/chatlab" tests/browser/run.sh

@@ -101,3 +101,46 @@ async fn find_max_climbs_the_rate_on_a_mixed_crowd() {
     assert!(steps[0].result.join_s.is_some(), "the first window reports the join");
     assert!(steps[1].result.join_s.is_none(), "later windows do not repeat it");
 }
+
+/// `--wrk` with the real wrk, one short round: chatlab's empty short and long polls and the bare handler each
+/// serve requests with no error, the ratios are taken against the bare handler, and each round says what the
+/// machine's other processes took. Skipped when wrk is not installed, unless `CHATLAB_REQUIRE_WRK` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrk_compares_the_polls_with_a_bare_handler() {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CHATLAB_REQUIRE_WRK").is_none(),
+            "wrk is not installed, and CHATLAB_REQUIRE_WRK is set"
+        );
+        eprintln!("SKIPPED wrk_compares_the_polls_with_a_bare_handler: wrk is not installed");
+        return;
+    }
+    let (addr, _stop) = start_server().await;
+    let out = std::env::temp_dir().join(format!("chatlab-bench-wrk-{}.json", std::process::id()));
+    // The bench starts the bare handler as `<its own binary> bench-bare`: the chatlab binary, not this test's.
+    let pid = std::process::id().to_string();
+    #[rustfmt::skip]
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatlab"))
+        .args([
+            "bench", "--wrk", "--url", &format!("http://{addr}"), "--server-pid", &pid, "--repeat", "1",
+            "--wrk-seconds", "1", "--wrk-connections", "4", "--format", "json", "--out", &out.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), status).await.expect("within 60 s").expect("runs");
+    assert!(status.success(), "chatlab bench --wrk: {status}");
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("JSON");
+    let _ = std::fs::remove_file(&out);
+    let wrk = report.wrk.expect("a wrk report");
+    let names: Vec<&str> = wrk.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["bare", "poll", "longpoll"]);
+    for target in &wrk.targets {
+        assert_eq!(target.requests_per_s.len(), 1, "{target:?}");
+        assert!(target.median_requests_per_s > 100.0, "{target:?}");
+        assert_eq!(target.non_2xx, 0, "every answer a 200: {target:?}");
+        assert_eq!(target.others_cpu_s_per_s.len(), 1, "{target:?}");
+        assert!(target.others_cpu_s_per_s[0].is_some_and(|cpu| (0.0..=64.0).contains(&cpu)), "{target:?}");
+    }
+    assert_eq!(wrk.targets[0].ratio_to_bare, 1.0);
+    assert!(wrk.targets[1].path.starts_with("/api/poll?session=S&since="), "{:?}", wrk.targets[1]);
+}

@@ -372,16 +372,16 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
 /// `--wrk`: the polls against a bare handler, in a report of their own.
 async fn wrk_report(args: &BenchArgs) -> anyhow::Result<Report> {
     let mut own = None;
-    let authority = match args.urls.first() {
-        Some(url) => server::authority_of(url)?,
+    let (authority, pids) = match args.urls.first() {
+        Some(url) => (server::authority_of(url)?, args.server_pids.clone()),
         None => {
             let server = server::start(&args.server_args).await?;
-            let authority = server.authority.clone();
+            let found = (server.authority.clone(), vec![server.pid]);
             own = Some(server);
-            authority
+            found
         }
     };
-    let wrk = wrk::compare(&authority, args).await?;
+    let wrk = wrk::compare(&authority, &pids, args).await?;
     drop(own);
     Ok(Report {
         date: report::utc_now(),

@@ -504,13 +504,14 @@ fn cpu_split(p: &PhaseResult) -> String {
 /// `--wrk`: one row per target.
 fn wrk_table(out: &mut String, wrk: &WrkReport) {
     let _ = writeln!(out, "`{}`, one session per connection; bare server: `{}`\n", wrk.wrk, wrk.bare);
-    let _ = writeln!(out, "| target | requests/s (median) | of bare | each round | wrk p99 (ms) each round | non-2xx | rounds the room moved |");
-    let _ = writeln!(out, "|---|---:|---:|---|---|---:|---:|");
+    let _ = writeln!(out, "| target | requests/s (median) | of bare | each round | wrk p99 (ms) each round | non-2xx | rounds the room moved | other processes' CPU s/s each round |");
+    let _ = writeln!(out, "|---|---:|---:|---|---|---:|---:|---|");
     for t in &wrk.targets {
         let list = |v: &[f64]| v.iter().map(|x| human(*x)).collect::<Vec<_>>().join(", ");
+        let others = t.others_cpu_s_per_s.iter().map(|x| x.map_or("–".to_owned(), |x| format!("{x:.2}")));
         let _ = writeln!(
             out,
-            "| {} `{}` | {} | {:.0}% | {} | {} | {} | {} |",
+            "| {} `{}` | {} | {:.0}% | {} | {} | {} | {} | {} |",
             t.name,
             t.path,
             human(t.median_requests_per_s),
@@ -518,7 +519,8 @@ fn wrk_table(out: &mut String, wrk: &WrkReport) {
             list(&t.requests_per_s),
             list(&t.p99_ms),
             t.non_2xx,
-            t.rounds_room_moved
+            t.rounds_room_moved,
+            others.collect::<Vec<_>>().join(", ")
         );
     }
 }

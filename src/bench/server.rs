@@ -116,6 +116,17 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> Option<f64> {
     Some(ticks as f64 / USER_HZ)
 }
 
+/// CPU time (user + system) this process's waited-for children have used, in seconds (`cutime` + `cstime` of
+/// `/proc/self/stat`): a child's CPU counts here once it has exited and been waited for, as `wrk` is.
+pub(crate) fn reaped_children_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // Fields 16 (cutime) and 17 (cstime) of proc(5); `after` starts at field 3.
+    let ticks = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / USER_HZ)
+}
+
 /// Resident memory of the processes (`VmRSS` of `/proc/<pid>/status`, summed), in KiB; `None` if any cannot be
 /// read.
 pub(crate) fn rss_kib(pids: &[u32]) -> Option<u64> {

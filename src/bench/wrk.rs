@@ -56,6 +56,10 @@ pub struct WrkTarget {
     pub non_2xx: u64,
     /// Rounds in which the room moved during the run (some answers may then have carried events).
     pub rounds_room_moved: u32,
+    /// CPU seconds per second the machine's other processes took during each round (busy time from
+    /// `/proc/stat` minus the server's and wrk's): near 0 for a clean round; `None` where it could not be read.
+    #[serde(default)]
+    pub others_cpu_s_per_s: Vec<Option<f64>>,
     /// `median_requests_per_s` over `bare`'s.
     pub ratio_to_bare: f64,
 }
@@ -63,14 +67,15 @@ pub struct WrkTarget {
 /// A bare server the bench started; killed when dropped.
 struct Bare {
     authority: String,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
 }
 
-/// Runs the comparison against the chatlab at `authority`.
+/// Runs the comparison against the chatlab at `authority` (its processes `pids`, if known, for the other
+/// processes' share of the machine).
 ///
 /// # Errors
 /// When wrk or the bare server cannot be started, or chatlab refuses a join or a poll.
-pub(crate) async fn compare(authority: &str, args: &BenchArgs) -> anyhow::Result<WrkReport> {
+pub(crate) async fn compare(authority: &str, pids: &[u32], args: &BenchArgs) -> anyhow::Result<WrkReport> {
     let connections = args.wrk_connections.max(1);
     // The body chatlab answers an empty poll with, for the bare server to send the same bytes.
     let sessions = join(authority, "poll", 1).await?;
@@ -85,8 +90,9 @@ pub(crate) async fn compare(authority: &str, args: &BenchArgs) -> anyhow::Result
     for round in 0..args.repeat.max(1) {
         for (i, name) in names.iter().enumerate() {
             eprintln!("wrk round {}: {name}", round + 1);
-            let (target, list, sessions) = match *name {
-                "bare" => (bare.authority.clone(), vec!["/".to_owned()], Vec::new()),
+            let bare_pids: Vec<u32> = bare.child.id().into_iter().collect();
+            let (target, list, sessions, server) = match *name {
+                "bare" => (bare.authority.clone(), vec!["/".to_owned()], Vec::new(), &bare_pids[..]),
                 transport => {
                     let sessions = join(authority, transport, connections).await?;
                     let (head, _) = head(authority, &sessions[0]).await?;
@@ -94,7 +100,7 @@ pub(crate) async fn compare(authority: &str, args: &BenchArgs) -> anyhow::Result
                         "poll" => format!("/api/poll?session={s}&since={head}"),
                         _ => format!("/api/longpoll?session={s}&since={head}&timeout=0"),
                     };
-                    (authority.to_owned(), sessions.iter().map(path).collect(), sessions)
+                    (authority.to_owned(), sessions.iter().map(path).collect(), sessions, pids)
                 }
             };
             paths[i] = match sessions.first() {
@@ -105,7 +111,7 @@ pub(crate) async fn compare(authority: &str, args: &BenchArgs) -> anyhow::Result
                 Some(s) => Some(head(authority, s).await?.0),
                 None => None,
             };
-            runs[i].push(run_wrk(&target, &list, args).await?);
+            runs[i].push(run_wrk(&target, &list, server, args).await?);
             if let Some(before) = head_before {
                 if head(authority, &sessions[0]).await?.0 != before {
                     moved[i] += 1;
@@ -128,6 +134,7 @@ pub(crate) async fn compare(authority: &str, args: &BenchArgs) -> anyhow::Result
             p99_ms: runs[i].iter().map(|r| r.p99_ms).collect(),
             non_2xx: runs[i].iter().map(|r| r.non_2xx).sum(),
             rounds_room_moved: moved[i],
+            others_cpu_s_per_s: runs[i].iter().map(|r| r.others_cpu_s_per_s).collect(),
             ratio_to_bare: median_of(&runs[i]) / bare_median,
         })
         .collect();
@@ -146,10 +153,20 @@ struct WrkRun {
     requests_per_s: f64,
     p99_ms: f64,
     non_2xx: u64,
+    others_cpu_s_per_s: Option<f64>,
 }
 
-/// Runs wrk against `authority`, its requests cycling through `paths`.
-async fn run_wrk(authority: &str, paths: &[String], args: &BenchArgs) -> anyhow::Result<WrkRun> {
+/// The machine's busy CPU seconds, the server's and wrk's so far (wrk's once it has been waited for).
+fn cpu_now(server: &[u32]) -> Option<(f64, f64, f64)> {
+    Some((
+        super::server::machine_busy_seconds()?,
+        super::server::cpu_seconds(server)?,
+        super::server::reaped_children_cpu_seconds()?,
+    ))
+}
+
+/// Runs wrk against `authority` (served by the processes `server`), its requests cycling through `paths`.
+async fn run_wrk(authority: &str, paths: &[String], server: &[u32], args: &BenchArgs) -> anyhow::Result<WrkRun> {
     let script = std::env::temp_dir().join(format!("chatlab-wrk-{}.lua", std::process::id()));
     let list = paths.iter().map(|p| format!("  \"{p}\",")).collect::<Vec<_>>().join("\n");
     std::fs::write(
@@ -158,6 +175,8 @@ async fn run_wrk(authority: &str, paths: &[String], args: &BenchArgs) -> anyhow:
             "local paths = {{\n{list}\n}}\nlocal n = 0\nrequest = function()\n  n = n % #paths + 1\n  return wrk.format(\"GET\", paths[n])\nend\n"
         ),
     )?;
+    let before = cpu_now(server);
+    let started = std::time::Instant::now();
     let output = Command::new("wrk")
         .arg(format!("-t{}", args.wrk_threads))
         .arg(format!("-c{}", args.wrk_connections.max(1)))
@@ -170,6 +189,11 @@ async fn run_wrk(authority: &str, paths: &[String], args: &BenchArgs) -> anyhow:
         .output()
         .await
         .context("running wrk (apt-get install wrk)")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    // What the machine was busy with beyond the server under test and wrk itself.
+    let others_cpu_s_per_s = before.zip(cpu_now(server)).map(|((machine0, server0, wrk0), (machine, server, wrk))| {
+        ((machine - machine0) - (server - server0) - (wrk - wrk0)).max(0.0) / elapsed
+    });
     let _ = std::fs::remove_file(&script);
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
@@ -184,7 +208,7 @@ async fn run_wrk(authority: &str, paths: &[String], args: &BenchArgs) -> anyhow:
         field("Requests/sec:").and_then(|r| r.parse().ok()).with_context(|| format!("no Requests/sec in: {text}"))?;
     let p99_ms = field("99%").map_or(f64::NAN, wrk_ms);
     let non_2xx = field("Non-2xx or 3xx responses:").and_then(|r| r.parse().ok()).unwrap_or(0);
-    Ok(WrkRun { requests_per_s, p99_ms, non_2xx })
+    Ok(WrkRun { requests_per_s, p99_ms, non_2xx, others_cpu_s_per_s })
 }
 
 /// wrk's duration (`812.00us`, `1.20ms`, `2.00s`) in ms.
@@ -278,7 +302,7 @@ async fn start_bare(body: &str, threads: Option<&str>) -> anyhow::Result<Bare> {
     for _ in 0..100 {
         if let Ok(mut http) = Http::connect(&authority, Probe::new(), false).await {
             if http.call(Method::GET, "/", None).await.is_ok() {
-                return Ok(Bare { authority, _child: child });
+                return Ok(Bare { authority, child });
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
