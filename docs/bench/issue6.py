@@ -12,7 +12,8 @@ s5-* ran with the ring fan-out and paced streams drained from it (Channel::drain
 --threads 1 (the whole server on one thread). s6-paceN-* ran the CPU comparison at 30,000 deliveries/s with
 --flush-interval-ms=N (20 is the default); s6-* ran with the sixth round's cheaper empty poll. s7-wrk and s7b-wrk
 are two runs of wrk with one broker call per poll, s7t1-wrk the same on one thread, s7c-wrk and s7d-wrk two more
-at the end of the round with a neighbour on the machine; s7-p1000-* ran the CPU
+at the end of the round with a neighbour on the machine, s7e-wrk a last one whose report says, round by round,
+what the machine's other processes took; s7-p1000-* ran the CPU
 comparison at 30,000 deliveries/s with 1,000 participants (30 texts/s); s7-redis-before-wrk and s7-redis-after-wrk ran
 wrk with --broker redis:// before and after a poll became one Lua script; s7-redis-lp-before/after-* ran long
 polls over Redis before and after opening a channel became one Lua script too.
@@ -219,12 +220,16 @@ def wrk(name="wrk"):
     w = report["wrk"]
     bare = f", bare server `{w['bare']}`" if w.get("bare") else ""
     print(f"\n### {name}: polls against a bare axum handler (`{w['wrk']}`{bare})\n")
-    print("| target | requests/s, median | of bare | each round | non-2xx | rounds the room moved |")
-    print("|---|---:|---:|---|---:|---:|")
+    # Reports from the end of session 7 on say what the machine's other processes took in each round.
+    others = any(t.get("others_cpu_s_per_s") for t in w["targets"])
+    extra = " other processes' CPU s/s each round |" if others else ""
+    print("| target | requests/s, median | of bare | each round | non-2xx | rounds the room moved |" + extra)
+    print("|---|---:|---:|---|---:|---:|" + ("---|" if others else ""))
     for t in w["targets"]:
         rounds = ", ".join(num(x) for x in t["requests_per_s"])
+        shares = " " + ", ".join(num(x, 2) for x in t.get("others_cpu_s_per_s", [])) + " |" if others else ""
         print(f"| {t['name']} `{t['path']}` | {num(t['median_requests_per_s'])} | {t['ratio_to_bare'] * 100:.0f}% | "
-              f"{rounds} | {t['non_2xx']} | {t['rounds_room_moved']} |")
+              f"{rounds} | {t['non_2xx']} | {t['rounds_room_moved']} |" + shares)
 
 
 find_max(100, ["ws", "sse", "longpoll", "seed"])
@@ -296,6 +301,7 @@ wrk("s7b-wrk")
 wrk("s7t1-wrk")
 wrk("s7c-wrk")
 wrk("s7d-wrk")
+wrk("s7e-wrk")
 cpu("s7-p1000-")
 wrk("s7-redis-before-wrk")
 wrk("s7-redis-after-wrk")
