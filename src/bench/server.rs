@@ -106,12 +106,8 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> Option<f64> {
     }
     let mut ticks = 0u64;
     for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name (field 2) may hold spaces or parentheses: count fields after its closing ')'.
-        let after = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        // Fields 14 (utime) and 15 (stime) of proc(5); `after` starts at field 3.
-        ticks += fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        // Fields 14 (utime) and 15 (stime) of proc(5).
+        ticks += stat_ticks(&format!("/proc/{pid}/stat"), 14)?;
     }
     Some(ticks as f64 / USER_HZ)
 }
@@ -119,12 +115,18 @@ pub(crate) fn cpu_seconds(pids: &[u32]) -> Option<f64> {
 /// CPU time (user + system) this process's waited-for children have used, in seconds (`cutime` + `cstime` of
 /// `/proc/self/stat`): a child's CPU counts here once it has exited and been waited for, as `wrk` is.
 pub(crate) fn reaped_children_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields 16 (cutime) and 17 (cstime) of proc(5).
+    Some(stat_ticks("/proc/self/stat", 16)? as f64 / USER_HZ)
+}
+
+/// The sum of fields `field` and `field + 1` (numbered from 1, as in proc(5)) of a `/proc/.../stat` file: a
+/// user and a system time, in clock ticks.
+fn stat_ticks(path: &str, field: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces or parentheses: count fields after its closing ')'.
     let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields 16 (cutime) and 17 (cstime) of proc(5); `after` starts at field 3.
-    let ticks = fields.get(13)?.parse::<u64>().ok()? + fields.get(14)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / USER_HZ)
+    let mut fields = after.split_whitespace().skip(field - 3);
+    Some(fields.next()?.parse::<u64>().ok()? + fields.next()?.parse::<u64>().ok()?)
 }
 
 /// Resident memory of the processes (`VmRSS` of `/proc/<pid>/status`, summed), in KiB; `None` if any cannot be

@@ -87,10 +87,10 @@ pub(crate) async fn compare(authority: &str, pids: &[u32], args: &BenchArgs) -> 
     let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(), Vec::new(), Vec::new()];
     let mut paths = vec![String::new(); 3];
     let mut moved = [0u32; 3];
+    let bare_pids: Vec<u32> = bare.child.id().into_iter().collect();
     for round in 0..args.repeat.max(1) {
         for (i, name) in names.iter().enumerate() {
             eprintln!("wrk round {}: {name}", round + 1);
-            let bare_pids: Vec<u32> = bare.child.id().into_iter().collect();
             let (target, list, sessions, server) = match *name {
                 "bare" => (bare.authority.clone(), vec!["/".to_owned()], Vec::new(), &bare_pids[..]),
                 transport => {
