@@ -143,7 +143,8 @@ async fn sequence_starts_at_one_and_reads_back(fixture: Fixture) {
     let all = broker.since(0, 10).await.unwrap();
     assert_eq!((all.head, all.missed, seqs(&all)), (3, None, vec![1, 2, 3]));
     assert_eq!(all.events[1].body().message, "b");
-    assert_eq!(seqs(&broker.since(1, 10).await.unwrap()), vec![2, 3]);
+    let after_one = broker.since(1, 10).await.unwrap();
+    assert_eq!((after_one.after, seqs(&after_one)), (1, vec![2, 3]), "a backlog says what it follows");
     assert_eq!(seqs(&broker.since(1, 1).await.unwrap()), vec![2], "max bounds the read");
     let caught_up = broker.since(3, 10).await.unwrap();
     assert_eq!((caught_up.head, caught_up.missed, seqs(&caught_up)), (3, None, vec![]));
@@ -174,7 +175,11 @@ async fn history_is_bounded_and_an_older_cursor_gets_a_gap(fixture: Fixture) {
     }
     let from_zero = broker.since(0, 100).await.unwrap();
     assert_eq!(from_zero.missed, Some(Missed::Gap { from: 1, to: 3 }));
-    assert_eq!((from_zero.head, seqs(&from_zero)), (8, vec![4, 5, 6, 7, 8]));
+    assert_eq!(
+        (from_zero.after, from_zero.head, seqs(&from_zero)),
+        (0, 8, vec![4, 5, 6, 7, 8]),
+        "after the cursor asked"
+    );
     let from_two = broker.since(2, 100).await.unwrap();
     assert_eq!((from_two.missed, seqs(&from_two)), (Some(Missed::Gap { from: 3, to: 3 }), vec![4, 5, 6, 7, 8]));
     let from_three = broker.since(3, 100).await.unwrap();
@@ -363,10 +368,14 @@ async fn a_visit_renews_records_the_technique_and_returns_the_record(fixture: Fi
     let (opened, backlog) =
         b.open(visit("t1", Transport::LongPoll, 5_000, None, usize::MAX)).await.unwrap().expect("t1 is online");
     assert_eq!(opened, SessionRecord { transport: Transport::LongPoll, cursor: 1, ..session("t1", 1, 1) });
-    assert_eq!((seqs(&backlog), backlog.missed, backlog.head), (vec![2, 3], None, 3), "after the saved cursor");
+    assert_eq!(
+        (backlog.after, seqs(&backlog), backlog.missed, backlog.head),
+        (1, vec![2, 3], None, 3),
+        "after the saved cursor"
+    );
     assert_eq!(a.session("t1").await.unwrap(), Some(opened), "every process sees the new technique");
     let (_, backlog) = b.open(visit("t1", Transport::Poll, 3_000, Some(2), 1)).await.unwrap().unwrap();
-    assert_eq!(seqs(&backlog), vec![3], "after the given cursor, at most `max`");
+    assert_eq!((backlog.after, seqs(&backlog)), (2, vec![3]), "after the given cursor, at most `max`");
     let expired: Vec<String> = a.expire(4_000).await.unwrap().into_iter().map(|r| r.token).collect();
     assert_eq!(expired, vec!["t2"], "t1's lease runs to 5,000: a visit never shortens it");
     assert!(
@@ -389,15 +398,15 @@ async fn a_poll_is_a_visit_and_a_read_from_the_saved_cursor(fixture: Fixture) {
     }
     a.save_cursor("p1", 4, 1_000).await.unwrap();
     let (cursor, backlog) = b.poll(visit("p1", Transport::Poll, 5_000, None, 2)).await.unwrap().expect("p1 is online");
-    assert_eq!((cursor, seqs(&backlog), backlog.missed, backlog.head), (4, vec![5, 6], None, 7));
+    assert_eq!((cursor, backlog.after, seqs(&backlog), backlog.missed, backlog.head), (4, 4, vec![5, 6], None, 7));
     let stored = a.session("p1").await.unwrap().expect("p1 is still online");
     assert_eq!((stored.transport, stored.cursor), (Transport::Poll, 4), "a poll moves no cursor by itself");
     let (cursor, backlog) = b.poll(visit("p1", Transport::LongPoll, 3_000, Some(6), 10)).await.unwrap().unwrap();
-    assert_eq!((cursor, seqs(&backlog), backlog.missed), (4, vec![7], None), "a given cursor wins");
+    assert_eq!((cursor, backlog.after, seqs(&backlog), backlog.missed), (4, 6, vec![7], None), "a given cursor wins");
     let (_, backlog) = b.poll(visit("p1", Transport::Poll, 3_000, Some(0), 10)).await.unwrap().unwrap();
     assert_eq!((seqs(&backlog), backlog.missed), (vec![3, 4, 5, 6, 7], Some(Missed::Gap { from: 1, to: 2 })));
     let (_, backlog) = b.poll(visit("p1", Transport::Poll, 3_000, Some(9), 10)).await.unwrap().unwrap();
-    assert_eq!(backlog.missed, Some(Missed::Ahead { since: 9 }));
+    assert_eq!((backlog.after, backlog.missed), (9, Some(Missed::Ahead { since: 9 })));
     assert_eq!(a.session("p1").await.unwrap().unwrap().transport, Transport::Poll);
     let expired: Vec<String> = a.expire(4_000).await.unwrap().into_iter().map(|r| r.token).collect();
     assert_eq!(expired, vec!["p2"], "p1's lease runs to 5,000: a poll never shortens it");

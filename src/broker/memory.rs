@@ -69,7 +69,7 @@ impl State {
     fn since(&self, cursor: Seq, max: usize) -> Backlog {
         let head = self.head;
         if cursor > head {
-            return Backlog { head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() };
+            return Backlog { after: cursor, head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() };
         }
         let first = self.history.front().map_or(head + 1, |event| event.seq);
         let (missed, start) = if cursor + 1 < first {
@@ -79,7 +79,7 @@ impl State {
         };
         let skip = (start - first) as usize;
         let events = self.history.iter().skip(skip).take(max).cloned().collect();
-        Backlog { head, missed, events }
+        Backlog { after: cursor, head, missed, events }
     }
 }
 

@@ -34,6 +34,9 @@ pub enum BrokerError {
 /// What is retained after a cursor.
 #[derive(Debug, Default)]
 pub struct Backlog {
+    /// The cursor the backlog was read after: the one asked for, or the session's saved one ([`Visit::since`]).
+    /// A receiver's cursor starts here.
+    pub after: Seq,
     /// The newest sequence number at the time of reading.
     pub head: Seq,
     /// Set when the cursor cannot be served without a hole: the client must be told.

@@ -339,12 +339,12 @@ fn backlog(
     max: usize,
 ) -> Result<Backlog, BrokerError> {
     if cursor > head {
-        return Ok(Backlog { head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() });
+        return Ok(Backlog { after: cursor, head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() });
     }
     let first = oldest.ids.first().and_then(|entry| entry_seq(&entry.id)).unwrap_or(head + 1);
     let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
     let events = range.ids.iter().take(max).map(entry_event).collect::<Result<Vec<_>, _>>()?;
-    Ok(Backlog { head, missed, events })
+    Ok(Backlog { after: cursor, head, missed, events })
 }
 
 /// A history entry's event.

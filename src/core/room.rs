@@ -568,8 +568,7 @@ impl Room {
     /// session's technique is now `transport` and its lease runs from now (a poll does the same within
     /// [`Broker::poll`]: a long poll answered at once is rarely live at a reaper tick, so without it an active long
     /// poller would be announced as gone). Returns the record, what was retained after `since` (default: the
-    /// session's cursor) and where that is, the channel's generation and the token cancelled when this channel is
-    /// replaced.
+    /// session's cursor), the channel's generation and the token cancelled when this channel is replaced.
     async fn claim(&self, token: &str, transport: Transport, since: Option<Seq>) -> Result<Claimed, AppError> {
         let visit = Visit { token, transport, lease_until_ms: self.lease_end(), since, max: usize::MAX };
         let (record, backlog) = self.shared.broker.open(visit).await?.ok_or(AppError::UnknownSession)?;
@@ -582,8 +581,7 @@ impl Room {
         if let Some(old) = old {
             old.ended.cancel();
         }
-        let since = since.unwrap_or(record.cursor);
-        Ok(Claimed { record, backlog, since, generation, ended })
+        Ok(Claimed { record, backlog, generation, ended })
     }
 
     /// Ends the session's live channel in this process, if it has one (its client has moved to polling, or left).
@@ -614,7 +612,7 @@ impl Room {
         let permit = self.shared.live.clone().try_acquire_owned().map_err(|_| AppError::TooManyConnections)?;
         // Events published while history is read are in the ring too, where the channel finds them after it.
         let added = self.shared.added.subscribe();
-        let Claimed { record, backlog, since, generation, ended } = self.claim(token, transport, since).await?;
+        let Claimed { record, backlog, generation, ended } = self.claim(token, transport, since).await?;
         let mut channel = Channel {
             room: self.clone(),
             token: record.token.clone(),
@@ -622,8 +620,8 @@ impl Room {
             generation,
             added,
             pending: VecDeque::new(),
-            last: since,
-            delivered: since,
+            last: backlog.after,
+            delivered: backlog.after,
             ended,
             pulse: self.shared.pulse.subscribe(),
             seen_down: false,
@@ -653,10 +651,9 @@ impl Room {
         let visit = Visit { token, transport, lease_until_ms: self.lease_end(), since, max };
         let (cursor, backlog) = self.shared.broker.poll(visit).await?.ok_or(AppError::UnknownSession)?;
         self.end_channel(token);
-        let since = since.unwrap_or(cursor);
         // Sized exactly: an empty answer, the commonest poll, allocates nothing.
         let mut items = Vec::with_capacity(backlog.events.len() + usize::from(backlog.missed.is_some()));
-        let next = push_backlog(&mut items, since, backlog);
+        let next = push_backlog(&mut items, backlog);
         if next > cursor {
             self.shared.broker.save_cursor(token, next, self.lease_end()).await?;
         }
@@ -681,8 +678,6 @@ impl Room {
 struct Claimed {
     record: SessionRecord,
     backlog: Backlog,
-    /// Where the backlog starts: the cursor asked for, or the session's.
-    since: Seq,
     generation: u64,
     ended: CancellationToken,
 }
@@ -793,7 +788,7 @@ impl Channel {
 
     fn queue_backlog(&mut self, backlog: Backlog) {
         let mut items = Vec::with_capacity(backlog.events.len() + 1);
-        self.last = push_backlog(&mut items, self.last, backlog);
+        self.last = push_backlog(&mut items, backlog);
         self.pending.extend(items);
     }
 
@@ -1037,8 +1032,8 @@ enum Taken {
 }
 
 /// Appends the backlog's gap notice (if any) and events to `items`; returns the new cursor.
-fn push_backlog(items: &mut Vec<Delivery>, since: Seq, backlog: Backlog) -> Seq {
-    let mut last = since;
+fn push_backlog(items: &mut Vec<Delivery>, backlog: Backlog) -> Seq {
+    let mut last = backlog.after;
     match backlog.missed {
         Some(Missed::Gap { from, to }) => {
             items.push(Delivery::Control { json: control::gap(from, to), resume_after: to });
