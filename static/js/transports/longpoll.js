@@ -4,7 +4,7 @@
 // Texts go up as POST /api/messages.
 
 import { Transport, withQuery } from './transport.js';
-import { joinSession, postMessage, readJson } from '../api.js';
+import { postMessage, readJson } from '../api.js';
 
 const HOLD_SECONDS = 25; // how long the server may hold one request
 
@@ -14,12 +14,7 @@ export class LongPollTransport extends Transport {
   async connect() {
     this.onstate('connecting');
     try {
-      if (!this.session) {
-        const joined = await joinSession('longpoll');
-        this.session = joined.session;
-        this.since = joined.seq;
-        this.deliver({ type: 'welcome', ...joined });
-      }
+      await this.joinOverHttp('longpoll');
       let open = false;
       const markOpen = () => {
         if (!open && !this.closed) { open = true; this.onstate('open'); }
@@ -39,14 +34,7 @@ export class LongPollTransport extends Transport {
         }
         if (this.closed) return;
         markOpen();
-        for (const event of body.events) {
-          if (event.type === 'error' && event.code === 'replaced') {
-            this.finish({ reason: 'replaced', retry: false, message: event.message });
-            return;
-          }
-          this.deliver(event);
-        }
-        if (typeof body.next === 'number') this.since = body.next;
+        if (!this.takeAnswer(body)) return;
         // An empty answer that came back at once (not after the hold) means the
         // server let go early; pause a little rather than spin.
         if (body.events.length === 0 && Date.now() - asked < 1000) await sleep(1000);

@@ -5,7 +5,7 @@
 // default), so the interval is kept well below that.
 
 import { Transport, withQuery } from './transport.js';
-import { joinSession, postMessage, readJson } from '../api.js';
+import { postMessage, readJson } from '../api.js';
 
 export const MIN_INTERVAL_MS = 200;
 export const MAX_INTERVAL_MS = 10000; // below the server's default 15 s lease
@@ -30,12 +30,7 @@ export class PollTransport extends Transport {
   async connect() {
     this.onstate('connecting');
     try {
-      if (!this.session) {
-        const joined = await joinSession('poll');
-        this.session = joined.session;
-        this.since = joined.seq;
-        this.deliver({ type: 'welcome', ...joined });
-      }
+      await this.joinOverHttp('poll');
       let first = true;
       while (!this.closed) {
         this.abort = new AbortController();
@@ -43,14 +38,7 @@ export class PollTransport extends Transport {
         const body = await readJson(await fetch(url, { signal: this.abort.signal, cache: 'no-store' }));
         if (this.closed) return;
         if (first) { this.onstate('open'); first = false; }
-        for (const event of body.events) {
-          if (event.type === 'error' && event.code === 'replaced') {
-            this.finish({ reason: 'replaced', retry: false, message: event.message });
-            return;
-          }
-          this.deliver(event);
-        }
-        if (typeof body.next === 'number') this.since = body.next;
+        if (!this.takeAnswer(body)) return;
         await this.wait();
       }
     } catch (err) {

@@ -9,23 +9,18 @@
 // behaviour is the same for every technique and visible on the page.
 
 import { Transport, withQuery } from './transport.js';
-import { joinSession, postMessage } from '../api.js';
+import { postMessage } from '../api.js';
 
 export class SseTransport extends Transport {
   name = 'sse';
 
   async connect() {
     this.onstate('connecting');
-    if (!this.session) {
-      try {
-        const joined = await joinSession('sse');
-        this.session = joined.session;
-        this.since = joined.seq;
-        this.deliver({ type: 'welcome', ...joined });
-      } catch (err) {
-        this.finish({ reason: 'error', retry: true, message: err.message });
-        return;
-      }
+    try {
+      await this.joinOverHttp('sse');
+    } catch (err) {
+      this.finish({ reason: 'error', retry: true, message: err.message });
+      return;
     }
     if (this.closed) return;
 

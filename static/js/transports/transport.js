@@ -20,6 +20,8 @@
 // Deduplication, the cursor and the reconnect backoff live in ../client.js, not
 // here, so each transport file shows only its technique.
 
+import { joinSession } from '../api.js';
+
 export class Transport {
   constructor({ session = null, since = null } = {}) {
     this.session = session;
@@ -34,6 +36,35 @@ export class Transport {
     if (this.closed) return;
     this.closed = true;
     this.onstate('closed', info);
+  }
+
+  /**
+   * The HTTP techniques' join (SSE and the polls): without a session yet, joins
+   * as a new participant with POST /api/sessions and reports the `welcome`.
+   */
+  async joinOverHttp(transport) {
+    if (this.session) return;
+    const joined = await joinSession(transport);
+    this.session = joined.session;
+    this.since = joined.seq;
+    this.deliver({ type: 'welcome', ...joined });
+  }
+
+  /**
+   * Hands out the events of a poll's answer ({events, next}) and moves the
+   * cursor to `next`. Returns false when the answer says a newer channel took
+   * the session over: the channel has then ended.
+   */
+  takeAnswer(body) {
+    for (const event of body.events) {
+      if (event.type === 'error' && event.code === 'replaced') {
+        this.finish({ reason: 'replaced', retry: false, message: event.message });
+        return false;
+      }
+      this.deliver(event);
+    }
+    if (typeof body.next === 'number') this.since = body.next;
+    return true;
   }
 
   /** Remembers the cursor of the last room event handed out (used to continue). */
