@@ -872,8 +872,9 @@ impl Channel {
             }
             tokio::select! {
                 biased;
-                _ = self.room.shared.shutdown.cancelled() => return Item::Shutdown,
-                _ = self.ended.cancelled() => return Item::Replaced,
+                // `ended` is a child of the server's shutdown token, so it covers both: a wait on the shutdown
+                // token itself would have every channel of the process take that one token's lock.
+                () = self.ended.cancelled() => return self.ending().unwrap_or(Item::Replaced),
                 Ok(()) = self.pulse.changed() => {
                     let pulse = self.pulse.borrow_and_update().clone();
                     match (pulse.down, self.seen_down) {
