@@ -307,3 +307,7 @@ wrk("s7-redis-before-wrk")
 wrk("s7-redis-after-wrk")
 before_after("s7-redis-lp: long polls over Redis before and after the one-step open", "longpoll",
              "s7-redis-lp-before", "s7-redis-lp-after")
+# Session 8: CPU at 30,000/s among 1,000 with the default flags, never paced, and on one thread.
+cpu("s8-p1000-")
+cpu("s8-p1000-pace0-")
+cpu("s8-p1000-t1-")
