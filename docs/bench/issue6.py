@@ -311,3 +311,4 @@ before_after("s7-redis-lp: long polls over Redis before and after the one-step o
 cpu("s8-p1000-")
 cpu("s8-p1000-pace0-")
 cpu("s8-p1000-t1-")
+idle("s8-")
