@@ -69,7 +69,7 @@ impl State {
     fn since(&self, cursor: Seq, max: usize) -> Backlog {
         let head = self.head;
         if cursor > head {
-            return Backlog { after: cursor, head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() };
+            return Backlog { after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() };
         }
         let first = self.history.front().map_or(head + 1, |event| event.seq);
         let (missed, start) = if cursor + 1 < first {

@@ -55,11 +55,8 @@ pub enum Missed {
         /// The last missed sequence number.
         to: Seq,
     },
-    /// The cursor is ahead of the room (a restarted in-memory room, or a made-up cursor).
-    Ahead {
-        /// The cursor the client gave.
-        since: Seq,
-    },
+    /// The cursor ([`Backlog::after`]) is ahead of the room: a restarted in-memory room, or a made-up cursor.
+    Ahead,
 }
 
 /// A client of a session showing up ([`Broker::open`], [`Broker::poll`]): who, with what technique, until when,

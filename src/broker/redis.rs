@@ -339,7 +339,7 @@ fn backlog(
     max: usize,
 ) -> Result<Backlog, BrokerError> {
     if cursor > head {
-        return Ok(Backlog { after: cursor, head, missed: Some(Missed::Ahead { since: cursor }), events: Vec::new() });
+        return Ok(Backlog { after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() });
     }
     let first = oldest.ids.first().and_then(|entry| entry_seq(&entry.id)).unwrap_or(head + 1);
     let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });

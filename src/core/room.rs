@@ -1040,8 +1040,8 @@ fn push_backlog(items: &mut Vec<Delivery>, backlog: Backlog) -> Seq {
             items.push(Delivery::Control { json: control::gap(from, to), resume_after: to });
             last = to;
         }
-        Some(Missed::Ahead { since }) => {
-            items.push(Delivery::Control { json: control::reset(since, backlog.head), resume_after: backlog.head });
+        Some(Missed::Ahead) => {
+            items.push(Delivery::Control { json: control::reset(last, backlog.head), resume_after: backlog.head });
             last = backlog.head;
         }
         None => {}
