@@ -94,6 +94,8 @@ function show(event) {
 
 // ---- sending ----
 
+let sending = 0; // sends not yet answered
+
 $('chat-form').addEventListener('submit', async (e) => {
   e.preventDefault();
   const text = input.value;
@@ -104,20 +106,42 @@ $('chat-form').addEventListener('submit', async (e) => {
   }
   input.value = '';
   input.focus();
+  // Over HTTP a send is a POST, which waits for a free connection like any request (see limitHint).
+  sending += 1;
+  const slow = client.technique === 'ws' ? null : setTimeout(() => limitHint('stillSending'), SLOW_AFTER_MS);
   try {
     await client.send(text);
   } catch (err) {
     input.value = input.value || text; // give the text back so it can be sent again
     showHint(`${t('sendFailed')}: ${err.message}`);
+  } finally {
+    clearTimeout(slow);
+    sending -= 1;
+    if (sending === 0) clearLimitHint('stillSending');
   }
 });
 
 let hintTimer;
-function showHint(text) {
+/** Shows a hint under the composer for a few seconds, or until `clearLimitHint(stays)` when `stays` is a reason. */
+function showHint(text, { stays = '' } = {}) {
   hint.textContent = text;
   hint.hidden = false;
+  hint.dataset.stays = stays;
   clearTimeout(hintTimer);
-  hintTimer = setTimeout(() => { hint.hidden = true; }, 4000);
+  if (!stays) hintTimer = setTimeout(() => { hint.hidden = true; }, 4000);
+}
+
+// Over HTTP/1.1 a browser opens at most six connections to one site, and each open SSE stream or held long poll,
+// in any tab, keeps one: a page can load and then find none left for its stream or its POSTs. When one of those
+// takes long, the page says why; the hint goes once it is done.
+const SLOW_AFTER_MS = 4000;
+function limitHint(reason) {
+  showHint(`${t(reason)} ${t('connectionLimit')}`, { stays: reason });
+}
+function clearLimitHint(reason) {
+  if (hint.dataset.stays !== reason) return;
+  hint.hidden = true;
+  hint.dataset.stays = '';
 }
 
 // ---- technique and connection state ----
@@ -153,9 +177,27 @@ function updateTechnique() {
   history.replaceState(null, '', '?' + query);
 }
 
+// An HTTP technique that stays "connecting" is most often waiting for a free connection (see limitHint).
+let stuckTimer = null;
+function watchForStuck(status) {
+  if (status.state !== 'connecting' || client.technique === 'ws') {
+    clearTimeout(stuckTimer);
+    stuckTimer = null;
+    clearLimitHint('stillConnecting');
+  } else if (hint.dataset.stays === 'stillConnecting') {
+    limitHint('stillConnecting'); // said already: say it again in the current language
+  } else if (!stuckTimer) {
+    stuckTimer = setTimeout(() => {
+      stuckTimer = null;
+      if (lastStatus.state === 'connecting') limitHint('stillConnecting');
+    }, SLOW_AFTER_MS);
+  }
+}
+
 let lastStatus = { state: 'connecting' };
 function showStatus(status) {
   lastStatus = status;
+  watchForStuck(status);
   $('status').dataset.state = status.state;
   let text = t('state.' + status.state, {
     s: ((status.retryIn || 0) / 1000).toFixed(1),
