@@ -98,7 +98,8 @@ async fn bad_nicknames_are_refused() {
     ws_quiet(&mut watch).await;
 }
 
-/// Unknown sessions get 404 on every technique; missing ones 400; malformed `since` and `timeout` 400.
+/// Unknown sessions get 404 on every technique; missing ones 400; malformed `since` and `timeout` 400, and so
+/// does any of the three given twice.
 #[tokio::test]
 async fn unknown_sessions_and_malformed_cursors() {
     let server = start().await;
@@ -126,6 +127,19 @@ async fn unknown_sessions_and_malformed_cursors() {
     }
     let response = http().get(server.url("/api/sse?session=x")).header("last-event-id", "zz").send().await.unwrap();
     assert_eq!(response.status(), 400);
+    let session = &user.session;
+    for path in [
+        format!("/api/poll?session={session}&since=0&since=1"),
+        format!("/api/poll?session={session}&session={session}"),
+        format!("/api/longpoll?session={session}&timeout=0&timeout=1"),
+        format!("/api/sse?session={session}&since=0&since=0"),
+    ] {
+        let (status, body) = get_json(&server, &path).await;
+        assert_error(status, &body, 400, "bad_request");
+        assert!(body["error"].as_str().unwrap().contains("given twice"), "{path}: {body}");
+    }
+    let response = http().post(server.url(&format!("/api/messages?session={session}&session=x"))).body("hi");
+    assert_eq!(response.send().await.unwrap().status(), 400, "a POST too");
     assert_eq!(poll(&server, &format!("/api/poll?session={}", user.session)).await.1, 1, "the session is intact");
 }
 

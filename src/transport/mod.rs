@@ -37,7 +37,8 @@ use crate::error::AppError;
 
 /// What the transports take from a request: `session=` (or the `X-Session` header), the cursor (the
 /// `Last-Event-ID` header, else `since=`) and `timeout=`, read once from the query string and the headers;
-/// other query parameters are ignored.
+/// other query parameters are ignored. One of the three given twice is refused (`400`): which one the client
+/// meant cannot be known, and taking either would read from the wrong place without a word.
 #[derive(Debug, Default)]
 pub struct Params {
     session: Option<String>,
@@ -56,11 +57,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let mut params = Params::default();
         for (name, value) in parts.uri.query().unwrap_or("").split('&').map(query_pair) {
-            match &*name {
-                "session" => params.session = Some(value.into_owned()),
-                "since" => params.since = Some(cursor(&value)),
-                "timeout" => params.timeout = Some(value.into_owned()),
-                _ => {}
+            let given_before = match &*name {
+                "session" => params.session.replace(value.into_owned()).is_some(),
+                "since" => params.since.replace(cursor(&value)).is_some(),
+                "timeout" => params.timeout.replace(value.into_owned()).is_some(),
+                _ => false,
+            };
+            if given_before {
+                return Err(AppError::BadRequest(format!("{name}= is given twice: give it once")));
             }
         }
         // Both headers in one pass over the few a request has: a lookup by name would hash the name first.
