@@ -184,9 +184,7 @@ function watchForStuck(status) {
     clearTimeout(stuckTimer);
     stuckTimer = null;
     clearLimitHint('stillConnecting');
-  } else if (hint.dataset.stays === 'stillConnecting') {
-    limitHint('stillConnecting'); // said already: say it again in the current language
-  } else if (!stuckTimer) {
+  } else if (!stuckTimer && hint.dataset.stays !== 'stillConnecting') {
     stuckTimer = setTimeout(() => {
       stuckTimer = null;
       if (lastStatus.state === 'connecting') limitHint('stillConnecting');
@@ -250,6 +248,7 @@ $('lang').addEventListener('click', () => {
   toggleLanguage();
   updateTechnique();
   showStatus(lastStatus);
+  if (hint.dataset.stays) limitHint(hint.dataset.stays); // a hint that stays is said again in the new language
   refreshPresence();
 });
 

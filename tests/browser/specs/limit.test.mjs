@@ -49,6 +49,10 @@ test('a send that waits for a connection says why, then goes through', { timeout
     const shown = await hintShown(page);
     assert.match(shown, /^Still sending… A browser opens at most 6 HTTP\/1\.1 connections/);
     assert.equal(await page.locator('#messages li[data-type="message"]').count(), 0, 'nothing was sent yet');
+    // In the other language the hint is said again, not left in English.
+    await page.click('#lang');
+    assert.match(await hintShown(page), /^仍在发送…/);
+    await page.click('#lang');
 
     await releaseConnections(holder);
     await waitForMessage(page, 'waiting for a connection');
