@@ -25,6 +25,8 @@ export class LongPollTransport extends Transport {
         const asked = Date.now();
         // A bad request (unknown session, ...) is answered at once; one that the
         // server is still holding after a second has been accepted: we are connected.
+        // (Or it is still waiting in the browser for a free connection, six per site
+        // over HTTP/1.1: from here the two look the same. See docs/techniques.md.)
         const held = setTimeout(markOpen, 1000);
         let body;
         try {
