@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startServer, launchBrowser, openChat, say, waitForMessage, waitForNotice, waitConnected, freePort, identity, eventually,
+  getJson,
 } from '../lib/harness.mjs';
 
 for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
@@ -17,6 +18,12 @@ for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
     try {
       const page = await openChat(browser, server, { transport: technique, interval: 0.5 });
       const before = await identity(page);
+      if (technique !== 'poll') {
+        // The channel is open at the server, so the goodbye has somewhere to go: a long poller's first answer
+        // (its own join notice) comes at once, and its next request may still be on its way.
+        await eventually(async () => (await getJson(server, '/api/stats')).transports[technique].connections_open >= 1,
+          { message: `a ${technique} channel open at the server` });
+      }
 
       await server.stop(); // SIGTERM: the server says goodbye, then closes every channel
       // A short poller has no request open at that moment: it only sees the failure.
