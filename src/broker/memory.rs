@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use foldhash::HashMap;
 use tokio::sync::mpsc;
 
-use super::{Backlog, Broker, BrokerError, FeedItem, Missed, Visit};
+use super::{Backlog, Broker, BrokerError, FeedItem, Visit};
 use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
 use crate::core::session::SessionRecord;
 
@@ -67,19 +67,11 @@ impl State {
 
     /// At most `max` retained events after `cursor`, with the hole the client must be told of.
     fn since(&self, cursor: Seq, max: usize) -> Backlog {
-        let head = self.head;
-        if cursor > head {
-            return Backlog { after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() };
-        }
-        let first = self.history.front().map_or(head + 1, |event| event.seq);
-        let (missed, start) = if cursor + 1 < first {
-            (Some(Missed::Gap { from: cursor + 1, to: first - 1 }), first)
-        } else {
-            (None, cursor + 1)
-        };
-        let skip = (start - first) as usize;
-        let events = self.history.iter().skip(skip).take(max).cloned().collect();
-        Backlog { after: cursor, head, missed, events }
+        let oldest = self.history.front().map(|event| event.seq);
+        // The history holds consecutive numbers from the oldest: what follows the cursor starts at its distance.
+        let skip = cursor.saturating_add(1).saturating_sub(oldest.unwrap_or(0)) as usize;
+        let events = self.history.range(skip.min(self.history.len())..).take(max).cloned().collect();
+        Backlog::read(cursor, self.head, oldest, events)
     }
 }
 
@@ -145,7 +137,7 @@ impl Broker for MemoryBroker {
         let Some(record) = state.visit(&visit).cloned() else {
             return Ok(None);
         };
-        let backlog = state.since(visit.since.unwrap_or(record.cursor), visit.max);
+        let backlog = state.since(visit.after(record.cursor), visit.max);
         Ok(Some((record, backlog)))
     }
 
@@ -154,7 +146,7 @@ impl Broker for MemoryBroker {
         let Some(cursor) = state.visit(&visit).map(|record| record.cursor) else {
             return Ok(None);
         };
-        Ok(Some((cursor, state.since(visit.since.unwrap_or(cursor), visit.max))))
+        Ok(Some((cursor, state.since(visit.after(cursor), visit.max))))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {

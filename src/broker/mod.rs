@@ -59,6 +59,20 @@ pub enum Missed {
     Ahead,
 }
 
+impl Backlog {
+    /// What is retained after `cursor`, from what a store read: its head, the oldest event it retains (`None`
+    /// when it retains none) and the retained events after the cursor. Both brokers answer through here, so
+    /// they tell a hole and a cursor ahead of the room alike.
+    pub(crate) fn read(cursor: Seq, head: Seq, oldest: Option<Seq>, events: Vec<Arc<RoomEvent>>) -> Backlog {
+        if cursor > head {
+            return Backlog { after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() };
+        }
+        let first = oldest.unwrap_or(head + 1);
+        let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
+        Backlog { after: cursor, head, missed, events }
+    }
+}
+
 /// A client of a session showing up ([`Broker::open`], [`Broker::poll`]): who, with what technique, until when,
 /// and what it reads.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +87,13 @@ pub struct Visit<'a> {
     pub since: Option<Seq>,
     /// Read at most this many events.
     pub max: usize,
+}
+
+impl Visit<'_> {
+    /// The cursor to read after: the one the visit gives, else the session's `saved` one.
+    pub(crate) fn after(&self, saved: Seq) -> Seq {
+        self.since.unwrap_or(saved)
+    }
 }
 
 /// What a broker feeds to a process's fan-out point.

@@ -56,7 +56,7 @@ use redis::streams::StreamRangeReply;
 use redis::{Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value};
 use tokio::sync::mpsc;
 
-use super::{Backlog, Broker, BrokerError, FeedItem, Missed, Visit};
+use super::{Backlog, Broker, BrokerError, FeedItem, Visit};
 use crate::core::event::{Draft, RoomEvent, Seq};
 use crate::core::session::{SessionRecord, Transport};
 
@@ -338,13 +338,9 @@ fn backlog(
     range: &StreamRangeReply,
     max: usize,
 ) -> Result<Backlog, BrokerError> {
-    if cursor > head {
-        return Ok(Backlog { after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() });
-    }
-    let first = oldest.ids.first().and_then(|entry| entry_seq(&entry.id)).unwrap_or(head + 1);
-    let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
+    let oldest = oldest.ids.first().and_then(|entry| entry_seq(&entry.id));
     let events = range.ids.iter().take(max).map(entry_event).collect::<Result<Vec<_>, _>>()?;
-    Ok(Backlog { after: cursor, head, missed, events })
+    Ok(Backlog::read(cursor, head, oldest, events))
 }
 
 /// A history entry's event.
@@ -464,7 +460,7 @@ impl Broker for RedisBroker {
         let Some(record) = record(visit.token, fields) else {
             return Ok(None);
         };
-        let backlog = backlog(visit.since.unwrap_or(record.cursor), head, &oldest, &range, visit.max)?;
+        let backlog = backlog(visit.after(record.cursor), head, &oldest, &range, visit.max)?;
         Ok(Some((record, backlog)))
     }
 
@@ -472,7 +468,7 @@ impl Broker for RedisBroker {
         let Some((cursor, head, oldest, range)) = self.visit::<Seq>(visit, false).await? else {
             return Ok(None);
         };
-        Ok(Some((cursor, backlog(visit.since.unwrap_or(cursor), head, &oldest, &range, visit.max)?)))
+        Ok(Some((cursor, backlog(visit.after(cursor), head, &oldest, &range, visit.max)?)))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {
