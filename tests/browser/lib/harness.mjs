@@ -237,3 +237,24 @@ export function useServerAndBrowser({ before, after }, options = {}) {
   });
   return env;
 }
+
+/**
+ * Runs axe-core (from npm, injected into the page; nothing is fetched) on the
+ * page as it is now. Returns the violations of impact "serious" or "critical",
+ * each as {id, impact, help, targets}: an accessible page returns [].
+ */
+export async function seriousViolations(page) {
+  const axePath = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'node_modules', 'axe-core', 'axe.min.js');
+  // Evaluated through the DevTools protocol, not added as a <script>: the page's Content-Security-Policy
+  // rightly refuses inline scripts.
+  if (!(await page.evaluate(() => typeof window.axe === 'object'))) await page.evaluate(fs.readFileSync(axePath, 'utf8'));
+  const result = await page.evaluate(async () => window.axe.run(document, { resultTypes: ['violations'] }));
+  return result.violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => ({ id: v.id, impact: v.impact, help: v.help, targets: v.nodes.map((n) => n.target.join(' ')).slice(0, 10) }));
+}
+
+/** The page's horizontal overflow in CSS pixels: 0 when nothing scrolls sideways. */
+export async function horizontalOverflow(page) {
+  return page.evaluate(() => Math.max(document.documentElement.scrollWidth, document.body.scrollWidth) - window.innerWidth);
+}
