@@ -62,6 +62,7 @@ pub fn app(room: Room) -> Router {
         .route("/api/stats", get(stats))
         .route("/metrics", get(metering::prometheus::handler))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/docs/{*path}", get(transport::docs::handler))
         .fallback(assets::fallback)
         .with_state(room)
 }

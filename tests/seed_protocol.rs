@@ -89,3 +89,25 @@ async fn plain_get_serves_the_page() {
     assert_eq!(response.status(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
 }
+
+/// The docs are served as pages with GitHub's heading anchors, so the demo can link a figure to its explanation;
+/// a name that is not a doc (or tries to leave docs/) is a JSON 404.
+#[tokio::test]
+async fn docs_are_served_with_anchors() {
+    let server = start().await;
+    let client = http();
+    let page = client.get(server.url("/docs/techniques")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"<h2 id="1-short-interval-polling">"#), "no anchor for short polling");
+    assert!(html.contains(r#"<h2 id="4-websocket">"#), "no anchor for WebSocket");
+    let with_suffix = client.get(server.url("/docs/protocol.md")).send().await.unwrap();
+    assert_eq!(with_suffix.status(), 200);
+    for bad in ["/docs/nosuch", "/docs/..%2FCargo.toml", "/docs/screenshots/nosuch.png"] {
+        let answer = client.get(server.url(bad)).send().await.unwrap();
+        assert_eq!(answer.status(), 404, "{bad}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["code"], "not_found", "{bad}");
+    }
+}

@@ -10,9 +10,11 @@
 //! | [`post`] | `POST /api/messages`, the upstream of the three HTTP techniques |
 //! | [`sessions`] | join, leave and presence over HTTP |
 //! | [`assets`] | the demo page and its files |
+//! | [`docs`] | the docs, rendered for the demo's readers |
 //! | [`websocket`] | the WebSocket handshake and connection that [`ws`] and [`seed`] share |
 
 pub mod assets;
+pub mod docs;
 pub mod long_poll;
 pub mod post;
 pub mod seed;
