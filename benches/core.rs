@@ -103,7 +103,7 @@ fn poll_bodies(c: &mut Criterion) {
     let mut group = c.benchmark_group("poll body");
     group.throughput(Throughput::Elements(deliveries.len() as u64));
     group.bench_function("100 events into one response", |b| {
-        b.iter_batched(|| deliveries.clone(), |d| black_box(poll_body(&d, next)), BatchSize::SmallInput)
+        b.iter_batched(|| deliveries.clone(), |d| black_box(poll_body(&d, next, None)), BatchSize::SmallInput)
     });
     group.finish();
 }
