@@ -26,9 +26,10 @@ struct Assets;
 /// The policy of the HTML pages: everything from this origin only (scripts, styles, images, the page's `fetch`,
 /// `EventSource` and WebSocket connections), no inline script, style or event handler, no plugin, no `<base>`,
 /// and no framing by any site (clickjacking). `connect-src` names `ws:` and `wss:` because a browser that
-/// predates CSP level 3 does not count a WebSocket to its own host as `'self'`.
+/// predates CSP level 3 does not count a WebSocket to its own host as `'self'`; `img-src` allows `data:` for the
+/// pages' empty icon (`<link rel="icon" href="data:,">`, which spares the browser a `/favicon.ico` request).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-    img-src 'self'; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; \
+    img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; base-uri 'none'; form-action 'self'; \
     frame-ancestors 'none'";
 
 /// Compression effort: brotli's default (11) takes some tens of milliseconds on a page's script, for a file a

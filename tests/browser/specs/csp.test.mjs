@@ -47,17 +47,26 @@ test('the comparison view runs under its CSP without a violation', { timeout: 60
   await page.context().close();
 });
 
-test('another site cannot frame the chat page', { timeout: 30_000 }, async () => {
+test('another site cannot frame the pages; a file without the policy can be framed', { timeout: 30_000 }, async () => {
   const page = await newPage(env.browser);
-  // A page of another origin (a data: URL is opaque) that tries to frame ours.
   const refused = [];
   page.on('console', (m) => {
     if (/frame-ancestors/.test(m.text())) refused.push(m.text());
   });
-  await page.goto(`data:text/html,<iframe src="${env.server.url}/"></iframe>`);
-  await eventually(() => refused.length > 0, { message: 'the browser refused to frame the page' });
-  const frame = page.frames().find((f) => f !== page.mainFrame());
-  const framed = frame ? await frame.evaluate(() => !!document.querySelector('#messages')).catch(() => false) : false;
-  assert.equal(framed, false, 'the chat page did not load inside the frame');
+  // An about:blank page (an origin other than the server's) that frames both pages and, as a control, /healthz.
+  await page.setContent(`<iframe id="chat" src="${env.server.url}/"></iframe>` +
+    `<iframe id="compare" src="${env.server.url}/compare.html"></iframe>` +
+    `<iframe id="plain" src="${env.server.url}/healthz"></iframe>`);
+  const frameOf = async (id) => (await page.$(`#${id}`)).contentFrame();
+  await eventually(async () => {
+    const frame = await frameOf('plain');
+    return frame && (await frame.evaluate(() => document.body?.innerText ?? '').catch(() => '')).trim() === 'ok';
+  }, { message: 'the control frame loaded' });
+  await eventually(() => refused.length >= 2, { message: 'the browser refused to frame both pages' });
+  for (const id of ['chat', 'compare']) {
+    const frame = await frameOf(id);
+    const loaded = frame ? await frame.evaluate(() => !!document.querySelector('script[src]')).catch(() => false) : false;
+    assert.equal(loaded, false, `${id}: the page did not load inside another site's frame`);
+  }
   await page.context().close();
 });
