@@ -103,10 +103,27 @@ fn poll_bodies(c: &mut Criterion) {
     let mut group = c.benchmark_group("poll body");
     group.throughput(Throughput::Elements(deliveries.len() as u64));
     group.bench_function("100 events into one response", |b| {
-        b.iter_batched(|| deliveries.clone(), |d| black_box(poll_body(&d, next)), BatchSize::SmallInput)
+        b.iter_batched(|| deliveries.clone(), |d| black_box(poll_body(&d, next, None)), BatchSize::SmallInput)
     });
     group.finish();
 }
 
-criterion_group!(benches, publish, fan_out, poll_bodies);
+/// What a welcome's `presence` costs as the room grows: it lists the oldest 200, so it should not grow with the
+/// number online (the memory broker reads them from its join-order index, not by sorting everyone).
+fn presence(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("presence");
+    for online in [200usize, 10_000, 100_000] {
+        let room = rt.block_on(chatlab::build_room(Config { max_sessions: online + 1, ..config() })).unwrap();
+        for _ in 0..online {
+            rt.block_on(room.join(Transport::Poll, None, false)).unwrap();
+        }
+        group.bench_function(format!("oldest 200 of {online} online"), |b| {
+            b.iter(|| black_box(rt.block_on(room.presence_now()).unwrap()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, publish, fan_out, poll_bodies, presence);
 criterion_main!(benches);

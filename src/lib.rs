@@ -33,11 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::Config;
@@ -48,6 +49,11 @@ use crate::metering::Metering;
 use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, ws};
 
 /// The router: every endpoint of the product, served from one room.
+///
+/// Every response says `X-Content-Type-Options: nosniff` (a browser never guesses a type other than the one
+/// given, so a JSON answer or a user's text is never run as a script or page) and `Referrer-Policy: no-referrer`
+/// (a page's address, which may hold a session token, is never sent to another site); the HTML pages add their
+/// Content Security Policy ([`transport::assets`]).
 pub fn app(room: Room) -> Router {
     Router::new()
         .route("/", get(seed::root))
@@ -65,6 +71,8 @@ pub fn app(room: Room) -> Router {
         .route("/docs/{*path}", get(transport::docs::handler))
         .fallback(assets::fallback)
         .with_state(room)
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
 }
 
 /// `GET /api/stats`: the per-technique counters, with what each counts.

@@ -93,6 +93,8 @@ conformance! {
     a_poll_is_a_visit_and_a_read_from_the_saved_cursor(5),
     the_cursor_only_moves_forward_and_keeps_a_rename(100),
     presence_lists_everyone_oldest_first(100),
+    the_oldest_are_listed_in_join_order_and_bounded(100),
+    optional_event_fields_survive_the_store_and_the_feed(100),
     clientcount_is_the_online_count(100),
 }
 
@@ -103,7 +105,7 @@ fn visit(token: &str, transport: Transport, lease_until_ms: u64, since: Option<S
 }
 
 fn draft(message: &str) -> Draft {
-    Draft { kind: EventKind::Message, id: "u1".into(), nickname: "游客1".into(), message: message.into() }
+    Draft::new(EventKind::Message, "u1".into(), "游客1".into(), message.into())
 }
 
 fn seqs(backlog: &Backlog) -> Vec<Seq> {
@@ -442,6 +444,82 @@ async fn presence_lists_everyone_oldest_first(fixture: Fixture) {
     assert_eq!(tokens, vec!["p1", "p2", "p3"]);
     let records = a.presence().await.unwrap();
     assert_eq!(records[0], session("p1", 100, 1));
+}
+
+/// `oldest(max)` gives the online count and the first `max` sessions in join order (by guest number), from any
+/// process, and forgets removed and expired sessions.
+async fn the_oldest_are_listed_in_join_order_and_bounded(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let lease = now_ms() + 60_000;
+    for guest in [4, 1, 3, 2, 5] {
+        a.create_session(&session(&format!("o{guest}"), 1_000 - guest, guest), lease, 100).await.unwrap();
+    }
+    let tokens = |records: Vec<SessionRecord>| records.into_iter().map(|r| r.token).collect::<Vec<_>>();
+    let (online, oldest) = b.oldest(3).await.unwrap();
+    assert_eq!((online, tokens(oldest)), (5, vec!["o1".to_owned(), "o2".into(), "o3".into()]));
+    b.remove_session("o2").await.unwrap();
+    a.create_session(&session("short", 1, 6), 10, 100).await.unwrap();
+    assert_eq!(a.expire(now_ms()).await.unwrap().len(), 1, "the short lease expired");
+    let (online, oldest) = a.oldest(10).await.unwrap();
+    assert_eq!(online, 4);
+    assert_eq!(tokens(oldest.clone()), vec!["o1", "o3", "o4", "o5"], "removed and expired sessions are gone");
+    assert_eq!(oldest[0], session("o1", 999, 1), "whole records");
+    assert_eq!(b.oldest(0).await.unwrap(), (4, vec![]));
+}
+
+/// The optional fields (`notice`, `transport`, `joined`, `left`, `previous`) come back from the feed and the
+/// history as published, in the same bytes as the memory broker writes, and an event without them has none.
+async fn optional_event_fields_survive_the_store_and_the_feed(fixture: Fixture) {
+    use chatlab::core::event::Notice;
+    let broker = fixture.process().await;
+    let mut feed = broker.subscribe().await.unwrap();
+    let drafts = [
+        Draft::join("u1".into(), "游客1".into(), Transport::LongPoll),
+        Draft::message("u1".into(), "游客1".into(), "hi".into(), Transport::Sse),
+        Draft::rename("u1".into(), "游客1".into(), "ann".into()),
+        Draft::crowd(12, 3),
+        Draft::leave("u1".into(), "ann".into()),
+        draft("plain"),
+    ];
+    for draft in &drafts {
+        broker.publish(draft.clone()).await.unwrap();
+    }
+    let stored = broker.since(0, 10).await.unwrap();
+    for (i, draft) in drafts.iter().enumerate() {
+        let fed = next_event(&mut feed).await;
+        let body = fed.body();
+        assert_eq!(fed.json, stored.events[i].json, "the feed and the history hold the same bytes");
+        assert_eq!(fed.json, RoomEvent::new(&body).json, "the same bytes as the memory broker's serialisation");
+        let again = Draft {
+            kind: body.kind,
+            id: body.id,
+            nickname: body.nickname,
+            message: body.message,
+            notice: body.notice,
+            transport: body.transport,
+            joined: body.joined,
+            left: body.left,
+            previous: body.previous,
+        };
+        assert_eq!(&again, draft, "event {i}: {}", fed.json);
+    }
+    let json: Vec<serde_json::Value> =
+        stored.events.iter().map(|e| serde_json::from_str(e.json.as_str()).unwrap()).collect();
+    assert_eq!(json[0]["notice"], "join");
+    assert_eq!(json[0]["transport"], "longpoll");
+    assert_eq!(json[1]["transport"], "sse");
+    assert_eq!(json[2]["previous"], "游客1");
+    assert_eq!(json[2]["message"], "用户 游客1 改名为: ann", "the seed's text is kept");
+    assert_eq!((json[3]["joined"].as_u64(), json[3]["left"].as_u64()), (Some(12), Some(3)));
+    assert_eq!(json[3]["message"], "12 人来了，3 人走了");
+    assert_eq!(json[4]["notice"], serde_json::json!(Notice::Leave));
+    let plain = json[5].as_object().unwrap();
+    let keys: Vec<&str> = plain.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["type", "id", "nickname", "message", "clientcount", "seq", "ts"],
+        "no optional field when absent"
+    );
 }
 
 /// Every event carries the room-wide online count at the time it was published.

@@ -489,3 +489,58 @@ async fn a_busy_long_poller_hopping_processes_stays_online() {
     assert_eq!(post(&a, &poller.session, "still here").await.0, 202, "its session is alive");
     check_same_sequence(&[("talker", &talker.seen), ("poller", &poller.seen)]);
 }
+
+/// The next text frame of a socket as JSON.
+async fn next_json(socket: &mut Socket) -> Value {
+    loop {
+        match tokio::time::timeout(WAIT, socket.next()).await.expect("a frame in time") {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Presence and the notice fields are room-wide: a welcome on one process lists, in join order, who joined on
+/// the others, and events from another process carry `notice`, `transport` and `previous` as published.
+#[tokio::test]
+async fn presence_and_notice_fields_cross_processes() {
+    let Some(redis) = RedisServer::start_or_skip("presence_and_notice_fields_cross_processes") else {
+        return;
+    };
+    let (a, b) = (chatlab(&redis), chatlab(&redis));
+    let (mut first, welcome) = ws_open(&a.ws_url("/ws?nickname=first")).await;
+    assert_eq!(welcome["presence"]["clientcount"], 1);
+    assert_eq!(next_json(&mut first).await["notice"], "join");
+
+    let response = http().post(b.url("/api/sessions")).json(&json!({"transport": "sse", "nickname": "second"}));
+    let joined: Value = response.send().await.unwrap().json().await.unwrap();
+    let listed: Vec<&str> = joined["presence"]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["nickname"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["first", "second"], "{joined}");
+    let notice = next_json(&mut first).await;
+    assert_eq!((notice["notice"].as_str(), notice["transport"].as_str()), (Some("join"), Some("sse")), "{notice}");
+
+    let session = joined["session"].as_str().unwrap();
+    assert_eq!(post(&b, session, "/nick zweite").await.0, 202);
+    let renamed = next_json(&mut first).await;
+    assert_eq!((renamed["previous"].as_str(), renamed["nickname"].as_str()), (Some("second"), Some("zweite")));
+    assert_eq!(post(&a, session, "hello").await.0, 202);
+    assert_eq!(next_json(&mut first).await["transport"], "sse");
+
+    let (_, welcome) = ws_open(&b.ws_url("/ws?nickname=third")).await;
+    let presence = &welcome["presence"];
+    assert_eq!(presence["clientcount"], 3);
+    let listed: Vec<(&str, &str)> = presence["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["nickname"].as_str().unwrap(), p["transport"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [("first", "ws"), ("zweite", "sse"), ("third", "ws")]);
+    assert_eq!(presence["more"], false);
+}

@@ -99,6 +99,7 @@ async fn docs_are_served_with_anchors() {
     let page = client.get(server.url("/docs/techniques")).send().await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("frame-ancestors 'none'"));
     let html = page.text().await.unwrap();
     assert!(html.contains(r#"<h2 id="1-short-interval-polling">"#), "no anchor for short polling");
     assert!(html.contains(r#"<h2 id="4-websocket">"#), "no anchor for WebSocket");

@@ -1,6 +1,6 @@
 //! The embedded broker: the room lives in this process (the default).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -29,6 +29,8 @@ struct State {
     /// Sessions by token, with the time (ms) their lease ends.
     /// Boxed, so the table's empty slots (a hash table is up to half empty) cost a pointer, not a record.
     sessions: HashMap<String, Box<(SessionRecord, u64)>>,
+    /// The sessions in join order, `(guest number, token)`: the oldest few are read without a sort of them all.
+    joined: BTreeSet<(u64, String)>,
     /// Where published events go: the room's fan-out point (one per process, and here there is one process).
     feeds: Vec<mpsc::UnboundedSender<FeedItem>>,
 }
@@ -44,6 +46,7 @@ impl MemoryBroker {
                 capacity,
                 guests: 0,
                 sessions: HashMap::default(),
+                joined: BTreeSet::new(),
                 feeds: Vec::new(),
             }),
         }
@@ -57,6 +60,13 @@ impl MemoryBroker {
 }
 
 impl State {
+    /// Removes a session and its place in the join order.
+    fn remove(&mut self, token: &str) -> Option<SessionRecord> {
+        let (record, _) = *self.sessions.remove(token)?;
+        self.joined.remove(&(record.guest, record.token.clone()));
+        Some(record)
+    }
+
     /// A client of the session showed up (see [`Broker::open`]): the record as it is now.
     fn visit(&mut self, visit: &Visit<'_>) -> Option<&SessionRecord> {
         let entry = self.sessions.get_mut(visit.token)?;
@@ -113,6 +123,8 @@ impl Broker for MemoryBroker {
         if state.sessions.len() >= max {
             return Err(BrokerError::Full);
         }
+        state.remove(&record.token);
+        state.joined.insert((record.guest, record.token.clone()));
         state.sessions.insert(record.token.clone(), Box::new((record.clone(), lease_until_ms)));
         Ok(())
     }
@@ -123,8 +135,13 @@ impl Broker for MemoryBroker {
 
     async fn save_session(&self, record: &SessionRecord) -> Result<bool, BrokerError> {
         let mut state = self.lock();
-        match state.sessions.get_mut(&record.token) {
+        let State { sessions, joined, .. } = &mut *state;
+        match sessions.get_mut(&record.token) {
             Some(entry) => {
+                if entry.0.guest != record.guest {
+                    joined.remove(&(entry.0.guest, record.token.clone()));
+                    joined.insert((record.guest, record.token.clone()));
+                }
                 entry.0 = record.clone();
                 Ok(true)
             }
@@ -158,7 +175,7 @@ impl Broker for MemoryBroker {
     }
 
     async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {
-        Ok(self.lock().sessions.remove(token).map(|entry| entry.0))
+        Ok(self.lock().remove(token))
     }
 
     async fn renew(&self, tokens: &[String], until_ms: u64) -> Result<(), BrokerError> {
@@ -175,13 +192,20 @@ impl Broker for MemoryBroker {
         let mut state = self.lock();
         let gone: Vec<String> =
             state.sessions.iter().filter(|(_, entry)| entry.1 < now_ms).map(|(token, _)| token.clone()).collect();
-        Ok(gone.iter().filter_map(|token| state.sessions.remove(token)).map(|entry| entry.0).collect())
+        Ok(gone.iter().filter_map(|token| state.remove(token)).collect())
     }
 
     async fn presence(&self) -> Result<Vec<SessionRecord>, BrokerError> {
         let mut all: Vec<SessionRecord> = self.lock().sessions.values().map(|entry| entry.0.clone()).collect();
         all.sort_by(|a, b| a.since_ms.cmp(&b.since_ms).then(a.guest.cmp(&b.guest)));
         Ok(all)
+    }
+
+    async fn oldest(&self, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        let state = self.lock();
+        let oldest =
+            state.joined.iter().take(max).filter_map(|(_, token)| state.sessions.get(token)).map(|e| e.0.clone());
+        Ok((state.sessions.len() as u64, oldest.collect()))
     }
 
     async fn online(&self) -> Result<u64, BrokerError> {

@@ -211,6 +211,14 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn presence(&self) -> Result<Vec<SessionRecord>, BrokerError>;
 
+    /// How many sessions are online, and the oldest `max` of them in join order (by guest number): what a
+    /// welcome's `presence` lists. Its cost is bounded by `max`, not by the number online: both brokers keep the
+    /// sessions in join order for it.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn oldest(&self, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError>;
+
     /// How many sessions are online.
     ///
     /// # Errors

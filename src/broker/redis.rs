@@ -11,6 +11,7 @@
 //! | `P:events` | pub/sub channel | each event's JSON, published by the same script that appended it |
 //! | `P:guests` | string | the guest counter (`游客N`) |
 //! | `P:leases` | sorted set | session token, scored by the time (ms) its lease ends: who is online |
+//! | `P:joined` | sorted set | the same tokens, scored by guest number: the join order a welcome's `presence` lists |
 //! | `P:session:<token>` | hash | the session record (`id`, `nickname`, `guest`, `transport`, `since_ms`, `cursor`, `seed`) |
 //!
 //! # One global order
@@ -90,15 +91,16 @@ return json
     )
 });
 
-/// Creates a session unless the room is full. KEYS: leases, session hash. ARGV: token, lease end, max, then the
-/// hash's field/value pairs. Returns 1, or 0 when full.
+/// Creates a session unless the room is full. KEYS: leases, session hash, joined. ARGV: token, lease end, max,
+/// guest number, then the hash's field/value pairs. Returns 1, or 0 when full.
 static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 return 1
 "#,
     )
@@ -154,11 +156,12 @@ return 1
     )
 });
 
-/// Removes a session. KEYS: leases, session hash. ARGV: token. Returns the record's fields if this call removed
-/// it, nil if it was already gone.
+/// Removes a session. KEYS: leases, session hash, joined. ARGV: token. Returns the record's fields if this call
+/// removed it, nil if it was already gone.
 static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
 local record = redis.call('HGETALL', KEYS[2])
 redis.call('DEL', KEYS[2])
@@ -167,7 +170,8 @@ return record
     )
 });
 
-/// Removes sessions whose lease ended before now. KEYS: leases. ARGV: now (ms), batch size, session key prefix.
+/// Removes sessions whose lease ended before now. KEYS: leases, joined. ARGV: now (ms), batch size, session key
+/// prefix.
 /// Returns `{token, fields}` pairs, each removed session exactly once.
 static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -176,11 +180,27 @@ local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT
 local out = {}
 for _, token in ipairs(gone) do
   redis.call('ZREM', KEYS[1], token)
+  redis.call('ZREM', KEYS[2], token)
   local key = ARGV[3] .. token
   out[#out + 1] = {token, redis.call('HGETALL', key)}
   redis.call('DEL', key)
 end
 return out
+"#,
+    )
+});
+
+/// How many are online and the oldest sessions in join order. KEYS: leases, joined. ARGV: how many, session key
+/// prefix. Returns the count and `{token, fields}` pairs; a token whose record is gone is dropped from the order.
+static OLDEST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+for _, token in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)) do
+  local fields = redis.call('HGETALL', ARGV[2] .. token)
+  if #fields == 0 then redis.call('ZREM', KEYS[2], token) else out[#out + 1] = {token, fields} end
+end
+return {redis.call('ZCARD', KEYS[1]), out}
 "#,
     )
 });
@@ -193,6 +213,7 @@ struct Keys {
     channel: String,
     guests: String,
     leases: String,
+    joined: String,
     /// `P:session:`, to which a token is appended.
     session: String,
 }
@@ -205,6 +226,7 @@ impl Keys {
             channel: format!("{prefix}:events"),
             guests: format!("{prefix}:guests"),
             leases: format!("{prefix}:leases"),
+            joined: format!("{prefix}:joined"),
             session: format!("{prefix}:session:"),
         }
     }
@@ -420,9 +442,11 @@ impl Broker for RedisBroker {
         invocation
             .key(&self.keys.leases)
             .key(self.keys.session(&record.token))
+            .key(&self.keys.joined)
             .arg(&record.token)
             .arg(lease_until_ms)
-            .arg(max);
+            .arg(max)
+            .arg(record.guest);
         for (field, value) in fields(record) {
             invocation.arg(field).arg(value);
         }
@@ -480,9 +504,15 @@ impl Broker for RedisBroker {
 
     async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError> {
         let mut conn = self.conn.clone();
-        let removed: Option<HashMap<String, String>> =
-            within(REMOVE.key(&self.keys.leases).key(self.keys.session(token)).arg(token).invoke_async(&mut conn))
-                .await?;
+        let removed: Option<HashMap<String, String>> = within(
+            REMOVE
+                .key(&self.keys.leases)
+                .key(self.keys.session(token))
+                .key(&self.keys.joined)
+                .arg(token)
+                .invoke_async(&mut conn),
+        )
+        .await?;
         Ok(removed.and_then(|hash| record(token, hash)))
     }
 
@@ -506,7 +536,13 @@ impl Broker for RedisBroker {
     async fn expire(&self, now_ms: u64) -> Result<Vec<SessionRecord>, BrokerError> {
         let mut conn = self.conn.clone();
         let gone: Vec<(String, HashMap<String, String>)> = within(
-            EXPIRE.key(&self.keys.leases).arg(now_ms).arg(EXPIRE_BATCH).arg(&self.keys.session).invoke_async(&mut conn),
+            EXPIRE
+                .key(&self.keys.leases)
+                .key(&self.keys.joined)
+                .arg(now_ms)
+                .arg(EXPIRE_BATCH)
+                .arg(&self.keys.session)
+                .invoke_async(&mut conn),
         )
         .await?;
         Ok(gone.into_iter().filter_map(|(token, hash)| record(&token, hash)).collect())
@@ -528,6 +564,23 @@ impl Broker for RedisBroker {
             tokens.iter().zip(hashes).filter_map(|(token, hash)| record(token, hash)).collect();
         all.sort_by(|a, b| a.since_ms.cmp(&b.since_ms).then(a.guest.cmp(&b.guest)));
         Ok(all)
+    }
+
+    async fn oldest(&self, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        if max == 0 {
+            return Ok((self.online().await?, Vec::new()));
+        }
+        let mut conn = self.conn.clone();
+        let (online, oldest): (u64, Vec<(String, HashMap<String, String>)>) = within(
+            OLDEST
+                .key(&self.keys.leases)
+                .key(&self.keys.joined)
+                .arg(max)
+                .arg(&self.keys.session)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok((online, oldest.into_iter().filter_map(|(token, hash)| record(&token, hash)).collect()))
     }
 
     async fn online(&self) -> Result<u64, BrokerError> {

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tungstenite::Utf8Bytes;
 
+use crate::core::session::Transport;
+
 /// A room sequence number: strictly increasing, no holes between consecutive room events. `0` means "before the
 /// first event", so a cursor of `0` asks for everything retained.
 pub type Seq = u64;
@@ -25,7 +27,26 @@ pub enum EventKind {
     Message,
 }
 
+/// What kind of notice a `notification` is, so a page can render it in its own language (the `message` keeps
+/// the seed's Chinese text for the seed page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Notice {
+    /// A participant arrived (`游客1 来了`); the event also names its `transport`.
+    Join,
+    /// A participant left or its lease ran out (`游客1 走了`).
+    Leave,
+    /// Arrivals and departures summed in a big room (`12 人来了，3 人走了`), with `joined` and `left`.
+    Crowd,
+    /// The server is stopping (`Server has disconnected`).
+    Shutdown,
+}
+
 /// What a publisher asks the broker to append; the broker adds `seq`, `ts` and `clientcount`.
+///
+/// The optional fields come after the seed's four and are left out when absent, so an event without them is
+/// byte for byte what it was before they existed; the Redis broker appends the stamped fields to this
+/// serialisation, so their place here is their place on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Draft {
     /// The kind of event.
@@ -37,9 +58,76 @@ pub struct Draft {
     pub nickname: String,
     /// The human-readable text.
     pub message: String,
+    /// For a `notification`: what it announces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<Notice>,
+    /// For a join notice: the technique the participant joined with; for a `message`: the one its sender used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    /// For a crowd notice: how many arrived since the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<u64>,
+    /// For a crowd notice: how many left since the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<u64>,
+    /// For a `nick_update`: the nickname before the rename.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
-/// The wire form of a room event, field order as the seed's plus `seq` and `ts`.
+impl Draft {
+    /// An event of `kind` with the seed's four fields only.
+    pub fn new(kind: EventKind, id: String, nickname: String, message: String) -> Self {
+        Draft { kind, id, nickname, message, notice: None, transport: None, joined: None, left: None, previous: None }
+    }
+
+    /// `<nickname> 来了`, with the technique the participant joined with.
+    pub fn join(id: String, nickname: String, transport: Transport) -> Self {
+        let message = format!("{nickname} 来了");
+        Draft {
+            notice: Some(Notice::Join),
+            transport: Some(transport),
+            ..Draft::new(EventKind::Notification, id, nickname, message)
+        }
+    }
+
+    /// `<nickname> 走了`.
+    pub fn leave(id: String, nickname: String) -> Self {
+        let message = format!("{nickname} 走了");
+        Draft { notice: Some(Notice::Leave), ..Draft::new(EventKind::Notification, id, nickname, message) }
+    }
+
+    /// `12 人来了，3 人走了`: arrivals and departures in a big room, counted (both counts are always given).
+    pub fn crowd(joined: u64, left: u64) -> Self {
+        let mut parts = Vec::with_capacity(2);
+        if joined > 0 {
+            parts.push(format!("{joined} 人来了"));
+        }
+        if left > 0 {
+            parts.push(format!("{left} 人走了"));
+        }
+        Draft {
+            notice: Some(Notice::Crowd),
+            joined: Some(joined),
+            left: Some(left),
+            ..Draft::new(EventKind::Notification, String::new(), String::new(), parts.join("，"))
+        }
+    }
+
+    /// `用户 <previous> 改名为: <nickname>`.
+    pub fn rename(id: String, previous: String, nickname: String) -> Self {
+        let message = format!("用户 {previous} 改名为: {nickname}");
+        Draft { previous: Some(previous), ..Draft::new(EventKind::NickUpdate, id, nickname, message) }
+    }
+
+    /// A chat text, with the technique its sender used.
+    pub fn message(id: String, nickname: String, text: String, transport: Transport) -> Self {
+        Draft { transport: Some(transport), ..Draft::new(EventKind::Message, id, nickname, text) }
+    }
+}
+
+/// The wire form of a room event, field order as the seed's, then the optional fields of [`Draft`], then `seq`
+/// and `ts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventBody {
     /// The kind of event.
@@ -51,6 +139,21 @@ pub struct EventBody {
     pub nickname: String,
     /// The human-readable text.
     pub message: String,
+    /// See [`Draft::notice`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<Notice>,
+    /// See [`Draft::transport`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+    /// See [`Draft::joined`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<u64>,
+    /// See [`Draft::left`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<u64>,
+    /// See [`Draft::previous`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
     /// Participants online when the event was published.
     pub clientcount: u64,
     /// The room's sequence number.
@@ -67,6 +170,11 @@ impl EventBody {
             id: draft.id,
             nickname: draft.nickname,
             message: draft.message,
+            notice: draft.notice,
+            transport: draft.transport,
+            joined: draft.joined,
+            left: draft.left,
+            previous: draft.previous,
             clientcount,
             seq,
             ts: now_ms(),
@@ -122,10 +230,13 @@ pub mod control {
     use serde_json::json;
 
     use super::Seq;
+    use crate::core::session::Presence;
 
-    /// The first frame of a `/ws` connection and of an SSE stream: who you are and where your cursor is.
-    pub fn welcome(id: &str, nickname: &str, session: &str, seq: Seq) -> String {
-        json!({"type": "welcome", "id": id, "nickname": nickname, "session": session, "seq": seq}).to_string()
+    /// The first frame of a `/ws` connection and of an SSE stream: who you are, where your cursor is, and who is
+    /// online now.
+    pub fn welcome(id: &str, nickname: &str, session: &str, seq: Seq, presence: &Presence) -> String {
+        json!({"type": "welcome", "id": id, "nickname": nickname, "session": session, "seq": seq, "presence": presence})
+            .to_string()
     }
 
     /// Events `from..=to` are no longer retained (or never existed here): the client missed them.
@@ -152,6 +263,7 @@ pub mod control {
             "id": "",
             "nickname": "",
             "message": "Server has disconnected",
+            "notice": super::Notice::Shutdown,
             "clientcount": clientcount,
             "ts": super::now_ms(),
         })

@@ -4,6 +4,6 @@ pub mod event;
 pub mod room;
 pub mod session;
 
-pub use event::{EventKind, RoomEvent, Seq};
+pub use event::{EventKind, Notice, RoomEvent, Seq};
 pub use room::{Batch, Channel, Delivery, Item, Room};
-pub use session::{SessionRecord, Transport};
+pub use session::{Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};

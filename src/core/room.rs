@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::broker::{Backlog, Broker, FeedItem, Missed, Visit};
 use crate::config::Config;
-use crate::core::event::{control, now_ms, Draft, EventKind, RoomEvent, Seq};
-use crate::core::session::{clean_nickname, SessionRecord, Transport};
+use crate::core::event::{control, now_ms, Draft, RoomEvent, Seq};
+use crate::core::session::{clean_nickname, Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};
 use crate::error::AppError;
 use crate::metering::Metering;
 
@@ -346,22 +346,10 @@ impl Room {
             }
             let joined = self.shared.crowd.joined.swap(0, Ordering::Relaxed);
             let left = self.shared.crowd.left.swap(0, Ordering::Relaxed);
-            let mut parts = Vec::new();
-            if joined > 0 {
-                parts.push(format!("{joined} 人来了"));
-            }
-            if left > 0 {
-                parts.push(format!("{left} 人走了"));
-            }
-            if parts.is_empty() {
+            if joined == 0 && left == 0 {
                 continue;
             }
-            let draft = Draft {
-                kind: EventKind::Notification,
-                id: String::new(),
-                nickname: String::new(),
-                message: parts.join("，"),
-            };
+            let draft = Draft::crowd(joined, left);
             if let Err(error) = self.publish(draft).await {
                 tracing::warn!(%error, joined, left, "could not announce arrivals and departures");
                 self.shared.crowd.joined.fetch_add(joined, Ordering::Relaxed);
@@ -394,12 +382,7 @@ impl Room {
             self.shared.crowd.left.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        let draft = Draft {
-            kind: EventKind::Notification,
-            id: record.id.clone(),
-            nickname: record.nickname.clone(),
-            message: format!("{} 走了", record.nickname),
-        };
+        let draft = Draft::leave(record.id.clone(), record.nickname.clone());
         if let Err(error) = self.publish(draft).await {
             tracing::warn!(%error, nickname = %record.nickname, "could not announce a leave");
         }
@@ -441,12 +424,7 @@ impl Room {
             let cursor = self.head();
             return Ok((SessionRecord { cursor, ..record }, cursor));
         }
-        let draft = Draft {
-            kind: EventKind::Notification,
-            id: record.id.clone(),
-            nickname: record.nickname.clone(),
-            message: format!("{} 来了", record.nickname),
-        };
+        let draft = Draft::join(record.id.clone(), record.nickname.clone(), record.transport);
         let joined = match self.publish(draft).await {
             Ok(event) => event,
             Err(error) => {
@@ -487,12 +465,7 @@ impl Room {
             if !self.shared.broker.save_session(&record).await? {
                 return Err(AppError::UnknownSession);
             }
-            Draft {
-                kind: EventKind::NickUpdate,
-                id: record.id,
-                nickname: new.clone(),
-                message: format!("用户 {old} 改名为: {new}"),
-            }
+            Draft::rename(record.id, old, new)
         } else {
             if text.trim().is_empty() {
                 return Err(AppError::EmptyText);
@@ -501,7 +474,7 @@ impl Room {
             if text.len() > max && text.chars().count() > max {
                 return Err(AppError::TextTooLong(max));
             }
-            Draft { kind: EventKind::Message, id: record.id, nickname: record.nickname, message: text.to_owned() }
+            Draft::message(record.id, record.nickname, text.to_owned(), transport)
         };
         Ok((self.publish(draft).await?.seq, transport))
     }
@@ -549,6 +522,18 @@ impl Room {
     /// [`AppError::Unavailable`].
     pub async fn presence(&self) -> Result<Vec<SessionRecord>, AppError> {
         Ok(self.shared.broker.presence().await?)
+    }
+
+    /// Who is online now, as a welcome gives it: how many, and the oldest [`PRESENCE_MAX`] in join order. It
+    /// costs one broker call reading at most that many records, whatever the number online; it is made once
+    /// per join, channel opened or poll that asks for it, never per delivery.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`].
+    pub async fn presence_now(&self) -> Result<Presence, AppError> {
+        let (clientcount, oldest) = self.shared.broker.oldest(PRESENCE_MAX).await?;
+        let participants: Vec<Participant> = oldest.iter().map(Participant::from).collect();
+        Ok(Presence { more: clientcount > participants.len() as u64, clientcount, participants })
     }
 
     /// How many participants are online.
@@ -1078,7 +1063,7 @@ mod tests {
 
     fn ring(seqs: &[Seq]) -> Recent {
         let event = |seq| {
-            let draft = Draft { kind: EventKind::Message, id: "a".into(), nickname: "a".into(), message: "m".into() };
+            let draft = Draft::new(EventKind::Message, "a".into(), "a".into(), "m".into());
             Arc::new(RoomEvent::new(&EventBody::stamp(draft, seq, 1)))
         };
         Recent { events: seqs.iter().map(|&seq| event(seq)).collect(), dropped: 0 }

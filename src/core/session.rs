@@ -61,6 +61,46 @@ pub struct SessionRecord {
     pub seed: bool,
 }
 
+/// Most participants a [`Presence`] lists: enough for any list a page shows, and what bounds the cost of a
+/// welcome in a big room (reading 200 records, whatever the number online).
+pub const PRESENCE_MAX: usize = 200;
+
+/// Who is online, as a page first learns it (the `presence` of a welcome, of a join's `201`, of a poll asked
+/// with `presence=1`); it then keeps its list from join, leave, nick_update and message events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// How many participants are online (all of them, listed or not).
+    pub clientcount: u64,
+    /// The oldest participants, in join order, at most [`PRESENCE_MAX`].
+    pub participants: Vec<Participant>,
+    /// Whether some participants were left out of `participants`.
+    pub more: bool,
+}
+
+/// One participant as others see it: never its session token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Participant {
+    /// The public id, as in events.
+    pub id: String,
+    /// The current nickname.
+    pub nickname: String,
+    /// The technique it uses now.
+    pub transport: Transport,
+    /// When it joined, ms since the epoch.
+    pub since: u64,
+}
+
+impl From<&SessionRecord> for Participant {
+    fn from(record: &SessionRecord) -> Self {
+        Participant {
+            id: record.id.clone(),
+            nickname: record.nickname.clone(),
+            transport: record.transport,
+            since: record.since_ms,
+        }
+    }
+}
+
 /// Checks and trims a requested nickname.
 ///
 /// # Errors

@@ -36,7 +36,11 @@ pub async fn handler(Path(path): Path<String>) -> Response {
     match Docs::get(&format!("{name}.md")).filter(|_| known) {
         Some(file) => {
             let markdown = String::from_utf8_lossy(&file.data);
-            ([(header::CACHE_CONTROL, "no-cache")], Html(page(&markdown))).into_response()
+            let headers = [
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::CONTENT_SECURITY_POLICY, super::assets::CONTENT_SECURITY_POLICY),
+            ];
+            (headers, Html(page(&markdown))).into_response()
         }
         None => (
             StatusCode::NOT_FOUND,

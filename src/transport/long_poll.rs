@@ -20,6 +20,7 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     let token = params.require_session()?;
     let mut since = params.since()?;
     let hold = timeout(&params, &room)?;
+    let with_presence = params.presence()?;
     room.metering().request(Transport::LongPoll);
     // Something is there already (or no wait was asked for): answer like a short poll, without opening a live
     // channel. A client that keeps up arrives with `since` at the head and goes straight to waiting.
@@ -30,7 +31,8 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
         }
         let (deliveries, next) = room.poll(token, Transport::LongPoll, since).await?;
         if !deliveries.is_empty() || hold.is_zero() {
-            return Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next));
+            let presence = short_poll::presence_if(&room, with_presence).await?;
+            return Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next, presence.as_ref()));
         }
         since = Some(next);
     }
@@ -58,7 +60,9 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     }
     let next = channel.cursor();
     drop(channel);
-    Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next))
+    // Who is online when the answer goes, not when the poll came: a held poll may have waited for a join.
+    let presence = short_poll::presence_if(&room, with_presence).await?;
+    Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next, presence.as_ref()))
 }
 
 /// `timeout=` in seconds (decimals allowed), clamped to `--longpoll-max`.

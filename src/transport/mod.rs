@@ -34,19 +34,22 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::body::Body;
 use bytes::Bytes;
 
-use crate::core::{Delivery, Room, Seq};
+use crate::core::{Delivery, Presence, Room, Seq};
 use crate::error::AppError;
 
 /// What the transports take from a request: `session=` (or the `X-Session` header), the cursor (the
-/// `Last-Event-ID` header, else `since=`) and `timeout=`, read once from the query string and the headers;
-/// other query parameters are ignored. One of the three given twice is refused (`400`): which one the client
-/// meant cannot be known, and taking either would read from the wrong place without a word.
+/// `Last-Event-ID` header, else `since=`), `timeout=`, `nickname=` (a `/ws` join) and `presence=` (a poll that
+/// asks who is online), read once from the query string and the headers; other query parameters are ignored.
+/// One of them given twice is refused (`400`): which one the client meant cannot be known, and taking either
+/// would read from the wrong place without a word.
 #[derive(Debug, Default)]
 pub struct Params {
     session: Option<String>,
     /// Read as a number at once; the text is kept only when it is not one, for the error.
     since: Option<Result<Seq, String>>,
     timeout: Option<String>,
+    nickname: Option<String>,
+    presence: Option<String>,
 }
 
 /// The two headers [`Params`] reads.
@@ -63,6 +66,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
                 "session" => params.session.replace(value.into_owned()).is_some(),
                 "since" => params.since.replace(cursor(&value)).is_some(),
                 "timeout" => params.timeout.replace(value.into_owned()).is_some(),
+                "nickname" => params.nickname.replace(value.into_owned()).is_some(),
+                "presence" => params.presence.replace(value.into_owned()).is_some(),
                 _ => false,
             };
             if given_before {
@@ -139,6 +144,23 @@ impl Params {
     /// `timeout=` as given.
     pub fn timeout(&self) -> Option<&str> {
         self.timeout.as_deref()
+    }
+
+    /// `nickname=` as given (checked by the join, like the `nickname` of `POST /api/sessions`).
+    pub fn nickname(&self) -> Option<&str> {
+        self.nickname.as_deref()
+    }
+
+    /// Whether `presence=1` asks for who is online with the answer (`presence=0` or none: not).
+    ///
+    /// # Errors
+    /// [`AppError::BadRequest`] for any other value.
+    pub fn presence(&self) -> Result<bool, AppError> {
+        match self.presence.as_deref() {
+            None | Some("0") => Ok(false),
+            Some("1") => Ok(true),
+            Some(other) => Err(AppError::BadRequest(format!("presence must be 1 or 0, got {other:?}"))),
+        }
     }
 }
 
@@ -271,8 +293,9 @@ impl Pacer {
     }
 }
 
-/// Builds a poll response body `{"events":[...],"next":N}` from pre-serialised events without re-encoding them.
-pub fn poll_body(deliveries: &[Delivery], next: Seq) -> Vec<u8> {
+/// Builds a poll response body `{"events":[...],"next":N}` from pre-serialised events without re-encoding them;
+/// with `presence` (a poll asked with `presence=1`), `{"events":[...],"next":N,"presence":{...}}`.
+pub fn poll_body(deliveries: &[Delivery], next: Seq, presence: Option<&Presence>) -> Vec<u8> {
     let size: usize = deliveries.iter().map(|d| d.json().len() + 1).sum();
     let mut body = Vec::with_capacity(size + 40);
     body.extend_from_slice(b"{\"events\":[");
@@ -285,6 +308,10 @@ pub fn poll_body(deliveries: &[Delivery], next: Seq) -> Vec<u8> {
     body.extend_from_slice(b"],\"next\":");
     // itoa rather than `write!`: the formatting machinery costs more than the rest of an empty answer's body.
     body.extend_from_slice(itoa::Buffer::new().format(next).as_bytes());
+    if let Some(presence) = presence {
+        body.extend_from_slice(b",\"presence\":");
+        serde_json::to_writer(&mut body, presence).expect("presence always serialises");
+    }
     body.push(b'}');
     body
 }

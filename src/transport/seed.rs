@@ -23,7 +23,7 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     if !is_upgrade {
-        return Ok(assets::serve_path("index.html"));
+        return Ok(assets::fallback(request).await);
     }
     let (mut parts, _body) = request.into_parts();
     check_origin(&parts.headers, &room.config().allowed_origins)?;

@@ -8,18 +8,26 @@ use axum::http::{header, HeaderValue};
 use axum::response::Response;
 
 use super::{poll_body, Params};
-use crate::core::{Delivery, Room, Seq, Transport};
+use crate::core::{Delivery, Presence, Room, Seq, Transport};
 use crate::error::AppError;
 
 /// Answers `200 {"events":[...],"next":N}` with up to `--poll-batch` events after `since` (possibly none);
-/// the client asks again with `since=N` after its interval. Each poll renews the session's lease.
+/// the client asks again with `since=N` after its interval. Each poll renews the session's lease. With
+/// `presence=1` the answer also says who is online (`"presence"`).
 pub async fn handler(State(room): State<Room>, params: Params) -> Result<Response, AppError> {
     let token = params.require_session()?;
     let since = params.since()?;
+    let with_presence = params.presence()?;
     let metering = room.metering();
     metering.request(Transport::Poll);
     let (deliveries, next) = room.poll(token, Transport::Poll, since).await?;
-    Ok(respond(&room, Transport::Poll, &deliveries, next))
+    let presence = presence_if(&room, with_presence).await?;
+    Ok(respond(&room, Transport::Poll, &deliveries, next, presence.as_ref()))
+}
+
+/// Who is online, when the poll asked for it (`presence=1`).
+pub(crate) async fn presence_if(room: &Room, asked: bool) -> Result<Option<Presence>, AppError> {
+    Ok(if asked { Some(room.presence_now().await?) } else { None })
 }
 
 /// A poll answer's headers, made once: a header value built from a `&str` is checked and copied on every
@@ -28,11 +36,17 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
 /// The poll response `{"events":[...],"next":N}` (short or long), counted under `transport`.
-pub(crate) fn respond(room: &Room, transport: Transport, deliveries: &[Delivery], next: Seq) -> Response {
+pub(crate) fn respond(
+    room: &Room,
+    transport: Transport,
+    deliveries: &[Delivery],
+    next: Seq,
+    presence: Option<&Presence>,
+) -> Response {
     record(room, transport, deliveries);
     // Built by hand: a `Vec<u8>` body made into a response first gets an `application/octet-stream` type that
     // would then be replaced.
-    let mut response = Response::new(Body::from(poll_body(deliveries, next)));
+    let mut response = Response::new(Body::from(poll_body(deliveries, next, presence)));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, JSON);
     headers.insert(header::CACHE_CONTROL, NO_STORE);

@@ -29,7 +29,8 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     let since = params.since()?;
     room.metering().request(Transport::Sse);
     let (channel, record) = room.open(token, Transport::Sse, since).await?;
-    let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
+    let presence = room.presence_now().await?;
+    let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), &presence);
     let mut first = Vec::new();
     frame(&mut first, None, welcome.as_bytes());
     let state = Stream { channel, first: Some(first), done: false, pacer: Pacer::default() };

@@ -32,8 +32,9 @@ pub const CLOSE_REPLACED: u16 = 4000;
 /// Close code: the receiver fell more than `--send-queue` events behind.
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
-/// Upgrades `/ws`. Joins (or takes over `session=`) before upgrading, so a refusal is a plain HTTP error:
-/// `403` cross-site origin, `404` unknown session, `400` malformed `since`, `503` too many connections.
+/// Upgrades `/ws`. Joins (as `nickname=`, else as a guest) or takes over `session=` before upgrading, so a
+/// refusal is a plain HTTP error: `403` cross-site origin, `404` unknown session, `400` malformed `since`, a
+/// refused nickname or both `session=` and `nickname=`, `503` too many connections.
 pub async fn handler(
     State(room): State<Room>,
     _: SameOrigin,
@@ -42,14 +43,23 @@ pub async fn handler(
 ) -> Result<Response, AppError> {
     let since = params.since()?;
     room.metering().request(Transport::Ws);
-    let (token, since, joined) = match params.session() {
-        Some(token) => (token.to_owned(), since, false),
-        None => {
-            let (record, cursor) = room.join(Transport::Ws, None, false).await?;
+    let (token, since, joined) = match (params.session(), params.nickname()) {
+        (Some(_), Some(_)) => {
+            return Err(AppError::BadRequest(
+                "give session= to take a participant over or nickname= to join as a new one, not both".into(),
+            ))
+        }
+        (Some(token), None) => (token.to_owned(), since, false),
+        (None, nickname) => {
+            let (record, cursor) = room.join(Transport::Ws, nickname, false).await?;
             (record.token, Some(since.unwrap_or(cursor)), true)
         }
     };
-    let (channel, record) = match room.open(&token, Transport::Ws, since).await {
+    let opened = match room.open(&token, Transport::Ws, since).await {
+        Ok((channel, record)) => room.presence_now().await.map(|presence| (channel, record, presence)),
+        Err(error) => Err(error),
+    };
+    let (channel, record, presence) = match opened {
         Ok(opened) => opened,
         Err(error) => {
             if joined {
@@ -59,7 +69,7 @@ pub async fn handler(
             return Err(error);
         }
     };
-    let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
+    let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), &presence);
     let channel = Box::new(channel);
     Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, Some(welcome), OnClose::Stay)))
 }
