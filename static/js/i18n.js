@@ -1,7 +1,10 @@
-// Chinese and English labels. Elements carry data-i18n="key" (text) or
-// data-i18n-placeholder="key"; applyLanguage() fills them in. The choice is
-// remembered in localStorage. Chat texts and the server's notices are shown as
-// they come: only the page's own labels are translated.
+// Chinese and English labels. Elements carry data-i18n="key" (text),
+// data-i18n-placeholder="key" or data-i18n-aria-label="key"; applyLanguage()
+// fills them in. The HTML already holds the English labels (a slow first paint
+// shows no blank control), so these English strings must match the markup. The
+// choice is remembered in localStorage. Chat texts are shown as typed; the
+// server's notices are rendered from their fields (notice, transport, previous,
+// joined/left) in the page's language, falling back to the server's own text.
 
 const LABELS = {
   zh: {
@@ -41,6 +44,27 @@ const LABELS = {
     stillConnecting: '仍在连接…',
     stillSending: '仍在发送…',
     connectionLimit: '浏览器对同一站点最多同时打开 6 个 HTTP/1.1 连接,每个 SSE 流或挂起的长轮询都一直占着一个:本页的其他标签页可能已经把它们占满了。关掉几个,或改用 WebSocket(它不占这 6 个)。',
+    pages: '页面',
+    conversation: '聊天记录',
+    messageLabel: '聊天内容',
+    sending: '发送中…',
+    notSent: '未发出',
+    putBack: '放回输入框',
+    unconfirmed: '服务器没有确认',
+    onlineStale: '未连接:此列表可能已过时。',
+    onlineMore: '还有 {n} 人',
+    wireShow: '查看线上数据',
+    wireHide: '隐藏线上数据',
+    wireTitle: '线上数据',
+    'notice.join': '{nick} 来了',
+    'notice.joinVia': '{nick} 来了({t})',
+    'notice.leave': '{nick} 走了',
+    'notice.crowd': '{joined} 人来了,{left} 人走了',
+    'notice.shutdown': '服务器已断开',
+    'notice.rename': '{previous} 改名为 {nick}',
+    restarted: '服务器重启过;你已重新加入,昵称仍是 {nick}',
+    rejoined: '你的会话已过期;你已重新加入,昵称仍是 {nick}',
+    pendingSwitch: '停顿片刻或按回车/空格即切换到 {t}',
     // comparison view
     compareTitle: '四种技术对比',
     compareIntro: '同一个聊天室里的四个参与者,各用一种技术。点「发一串」,看每种技术各付出了什么。',
@@ -101,6 +125,27 @@ const LABELS = {
     stillConnecting: 'Still connecting…',
     stillSending: 'Still sending…',
     connectionLimit: 'A browser opens at most 6 HTTP/1.1 connections to one site at a time, and every SSE stream or waiting long poll holds one for as long as it lasts: other tabs of this page may be holding them all. Close some, or switch to WebSocket (it does not count against the 6).',
+    pages: 'Pages',
+    conversation: 'Conversation',
+    messageLabel: 'Message',
+    sending: 'sending…',
+    notSent: 'Not sent',
+    putBack: 'Put the text back',
+    unconfirmed: 'the server did not confirm it',
+    onlineStale: 'Not connected: this list may be out of date.',
+    onlineMore: 'and {n} more',
+    wireShow: 'Show the wire',
+    wireHide: 'Hide the wire',
+    wireTitle: 'The wire',
+    'notice.join': '{nick} joined',
+    'notice.joinVia': '{nick} joined ({t})',
+    'notice.leave': '{nick} left',
+    'notice.crowd': '{joined} joined, {left} left',
+    'notice.shutdown': 'Server has disconnected',
+    'notice.rename': '{previous} is now {nick}',
+    restarted: 'The server restarted; you rejoined as {nick}',
+    rejoined: 'Your session had expired; you rejoined as {nick}',
+    pendingSwitch: 'Switching to {t} after a short pause, or press Enter or Space',
     compareTitle: 'The four techniques side by side',
     compareIntro: 'Four participants in the same room, one per technique. Press “Send a burst” and watch what each one pays.',
     burst: 'Send a burst',
@@ -144,6 +189,7 @@ export function applyLanguage(lang = current) {
   document.documentElement.lang = current === 'zh' ? 'zh-CN' : 'en';
   for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
   for (const el of document.querySelectorAll('[data-i18n-placeholder]')) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of document.querySelectorAll('[data-i18n-aria-label]')) el.setAttribute('aria-label', t(el.dataset.i18nAriaLabel));
   document.title = t(document.body.dataset.titleKey || 'title');
 }
 
