@@ -61,7 +61,7 @@ const LABELS = {
     'notice.leave': '{nick} 走了',
     'notice.crowd': '{joined} 人来了,{left} 人走了',
     'notice.shutdown': '服务器已断开',
-    'notice.rename': '{previous} 改名为 {nick}',
+    'notice.rename': '用户 {previous} 改名为: {nick}',
     restarted: '服务器重启过;你已重新加入,昵称仍是 {nick}',
     rejoined: '你的会话已过期;你已重新加入,昵称仍是 {nick}',
     pendingSwitch: '停顿片刻或按回车/空格即切换到 {t}',
