@@ -8,8 +8,8 @@
 // WebSocket page makes no HTTP request at all.
 
 import { ChatClient } from './client.js';
-import { leaveSession } from './api.js';
-import { t, applyLanguage, toggleLanguage, language } from './i18n.js';
+import { ApiError, leaveSession } from './api.js';
+import { t, has, applyLanguage, toggleLanguage, language } from './i18n.js';
 import { MIN_INTERVAL_MS, MAX_INTERVAL_MS } from './transports/poll.js';
 
 const $ = (id) => document.getElementById(id);
@@ -51,7 +51,7 @@ function show(event) {
   let replaces = null;
   if (event.type === 'message' && event.id === client.id) replaces = takePending(event);
   if (event.type === 'error' && client.technique === 'ws' && SEND_ERRORS.has(event.code)
-    && failOldestSending(event.message || event.code)) return;
+    && failOldestSending(event)) return;
 
   const li = document.createElement('li');
   if (!render(li, event)) return; // unknown control event: nothing to show
@@ -99,12 +99,11 @@ function render(li, event) {
     case 'gap':
       li.className = 'notice gap';
       // event.local: made up by client.js after a rejoin, not sent by the server.
-      li.textContent = t(event.local ? 'missed' : 'gap', { from: event.from, to: event.to })
-        + (event.message && !event.local ? ` (${event.message})` : '');
+      li.textContent = t(event.local ? 'missed' : 'gap', { from: event.from, to: event.to });
       break;
     case 'error':
       li.className = 'notice error';
-      li.textContent = `${t('error')}: ${event.message || event.code} [${event.code}]`;
+      li.textContent = `${t('error')}: ${errorText(event)} [${event.code}]`;
       break;
     case 'local': // the page's own notices: {key, technique}
       li.className = 'notice local';
@@ -139,6 +138,11 @@ function noticeText(event) {
   return event.message;
 }
 
+/** An error ({code, message}, from an event or an HTTP answer) in the page's language; the server's text otherwise. */
+function errorText({ code, message }) {
+  return code && has('err.' + code) ? t('err.' + code) : message || code;
+}
+
 function span(className, text) {
   const el = document.createElement('span');
   el.className = className;
@@ -148,7 +152,7 @@ function span(className, text) {
 
 // ---- sending: a line shows at once, greyed, until the server has it ----
 
-// A pending line is an event {type: 'pending', text, state, reason, seq} shown at the bottom:
+// A pending line is an event {type: 'pending', text, state, reason: {code, message} | {local}, seq} shown at the bottom:
 //   'sending'  until acknowledged (HTTP: the 202 answer; WebSocket: the line back on the channel),
 //   'sent'     acknowledged over HTTP, waiting for the channel to bring it (a short poll can take seconds),
 //   'failed'   with the reason and a button that puts the text back in the input.
@@ -161,7 +165,7 @@ const SEND_ERRORS = new Set(['empty_text', 'text_too_long', 'rate_limited', 'too
 const CONFIRM_WITHIN_MS = 15_000;
 
 function addPending(text) {
-  const event = { type: 'pending', text, state: 'sending', reason: '', seq: null };
+  const event = { type: 'pending', text, state: 'sending', reason: null, seq: null };
   const li = document.createElement('li');
   render(li, event);
   shownEvents.set(li, event);
@@ -177,7 +181,7 @@ function renderPending(li, event) {
   li.append(span('nick', client.nickname || '…'), span('text', event.text));
   if (event.state === 'sending') li.append(span('state', t('sending')));
   if (event.state === 'failed') {
-    li.append(span('state', `${t('notSent')}: ${event.reason}`));
+    li.append(span('state', `${t('notSent')}: ${event.reason.local ? t(event.reason.local) : errorText(event.reason)}`));
     const back = document.createElement('button');
     back.type = 'button';
     back.className = 'put-back';
@@ -249,13 +253,15 @@ $('chat-form').addEventListener('submit', async (e) => {
       if (typeof answer?.seq === 'number') {
         setPending(entry, { state: 'sent', seq: answer.seq }); // the 202: the server has it
       } else {
-        entry.timer = setTimeout(() => failPending(entry, t('unconfirmed')), CONFIRM_WITHIN_MS);
+        entry.timer = setTimeout(() => failPending(entry, { local: 'unconfirmed' }), CONFIRM_WITHIN_MS);
       }
     }
   } catch (err) {
-    if (entry) failPending(entry, err.message);
+    // The server's refusal has a code; anything else (a network error, a closed socket) means no connection.
+    const reason = err instanceof ApiError ? { code: err.code, message: err.message } : { local: 'noConnection' };
+    if (entry) failPending(entry, reason);
     else if (!input.value) input.value = text; // a failed rename: give the text back at once
-    showHint(`${t('sendFailed')}: ${err.message}`);
+    showHint(`${t('sendFailed')}: ${reason.local ? t(reason.local) : errorText(reason)}`);
   } finally {
     clearTimeout(slow);
     sending -= 1;

@@ -65,6 +65,17 @@ const LABELS = {
     restarted: '服务器重启过;你已重新加入,昵称仍是 {nick}',
     rejoined: '你的会话已过期;你已重新加入,昵称仍是 {nick}',
     pendingSwitch: '停顿片刻或按回车/空格即切换到 {t}',
+    noConnection: '没有连上服务器',
+    'err.empty_text': '不能发送空内容',
+    'err.text_too_long': '内容太长',
+    'err.rate_limited': '发得太快了,请稍等',
+    'err.bad_nickname': '这个昵称不能用',
+    'err.unknown_session': '服务器不认识这个会话',
+    'err.replaced': '同一会话的新连接接替了这个连接',
+    'err.too_large': '内容太大',
+    'err.unavailable': '服务器暂时不可用',
+    'err.room_full': '聊天室已满',
+    'err.slow_consumer': '接收太慢,已从断点续传',
     // comparison view
     compareTitle: '四种技术对比',
     compareIntro: '同一个聊天室里的四个参与者,各用一种技术。点「发一串」,看每种技术各付出了什么。',
@@ -146,6 +157,17 @@ const LABELS = {
     restarted: 'The server restarted; you rejoined as {nick}',
     rejoined: 'Your session had expired; you rejoined as {nick}',
     pendingSwitch: 'Switching to {t} after a short pause, or press Enter or Space',
+    noConnection: 'no connection to the server',
+    'err.empty_text': 'empty texts are not sent',
+    'err.text_too_long': 'the text is too long',
+    'err.rate_limited': 'too fast: wait a moment',
+    'err.bad_nickname': 'that nickname cannot be used',
+    'err.unknown_session': 'the server does not know this session',
+    'err.replaced': 'a newer channel of this session took over',
+    'err.too_large': 'too large',
+    'err.unavailable': 'the server is unavailable for now',
+    'err.room_full': 'the room is full',
+    'err.slow_consumer': 'fell behind; resuming from the cursor',
     compareTitle: 'The four techniques side by side',
     compareIntro: 'Four participants in the same room, one per technique. Press “Send a burst” and watch what each one pays.',
     burst: 'Send a burst',
@@ -174,6 +196,11 @@ let current = localStorage.getItem('chatlab.lang') || (navigator.language.starts
 
 export function language() {
   return current;
+}
+
+/** Whether there is a label for `key`. */
+export function has(key) {
+  return key in LABELS.en;
 }
 
 /** Looks up a label and fills in {name} placeholders. */

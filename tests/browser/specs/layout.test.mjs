@@ -6,7 +6,7 @@
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  useServerAndBrowser, openChat, say, waitForMessage, seriousViolations, horizontalOverflow,
+  useServerAndBrowser, openChat, newPage, say, waitForMessage, waitConnected, seriousViolations, horizontalOverflow, WAIT,
 } from '../lib/harness.mjs';
 
 const env = useServerAndBrowser({ before, after });
@@ -84,4 +84,29 @@ test('the controls are labelled before any script runs', { timeout: 30_000 }, as
   } finally {
     await context.close();
   }
+});
+
+test('?wire=1 opens the wire panel on load; the toggle closes it and keeps the address in step', { timeout: 30_000 }, async () => {
+  const page = await newPage(env.browser, { viewport: SIZES.phone });
+  await page.addInitScript(() => localStorage.setItem('chatlab.lang', 'en'));
+  await page.goto(`${env.server.url}/?transport=ws&wire=1`);
+  await waitConnected(page);
+  await page.waitForSelector('#wire:not([hidden]) > *', { timeout: WAIT }); // js/wire.js rendered into it
+  assert.equal(await page.getAttribute('#wire-toggle', 'aria-expanded'), 'true');
+  assert.equal(await page.textContent('#wire-toggle'), 'Hide the wire');
+  // On a phone the panel comes below the conversation.
+  const messages = await page.locator('#messages').boundingBox();
+  const wire = await page.locator('#wire').boundingBox();
+  assert.ok(wire.y >= messages.y + messages.height, 'the wire panel is below the conversation');
+  assert.match(page.url(), /[?&]wire=1/);
+
+  await page.click('#wire-toggle');
+  assert.equal(await page.isVisible('#wire'), false);
+  assert.equal(await page.getAttribute('#wire-toggle', 'aria-expanded'), 'false');
+  assert.equal(await page.textContent('#wire-toggle'), 'Show the wire');
+  assert.doesNotMatch(page.url(), /wire=1/);
+  await page.click('#lang');
+  assert.equal(await page.textContent('#wire-toggle'), '查看线上数据');
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
 });

@@ -93,7 +93,7 @@ test('a send that fails says so and gives the text back', { timeout: 60_000 }, a
     await page.waitForFunction(() => document.querySelector('#status').dataset.state !== 'open');
     await say(page, 'into the void');
     await page.waitForSelector('#messages li.pending.failed', { timeout: WAIT });
-    assert.match(await page.textContent('#messages li.pending.failed .state'), /^Not sent: /);
+    assert.equal(await page.textContent('#messages li.pending.failed .state'), 'Not sent: no connection to the server');
     assert.equal(await page.inputValue('#message'), '');
     await page.click('#messages li.pending.failed button.put-back');
     assert.equal(await page.inputValue('#message'), 'into the void', 'the text is back in the input');
