@@ -127,7 +127,8 @@ function noticeText(event) {
       return t('notice.leave', { nick });
     case 'crowd':
       if (typeof event.joined === 'number' && typeof event.left === 'number') {
-        return t('notice.crowd', { joined: event.joined, left: event.left });
+        const key = event.left === 0 ? 'notice.crowdJoined' : event.joined === 0 ? 'notice.crowdLeft' : 'notice.crowd';
+        return t(key, { joined: event.joined, left: event.left });
       }
       break;
     case 'shutdown':
@@ -485,7 +486,9 @@ function renderOnline() {
     }
     return li;
   });
-  const count = Math.max(clientcount, everyone.length);
+  // The server's count is exact; the list may lack (or, in a crowded room where joins and leaves are only
+  // counted, still hold) some names.
+  const count = clientcount > 0 ? clientcount : everyone.length;
   if (count > rows.length) {
     const li = document.createElement('li');
     li.className = 'more';

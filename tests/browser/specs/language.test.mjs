@@ -5,7 +5,7 @@
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  useServerAndBrowser, openChat, say, waitForNotice, waitForMessage, identity, eventually,
+  useServerAndBrowser, startServer, launchBrowser, openChat, say, waitForNotice, waitForMessage, identity, eventually, WAIT,
 } from '../lib/harness.mjs';
 
 const env = useServerAndBrowser({ before, after });
@@ -54,5 +54,26 @@ test('notices follow the language switch, both ways', { timeout: 60_000 }, async
   for (const p of [page, other]) {
     assert.deepEqual(p.errors, []);
     await p.context().close();
+  }
+});
+
+test('a crowd notice (joins counted, not named) reads in the page language', { timeout: 60_000 }, async () => {
+  const server = await startServer({ args: ['--coalesce-above', '2'] });
+  const browser = await launchBrowser();
+  try {
+    const page = await openChat(browser, server, { transport: 'ws', lang: 'en' });
+    const others = [];
+    for (let i = 0; i < 3; i++) others.push(await openChat(browser, server, { transport: 'ws' }));
+    // Past two participants, arrivals are announced once a second, as a count.
+    await page.waitForSelector('#messages li[data-notice="crowd"]', { timeout: WAIT });
+    const crowd = await page.textContent('#messages li[data-notice="crowd"]');
+    assert.match(crowd, /^\d+ joined$/);
+    await page.click('#lang');
+    assert.match(await page.textContent('#messages li[data-notice="crowd"]'), /^\d+ 人来了$/);
+    assert.equal(await page.textContent('#count'), '4', 'the count stays exact');
+    assert.deepEqual(page.errors, []);
+  } finally {
+    await browser.close().catch(() => {});
+    await server.stop();
   }
 });
