@@ -116,8 +116,9 @@ export async function newPage(browser, { viewport = { width: 1280, height: 800 }
 }
 
 /**
- * Opens the chat page with the given technique and waits until it is
- * connected and knows who it is. Returns the page.
+ * Opens the chat page with the given technique (language `lang`, browser
+ * window `viewport`, default 1280x800) and waits until it is connected and
+ * knows who it is. Returns the page.
  */
 export async function openChat(browser, server, { transport = 'ws', interval = 0.5, lang = 'en', viewport } = {}) {
   const page = await newPage(browser, viewport ? { viewport } : {});
