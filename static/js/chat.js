@@ -207,11 +207,15 @@ function dropPending(li) {
   li.remove();
 }
 
-/** Finds the pending line our delivered `event` stands for (by seq, else by text, else the oldest sending one). */
+/**
+ * Finds the pending line our delivered `event` stands for: the one the 202 gave that seq, else the oldest one of
+ * that text not yet numbered (still sending first: a failed one sent again must not take the new one's delivery).
+ */
 function takePending(event) {
+  const unnumbered = (p) => p.event.seq === null && p.event.text === event.message;
   const entry = pending.find((p) => p.event.seq === event.seq)
-    || pending.find((p) => p.event.text === event.message)
-    || pending.find((p) => p.event.state === 'sending');
+    || pending.find((p) => unnumbered(p) && p.event.state === 'sending')
+    || pending.find(unnumbered);
   if (!entry) return null;
   clearTimeout(entry.timer);
   pending.splice(pending.indexOf(entry), 1);
