@@ -553,5 +553,7 @@ addEventListener('pagehide', () => {
 
 applyLanguage();
 relabel();
+// Ready to type on a desktop; on a touch screen a focused input would open the keyboard over the conversation.
+if (matchMedia('(pointer: fine)').matches) input.focus();
 if (params.get('wire') === '1') setWireOpen(true);
 client.start();
