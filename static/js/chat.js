@@ -71,12 +71,17 @@ function render(li, event) {
   li.dataset.type = event.type;
   // data-seq marks room events (a welcome's seq is a cursor, not an event).
   if (typeof event.seq === 'number' && event.type !== 'welcome') li.dataset.seq = event.seq;
-  if (typeof event.ts === 'number') li.title = new Date(event.ts).toLocaleTimeString(language());
+  li.title = typeof event.ts === 'number' ? new Date(event.ts).toLocaleTimeString(language()) : '';
 
   switch (event.type) {
     case 'message':
       li.className = 'msg' + (event.id === client.id ? ' mine' : '');
       li.append(span('nick', event.nickname), span('text', event.message));
+      // The technique the sender used: a stripe in its colour, and its name on hover.
+      if (event.transport) {
+        li.dataset.transport = event.transport;
+        li.title += ` · ${techniqueName(event.transport)}`;
+      }
       break;
     case 'pending': // our own line, not yet delivered back to us
       renderPending(li, event);
