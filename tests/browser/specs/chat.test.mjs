@@ -36,6 +36,12 @@ test('two pages chat, rename, see each other online', { timeout: 60_000 }, async
   await waitForMessage(alice, 'Yes, and you get my POSTs over a WebSocket.');
   const line = (await roomEvents(alice)).find((e) => e.text === 'Yes, and you get my POSTs over a WebSocket.');
   assert.equal(line.nickname, 'Bob');
+  // Each line says which technique its sender used.
+  const via = await alice.evaluate(() => [...document.querySelectorAll('#messages li.msg')]
+    .map((li) => [li.querySelector('.text').textContent, li.dataset.transport, li.title.split(' · ')[1]]));
+  assert.deepEqual(via.find(([text]) => text === 'Yes, and you get my POSTs over a WebSocket.'), [
+    'Yes, and you get my POSTs over a WebSocket.', 'sse', 'SSE + POST']);
+  assert.equal(via.find(([text]) => text === 'Hello Bob, are you on SSE?')[1], 'ws');
 
   // Notices are visibly different from chat lines.
   const looks = await alice.evaluate(() => {
