@@ -359,9 +359,15 @@ function clampInterval(seconds) {
 
 /** Shows which technique is on. */
 function updateTechnique() {
-  for (const radio of radios) radio.checked = radio.value === client.technique;
+  const chosen = radios.find((radio) => radio.checked);
+  if (switchTimer && chosen) {
+    // A choice made with the arrow keys is still waiting for its pause: keep it, and say so.
+    $('about').textContent = t('pendingSwitch', { t: techniqueName(chosen.value) });
+  } else {
+    for (const radio of radios) radio.checked = radio.value === client.technique;
+    $('about').textContent = t('about.' + client.technique);
+  }
   $('interval-row').hidden = client.technique !== 'poll';
-  $('about').textContent = t('about.' + client.technique);
   $('status-technique').textContent = t(client.technique);
   $('status').dataset.technique = client.technique;
   renderOnline();
