@@ -240,7 +240,7 @@ function failOldestSending(reason) {
   return true;
 }
 
-let sending = 0; // HTTP sends not yet answered
+let sending = 0; // sends not yet answered
 
 $('chat-form').addEventListener('submit', async (e) => {
   e.preventDefault();
