@@ -1,9 +1,15 @@
-// The chat page: one participant, a technique switcher, the online list.
+// The chat page: one participant, a technique switcher, the online list, the wire panel.
 // Everything a user typed is put on the page with textContent, never innerHTML.
+//
+// Every line on screen keeps the event it shows, so a language switch renders the
+// same lines again in the other language. Who is online comes from this page's own
+// channel (the `presence` snapshot in the welcome or a poll's first answer, then
+// join / leave / rename / message events): the page never polls for it, and an idle
+// WebSocket page makes no HTTP request at all.
 
 import { ChatClient } from './client.js';
-import { getPresence, leaveSession } from './api.js';
-import { t, applyLanguage, toggleLanguage } from './i18n.js';
+import { ApiError, leaveSession } from './api.js';
+import { t, has, applyLanguage, toggleLanguage, language } from './i18n.js';
 import { MIN_INTERVAL_MS, MAX_INTERVAL_MS } from './transports/poll.js';
 
 const $ = (id) => document.getElementById(id);
@@ -11,7 +17,10 @@ const messages = $('messages');
 const input = $('message');
 const hint = $('hint');
 
-// ?transport=sse&interval=1.5 picks the technique (and short-poll interval) at load.
+const TECHNIQUES = ['ws', 'sse', 'longpoll', 'poll'];
+const techniqueName = (name) => (TECHNIQUES.includes(name) ? t(name) : String(name ?? ''));
+
+// ?transport=sse&interval=1.5&wire=1 picks the technique (and short-poll interval) at load, and opens the wire panel.
 const params = new URLSearchParams(location.search);
 const intervalSeconds = clampInterval(Number(params.get('interval')) || 2);
 $('interval').value = intervalSeconds;
@@ -26,73 +35,210 @@ window.chatlab = { client }; // for the curious (and the browser tests): try cha
 
 // ---- the conversation ----
 
-/** Appends one event to the conversation. */
-function show(event) {
-  const li = document.createElement('li');
-  li.dataset.type = event.type;
-  // data-seq marks room events (a welcome's seq is a cursor, not an event).
-  if (typeof event.seq === 'number' && event.type !== 'welcome') li.dataset.seq = event.seq;
+/** The event each line shows: a language switch renders it again. */
+const shownEvents = new WeakMap();
 
-  switch (event.type) {
-    case 'message': {
-      li.className = 'msg' + (event.id === client.id ? ' mine' : '');
-      const nick = document.createElement('span');
-      nick.className = 'nick';
-      nick.textContent = event.nickname;
-      const text = document.createElement('span');
-      text.className = 'text';
-      text.textContent = event.message;
-      li.append(nick, text);
-      break;
-    }
-    case 'notification': // joins, leaves, "Server has disconnected"
-      li.className = 'notice';
-      li.textContent = event.message;
-      refreshPresenceSoon();
-      break;
-    case 'nick_update':
-      li.className = 'notice rename';
-      li.textContent = event.message;
-      if (event.id === client.id) $('me').textContent = client.nickname;
-      refreshPresenceSoon();
-      break;
-    case 'welcome':
-      li.className = 'notice local';
-      li.textContent = t('welcome', { nick: event.nickname, t: t(client.technique) });
-      $('me').textContent = event.nickname;
-      refreshPresenceSoon();
-      break;
-    case 'gap':
-      li.className = 'notice gap';
-      // event.local: made up by client.js after a rejoin, not sent by the server.
-      li.textContent = t(event.local ? 'missed' : 'gap', { from: event.from, to: event.to })
-        + (event.message ? ` (${event.message})` : '');
-      break;
-    case 'error':
-      li.className = 'notice error';
-      li.textContent = `${t('error')}: ${event.message || event.code} [${event.code}]`;
-      break;
-    case 'expired':
-      li.className = 'notice gap';
-      li.textContent = t('expired');
-      break;
-    case 'local':
-      li.className = 'notice local';
-      li.textContent = event.text;
-      break;
-    default:
-      return; // unknown control event: nothing to show
+/** Takes one event from the client: updates who is online, then shows it (or its pending line's delivery). */
+function show(event) {
+  if (event.type === 'presence') {
+    resetPresence(event.presence);
+    return;
   }
-  if (typeof event.ts === 'number') li.title = new Date(event.ts).toLocaleTimeString();
-  if (typeof event.clientcount === 'number') $('count').textContent = event.clientcount;
+  if (event.type === 'welcome') event = { ...event, technique: client.technique };
+  observePresence(event);
+
+  // Our own line coming back is the delivery of a pending line: it takes that line's place.
+  let replaces = null;
+  if (event.type === 'message' && event.id === client.id) replaces = takePending(event);
+  if (event.type === 'error' && client.technique === 'ws' && SEND_ERRORS.has(event.code)
+    && failOldestSending(event)) return;
+
+  const li = document.createElement('li');
+  if (!render(li, event)) return; // unknown control event: nothing to show
+  shownEvents.set(li, event);
+  if (replaces) replaces.remove();
 
   const atBottom = messages.scrollHeight - messages.scrollTop - messages.clientHeight < 40;
-  messages.append(li);
+  // Lines not yet delivered stay below the delivered ones.
+  messages.insertBefore(li, messages.querySelector(':scope > li.pending'));
   while (messages.children.length > 2000) messages.firstElementChild.remove();
   if (atBottom) messages.scrollTop = messages.scrollHeight;
 }
 
-// ---- sending ----
+/** Fills `li` for `event` in the page's language; false when the event is not shown. */
+function render(li, event) {
+  li.replaceChildren();
+  li.dataset.type = event.type;
+  // data-seq marks room events (a welcome's seq is a cursor, not an event).
+  if (typeof event.seq === 'number' && event.type !== 'welcome') li.dataset.seq = event.seq;
+  li.title = typeof event.ts === 'number' ? new Date(event.ts).toLocaleTimeString(language()) : '';
+
+  switch (event.type) {
+    case 'message':
+      li.className = 'msg' + (event.id === client.id ? ' mine' : '');
+      li.append(span('nick', event.nickname), span('text', event.message));
+      // The technique the sender used: a stripe in its colour, and its name on hover.
+      if (event.transport) {
+        li.dataset.transport = event.transport;
+        li.title += ` · ${techniqueName(event.transport)}`;
+      }
+      break;
+    case 'pending': // our own line, not yet delivered back to us
+      renderPending(li, event);
+      break;
+    case 'notification': // joins, leaves, crowds, "Server has disconnected"
+      li.className = 'notice';
+      if (event.notice) li.dataset.notice = event.notice;
+      li.textContent = noticeText(event);
+      break;
+    case 'nick_update':
+      li.className = 'notice rename';
+      li.textContent = event.previous ? t('notice.rename', { previous: event.previous, nick: event.nickname }) : event.message;
+      break;
+    case 'welcome':
+      li.className = 'notice local' + (event.rejoin ? ' rejoin' : '');
+      li.textContent = event.rejoin
+        ? t(event.rejoin.restarted ? 'restarted' : 'rejoined', { nick: event.nickname })
+        : t('welcome', { nick: event.nickname, t: techniqueName(event.technique) });
+      break;
+    case 'gap':
+      li.className = 'notice gap';
+      // event.local: made up by client.js after a rejoin, not sent by the server.
+      li.textContent = t(event.local ? 'missed' : 'gap', { from: event.from, to: event.to });
+      break;
+    case 'error':
+      li.className = 'notice error';
+      li.textContent = `${t('error')}: ${errorText(event)} [${event.code}]`;
+      break;
+    case 'local': // the page's own notices: {key, technique}
+      li.className = 'notice local';
+      li.textContent = t(event.key, { t: techniqueName(event.technique) });
+      break;
+    default:
+      return false;
+  }
+  return true;
+}
+
+/** A room notice in the page's language, from its fields; the server's own text when a field is missing. */
+function noticeText(event) {
+  const nick = event.nickname;
+  switch (event.notice) {
+    case 'join':
+      return event.transport
+        ? t('notice.joinVia', { nick, t: techniqueName(event.transport) })
+        : t('notice.join', { nick });
+    case 'leave':
+      return t('notice.leave', { nick });
+    case 'crowd':
+      if (typeof event.joined === 'number' && typeof event.left === 'number') {
+        const key = event.left === 0 ? 'notice.crowdJoined' : event.joined === 0 ? 'notice.crowdLeft' : 'notice.crowd';
+        return t(key, { joined: event.joined, left: event.left });
+      }
+      break;
+    case 'shutdown':
+      return t('notice.shutdown');
+    default:
+      break;
+  }
+  return event.message;
+}
+
+/** An error ({code, message}, from an event or an HTTP answer) in the page's language; the server's text otherwise. */
+function errorText({ code, message }) {
+  return code && has('err.' + code) ? t('err.' + code) : message || code;
+}
+
+function span(className, text) {
+  const el = document.createElement('span');
+  el.className = className;
+  el.textContent = text;
+  return el;
+}
+
+// ---- sending: a line shows at once, greyed, until the server has it ----
+
+// A pending line is an event {type: 'pending', text, state, reason: {code, message} | {local}, seq} shown at the bottom:
+//   'sending'  until acknowledged (HTTP: the 202 answer; WebSocket: the line back on the channel),
+//   'sent'     acknowledged over HTTP, waiting for the channel to bring it (a short poll can take seconds),
+//   'failed'   with the reason and a button that puts the text back in the input.
+// When our own line arrives on the channel it replaces its pending line: one line, never two.
+const pending = []; // [{li, event}], oldest first
+
+// WebSocket sends are answered with an error event when the server refuses the text.
+const SEND_ERRORS = new Set(['empty_text', 'text_too_long', 'rate_limited', 'too_large', 'invalid_utf8', 'unavailable']);
+// A WebSocket line not back on the channel by then is said not to be confirmed.
+const CONFIRM_WITHIN_MS = 15_000;
+
+function addPending(text) {
+  const event = { type: 'pending', text, state: 'sending', reason: null, seq: null };
+  const li = document.createElement('li');
+  render(li, event);
+  shownEvents.set(li, event);
+  messages.append(li);
+  messages.scrollTop = messages.scrollHeight;
+  const entry = { li, event };
+  pending.push(entry);
+  return entry;
+}
+
+function renderPending(li, event) {
+  li.className = `msg mine pending ${event.state}`;
+  li.append(span('nick', client.nickname || '…'), span('text', event.text));
+  if (event.state === 'sending') li.append(span('state', t('sending')));
+  if (event.state === 'failed') {
+    li.append(span('state', `${t('notSent')}: ${event.reason.local ? t(event.reason.local) : errorText(event.reason)}`));
+    const back = document.createElement('button');
+    back.type = 'button';
+    back.className = 'put-back';
+    back.textContent = t('putBack');
+    back.addEventListener('click', () => {
+      input.value = event.text;
+      dropPending(li);
+      input.focus();
+    });
+    li.append(back);
+  }
+}
+
+function setPending(entry, changes) {
+  Object.assign(entry.event, changes);
+  render(entry.li, entry.event);
+}
+
+function dropPending(li) {
+  const at = pending.findIndex((p) => p.li === li);
+  if (at >= 0) pending.splice(at, 1);
+  li.remove();
+}
+
+/**
+ * Finds the pending line our delivered `event` stands for: the one the 202 gave that seq, else the oldest one of
+ * that text not yet numbered (still sending first: a failed one sent again must not take the new one's delivery).
+ */
+function takePending(event) {
+  const unnumbered = (p) => p.event.seq === null && p.event.text === event.message;
+  const entry = pending.find((p) => p.event.seq === event.seq)
+    || pending.find((p) => unnumbered(p) && p.event.state === 'sending')
+    || pending.find(unnumbered);
+  if (!entry) return null;
+  clearTimeout(entry.timer);
+  pending.splice(pending.indexOf(entry), 1);
+  return entry.li;
+}
+
+function failPending(entry, reason) {
+  if (!pending.includes(entry)) return; // delivered meanwhile
+  clearTimeout(entry.timer);
+  setPending(entry, { state: 'failed', reason });
+}
+
+function failOldestSending(reason) {
+  const entry = pending.find((p) => p.event.state === 'sending');
+  if (!entry) return false;
+  failPending(entry, reason);
+  return true;
+}
 
 let sending = 0; // sends not yet answered
 
@@ -106,14 +252,26 @@ $('chat-form').addEventListener('submit', async (e) => {
   }
   input.value = '';
   input.focus();
+  // A rename comes back as a rename notice, not as a line: it gets no pending line.
+  const entry = text.startsWith('/nick ') ? null : addPending(text);
   // Over HTTP a send is a POST, which waits for a free connection like any request (see limitHint).
   sending += 1;
   const slow = client.technique === 'ws' ? null : setTimeout(() => limitHint('stillSending'), SLOW_AFTER_MS);
   try {
-    await client.send(text);
+    const answer = await client.send(text);
+    if (entry && pending.includes(entry)) {
+      if (typeof answer?.seq === 'number') {
+        setPending(entry, { state: 'sent', seq: answer.seq }); // the 202: the server has it
+      } else {
+        entry.timer = setTimeout(() => failPending(entry, { local: 'unconfirmed' }), CONFIRM_WITHIN_MS);
+      }
+    }
   } catch (err) {
-    input.value = input.value || text; // give the text back so it can be sent again
-    showHint(`${t('sendFailed')}: ${err.message}`);
+    // The server's refusal has a code; anything else (a network error, a closed socket) means no connection.
+    const reason = err instanceof ApiError ? { code: err.code, message: err.message } : { local: 'noConnection' };
+    if (entry) failPending(entry, reason);
+    else if (!input.value) input.value = text; // a failed rename: give the text back at once
+    showHint(`${t('sendFailed')}: ${reason.local ? t(reason.local) : errorText(reason)}`);
   } finally {
     clearTimeout(slow);
     sending -= 1;
@@ -144,38 +302,87 @@ function clearLimitHint(reason) {
   hint.dataset.stays = '';
 }
 
-// ---- technique and connection state ----
+// ---- technique switcher ----
 
-for (const radio of document.querySelectorAll('input[name=technique]')) {
+// A click (or Space/Enter) switches at once. Arrow keys only move the choice: the switch happens once they rest
+// for SWITCH_PAUSE_MS or on Enter/Space, so walking across the radios does not reconnect at every key.
+const SWITCH_PAUSE_MS = 800;
+const radios = [...document.querySelectorAll('input[name=technique]')];
+let byArrows = false;
+let switchTimer = null;
+
+for (const radio of radios) {
   radio.checked = radio.value === client.technique;
   radio.addEventListener('change', () => {
-    client.switchTo(radio.value);
-    show({ type: 'local', text: t('switched', { t: t(radio.value) }) });
-    updateTechnique();
+    if (!radio.checked) return;
+    if (!byArrows) {
+      commitSwitch(radio.value);
+      return;
+    }
+    clearTimeout(switchTimer);
+    switchTimer = setTimeout(() => commitSwitch(radio.value), SWITCH_PAUSE_MS);
+    $('about').textContent = t('pendingSwitch', { t: techniqueName(radio.value) });
   });
+}
+$('switcher').addEventListener('keydown', (e) => {
+  if (e.key.startsWith('Arrow')) {
+    byArrows = true;
+  } else if ((e.key === 'Enter' || e.key === ' ') && e.target.name === 'technique') {
+    e.preventDefault();
+    e.target.checked = true;
+    commitSwitch(e.target.value);
+  }
+});
+$('switcher').addEventListener('pointerdown', () => { byArrows = false; });
+
+function commitSwitch(name) {
+  clearTimeout(switchTimer);
+  switchTimer = null;
+  byArrows = false;
+  if (name !== client.technique) {
+    client.switchTo(name);
+    show({ type: 'local', key: 'switched', technique: name });
+  }
+  updateTechnique();
 }
 
 $('interval').addEventListener('change', () => {
   const seconds = clampInterval(Number($('interval').value));
   $('interval').value = seconds;
   client.setPollInterval(seconds * 1000);
-  updateTechnique();
+  updateAddress();
 });
 
 function clampInterval(seconds) {
   return Math.min(MAX_INTERVAL_MS / 1000, Math.max(MIN_INTERVAL_MS / 1000, seconds || 2));
 }
 
-/** Shows which technique is on, and keeps it in the address bar. */
+/** Shows which technique is on. */
 function updateTechnique() {
+  const chosen = radios.find((radio) => radio.checked);
+  if (switchTimer && chosen) {
+    // A choice made with the arrow keys is still waiting for its pause: keep it, and say so.
+    $('about').textContent = t('pendingSwitch', { t: techniqueName(chosen.value) });
+  } else {
+    for (const radio of radios) radio.checked = radio.value === client.technique;
+    $('about').textContent = t('about.' + client.technique);
+  }
   $('interval-row').hidden = client.technique !== 'poll';
-  $('about').textContent = t('about.' + client.technique);
   $('status-technique').textContent = t(client.technique);
   $('status').dataset.technique = client.technique;
+  renderOnline();
+  updateAddress();
+}
+
+/** Keeps the technique (and whether the wire panel is open) in the address bar. */
+function updateAddress() {
   const query = new URLSearchParams({ transport: client.technique });
   if (client.technique === 'poll') query.set('interval', $('interval').value);
+  if (!$('wire').hidden) query.set('wire', '1');
   history.replaceState(null, '', '?' + query);
 }
+
+// ---- connection state ----
 
 // An HTTP technique that stays "connecting" is most often waiting for a free connection (see limitHint).
 let stuckTimer = null;
@@ -204,53 +411,151 @@ function showStatus(status) {
   if (status.reason && status.reason !== 'closed' && status.state !== 'open') text += ` · ${status.reason}`;
   $('status-text').textContent = text;
   $('status-technique').textContent = t(client.technique);
+  // While disconnected the online list is only what we last knew: it greys and says so.
+  const stale = status.state !== 'open' && people.size > 0;
+  $('online-panel').classList.toggle('stale', stale);
+  $('online-stale').hidden = !stale;
 }
 
-// ---- who is online ----
+// ---- who is online: from the channel ----
 
-const TECHNIQUE_ORDER = ['ws', 'sse', 'longpoll', 'poll'];
+const people = new Map(); // id -> {id, nickname, transport, since}
+let clientcount = 0;
+const SHOWN_AT_MOST = 200; // as many as a presence snapshot carries
 
-async function refreshPresence() {
-  let presence;
-  try {
-    presence = await getPresence();
-  } catch {
-    return; // the connection state already tells the user the server is away
+/** Takes a presence snapshot {clientcount, participants, more}. */
+function resetPresence(presence) {
+  if (!presence || !Array.isArray(presence.participants)) return;
+  people.clear();
+  for (const p of presence.participants) people.set(p.id, { ...p });
+  if (typeof presence.clientcount === 'number') clientcount = presence.clientcount;
+  renderOnline();
+  showStatus(lastStatus);
+}
+
+/** Keeps the list from the events that change it. */
+function observePresence(event) {
+  if (typeof event.clientcount === 'number') clientcount = event.clientcount;
+  switch (event.type) {
+    case 'welcome': // a new session: whoever we knew was in the room before it
+      if (event.presence) resetPresence(event.presence);
+      else people.clear();
+      if (!people.has(event.id)) people.set(event.id, { id: event.id, nickname: event.nickname, since: Date.now() });
+      $('me').textContent = event.nickname;
+      break;
+    case 'notification': {
+      const kind = event.notice || seedNotice(event);
+      if (kind === 'join') {
+        const known = people.get(event.id);
+        people.set(event.id, {
+          id: event.id,
+          nickname: event.nickname,
+          transport: event.transport || known?.transport,
+          since: known?.since ?? event.ts,
+        });
+      } else if (kind === 'leave') {
+        people.delete(event.id);
+      }
+      break;
+    }
+    case 'nick_update':
+    case 'message': {
+      if (!event.id) break;
+      if (event.id === client.id) $('me').textContent = event.nickname;
+      const known = people.get(event.id);
+      people.set(event.id, {
+        id: event.id,
+        nickname: event.nickname,
+        transport: event.transport || known?.transport,
+        since: known?.since ?? event.ts,
+      });
+      break;
+    }
+    default:
+      return;
   }
-  $('count').textContent = presence.clientcount;
+  renderOnline();
+}
+
+/** A join or leave told only in the seed's words (a server without the `notice` field): `NAME 来了`, `NAME 走了`. */
+function seedNotice(event) {
+  if (!event.id) return null;
+  if (event.message === `${event.nickname} 来了`) return 'join';
+  if (event.message === `${event.nickname} 走了`) return 'leave';
+  return null;
+}
+
+function renderOnline() {
   const list = $('online');
-  list.replaceChildren();
-  for (const p of presence.participants) {
+  const everyone = [...people.values()].sort((a, b) => (a.since ?? 0) - (b.since ?? 0));
+  const rows = everyone.slice(0, SHOWN_AT_MOST).map((p) => {
+    // Our own technique is the one in use now (a switch is not announced to the room).
+    const transport = p.id === client.id ? client.technique : p.transport;
     const li = document.createElement('li');
     li.dataset.id = p.id;
-    li.dataset.transport = p.transport;
-    const name = document.createElement('span');
-    name.className = 'nick';
-    name.textContent = p.nickname + (p.id === client.id ? ' ' + t('you') : '');
-    const tag = document.createElement('span');
-    tag.className = 'tag t-' + (TECHNIQUE_ORDER.includes(p.transport) ? p.transport : 'other');
-    tag.textContent = TECHNIQUE_ORDER.includes(p.transport) ? t(p.transport) : p.transport;
-    li.append(name, tag);
-    list.append(li);
+    if (transport) li.dataset.transport = transport;
+    li.append(span('nick', p.nickname + (p.id === client.id ? ' ' + t('you') : '')));
+    if (transport) {
+      const tag = span('tag t-' + (TECHNIQUES.includes(transport) ? transport : 'other'), techniqueName(transport));
+      li.append(tag);
+    }
+    return li;
+  });
+  // The server's count is exact; the list may lack (or, in a crowded room where joins and leaves are only
+  // counted, still hold) some names.
+  const count = clientcount > 0 ? clientcount : everyone.length;
+  if (count > rows.length) {
+    const li = document.createElement('li');
+    li.className = 'more';
+    li.textContent = t('onlineMore', { n: count - rows.length });
+    rows.push(li);
   }
+  list.replaceChildren(...rows);
+  $('count').textContent = count;
 }
 
-let presenceTimer;
-function refreshPresenceSoon() {
-  clearTimeout(presenceTimer);
-  presenceTimer = setTimeout(refreshPresence, 150);
+// ---- the wire panel (js/wire.js, loaded the first time it opens) ----
+
+const wire = $('wire');
+const wireToggle = $('wire-toggle');
+let wireMounted = false;
+
+function setWireOpen(open) {
+  wire.hidden = !open;
+  wireToggle.setAttribute('aria-expanded', String(open));
+  wireToggle.dataset.i18n = open ? 'wireHide' : 'wireShow';
+  wireToggle.textContent = t(wireToggle.dataset.i18n);
+  if (open && !wireMounted) {
+    wireMounted = true;
+    import('./wire.js')
+      .then((m) => m.mountWireView(wire, { client }))
+      .catch((err) => {
+        wireMounted = false;
+        showHint(`${t('error')}: ${err.message}`);
+      });
+  }
+  updateAddress();
 }
-setInterval(refreshPresence, 3000);
+wireToggle.addEventListener('click', () => setWireOpen(wire.hidden));
 
 // ---- language, start, leave ----
 
 $('lang').addEventListener('click', () => {
   toggleLanguage();
+  relabel();
+  for (const li of messages.children) {
+    const event = shownEvents.get(li);
+    if (event) render(li, event);
+  }
+  if (hint.dataset.stays) limitHint(hint.dataset.stays); // a hint that stays is said again in the new language
+});
+
+/** The labels chat.js sets itself (applyLanguage does the data-i18n ones). */
+function relabel() {
+  $('lang').lang = language() === 'zh' ? 'en' : 'zh-CN'; // the button names the other language in that language
   updateTechnique();
   showStatus(lastStatus);
-  if (hint.dataset.stays) limitHint(hint.dataset.stays); // a hint that stays is said again in the new language
-  refreshPresence();
-});
+}
 
 // Leave at once when the page goes away, rather than after the session lease.
 addEventListener('pagehide', () => {
@@ -258,5 +563,8 @@ addEventListener('pagehide', () => {
 });
 
 applyLanguage();
-updateTechnique();
+relabel();
+// Ready to type on a desktop; on a touch screen a focused input would open the keyboard over the conversation.
+if (matchMedia('(pointer: fine)').matches) input.focus();
+if (params.get('wire') === '1') setWireOpen(true);
 client.start();

@@ -6,6 +6,10 @@
 // the server hands the participant over (no leave/join notice), and the old one
 // is closed. Every room event passes through here once, so deduplication by seq
 // and the reconnect backoff are written once for all four techniques.
+//
+// When the server no longer knows the session (it restarted, or the lease ran
+// out while the page was away), the client joins again under the same nickname
+// and marks that welcome with `rejoin: {restarted}` so the page can say so.
 
 import { WsTransport } from './transports/ws.js';
 import { SseTransport } from './transports/sse.js';
@@ -39,6 +43,7 @@ export class ChatClient {
     this.session = null;
     this.id = null;
     this.nickname = null;
+    this.rejoinAs = null; // the nickname to join again under, once the session is lost
     this.cursor = null; // seq of the last room event delivered
     this.transport = null;
     this.failures = 0; // consecutive channels that ended before they proved healthy
@@ -87,6 +92,7 @@ export class ChatClient {
     const transport = new Transport({
       session: this.session,
       since: this.session ? this.cursor : null,
+      nickname: this.session ? null : this.rejoinAs,
       interval: this.pollInterval,
     });
     this.transport = transport;
@@ -107,16 +113,24 @@ export class ChatClient {
       this.session = event.session;
       this.id = event.id;
       this.nickname = event.nickname;
-      // A fresh join starts at the server's cursor. After a rejoin (our old session
-      // had expired) say plainly what we could not get back.
-      if (fresh) {
-        if (this.cursor !== null && event.seq > this.cursor) {
-          this.onevent({ type: 'gap', from: this.cursor + 1, to: event.seq, local: true });
-        }
-        this.cursor = event.seq;
+      // A welcome on a resumed channel changes nothing the user needs to see, but
+      // its presence is the freshest list of who is online.
+      if (!fresh) {
+        if (event.presence) this.onevent({ type: 'presence', presence: event.presence });
+        return;
       }
-      // A welcome on a resumed channel changes nothing the user needs to see.
-      if (fresh) this.onevent(event);
+      // A fresh join starts at the server's cursor. After a rejoin (our old session
+      // had expired) say plainly what happened and what we could not get back: a
+      // room whose cursor went backwards is a new room (the server restarted).
+      if (this.rejoinAs !== null) {
+        event = { ...event, rejoin: { restarted: this.cursor !== null && event.seq < this.cursor } };
+        this.rejoinAs = null;
+      }
+      if (this.cursor !== null && event.seq > this.cursor) {
+        this.onevent({ type: 'gap', from: this.cursor + 1, to: event.seq, local: true });
+      }
+      this.cursor = event.seq;
+      this.onevent(event);
       return;
     }
     if (typeof event.seq === 'number') {
@@ -178,8 +192,8 @@ export class ChatClient {
     }
     if (this.expired) {
       this.expired = false;
-      this.session = null; // join again as a new participant
-      this.onevent({ type: 'expired', local: true });
+      this.session = null; // join again as a new participant, under the same nickname
+      this.rejoinAs = this.nickname;
     }
     if (this.transport) this.open();
   }

@@ -1,7 +1,10 @@
-// Chinese and English labels. Elements carry data-i18n="key" (text) or
-// data-i18n-placeholder="key"; applyLanguage() fills them in. The choice is
-// remembered in localStorage. Chat texts and the server's notices are shown as
-// they come: only the page's own labels are translated.
+// Chinese and English labels. Elements carry data-i18n="key" (text),
+// data-i18n-placeholder="key" or data-i18n-aria-label="key"; applyLanguage()
+// fills them in. The HTML already holds the English labels (a slow first paint
+// shows no blank control), so these English strings must match the markup. The
+// choice is remembered in localStorage. Chat texts are shown as typed; the
+// server's notices are rendered from their fields (notice, transport, previous,
+// joined/left) in the page's language, falling back to the server's own text.
 
 const LABELS = {
   zh: {
@@ -34,13 +37,46 @@ const LABELS = {
     welcome: '你以 {nick} 的身份加入 ({t})',
     switched: '已切换到 {t},身份和进度不变',
     gap: '第 {from}–{to} 条消息已不在服务器上,无法补回',
-    expired: '会话已过期,重新加入为新用户',
     missed: '离开期间的第 {from}–{to} 条消息不再显示(你已不在聊天室里)',
     error: '错误',
     sendFailed: '发送失败',
     stillConnecting: '仍在连接…',
     stillSending: '仍在发送…',
     connectionLimit: '浏览器对同一站点最多同时打开 6 个 HTTP/1.1 连接,每个 SSE 流或挂起的长轮询都一直占着一个:本页的其他标签页可能已经把它们占满了。关掉几个,或改用 WebSocket(它不占这 6 个)。',
+    pages: '页面',
+    conversation: '聊天记录',
+    messageLabel: '聊天内容',
+    sending: '发送中…',
+    notSent: '未发出',
+    putBack: '放回输入框',
+    unconfirmed: '服务器没有确认',
+    onlineStale: '未连接:此列表可能已过时。',
+    onlineMore: '还有 {n} 人',
+    wireShow: '查看线上数据',
+    wireHide: '隐藏线上数据',
+    wireTitle: '线上数据',
+    'notice.join': '{nick} 来了',
+    'notice.joinVia': '{nick} 来了({t})',
+    'notice.leave': '{nick} 走了',
+    'notice.crowd': '{joined} 人来了,{left} 人走了',
+    'notice.crowdJoined': '{joined} 人来了',
+    'notice.crowdLeft': '{left} 人走了',
+    'notice.shutdown': '服务器已断开',
+    'notice.rename': '用户 {previous} 改名为: {nick}',
+    restarted: '服务器重启过;你已重新加入,昵称仍是 {nick}',
+    rejoined: '你的会话已过期;你已重新加入,昵称仍是 {nick}',
+    pendingSwitch: '停顿片刻或按回车/空格即切换到 {t}',
+    noConnection: '没有连上服务器',
+    'err.empty_text': '不能发送空内容',
+    'err.text_too_long': '内容太长',
+    'err.rate_limited': '发得太快了,请稍等',
+    'err.bad_nickname': '这个昵称不能用',
+    'err.unknown_session': '服务器不认识这个会话',
+    'err.replaced': '同一会话的新连接接替了这个连接',
+    'err.too_large': '内容太大',
+    'err.unavailable': '服务器暂时不可用',
+    'err.room_full': '聊天室已满',
+    'err.slow_consumer': '接收太慢,已从断点续传',
     // comparison view
     compareTitle: '四种技术对比',
     compareIntro: '同一个聊天室里的四个参与者,各用一种技术。点「发一串」,看每种技术各付出了什么。',
@@ -94,13 +130,46 @@ const LABELS = {
     welcome: 'You joined as {nick} ({t})',
     switched: 'Switched to {t}; same identity, same cursor',
     gap: 'Events {from}–{to} are no longer kept by the server and cannot be shown',
-    expired: 'Session expired; joining again as a new participant',
     missed: 'Events {from}–{to} happened while you were out of the room and are not shown',
     error: 'Error',
     sendFailed: 'Not sent',
     stillConnecting: 'Still connecting…',
     stillSending: 'Still sending…',
     connectionLimit: 'A browser opens at most 6 HTTP/1.1 connections to one site at a time, and every SSE stream or waiting long poll holds one for as long as it lasts: other tabs of this page may be holding them all. Close some, or switch to WebSocket (it does not count against the 6).',
+    pages: 'Pages',
+    conversation: 'Conversation',
+    messageLabel: 'Message',
+    sending: 'sending…',
+    notSent: 'Not sent',
+    putBack: 'Put the text back',
+    unconfirmed: 'the server did not confirm it',
+    onlineStale: 'Not connected: this list may be out of date.',
+    onlineMore: 'and {n} more',
+    wireShow: 'Show the wire',
+    wireHide: 'Hide the wire',
+    wireTitle: 'The wire',
+    'notice.join': '{nick} joined',
+    'notice.joinVia': '{nick} joined ({t})',
+    'notice.leave': '{nick} left',
+    'notice.crowd': '{joined} joined, {left} left',
+    'notice.crowdJoined': '{joined} joined',
+    'notice.crowdLeft': '{left} left',
+    'notice.shutdown': 'Server has disconnected',
+    'notice.rename': '{previous} is now {nick}',
+    restarted: 'The server restarted; you rejoined as {nick}',
+    rejoined: 'Your session had expired; you rejoined as {nick}',
+    pendingSwitch: 'Switching to {t} after a short pause, or press Enter or Space',
+    noConnection: 'no connection to the server',
+    'err.empty_text': 'empty texts are not sent',
+    'err.text_too_long': 'the text is too long',
+    'err.rate_limited': 'too fast: wait a moment',
+    'err.bad_nickname': 'that nickname cannot be used',
+    'err.unknown_session': 'the server does not know this session',
+    'err.replaced': 'a newer channel of this session took over',
+    'err.too_large': 'too large',
+    'err.unavailable': 'the server is unavailable for now',
+    'err.room_full': 'the room is full',
+    'err.slow_consumer': 'fell behind; resuming from the cursor',
     compareTitle: 'The four techniques side by side',
     compareIntro: 'Four participants in the same room, one per technique. Press “Send a burst” and watch what each one pays.',
     burst: 'Send a burst',
@@ -131,6 +200,11 @@ export function language() {
   return current;
 }
 
+/** Whether there is a label for `key`. */
+export function has(key) {
+  return key in LABELS.en;
+}
+
 /** Looks up a label and fills in {name} placeholders. */
 export function t(key, vars = {}) {
   const text = LABELS[current][key] ?? LABELS.en[key] ?? key;
@@ -144,6 +218,7 @@ export function applyLanguage(lang = current) {
   document.documentElement.lang = current === 'zh' ? 'zh-CN' : 'en';
   for (const el of document.querySelectorAll('[data-i18n]')) el.textContent = t(el.dataset.i18n);
   for (const el of document.querySelectorAll('[data-i18n-placeholder]')) el.placeholder = t(el.dataset.i18nPlaceholder);
+  for (const el of document.querySelectorAll('[data-i18n-aria-label]')) el.setAttribute('aria-label', t(el.dataset.i18nAriaLabel));
   document.title = t(document.body.dataset.titleKey || 'title');
 }
 

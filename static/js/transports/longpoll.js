@@ -1,7 +1,8 @@
 // Long polling + POST: a GET that the server holds open until there is news
 // (or the timeout), answered with every event after `since`; then ask again.
 //   GET /api/longpoll?session=S&since=N&timeout=25  ->  {"events": [...], "next": M}
-// Texts go up as POST /api/messages.
+// The first request also asks who is online (&presence=1 -> "presence": {...});
+// join / leave / rename events keep that list afterwards. Texts go up as POST /api/messages.
 
 import { Transport, withQuery } from './transport.js';
 import { postMessage, readJson } from '../api.js';
@@ -19,9 +20,10 @@ export class LongPollTransport extends Transport {
       const markOpen = () => {
         if (!open && !this.closed) { open = true; this.onstate('open'); }
       };
+      let presence = 1; // asked once, on this object's first request
       while (!this.closed) {
         this.abort = new AbortController();
-        const url = withQuery('/api/longpoll', { session: this.session, since: this.since, timeout: HOLD_SECONDS });
+        const url = withQuery('/api/longpoll', { session: this.session, since: this.since, timeout: HOLD_SECONDS, presence });
         const asked = Date.now();
         // A bad request (unknown session, ...) is answered at once; one that the
         // server is still holding after a second has been accepted: we are connected.
@@ -36,6 +38,7 @@ export class LongPollTransport extends Transport {
         }
         if (this.closed) return;
         markOpen();
+        presence = null;
         if (!this.takeAnswer(body)) return;
         // An empty answer that came back at once (not after the hold) means the
         // server let go early; pause a little rather than spin.

@@ -7,8 +7,12 @@
 //   await t.send('hello');                  // or '/nick NAME'
 //   t.close();
 //
-// `session` and `since` are optional. Without a session the transport joins as
-// a new participant and reports a `welcome` event ({id, nickname, session, seq}).
+// `session`, `since` and `nickname` are optional. Without a session the transport
+// joins as a new participant (named `nickname` when given: a rejoin keeps the
+// name) and reports a `welcome` event ({id, nickname, session, seq, presence}).
+// Who is online comes on the channel, never from an extra request: a `presence`
+// object in the welcome (and in the first answer of a poll transport), handed
+// to onevent as {type: 'presence', presence} when it is not in a welcome.
 // With `session` and `since` it takes over that participant and delivers the
 // events after `since` (this is how switching technique and reconnecting work).
 //
@@ -23,9 +27,10 @@
 import { joinSession } from '../api.js';
 
 export class Transport {
-  constructor({ session = null, since = null } = {}) {
+  constructor({ session = null, since = null, nickname = null } = {}) {
     this.session = session;
     this.since = since;
+    this.nickname = nickname;
     this.onevent = () => {};
     this.onstate = () => {};
     this.closed = false; // set once the channel has ended, for whatever reason
@@ -44,16 +49,17 @@ export class Transport {
    */
   async joinOverHttp(transport) {
     if (this.session) return;
-    const joined = await joinSession(transport);
+    const joined = await joinSession(transport, this.nickname);
     this.session = joined.session;
     this.since = joined.seq;
     this.deliver({ type: 'welcome', ...joined });
   }
 
   /**
-   * Hands out the events of a poll's answer ({events, next}) and moves the
-   * cursor to `next`. Returns false when the answer says a newer channel took
-   * the session over: the channel has then ended.
+   * Hands out the events of a poll's answer ({events, next, presence?}) and
+   * moves the cursor to `next`; the presence snapshot (asked with presence=1)
+   * comes after the events, being as new as the answer. Returns false when the
+   * answer says a newer channel took the session over: the channel has then ended.
    */
   takeAnswer(body) {
     for (const event of body.events) {
@@ -64,6 +70,7 @@ export class Transport {
       this.deliver(event);
     }
     if (typeof body.next === 'number') this.since = body.next;
+    if (body.presence) this.onevent({ type: 'presence', presence: body.presence });
     return true;
   }
 

@@ -1,5 +1,6 @@
 // WebSocket: one TCP connection carries both directions.
-//   server -> client: one JSON text frame per event; the first one is `welcome`
+//   GET /ws?session=S&since=N (resume), /ws?nickname=NAME (join under that name) or /ws (join as a guest)
+//   server -> client: one JSON text frame per event; the first one is `welcome` (with `presence`: who is online)
 //   client -> server: plain text frames ("hello", "/nick NAME")
 // Close codes the server uses: 1001 shutdown, 4000 replaced by a newer channel of
 // the same session, 4008 slow consumer (resume from the cursor), 1003 binary
@@ -12,7 +13,8 @@ export class WsTransport extends Transport {
 
   connect() {
     this.onstate('connecting');
-    const url = new URL(withQuery('/ws', { session: this.session, since: this.session ? this.since : null }), location.href);
+    const query = this.session ? { session: this.session, since: this.since } : { nickname: this.nickname };
+    const url = new URL(withQuery('/ws', query), location.href);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     this.socket = new WebSocket(url);
     // send() waits for this, so a text typed while connecting is not lost.

@@ -116,11 +116,12 @@ export async function newPage(browser, { viewport = { width: 1280, height: 800 }
 }
 
 /**
- * Opens the chat page with the given technique and waits until it is
- * connected and knows who it is. Returns the page.
+ * Opens the chat page with the given technique (language `lang`, browser
+ * window `viewport`, default 1280x800) and waits until it is connected and
+ * knows who it is. Returns the page.
  */
-export async function openChat(browser, server, { transport = 'ws', interval = 0.5, lang = 'en' } = {}) {
-  const page = await newPage(browser);
+export async function openChat(browser, server, { transport = 'ws', interval = 0.5, lang = 'en', viewport } = {}) {
+  const page = await newPage(browser, viewport ? { viewport } : {});
   await page.addInitScript((l) => localStorage.setItem('chatlab.lang', l), lang);
   await page.goto(`${server.url}/?transport=${transport}&interval=${interval}`);
   await waitConnected(page);
@@ -168,12 +169,13 @@ export async function waitForNotice(page, text, timeout = WAIT) {
   );
 }
 
-/** The room events shown on a chat page: [{seq, type, nickname, text}]. */
+/** The room events shown on a chat page: [{seq, type, notice, nickname, text}] (notice: join, leave, ... or null). */
 export function roomEvents(page) {
   return page.evaluate(() =>
     [...document.querySelectorAll('#messages li[data-seq]')].map((li) => ({
       seq: Number(li.dataset.seq),
       type: li.dataset.type,
+      notice: li.dataset.notice || null,
       nickname: li.querySelector('.nick') ? li.querySelector('.nick').textContent : null,
       text: li.querySelector('.text') ? li.querySelector('.text').textContent : li.textContent,
     })),

@@ -1,5 +1,5 @@
 // Two pages chat: texts, senders, notices, /nick, the empty-text hint, the
-// online list. Takes docs/screenshots/chat.png.
+// online list. Takes docs/screenshots/chat.png (desktop) and chat-phone.png (390x844).
 
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,8 +18,8 @@ test('two pages chat, rename, see each other online', { timeout: 60_000 }, async
   assert.notEqual(a.id, b.id);
   assert.match(a.nickname, /^游客\d+$/, 'a guest nickname as in the seed');
 
-  // Alice sees Bob arrive, as a notice rather than a chat line.
-  await waitForNotice(alice, `${b.nickname} 来了`);
+  // Alice sees Bob arrive, as a notice rather than a chat line, in her language, with his technique.
+  await waitForNotice(alice, `${b.nickname} joined (SSE + POST)`);
 
   await say(alice, 'Hello Bob, are you on SSE?');
   await waitForMessage(bob, 'Hello Bob, are you on SSE?');
@@ -28,7 +28,7 @@ test('two pages chat, rename, see each other online', { timeout: 60_000 }, async
   assert.equal(seenByBob.type, 'message');
 
   await say(bob, '/nick Bob');
-  await waitForNotice(alice, `用户 ${b.nickname} 改名为: Bob`);
+  await waitForNotice(alice, `${b.nickname} is now Bob`);
   await eventually(async () => (await identity(bob)).nickname === 'Bob', { message: "Bob's own name" });
   assert.equal(await bob.textContent('#me'), 'Bob');
 
@@ -36,6 +36,12 @@ test('two pages chat, rename, see each other online', { timeout: 60_000 }, async
   await waitForMessage(alice, 'Yes, and you get my POSTs over a WebSocket.');
   const line = (await roomEvents(alice)).find((e) => e.text === 'Yes, and you get my POSTs over a WebSocket.');
   assert.equal(line.nickname, 'Bob');
+  // Each line says which technique its sender used.
+  const via = await alice.evaluate(() => [...document.querySelectorAll('#messages li.msg')]
+    .map((li) => [li.querySelector('.text').textContent, li.dataset.transport, li.title.split(' · ')[1]]));
+  assert.deepEqual(via.find(([text]) => text === 'Yes, and you get my POSTs over a WebSocket.'), [
+    'Yes, and you get my POSTs over a WebSocket.', 'sse', 'SSE + POST']);
+  assert.equal(via.find(([text]) => text === 'Hello Bob, are you on SSE?')[1], 'ws');
 
   // Notices are visibly different from chat lines.
   const looks = await alice.evaluate(() => {
@@ -82,6 +88,20 @@ test('two pages chat, rename, see each other online', { timeout: 60_000 }, async
   await alice.fill('#message', '');
   await alice.evaluate(() => { document.querySelector('#hint').hidden = true; });
   await alice.screenshot({ path: screenshotPath('chat.png') });
+
+  // The same conversation on a phone.
+  const phone = await openChat(env.browser, env.server, { transport: 'longpoll', viewport: { width: 390, height: 844 } });
+  await say(phone, '/nick Carol');
+  await say(phone, 'On a phone: technique first, then the chat.');
+  await waitForMessage(phone, 'On a phone: technique first, then the chat.');
+  await say(alice, 'Hi Carol!');
+  await waitForMessage(phone, 'Hi Carol!');
+  await phone.waitForFunction(() => document.querySelectorAll('#online li').length >= 3);
+  await phone.fill('#message', '');
+  await phone.evaluate(() => document.activeElement.blur());
+  await phone.screenshot({ path: screenshotPath('chat-phone.png') });
+  assert.deepEqual(phone.errors, []);
+  await phone.context().close();
 
   for (const page of [alice, bob]) assert.deepEqual(page.errors, [], 'no script errors');
   await alice.context().close();

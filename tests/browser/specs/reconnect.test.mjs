@@ -1,7 +1,8 @@
 // After a dropped connection the page reconnects by itself, with backoff, and
 // says so: here the server is stopped and a new one started on the same port.
 // The new server does not know the old session (the room is in memory), so the
-// page ends up joining again as a new participant, and says that too.
+// page joins again under the same nickname and says so plainly; while it is
+// away, its online list greys.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -17,6 +18,9 @@ for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
     const browser = await launchBrowser();
     try {
       const page = await openChat(browser, server, { transport: technique, interval: 0.5 });
+      // A chosen name (a new server would hand out the same guest name anyway).
+      await say(page, `/nick keeper-${technique}`);
+      await eventually(async () => (await identity(page)).nickname === `keeper-${technique}`, { message: 'the rename' });
       const before = await identity(page);
       if (technique !== 'poll') {
         // The channel is open at the server, so the goodbye has somewhere to go: a long poller's first answer
@@ -31,11 +35,14 @@ for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
       // The state on screen changes from "connected" to reconnecting.
       await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'reconnecting');
       assert.match(await page.textContent('#status-text'), /reconnecting in [\d.]+ s \(attempt \d+\)/);
+      assert.equal(await page.isVisible('#online-stale'), true, 'the online list says it may be stale');
 
       server = await startServer({ port });
       await eventually(async () => (await identity(page)).id !== before.id, { timeout: 30_000, message: 'a new identity' });
       await waitConnected(page);
-      await waitForNotice(page, 'Session expired');
+      await waitForNotice(page, `The server restarted; you rejoined as ${before.nickname}`);
+      assert.equal((await identity(page)).nickname, before.nickname, 'the same nickname');
+      assert.equal(await page.isVisible('#online-stale'), false);
       assert.equal(await page.evaluate(() => window.chatlab.client.technique), technique);
       await say(page, `back on ${technique}`);
       await waitForMessage(page, `back on ${technique}`);

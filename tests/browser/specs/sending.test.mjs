@@ -1,0 +1,106 @@
+// A line shows at once as "sending…" (greyed) until the server has it, then as
+// the delivered line in its place, never twice; a send that fails says so and
+// gives the text back.
+
+import { before, after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  useServerAndBrowser, startServer, launchBrowser, newPage, openChat, say, waitForMessage, waitConnected, sleep, WAIT,
+} from '../lib/harness.mjs';
+
+const env = useServerAndBrowser({ before, after });
+
+/** The lines on the page with this text: [{type, state, classes}]. */
+const linesWith = (page, text) => page.evaluate((t) =>
+  [...document.querySelectorAll('#messages li')]
+    .filter((li) => li.querySelector('.text')?.textContent === t)
+    .map((li) => ({ type: li.dataset.type, state: li.querySelector('.state')?.textContent ?? null, classes: li.className })),
+text);
+
+test('a slow send shows "sending…" until the server has it, then one delivered line', { timeout: 60_000 }, async () => {
+  // Five SSE streams of another tab and the page's own stream take the browser's six connections to the
+  // site: the page's POST waits for one, as on a slow network.
+  const holder = await newPage(env.browser);
+  await holder.goto(`${env.server.url}/healthz`);
+  await holder.evaluate(async () => {
+    window.held = [];
+    for (let i = 0; i < 5; i++) {
+      const joined = await (await fetch('/api/sessions', { method: 'POST', body: '{"transport":"sse"}' })).json();
+      const stream = new EventSource(`/api/sse?session=${joined.session}`);
+      await new Promise((resolve, reject) => { stream.onopen = resolve; setTimeout(() => reject(new Error('no stream')), 5000); });
+      window.held.push(stream);
+    }
+  });
+  const page = await holder.context().newPage();
+  const errors = [];
+  page.on('pageerror', (err) => errors.push(String(err)));
+  await page.addInitScript(() => localStorage.setItem('chatlab.lang', 'en'));
+  await page.goto(`${env.server.url}/?transport=sse`);
+  await waitConnected(page);
+
+  await say(page, 'a slow line');
+  assert.equal(await page.inputValue('#message'), '', 'the input is free for the next line');
+  const waiting = await linesWith(page, 'a slow line');
+  assert.equal(waiting.length, 1);
+  assert.equal(waiting[0].type, 'pending');
+  assert.equal(waiting[0].state, 'sending…');
+  const grey = await page.evaluate(() => getComputedStyle(document.querySelector('li.pending .text')).color);
+  assert.equal(grey, 'rgb(75, 85, 99)', 'the waiting line is greyed');
+  await sleep(1000);
+  assert.equal((await linesWith(page, 'a slow line'))[0].state, 'sending…', 'still sending while no connection is free');
+
+  await holder.evaluate(() => window.held.forEach((stream) => stream.close()));
+  await waitForMessage(page, 'a slow line');
+  await sleep(300);
+  const delivered = await linesWith(page, 'a slow line');
+  assert.equal(delivered.length, 1, `one line, not two: ${JSON.stringify(delivered)}`);
+  assert.equal(delivered[0].type, 'message');
+  assert.equal(await page.locator('#messages li.pending').count(), 0);
+  assert.deepEqual(errors, []);
+  await holder.context().close();
+});
+
+for (const transport of ['ws', 'poll']) {
+  test(`${transport}: an own line is shown once, delivered in place of its pending line`, { timeout: 60_000 }, async () => {
+    const page = await openChat(env.browser, env.server, { transport, interval: 2 });
+    const other = await openChat(env.browser, env.server, { transport: 'ws' });
+    for (let n = 1; n <= 5; n++) await say(page, `line ${n}`);
+    await say(other, 'from the other page');
+    // Right away every line is on screen, in order, whatever the technique's delay.
+    const now = await page.evaluate(() => [...document.querySelectorAll('#messages li.mine .text')].map((e) => e.textContent));
+    assert.deepEqual(now, ['line 1', 'line 2', 'line 3', 'line 4', 'line 5']);
+    await waitForMessage(page, 'line 5');
+    await waitForMessage(page, 'from the other page');
+    await sleep(300);
+    for (let n = 1; n <= 5; n++) {
+      const lines = await linesWith(page, `line ${n}`);
+      assert.deepEqual(lines.map((l) => l.type), ['message'], `line ${n} once, delivered`);
+    }
+    assert.equal(await page.locator('#messages li.pending').count(), 0);
+    for (const p of [page, other]) {
+      assert.deepEqual(p.errors, []);
+      await p.context().close();
+    }
+  });
+}
+
+test('a send that fails says so and gives the text back', { timeout: 60_000 }, async () => {
+  const server = await startServer();
+  const browser = await launchBrowser();
+  try {
+    const page = await openChat(browser, server, { transport: 'longpoll' });
+    await server.stop();
+    await page.waitForFunction(() => document.querySelector('#status').dataset.state !== 'open');
+    await say(page, 'into the void');
+    await page.waitForSelector('#messages li.pending.failed', { timeout: WAIT });
+    assert.equal(await page.textContent('#messages li.pending.failed .state'), 'Not sent: no connection to the server');
+    assert.equal(await page.inputValue('#message'), '');
+    await page.click('#messages li.pending.failed button.put-back');
+    assert.equal(await page.inputValue('#message'), 'into the void', 'the text is back in the input');
+    assert.equal(await page.locator('#messages li.pending').count(), 0);
+    assert.deepEqual(page.errors, []);
+  } finally {
+    await browser.close().catch(() => {});
+    await server.stop();
+  }
+});
