@@ -373,7 +373,10 @@ impl FrameCutter {
         }
     }
 
+    /// Cuts `data` into frames, describing each completed one to a watching wire view; counts them into the
+    /// session with one addition per call.
     fn feed(&mut self, mut data: &[u8], direction: Direction, session: &SessionWire) {
+        let mut frames = 0;
         while !data.is_empty() {
             match self.left {
                 None => {
@@ -389,7 +392,7 @@ impl FrameCutter {
                         let text = self.header[0] & 0x0F == 1;
                         self.preview = (text && session.watched()).then(Vec::new);
                         if len == 0 {
-                            self.complete(direction, session);
+                            frames += self.complete(direction, session);
                         }
                     }
                 }
@@ -408,21 +411,33 @@ impl FrameCutter {
                     data = &data[take..];
                     self.left = Some(left - take as u64);
                     if left == take as u64 {
-                        self.complete(direction, session);
+                        frames += self.complete(direction, session);
                     }
                 }
             }
         }
+        if frames > 0 {
+            let counter = match direction {
+                Direction::In => &session.frames_in,
+                Direction::Out => &session.frames_out,
+            };
+            counter.fetch_add(frames, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
-    /// A whole frame has crossed: count it, and describe it to a watching wire view.
-    fn complete(&mut self, direction: Direction, session: &SessionWire) {
-        let counter = match direction {
-            Direction::In => &session.frames_in,
-            Direction::Out => &session.frames_out,
-        };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if session.watched() {
+    /// A whole frame has crossed: describe it to a watching wire view (counted first, so that the record's
+    /// totals include it), and start reading the next. Returns 1 when the frame is left for the caller to
+    /// count, with the others of its write.
+    fn complete(&mut self, direction: Direction, session: &SessionWire) -> u64 {
+        let watched = session.watched();
+        if watched {
+            let counter = match direction {
+                Direction::In => &session.frames_in,
+                Direction::Out => &session.frames_out,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if watched {
             let opcode = match self.header[0] & 0x0F {
                 0 => "continuation",
                 1 => "text",
@@ -449,6 +464,7 @@ impl FrameCutter {
         self.have = 0;
         self.left = None;
         self.preview = None;
+        u64::from(!watched)
     }
 }
 
