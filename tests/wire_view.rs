@@ -489,3 +489,22 @@ async fn a_watcher_that_never_reads_stays_bounded() {
     }
     assert_eq!(lagged, dropped, "every dropped record is announced");
 }
+
+/// A session whose lease runs out is forgotten with its counters: memory follows the live sessions.
+#[tokio::test]
+async fn an_expired_sessions_counters_are_forgotten() {
+    let server = start_with(chatlab::config::Config { session_lease: 1, ..common::config() }).await;
+    let joined = common::join(&server, "poll").await;
+    let sessions = server.room.metering().sessions();
+    assert!(sessions.get(&joined.session).is_some(), "counted from its join");
+    assert_eq!(sessions.len(), 1);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while sessions.get(&joined.session).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "still counted after its lease ran out");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(sessions.is_empty());
+    let response =
+        common::http().get(server.url(&format!("/api/sessions/{}/wire", joined.session))).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+}
