@@ -11,7 +11,8 @@
 //! | [`sessions`] | join, leave and presence over HTTP |
 //! | [`assets`] | the demo page and its files |
 //! | [`docs`] | the docs, rendered for the demo's readers |
-//! | [`websocket`] | the WebSocket handshake and connection that [`ws`] and [`seed`] share |
+//! | [`websocket`] | the WebSocket handshake and connection that [`ws`], [`seed`] and [`wire_view`] share |
+//! | [`wire_view`] | a session's wire counters, and the live log of what its requests and channel put on the wire |
 
 pub mod assets;
 pub mod docs;
@@ -22,6 +23,7 @@ pub mod sessions;
 pub mod short_poll;
 pub mod sse;
 pub mod websocket;
+pub mod wire_view;
 pub mod ws;
 
 use std::borrow::Cow;

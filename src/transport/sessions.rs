@@ -32,6 +32,7 @@ pub async fn create(State(room): State<Room>, _: SameOrigin, body: Body) -> Resu
     })?;
     room.metering().request(request.transport);
     let (record, seq) = room.join(request.transport, request.nickname.as_deref(), false).await?;
+    room.metering().session(&record.token);
     let presence = match room.presence_now().await {
         Ok(presence) => presence,
         Err(error) => {
@@ -53,6 +54,7 @@ pub async fn delete(
 ) -> Result<StatusCode, AppError> {
     if let Ok(record) = room.session(&token).await {
         room.metering().request(record.transport);
+        room.metering().session(&token);
     }
     if room.leave(&token).await? {
         Ok(StatusCode::NO_CONTENT)

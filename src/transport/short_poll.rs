@@ -10,6 +10,7 @@ use axum::response::Response;
 use super::{poll_body, Params};
 use crate::core::{Delivery, Presence, Room, Seq, Transport};
 use crate::error::AppError;
+use crate::metering::session::SessionWire;
 
 /// Answers `200 {"events":[...],"next":N}` with up to `--poll-batch` events after `since` (possibly none);
 /// the client asks again with `since=N` after its interval. Each poll renews the session's lease. With
@@ -21,8 +22,9 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     let metering = room.metering();
     metering.request(Transport::Poll);
     let (deliveries, next) = room.poll(token, Transport::Poll, since).await?;
+    let wire = metering.session(token);
     let presence = presence_if(&room, with_presence).await?;
-    Ok(respond(&room, Transport::Poll, &deliveries, next, presence.as_ref()))
+    Ok(respond(&room, Transport::Poll, &wire, &deliveries, next, presence.as_ref()))
 }
 
 /// Who is online, when the poll asked for it (`presence=1`).
@@ -35,15 +37,16 @@ pub(crate) async fn presence_if(room: &Room, asked: bool) -> Result<Option<Prese
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
-/// The poll response `{"events":[...],"next":N}` (short or long), counted under `transport`.
+/// The poll response `{"events":[...],"next":N}` (short or long), counted under `transport` and the session.
 pub(crate) fn respond(
     room: &Room,
     transport: Transport,
+    wire: &SessionWire,
     deliveries: &[Delivery],
     next: Seq,
     presence: Option<&Presence>,
 ) -> Response {
-    record(room, transport, deliveries);
+    record(room, transport, wire, deliveries);
     // Built by hand: a `Vec<u8>` body made into a response first gets an `application/octet-stream` type that
     // would then be replaced.
     let mut response = Response::new(Body::from(poll_body(deliveries, next, presence)));
@@ -54,12 +57,12 @@ pub(crate) fn respond(
 }
 
 /// Counts a poll response's deliveries (or its emptiness) under `transport`.
-fn record(room: &Room, transport: Transport, deliveries: &[Delivery]) {
+fn record(room: &Room, transport: Transport, wire: &SessionWire, deliveries: &[Delivery]) {
     let metering = room.metering();
     if deliveries.is_empty() {
         // The commonest answer: nothing to time or count but that it was empty.
         metering.of(transport).empty_responses.fetch_add(1, Ordering::Relaxed);
     } else {
-        metering.delivered(transport, deliveries);
+        wire.delivered(metering.delivered(transport, deliveries));
     }
 }
