@@ -103,9 +103,9 @@ function receivedEvent(state, event) {
     const seq = document.createElement('span');
     seq.className = 'seq';
     seq.textContent = '#' + event.seq;
-    const text = event.type === 'message' ? `${event.nickname}: ${event.message}` : event.message || event.type;
-    li.append(seq, document.createTextNode(text));
+    li.append(seq, document.createTextNode(feedText(event)));
     if (event.type !== 'message') li.className = 'notice-line';
+    li.event = event; // kept so that a language switch can say it again
   }
   const feed = state.panel.querySelector('.feed');
   feed.append(li);
@@ -113,6 +113,20 @@ function receivedEvent(state, event) {
   feed.scrollTop = feed.scrollHeight;
   state.panel.querySelector('.received-count').textContent = String(state.events);
   scheduleRender();
+}
+
+/** A room event as one line in the page's language (notices from their fields; the seed's text otherwise). */
+function feedText(event) {
+  if (event.type === 'message') return `${event.nickname}: ${event.message}`;
+  switch (event.notice) {
+    case 'join': return t('feedJoin', { nick: event.nickname });
+    case 'leave': return t('feedLeave', { nick: event.nickname });
+    case 'crowd': return t('feedCrowd', { j: event.joined ?? 0, l: event.left ?? 0 });
+    case 'shutdown': return t('feedShutdown');
+    default:
+      if (event.type === 'nick_update' && event.previous) return t('feedRename', { old: event.previous, nick: event.nickname });
+      return event.message || event.type;
+  }
 }
 
 /** Every record of a panel's wire log: counts the poll answers that brought nothing. */
@@ -473,6 +487,9 @@ function relabel() {
   for (const state of Object.values(panels)) {
     state.panel.setAttribute('aria-label', t(state.name));
     showStatus(state);
+    for (const li of state.panel.querySelectorAll('.feed li.notice-line')) {
+      if (li.event) li.lastChild.textContent = feedText(li.event);
+    }
   }
   render();
 }
@@ -491,7 +508,7 @@ addEventListener('pagehide', () => {
 
 applyLanguage();
 relabel();
-window.compare = { panels, metrics: () => Object.fromEntries(TECHNIQUES.map((n) => [n, metricsFor(n)])), reset };
+window.compare = { panels, settled: () => settled, metrics: () => Object.fromEntries(TECHNIQUES.map((n) => [n, metricsFor(n)])), reset };
 for (const state of Object.values(panels)) state.client.start();
 readStats();
 setInterval(readStats, 1000);

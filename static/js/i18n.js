@@ -125,6 +125,11 @@ const LABELS = {
     'wire.sseEvents': '{n} 个事件',
     'wire.sseSizes': '线上 {all}:字段 {f},数据 {d},分块 {c}',
     'wire.sseEvent': 'id {id}:字段 {f},数据 {d}',
+    feedJoin: '{nick} 来了',
+    feedLeave: '{nick} 走了',
+    feedCrowd: '{j} 人来了,{l} 人走了',
+    feedShutdown: '服务器已关闭',
+    feedRename: '{old} 改名为 {nick}',
   },
   en: {
     title: 'chatlab chat',
@@ -247,6 +252,11 @@ const LABELS = {
     'wire.sseEvents': '{n} event(s)',
     'wire.sseSizes': '{all} on the wire: fields {f}, data {d}, chunk framing {c}',
     'wire.sseEvent': 'id {id}: fields {f}, data {d}',
+    feedJoin: '{nick} joined',
+    feedLeave: '{nick} left',
+    feedCrowd: '{j} joined, {l} left',
+    feedShutdown: 'The server shut down',
+    feedRename: '{old} is now {nick}',
   },
 };
 

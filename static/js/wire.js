@@ -374,6 +374,9 @@ class WireView {
   frameRow(li, r) {
     const up = r.dir === 'in'; // "in" is what the server read: the page sent it
     li.dataset.dir = up ? 'up' : 'down';
+    li.dataset.opcode = r.opcode || '';
+    li.dataset.header = r.header_bytes || 0;
+    li.dataset.payload = r.payload_bytes || 0;
     const header = r.header_bytes || 0;
     const payload = r.payload_bytes || 0;
     const details = el('details');
