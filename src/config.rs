@@ -142,6 +142,12 @@ pub struct Config {
     #[arg(long, default_value_t = 256 * 1024)]
     pub ws_max_buffer: usize,
 
+    /// Records a wire view (`GET /api/wire`) may hold unsent while its client does not read: past it, new records
+    /// are dropped and counted, and the client is told how many with a `lagged` record. A record is at most a
+    /// few KiB (heads are cut at 8 KiB each), so a watcher costs at most about this many times 16 KiB.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub wire_view_queue: u64,
+
     /// Extra origins allowed to open WebSockets and POST (e.g. `https://chat.example.com`).
     /// The page's own host and localhost are always allowed; requests without `Origin` are not browsers.
     #[arg(long = "allow-origin")]

@@ -45,7 +45,7 @@ use crate::core::Room;
 use crate::error::AppError;
 use crate::metering::wire::{MakeMetered, MeteredListener};
 use crate::metering::Metering;
-use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, ws};
+use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, wire_view, ws};
 
 /// The router: every endpoint of the product, served from one room.
 pub fn app(room: Room) -> Router {
@@ -54,6 +54,8 @@ pub fn app(room: Room) -> Router {
         .route("/ws", get(ws::handler))
         .route("/api/sessions", post(sessions::create))
         .route("/api/sessions/{session}", delete(sessions::delete))
+        .route("/api/sessions/{session}/wire", get(wire_view::counters))
+        .route("/api/wire", get(wire_view::handler))
         .route("/api/presence", get(sessions::presence))
         .route("/api/sse", get(sse::handler))
         .route("/api/longpoll", get(long_poll::handler))

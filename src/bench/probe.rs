@@ -153,12 +153,16 @@ impl Probe {
 }
 
 impl Tally for Arc<Probe> {
-    fn read(&self, bytes: usize) {
-        self.bytes_down.fetch_add(bytes as u64, Ordering::Relaxed);
+    fn read(&self, data: &[u8]) {
+        self.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
     }
 
-    fn wrote(&self, bytes: usize) {
-        self.bytes_up.fetch_add(bytes as u64, Ordering::Relaxed);
+    fn wrote(&self, data: &[u8]) {
+        self.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+    }
+
+    fn wrote_vectored(&self, _: &[std::io::IoSlice<'_>], written: usize) {
+        self.bytes_up.fetch_add(written as u64, Ordering::Relaxed);
     }
 }
 

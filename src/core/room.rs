@@ -323,6 +323,8 @@ impl Room {
             if let Some(horizon) = Instant::now().checked_sub(2 * lease) {
                 self.local().buckets.retain(|_, bucket| bucket.last > horizon);
             }
+            // So are the wire counters of sessions that ended on another process of a cluster.
+            self.shared.metering.sessions().forget_idle(now.saturating_sub(2 * lease.as_millis() as u64));
         }
     }
 
@@ -387,6 +389,7 @@ impl Room {
     fn forget(&self, token: &str) {
         self.end_channel(token);
         self.local().buckets.remove(token);
+        self.shared.metering.sessions().forget(token);
     }
 
     async fn announce_leave(&self, record: &SessionRecord) {

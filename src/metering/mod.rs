@@ -7,10 +7,14 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the counters, the latency histogram, the `/api/stats` document |
-//! | [`wire`] | the byte-counting listener and how a connection's bytes are given to a technique |
+//! | [`wire`] | the byte-counting listener and how a connection's bytes are given to a technique and a session |
+//! | [`session`] | per-session wire counters, and the watchers of the live wire log |
+//! | [`capture`] | how a connection's bytes are read back as HTTP heads, WebSocket frames and SSE writes |
 //! | [`prometheus`] | `/metrics`: the same counters in the Prometheus text format |
 
+pub mod capture;
 pub mod prometheus;
+pub mod session;
 pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub(crate) use crate::core::event::now_ms;
 use crate::core::event::RoomEvent;
 use crate::core::session::Transport;
 use crate::core::Delivery;
@@ -54,6 +59,7 @@ pub struct Metering {
     transports: Arc<[Counters; 4]>,
     others: Arc<Others>,
     load: Arc<Load>,
+    sessions: Arc<session::Sessions>,
 }
 
 /// What counts under none of the four techniques.
@@ -81,6 +87,28 @@ impl Metering {
         &self.others
     }
 
+    /// The per-session counters, and what the wire view costs.
+    pub fn sessions(&self) -> &session::Sessions {
+        &self.sessions
+    }
+
+    /// Counts one HTTP request of the session `token` (which the room has just found to exist), and gives the
+    /// request's wire bytes (and its response's; if it upgrades, its connection's) to that session as well as to
+    /// the technique named by [`Metering::request`]. Returns the session's counters, for the events its channel
+    /// delivers. One hash lookup per request.
+    pub fn session(&self, token: &str) -> Arc<session::SessionWire> {
+        let wire = self.sessions.request(token);
+        wire::chosen_session(wire.clone());
+        wire
+    }
+
+    /// Counts one request of a wire view (`/api/wire`, `/api/sessions/{session}/wire`): its bytes count under
+    /// `other.wire_view`, never under a technique or a session.
+    pub fn wire_view_request(&self) {
+        self.sessions.wire_view.requests.fetch_add(1, Ordering::Relaxed);
+        wire::chosen_wire_view();
+    }
+
     /// How busy the process is: deliveries per second (see [`Load`]).
     pub fn load(&self) -> &Load {
         &self.load
@@ -89,15 +117,15 @@ impl Metering {
     /// Counts the room events among `deliveries`, handed to the socket writer together just now (every
     /// transport calls it right as it has written a batch or a poll body). Each event's latency runs from when it
     /// entered this process. One clock read and a few atomic additions per batch, not per event: these counters
-    /// are shared by every worker thread.
-    pub fn delivered(&self, transport: Transport, deliveries: &[Delivery]) {
+    /// are shared by every worker thread. Returns how many room events there were.
+    pub fn delivered(&self, transport: Transport, deliveries: &[Delivery]) -> u64 {
         let mut delivering = self.delivering(transport);
         for delivery in deliveries {
             if let Delivery::Event(event) = delivery {
                 delivering.event(event);
             }
         }
-        delivering.finish();
+        delivering.finish()
     }
 
     /// Starts counting deliveries written together one at a time, for a transport that writes events without
@@ -140,12 +168,17 @@ impl Metering {
                     "events_delivered": get(&c.events_delivered),
                     "empty_responses": get(&c.empty_responses),
                     "slow_consumers": get(&c.slow_consumers),
-                    "latency_ms": {"p50": c.latency.quantile_ms(0.50), "p99": c.latency.quantile_ms(0.99)},
+                    "latency_ms": {
+                        "p50": c.latency.quantile_ms(0.50),
+                        "p99": c.latency.quantile_ms(0.99),
+                        "buckets": c.latency.buckets_ms(),
+                    },
                 }),
             );
         }
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let o = &self.others;
+        let v = &self.sessions.wire_view;
         json!({
             "transports": transports,
             "other": {
@@ -154,6 +187,17 @@ impl Metering {
                 "wire_bytes_in": get(&o.wire_bytes_in),
                 "wire_bytes_out": get(&o.wire_bytes_out),
                 "deliveries_per_second": self.load.per_second(Instant::now()),
+                "wire_view": {
+                    "requests": get(&v.requests),
+                    "connections_open": get(&v.connections_open),
+                    "connections_total": get(&v.connections_total),
+                    "wire_bytes_in": get(&v.wire_bytes_in),
+                    "wire_bytes_out": get(&v.wire_bytes_out),
+                    "records": get(&v.records),
+                    "records_dropped": get(&v.dropped),
+                    "records_queued": get(&v.queued),
+                    "sessions_counted": self.sessions.len(),
+                },
             },
             "units": {
                 "connections_open": "live receiving channels (WebSockets, SSE streams, held long polls)",
@@ -161,10 +205,15 @@ impl Metering {
                 "wire_bytes_in": "bytes read from sockets, headers and framing included",
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",
                 "payload_bytes_out": "JSON event bytes only, no headers or framing",
-                "latency_ms": "publish (event entering this process) to socket write, milliseconds",
+                "latency_ms": "publish (event entering this process) to socket write, milliseconds; buckets: [upper bound \
+                               in ms, count] of the non-empty histogram buckets, since the server started",
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \
                           second (events times the live channels each went to, plus events answered to polls from \
                           history; the last quarter second)",
+                "wire_view": "what the wire view itself costs (GET /api/wire and /api/sessions/{session}/wire): its \
+                              requests, connections and wire bytes, counted under no technique and no session; records \
+                              sent to watchers, dropped for a full queue (--wire-view-queue), queued now; sessions with \
+                              counters in this process",
             },
         })
     }
@@ -192,13 +241,14 @@ impl Delivering<'_> {
     }
 
     /// Adds the counts to the transport's counters: one clock read and a few atomic additions per write, not
-    /// per event (these counters are shared by every worker thread).
-    pub fn finish(self) {
+    /// per event (these counters are shared by every worker thread). Returns how many room events there were.
+    pub fn finish(self) -> u64 {
         self.latencies.finish();
         if self.events > 0 {
             self.counters.events_delivered.fetch_add(self.events, Ordering::Relaxed);
             self.counters.payload_bytes_out.fetch_add(self.bytes, Ordering::Relaxed);
         }
+        self.events
     }
 }
 
@@ -373,6 +423,19 @@ impl Histogram {
         }
         out.push((f64::MAX, counts[start..].iter().sum()));
         out
+    }
+
+    /// The non-empty buckets as `[upper bound in ms, count]`, lowest first: a client can subtract an earlier
+    /// reading and take quantiles of what happened in between.
+    pub fn buckets_ms(&self) -> Vec<(f64, u64)> {
+        self.buckets
+            .iter()
+            .enumerate()
+            .filter_map(|(index, bucket)| {
+                let count = bucket.load(Ordering::Relaxed);
+                (count > 0).then(|| ((Self::upper_micros(index) / 1000.0 * 1000.0).round() / 1000.0, count))
+            })
+            .collect()
     }
 
     /// Number of recorded values.

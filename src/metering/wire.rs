@@ -45,7 +45,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
 use axum::serve::{IncomingStream, Listener};
@@ -56,6 +56,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::futures::TaskLocalFuture;
 use tower::Service;
 
+use super::capture::{Kind, Log};
+use super::session::SessionWire;
 use super::Metering;
 use crate::core::session::Transport;
 
@@ -109,12 +111,25 @@ impl Listener for MeteredListener {
 /// An accepted socket that counts what crosses it into its [`Connection`].
 pub type MeteredStream = Counted<TcpStream, Arc<Connection>>;
 
-/// Told of every byte a [`Counted`] stream reads and writes.
+/// Told of every byte a [`Counted`] stream reads and writes, with the bytes themselves: a connection reads
+/// them back for a wire view ([`super::capture`]); a counter only takes their length.
 pub trait Tally {
-    /// `bytes` were read (0 at end of stream).
-    fn read(&self, bytes: usize);
-    /// `bytes` were written.
-    fn wrote(&self, bytes: usize);
+    /// `data` was read (empty at end of stream).
+    fn read(&self, data: &[u8]);
+    /// `data` was written.
+    fn wrote(&self, data: &[u8]);
+    /// The first `written` bytes of `slices` were written, in one call.
+    fn wrote_vectored(&self, slices: &[io::IoSlice<'_>], written: usize) {
+        let mut left = written;
+        for slice in slices {
+            if left == 0 {
+                break;
+            }
+            let n = slice.len().min(left);
+            self.wrote(&slice[..n]);
+            left -= n;
+        }
+    }
 }
 
 /// A stream that tells a [`Tally`] how many bytes each successful read and write moved, and otherwise behaves
@@ -143,7 +158,7 @@ impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for Counted<S, T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            self.tally.read(buf.filled().len() - before);
+            self.tally.read(&buf.filled()[before..]);
         }
         result
     }
@@ -153,7 +168,7 @@ impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(written)) = result {
-            self.tally.wrote(written);
+            self.tally.wrote(&data[..written]);
         }
         result
     }
@@ -165,7 +180,7 @@ impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
         if let Poll::Ready(Ok(written)) = result {
-            self.tally.wrote(written);
+            self.tally.wrote_vectored(data, written);
         }
         result
     }
@@ -193,6 +208,8 @@ enum Owner {
     Technique(Transport),
     /// A request of none of the four.
     Nobody,
+    /// A wire view's request or connection (`/api/wire`, `/api/sessions/{session}/wire`).
+    WireView,
 }
 
 /// One connection's attribution state (see the module docs for the rule).
@@ -206,6 +223,12 @@ struct Attribution {
     answered: bool,
     /// The connection was upgraded: the owner is fixed.
     upgraded: bool,
+    /// Some bytes of the current request were read (false only before a connection's first request).
+    started: bool,
+    /// The session the handler named for the current request (or, once upgraded, the connection).
+    session: Option<Arc<SessionWire>>,
+    /// What a wire view is told of these bytes.
+    log: Log,
 }
 
 /// The shared per-connection cell: the socket counts into it, the connection's [`Metered`] service tells it whose
@@ -231,6 +254,9 @@ impl Connection {
                 pending_out: 0,
                 answered: false,
                 upgraded: false,
+                started: false,
+                session: None,
+                log: Log::default(),
             }),
             _slot: slot,
         })
@@ -242,25 +268,51 @@ impl Connection {
 }
 
 impl Tally for Arc<Connection> {
-    fn read(&self, bytes: usize) {
-        if bytes == 0 {
+    fn read(&self, data: &[u8]) {
+        if data.is_empty() {
             return; // end of stream: no request starts
         }
         let mut state = self.state();
-        if state.answered && !state.upgraded {
+        if !state.upgraded && (state.answered || !state.started) {
             state.owner = Owner::Undecided;
             state.answered = false;
+            state.started = true;
+            let previous = state.session.take();
+            state.log.request_starts(self.metering.sessions().capturing(), previous.as_deref());
         }
-        self.add(&mut state, bytes as u64, 0);
+        self.add(&mut state, data.len() as u64, 0);
+        if state.log.follows_reads() {
+            let Attribution { log, session, .. } = &mut *state;
+            log.read(data, session.as_deref());
+        }
     }
 
-    fn wrote(&self, bytes: usize) {
-        let mut state = self.state();
-        self.add(&mut state, 0, bytes as u64);
+    fn wrote(&self, data: &[u8]) {
+        self.wrote_slices(&mut std::iter::once(data), data.len());
+    }
+
+    fn wrote_vectored(&self, slices: &[io::IoSlice<'_>], written: usize) {
+        let mut left = written;
+        let mut parts = slices.iter().map_while(|slice| {
+            let n = slice.len().min(left);
+            left -= n;
+            (n > 0).then(|| &slice[..n])
+        });
+        self.wrote_slices(&mut parts, written);
     }
 }
 
 impl Connection {
+    /// One write's bytes, `written` of them, as `parts`: counted, then read back if a wire view needs them.
+    fn wrote_slices(&self, parts: &mut dyn Iterator<Item = &[u8]>, written: usize) {
+        let mut state = self.state();
+        self.add(&mut state, 0, written as u64);
+        if state.log.follows_writes() {
+            let Attribution { log, session, .. } = &mut *state;
+            log.wrote(parts, session.as_deref());
+        }
+    }
+
     fn add(&self, state: &mut Attribution, read: u64, written: u64) {
         let (into_in, into_out) = match state.owner {
             Owner::Undecided => {
@@ -269,10 +321,17 @@ impl Connection {
                 return;
             }
             Owner::Technique(transport) => {
+                if let Some(session) = &state.session {
+                    session.add_bytes(read, written);
+                }
                 let c = self.metering.of(transport);
                 (&c.wire_bytes_in, &c.wire_bytes_out)
             }
             Owner::Nobody => (&self.metering.others().wire_bytes_in, &self.metering.others().wire_bytes_out),
+            Owner::WireView => {
+                let view = &self.metering.sessions().wire_view;
+                (&view.wire_bytes_in, &view.wire_bytes_out)
+            }
         };
         if read > 0 {
             into_in.fetch_add(read, Ordering::Relaxed);
@@ -282,18 +341,23 @@ impl Connection {
         }
     }
 
-    /// A response head is ready for a request of `technique` (`None`: of no technique); `upgraded` when it is
-    /// `101 Switching Protocols`.
-    fn answer(&self, technique: Option<Transport>, upgraded: bool) {
+    /// A response head is ready for a request of `owner`, of `session` if the handler named one; `kind` says
+    /// whether it is `101 Switching Protocols`, an SSE stream or a plain response.
+    fn answer(&self, owner: Owner, session: Option<Arc<SessionWire>>, kind: Kind) {
         let mut state = self.state();
         if state.upgraded {
             return;
         }
-        state.owner = technique.map_or(Owner::Nobody, Owner::Technique);
+        state.owner = owner;
+        let technique = if let Owner::Technique(transport) = owner { Some(transport) } else { None };
+        // Only a technique's requests count for a session: a wire view's never do.
+        state.session = session.filter(|_| technique.is_some());
+        let Attribution { log, session, .. } = &mut *state;
+        log.answered(technique, session.as_ref(), kind);
         let (read, written) = (std::mem::take(&mut state.pending_in), std::mem::take(&mut state.pending_out));
         self.add(&mut state, read, written);
         state.answered = true;
-        state.upgraded = upgraded;
+        state.upgraded = kind == Kind::Upgrade;
     }
 }
 
@@ -301,6 +365,7 @@ impl Drop for Connection {
     fn drop(&mut self) {
         // Bytes of a request that never got an answer (a malformed head hyper refused, a client that hung up).
         let state = self.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.log.closed(state.session.as_deref());
         let others = self.metering.others();
         others.wire_bytes_in.fetch_add(state.pending_in, Ordering::Relaxed);
         others.wire_bytes_out.fetch_add(state.pending_out, Ordering::Relaxed);
@@ -347,7 +412,7 @@ pub struct Metered {
 impl Service<Request> for Metered {
     type Response = Response;
     type Error = Infallible;
-    type Future = TaskLocalFuture<Cell<u8>, Answered>;
+    type Future = TaskLocalFuture<Choice, Answered>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -357,7 +422,8 @@ impl Service<Request> for Metered {
         // The router is always ready. Its future is named (no box, no copy of the router per request): the
         // empty poll, the commonest request, is a few microseconds all told.
         let routed = self.router.call(request);
-        CHOSEN.scope(Cell::new(NONE), Answered { routed, connection: self.connection.clone() })
+        let choice = Choice { technique: Cell::new(NONE), session: Cell::new(None) };
+        CHOSEN.scope(choice, Answered { routed, connection: self.connection.clone() })
     }
 }
 
@@ -373,23 +439,59 @@ impl Future for Answered {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let Ok(response) = ready!(Pin::new(&mut self.routed).poll(cx));
-        let chosen = CHOSEN.with(Cell::get);
-        let technique = Transport::ALL.into_iter().find(|t| *t as u8 == chosen);
-        self.connection.answer(technique, response.status() == StatusCode::SWITCHING_PROTOCOLS);
+        let (chosen, session) = CHOSEN.with(|choice| (choice.technique.get(), choice.session.take()));
+        let owner = match Transport::ALL.into_iter().find(|t| *t as u8 == chosen) {
+            Some(technique) => Owner::Technique(technique),
+            None if chosen == WIRE_VIEW => Owner::WireView,
+            None => Owner::Nobody,
+        };
+        let kind = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            Kind::Upgrade
+        } else if session.is_some()
+            && response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
+        {
+            Kind::Sse
+        } else {
+            Kind::Plain
+        };
+        self.connection.answer(owner, session, kind);
         Poll::Ready(Ok(response))
     }
 }
 
 /// No technique chosen (yet).
 const NONE: u8 = u8::MAX;
+/// The request is a wire view's.
+const WIRE_VIEW: u8 = u8::MAX - 1;
+
+/// What the handler of the current request named.
+pub struct Choice {
+    /// The technique, as `Transport as u8`, or [`NONE`], or [`WIRE_VIEW`].
+    technique: Cell<u8>,
+    /// The session, once the handler knows it exists.
+    session: Cell<Option<Arc<SessionWire>>>,
+}
 
 tokio::task_local! {
-    /// The technique the handler of the current request named, as `Transport as u8`, or [`NONE`].
-    static CHOSEN: Cell<u8>;
+    /// The current request's [`Choice`].
+    static CHOSEN: Choice;
 }
 
 /// Records that the current request belongs to `transport`. Called by
 /// [`crate::metering::Metering::request`]; outside a metered request (tests, the bench) it does nothing.
 pub(crate) fn chosen(transport: Transport) {
-    let _ = CHOSEN.try_with(|slot| slot.set(transport as u8));
+    let _ = CHOSEN.try_with(|choice| choice.technique.set(transport as u8));
+}
+
+/// Records that the current request is a wire view's: its bytes count under `other.wire_view`.
+pub(crate) fn chosen_wire_view() {
+    let _ = CHOSEN.try_with(|choice| choice.technique.set(WIRE_VIEW));
+}
+
+/// Records that the current request (and, if it upgrades, its connection) is `session`'s.
+pub(crate) fn chosen_session(session: Arc<SessionWire>) {
+    let _ = CHOSEN.try_with(|choice| choice.session.set(Some(session)));
 }

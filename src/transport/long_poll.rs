@@ -21,6 +21,8 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     let mut since = params.since()?;
     let hold = timeout(&params, &room)?;
     room.metering().request(Transport::LongPoll);
+    // The session's counters, once the room has found the session (a poll that fell through to waiting has).
+    let mut named = None;
     // Something is there already (or no wait was asked for): answer like a short poll, without opening a live
     // channel. A client that keeps up arrives with `since` at the head and goes straight to waiting.
     if hold.is_zero() || since.is_none_or(|since| since < room.head()) {
@@ -29,12 +31,18 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
             Pacer::tick(&room).await;
         }
         let (deliveries, next) = room.poll(token, Transport::LongPoll, since).await?;
+        let wire = room.metering().session(token);
         if !deliveries.is_empty() || hold.is_zero() {
-            return Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next));
+            return Ok(short_poll::respond(&room, Transport::LongPoll, &wire, &deliveries, next));
         }
         since = Some(next);
+        named = Some(wire);
     }
     let (mut channel, _) = room.open(token, Transport::LongPoll, since).await?;
+    let wire = match named {
+        Some(wire) => wire,
+        None => room.metering().session(token),
+    };
     let batch_max = room.config().poll_batch as usize;
     let mut deliveries = Vec::new();
     let deadline = tokio::time::Instant::now() + hold;
@@ -58,7 +66,7 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     }
     let next = channel.cursor();
     drop(channel);
-    Ok(short_poll::respond(&room, Transport::LongPoll, &deliveries, next))
+    Ok(short_poll::respond(&room, Transport::LongPoll, &wire, &deliveries, next))
 }
 
 /// `timeout=` in seconds (decimals allowed), clamped to `--longpoll-max`.

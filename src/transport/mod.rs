@@ -10,7 +10,8 @@
 //! | [`post`] | `POST /api/messages`, the upstream of the three HTTP techniques |
 //! | [`sessions`] | join, leave and presence over HTTP |
 //! | [`assets`] | the demo page and its files |
-//! | [`websocket`] | the WebSocket handshake and connection that [`ws`] and [`seed`] share |
+//! | [`websocket`] | the WebSocket handshake and connection that [`ws`], [`seed`] and [`wire_view`] share |
+//! | [`wire_view`] | a session's wire counters, and the live log of what its requests and channel put on the wire |
 
 pub mod assets;
 pub mod long_poll;
@@ -20,6 +21,7 @@ pub mod sessions;
 pub mod short_poll;
 pub mod sse;
 pub mod websocket;
+pub mod wire_view;
 pub mod ws;
 
 use std::borrow::Cow;

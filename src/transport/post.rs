@@ -23,5 +23,6 @@ pub async fn handler(
     let text = std::str::from_utf8(&body).map_err(|_| AppError::InvalidUtf8)?;
     let (seq, transport) = room.post(token, text).await?;
     room.metering().request(transport);
+    room.metering().session(token);
     Ok((StatusCode::ACCEPTED, Json(json!({"seq": seq}))))
 }

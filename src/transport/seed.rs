@@ -30,6 +30,7 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
     let upgrade = Upgrade::from_request_parts(&mut parts, &room).await?;
     room.metering().request(Transport::Ws);
     let (record, cursor) = room.join(Transport::Ws, None, true).await?;
+    let wire = room.metering().session(&record.token);
     let channel = match room.open(&record.token, Transport::Ws, Some(cursor)).await {
         Ok((channel, _)) => Box::new(channel),
         Err(error) => {
@@ -37,5 +38,5 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
             return Err(error);
         }
     };
-    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, None, OnClose::Leave)))
+    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, None, OnClose::Leave)))
 }

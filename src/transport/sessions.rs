@@ -31,6 +31,7 @@ pub async fn create(State(room): State<Room>, _: SameOrigin, body: Body) -> Resu
     })?;
     room.metering().request(request.transport);
     let (record, seq) = room.join(request.transport, request.nickname.as_deref(), false).await?;
+    room.metering().session(&record.token);
     let body = json!({"session": record.token, "id": record.id, "nickname": record.nickname, "seq": seq});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -43,6 +44,7 @@ pub async fn delete(
 ) -> Result<StatusCode, AppError> {
     if let Ok(record) = room.session(&token).await {
         room.metering().request(record.transport);
+        room.metering().session(&token);
     }
     if room.leave(&token).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -10,6 +10,7 @@ use axum::response::Response;
 use super::{poll_body, Params};
 use crate::core::{Delivery, Room, Seq, Transport};
 use crate::error::AppError;
+use crate::metering::session::SessionWire;
 
 /// Answers `200 {"events":[...],"next":N}` with up to `--poll-batch` events after `since` (possibly none);
 /// the client asks again with `since=N` after its interval. Each poll renews the session's lease.
@@ -19,7 +20,8 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     let metering = room.metering();
     metering.request(Transport::Poll);
     let (deliveries, next) = room.poll(token, Transport::Poll, since).await?;
-    Ok(respond(&room, Transport::Poll, &deliveries, next))
+    let wire = metering.session(token);
+    Ok(respond(&room, Transport::Poll, &wire, &deliveries, next))
 }
 
 /// A poll answer's headers, made once: a header value built from a `&str` is checked and copied on every
@@ -27,9 +29,15 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
 
-/// The poll response `{"events":[...],"next":N}` (short or long), counted under `transport`.
-pub(crate) fn respond(room: &Room, transport: Transport, deliveries: &[Delivery], next: Seq) -> Response {
-    record(room, transport, deliveries);
+/// The poll response `{"events":[...],"next":N}` (short or long), counted under `transport` and the session.
+pub(crate) fn respond(
+    room: &Room,
+    transport: Transport,
+    wire: &SessionWire,
+    deliveries: &[Delivery],
+    next: Seq,
+) -> Response {
+    record(room, transport, wire, deliveries);
     // Built by hand: a `Vec<u8>` body made into a response first gets an `application/octet-stream` type that
     // would then be replaced.
     let mut response = Response::new(Body::from(poll_body(deliveries, next)));
@@ -40,12 +48,12 @@ pub(crate) fn respond(room: &Room, transport: Transport, deliveries: &[Delivery]
 }
 
 /// Counts a poll response's deliveries (or its emptiness) under `transport`.
-fn record(room: &Room, transport: Transport, deliveries: &[Delivery]) {
+fn record(room: &Room, transport: Transport, wire: &SessionWire, deliveries: &[Delivery]) {
     let metering = room.metering();
     if deliveries.is_empty() {
         // The commonest answer: nothing to time or count but that it was empty.
         metering.of(transport).empty_responses.fetch_add(1, Ordering::Relaxed);
     } else {
-        metering.delivered(transport, deliveries);
+        wire.delivered(metering.delivered(transport, deliveries));
     }
 }

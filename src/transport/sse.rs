@@ -9,6 +9,7 @@
 
 use std::convert::Infallible;
 use std::io::Write as _;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -21,6 +22,7 @@ use super::{Pacer, Params};
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
+use crate::metering::session::SessionWire;
 
 /// Opens the stream for a session made by `POST /api/sessions` (`404` if unknown; `503` if
 /// `--max-connections` channels are open). Any older channel of the session ends.
@@ -29,10 +31,11 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     let since = params.since()?;
     room.metering().request(Transport::Sse);
     let (channel, record) = room.open(token, Transport::Sse, since).await?;
+    let wire = room.metering().session(token);
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
     let mut first = Vec::new();
     frame(&mut first, None, welcome.as_bytes());
-    let state = Stream { channel, first: Some(first), done: false, pacer: Pacer::default() };
+    let state = Stream { channel, wire, first: Some(first), done: false, pacer: Pacer::default() };
     let body = Body::from_stream(stream::unfold(state, Stream::step));
     Ok((
         [
@@ -48,6 +51,8 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
 
 struct Stream {
     channel: Channel,
+    /// The session's counters: events delivered.
+    wire: Arc<SessionWire>,
     first: Option<Vec<u8>>,
     done: bool,
     pacer: Pacer,
@@ -88,7 +93,7 @@ impl Stream {
                 Delivery::Control { json, .. } => frame(&mut out, None, json.as_bytes()),
             }
         }
-        room.metering().delivered(Transport::Sse, &batch.deliveries);
+        self.wire.delivered(room.metering().delivered(Transport::Sse, &batch.deliveries));
         self.pacer.wrote(&room);
         if let Some(end) = batch.end {
             self.done = true;
@@ -115,7 +120,7 @@ impl Stream {
         if drained == 0 {
             return None;
         }
-        delivering.finish();
+        self.wire.delivered(delivering.finish());
         self.pacer.wrote(&room);
         Some(out)
     }

@@ -14,6 +14,7 @@
 //! `--send-queue` events behind; reconnect with `since=` to resume).
 
 use std::future::Future;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
@@ -26,6 +27,7 @@ use super::{Pacer, Params, SameOrigin};
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
+use crate::metering::session::SessionWire;
 
 /// Close code: a newer channel of the same session took over.
 pub const CLOSE_REPLACED: u16 = 4000;
@@ -60,8 +62,9 @@ pub async fn handler(
         }
     };
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor());
+    let wire = room.metering().session(&token);
     let channel = Box::new(channel);
-    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, Some(welcome), OnClose::Stay)))
+    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, Some(welcome), OnClose::Stay)))
 }
 
 /// What becomes of the participant when its socket ends.
@@ -98,6 +101,7 @@ enum Ended {
 pub(crate) fn serve(
     mut socket: Socket,
     mut channel: Box<Channel>,
+    wire: Arc<SessionWire>,
     welcome: Option<String>,
     on_close: OnClose,
 ) -> impl Future<Output = ()> + Send {
@@ -105,7 +109,7 @@ pub(crate) fn serve(
     // into locals and so holds the socket twice for the connection's whole life.
     async move {
         let room = channel.room().clone();
-        let ended = match exchange(&mut socket, &mut channel, &room, welcome).await {
+        let ended = match exchange(&mut socket, &mut channel, &room, &wire, welcome).await {
             Ok(ended) => ended,
             Err(end) => Box::pin(finish(&mut socket, &room, end)).await,
         };
@@ -123,7 +127,13 @@ pub(crate) fn serve(
 type Exit = Result<Ended, Item>;
 
 /// Runs the loop until it ends.
-async fn exchange(socket: &mut Socket, channel: &mut Channel, room: &Room, welcome: Option<String>) -> Exit {
+async fn exchange(
+    socket: &mut Socket,
+    channel: &mut Channel,
+    room: &Room,
+    wire: &SessionWire,
+    welcome: Option<String>,
+) -> Exit {
     if let Some(welcome) = welcome {
         if socket.send(Message::Text(welcome.into())).await.is_err() {
             return Ok(Ended::Client);
@@ -139,7 +149,7 @@ async fn exchange(socket: &mut Socket, channel: &mut Channel, room: &Room, welco
             biased;
             // Paced (`--flush-interval-ms`): at the end of the interval, write what arrived meanwhile.
             () = pacer.ready(), if pacer.pacing() => {
-                if let Err(exit) = flush(socket, channel, room, &mut pacer).await {
+                if let Err(exit) = flush(socket, channel, room, wire, &mut pacer).await {
                     return exit;
                 }
             }
@@ -156,7 +166,7 @@ async fn exchange(socket: &mut Socket, channel: &mut Channel, room: &Room, welco
                     }
                     continue;
                 }
-                if let Err(exit) = deliver(socket, channel, room, item, &mut pacer).await {
+                if let Err(exit) = deliver(socket, channel, room, wire, item, &mut pacer).await {
                     return exit;
                 }
             }
@@ -199,11 +209,12 @@ async fn deliver(
     socket: &mut Socket,
     channel: &mut Channel,
     room: &Room,
+    wire: &SessionWire,
     first: Item,
     pacer: &mut Pacer,
 ) -> Result<(), Exit> {
     let batch = channel.batch_from(first, Pacer::batch(room)).await;
-    if write(socket, room, &batch.deliveries).await.is_err() {
+    if write(socket, room, wire, &batch.deliveries).await.is_err() {
         return Err(Ok(Ended::Client));
     }
     pacer.wrote(room);
@@ -216,12 +227,18 @@ async fn deliver(
 /// At the end of a pacing interval, writes what arrived meanwhile: the run of room events straight from the ring
 /// into the socket's buffer when nothing else is queued for the channel (the busy server's steady state), else
 /// whatever is ready, the general way.
-async fn flush(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &mut Pacer) -> Result<(), Exit> {
-    if let Some(written) = drain(socket, channel, room, pacer).await {
+async fn flush(
+    socket: &mut Socket,
+    channel: &mut Channel,
+    room: &Room,
+    wire: &SessionWire,
+    pacer: &mut Pacer,
+) -> Result<(), Exit> {
+    if let Some(written) = drain(socket, channel, room, wire, pacer).await {
         return written;
     }
     match channel.ready().await {
-        Some(first) => deliver(socket, channel, room, first, pacer).await,
+        Some(first) => deliver(socket, channel, room, wire, first, pacer).await,
         None => {
             // Nothing came during the interval: the stream goes back to waiting, without its batch buffer.
             socket.shrink();
@@ -232,7 +249,13 @@ async fn flush(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &
 
 /// [`flush`]'s fast path ([`Channel::drain`]); `None` when it found nothing to write. Its own function, so that
 /// what it counts with is not kept in an idle connection's state.
-async fn drain(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &mut Pacer) -> Option<Result<(), Exit>> {
+async fn drain(
+    socket: &mut Socket,
+    channel: &mut Channel,
+    room: &Room,
+    wire: &SessionWire,
+    pacer: &mut Pacer,
+) -> Option<Result<(), Exit>> {
     let mut delivering = room.metering().delivering(Transport::Ws);
     let drained = channel.drain(Pacer::batch(room), |event| {
         socket.push_event(event.json.as_bytes());
@@ -244,7 +267,7 @@ async fn drain(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &
     if socket.write_out().await.is_err() {
         return Some(Err(Ok(Ended::Client)));
     }
-    delivering.finish();
+    wire.delivered(delivering.finish());
     pacer.wrote(room);
     if !pacer.pacing() {
         // The server is no longer busy: the stream goes back to waiting, without its batch buffer.
@@ -254,9 +277,9 @@ async fn drain(socket: &mut Socket, channel: &mut Channel, room: &Room, pacer: &
 }
 
 /// Writes a batch, then counts it.
-async fn write(socket: &mut Socket, room: &Room, deliveries: &[Delivery]) -> std::io::Result<()> {
+async fn write(socket: &mut Socket, room: &Room, wire: &SessionWire, deliveries: &[Delivery]) -> std::io::Result<()> {
     socket.deliver(deliveries).await?;
-    room.metering().delivered(Transport::Ws, deliveries);
+    wire.delivered(room.metering().delivered(Transport::Ws, deliveries));
     Ok(())
 }
 

@@ -1,0 +1,678 @@
+//! What a connection tells a wire view: its bytes, read back as HTTP heads, WebSocket frames and SSE writes.
+//!
+//! A connection ([`super::wire::Connection`]) hands every read and write to its [`Log`], which follows the
+//! bytes just far enough to describe them:
+//!
+//! - an HTTP request's head is kept (at most [`HEAD_MAX`] bytes) from its first byte, but only while some wire
+//!   view is open anywhere ([`super::session::Sessions::capturing`]), since the session is known only once the
+//!   handler names it; the response head is kept as it is written, and the exchange becomes an `http` record
+//!   once the response head is out (a streaming response: SSE, a WebSocket upgrade) or once its body is complete;
+//! - after a `101 Switching Protocols`, each direction is cut into WebSocket frames (RFC 6455, 5.2) by their
+//!   headers alone, always, as the session's `frames_in`/`frames_out` count them; a watched session also gets
+//!   a `frame` record per frame;
+//! - an SSE response's body is cut into chunks (its `Transfer-Encoding: chunked` framing), always, and while the
+//!   session is watched each write becomes an `sse` record listing the events it completed. The server writes
+//!   whole events per chunk, so a watch that begins mid-stream starts reading events at the next chunk.
+//!
+//! Nothing here allocates for an unwatched session: the frame and chunk cutters are a few integers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use super::now_ms;
+use super::session::SessionWire;
+use crate::core::session::Transport;
+
+/// Most bytes of a request or response head a record shows.
+pub const HEAD_MAX: usize = 8 * 1024;
+/// Most characters of a text frame's payload a record shows.
+const PREVIEW_CHARS: usize = 200;
+/// Bytes kept to make that preview (UTF-8 takes at most four per character).
+const PREVIEW_BYTES: usize = PREVIEW_CHARS * 4;
+
+/// What a response's body is, as far as the log is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A body that ends: the exchange is reported once it has.
+    Plain,
+    /// `text/event-stream`: reported once the head is out; the body as `sse` records.
+    Sse,
+    /// `101 Switching Protocols` to a WebSocket: reported once the head is out; then frames.
+    Upgrade,
+}
+
+/// One connection's log state.
+#[derive(Debug, Default)]
+pub(crate) struct Log {
+    /// The HTTP exchange being kept for a wire view, if any.
+    exchange: Option<Box<Exchange>>,
+    /// How written bytes are being read.
+    out: Out,
+    /// Client frames, once upgraded.
+    frames_in: Option<FrameCutter>,
+}
+
+#[derive(Debug, Default)]
+enum Out {
+    /// Nothing to follow (an unwatched plain response, or nothing answered yet).
+    #[default]
+    Idle,
+    /// The response head is being written: `matched` bytes of its `\r\n\r\n` end were seen last.
+    Head { kind: Kind, matched: u8 },
+    /// A plain body being counted for the exchange.
+    Body,
+    /// Server frames.
+    Frames(FrameCutter),
+    /// An SSE body.
+    Sse(SseCutter),
+}
+
+/// An HTTP request and its response, as kept for a wire view.
+#[derive(Debug)]
+struct Exchange {
+    technique: Option<Transport>,
+    at_ms: u64,
+    started: Instant,
+    request: Head,
+    request_bytes: u64,
+    response: Head,
+    response_bytes: u64,
+    /// Request to response head, in ms, once the head is out.
+    ms: f64,
+    kind: Kind,
+    /// Body bytes the response announced (`Content-Length`; 0 for a bodiless status); `None`: read to the end.
+    expect_body: Option<u64>,
+}
+
+/// A head being kept: its bytes (at most [`HEAD_MAX`]), its length and whether its end was seen.
+#[derive(Debug, Default)]
+struct Head {
+    bytes: Vec<u8>,
+    len: u64,
+    matched: u8,
+    done: bool,
+}
+
+impl Head {
+    /// Takes head bytes from the start of `data`; returns how many belonged to the head.
+    fn feed(&mut self, data: &[u8]) -> usize {
+        if self.done {
+            return 0;
+        }
+        let (used, done) = head_end(&mut self.matched, data);
+        let room = HEAD_MAX.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..used.min(room)]);
+        self.len += used as u64;
+        self.done = done;
+        used
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+}
+
+/// Finds the end of a head (`\r\n\r\n`) in `data`, `matched` bytes of it having been seen just before: how
+/// many bytes of `data` belong to the head, and whether it ended there.
+fn head_end(matched: &mut u8, data: &[u8]) -> (usize, bool) {
+    const END: &[u8; 4] = b"\r\n\r\n";
+    for (i, &byte) in data.iter().enumerate() {
+        *matched = if byte == END[*matched as usize] {
+            *matched + 1
+        } else if byte == b'\r' {
+            1
+        } else {
+            0
+        };
+        if *matched == 4 {
+            *matched = 0;
+            return (i + 1, true);
+        }
+    }
+    (data.len(), false)
+}
+
+impl Log {
+    /// A new request's first bytes were read; `capturing` when some wire view is open. An exchange still
+    /// waiting for the end of its body (no length was announced) is reported now.
+    pub(crate) fn request_starts(&mut self, capturing: bool, session: Option<&SessionWire>) {
+        if let (Some(exchange), Some(session)) = (self.exchange.take(), session) {
+            if matches!(self.out, Out::Body) {
+                exchange.report(session);
+            }
+        }
+        self.out = Out::Idle;
+        if capturing {
+            self.exchange = Some(Box::new(Exchange {
+                technique: None,
+                at_ms: now_ms(),
+                started: Instant::now(),
+                request: Head::default(),
+                request_bytes: 0,
+                response: Head::default(),
+                response_bytes: 0,
+                ms: 0.0,
+                kind: Kind::Plain,
+                expect_body: None,
+            }));
+        }
+    }
+
+    /// Bytes read. Before a response: the request's. After an upgrade: client frames.
+    pub(crate) fn read(&mut self, data: &[u8], session: Option<&SessionWire>) {
+        if let Some(cutter) = &mut self.frames_in {
+            if let Some(session) = session {
+                cutter.feed(data, Direction::In, session);
+            }
+            return;
+        }
+        if let Some(exchange) = &mut self.exchange {
+            exchange.request_bytes += data.len() as u64;
+            exchange.request.feed(data);
+        }
+    }
+
+    /// The handler's answer is ready: a response of `kind` to a request of `technique` of `session` (`None`: of
+    /// no session). Decides what the written bytes will be read as.
+    pub(crate) fn answered(&mut self, technique: Option<Transport>, session: Option<&Arc<SessionWire>>, kind: Kind) {
+        let watched = session.is_some_and(|s| s.watched());
+        match &mut self.exchange {
+            Some(exchange) if watched => {
+                exchange.technique = technique;
+                exchange.kind = kind;
+            }
+            _ => self.exchange = None,
+        }
+        self.out = if session.is_some() && kind != Kind::Plain || self.exchange.is_some() {
+            Out::Head { kind, matched: 0 }
+        } else {
+            Out::Idle
+        };
+        if kind == Kind::Upgrade && session.is_some() {
+            self.frames_in = Some(FrameCutter::default());
+        }
+    }
+
+    /// Whether written bytes need reading (else only counted).
+    pub(crate) fn follows_writes(&self) -> bool {
+        !matches!(self.out, Out::Idle)
+    }
+
+    /// Whether read bytes need reading.
+    pub(crate) fn follows_reads(&self) -> bool {
+        self.exchange.is_some() || self.frames_in.is_some()
+    }
+
+    /// Bytes written (one write call's worth, its slices in order), already counted into `session`.
+    pub(crate) fn wrote(&mut self, slices: &mut dyn Iterator<Item = &[u8]>, session: Option<&SessionWire>) {
+        let Some(session) = session else {
+            // Bytes of no session: only an exchange of no session would be kept, and none is.
+            self.out = Out::Idle;
+            return;
+        };
+        let mut sse_write = SseWrite::default();
+        for mut data in slices {
+            while !data.is_empty() {
+                match &mut self.out {
+                    Out::Idle => return,
+                    Out::Head { kind, matched } => {
+                        let kind = *kind;
+                        let (used, done) = match &mut self.exchange {
+                            Some(exchange) => {
+                                let used = exchange.response.feed(data);
+                                exchange.response_bytes += used as u64;
+                                if exchange.response.done {
+                                    exchange.head_written();
+                                }
+                                (used, exchange.response.done)
+                            }
+                            None => head_end(matched, data),
+                        };
+                        data = &data[used..];
+                        if done {
+                            self.out = match kind {
+                                Kind::Plain => Out::Body,
+                                Kind::Sse => Out::Sse(SseCutter::default()),
+                                Kind::Upgrade => Out::Frames(FrameCutter::default()),
+                            };
+                            if kind != Kind::Plain {
+                                if let Some(exchange) = self.exchange.take() {
+                                    exchange.report(session);
+                                }
+                            }
+                            self.finish_body(session);
+                        }
+                    }
+                    Out::Body => {
+                        if let Some(exchange) = &mut self.exchange {
+                            exchange.response_bytes += data.len() as u64;
+                        }
+                        data = &[];
+                        self.finish_body(session);
+                    }
+                    Out::Frames(cutter) => {
+                        cutter.feed(data, Direction::Out, session);
+                        data = &[];
+                    }
+                    Out::Sse(cutter) => {
+                        cutter.feed(data, session.watched(), &mut sse_write);
+                        data = &[];
+                    }
+                }
+            }
+        }
+        if sse_write.bytes > 0 && session.watched() {
+            sse_write.report(session);
+        }
+    }
+
+    /// Reports a plain exchange whose body is complete, and stops following the writes.
+    fn finish_body(&mut self, session: &SessionWire) {
+        if !matches!(self.out, Out::Body) {
+            return;
+        }
+        let Some(exchange) = &self.exchange else {
+            self.out = Out::Idle;
+            return;
+        };
+        let body = exchange.response_bytes - exchange.response.len;
+        if exchange.expect_body.is_some_and(|expected| body >= expected) {
+            if let Some(exchange) = self.exchange.take() {
+                exchange.report(session);
+            }
+            self.out = Out::Idle;
+        }
+    }
+
+    /// The connection closed: an exchange still waiting for its body's end is reported as it stands.
+    pub(crate) fn closed(&mut self, session: Option<&SessionWire>) {
+        if let (Some(exchange), Some(session)) = (self.exchange.take(), session) {
+            if matches!(self.out, Out::Body) {
+                exchange.report(session);
+            }
+        }
+    }
+}
+
+impl Exchange {
+    /// The response head is out: the timing, and how long the body will be.
+    fn head_written(&mut self) {
+        self.ms = (self.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+        let head = self.response.text();
+        let status: u16 = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        self.expect_body = if status == 204 || status == 304 || (100..200).contains(&status) {
+            Some(0)
+        } else {
+            head.lines().skip(1).find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                if name.trim().eq_ignore_ascii_case("content-length") {
+                    value.trim().parse().ok()
+                } else {
+                    None
+                }
+            })
+        };
+    }
+
+    fn report(self, session: &SessionWire) {
+        let request_body = self.request_bytes.saturating_sub(self.request.len);
+        let response_body = if self.kind == Kind::Plain { self.response_bytes - self.response.len } else { 0 };
+        let record = json!({
+            "type": "http",
+            "technique": self.technique.map(Transport::as_str),
+            "at": self.at_ms,
+            "ms": self.ms,
+            "request": {"head": self.request.text(), "head_bytes": self.request.len, "body_bytes": request_body},
+            "response": {"head": self.response.text(), "head_bytes": self.response.len, "body_bytes": response_body},
+            "streaming": self.kind != Kind::Plain,
+        });
+        if let Value::Object(record) = record {
+            session.emit(record);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Direction {
+    In,
+    Out,
+}
+
+/// Cuts one direction of a WebSocket into frames by their headers.
+#[derive(Debug, Default)]
+struct FrameCutter {
+    /// The header read so far (at most 2 + 8 + 4 bytes).
+    header: [u8; 14],
+    have: u8,
+    /// Payload bytes of the current frame still to come; `None` while reading a header.
+    left: Option<u64>,
+    /// The first bytes of the current text frame's payload (unmasked), while watched.
+    preview: Option<Vec<u8>>,
+    /// Payload bytes of the current frame seen so far.
+    seen: u64,
+}
+
+impl FrameCutter {
+    /// The header's length once its first two bytes are known.
+    fn header_len(&self) -> u8 {
+        let extended = match self.header[1] & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + extended + if self.header[1] & 0x80 != 0 { 4 } else { 0 }
+    }
+
+    fn payload_len(&self) -> u64 {
+        match self.header[1] & 0x7F {
+            126 => u16::from_be_bytes([self.header[2], self.header[3]]) as u64,
+            127 => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or([0; 8])),
+            len => len as u64,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8], direction: Direction, session: &SessionWire) {
+        while !data.is_empty() {
+            match self.left {
+                None => {
+                    let need = if self.have < 2 { 2 } else { self.header_len() };
+                    let take = (need - self.have).min(data.len() as u8) as usize;
+                    self.header[self.have as usize..self.have as usize + take].copy_from_slice(&data[..take]);
+                    self.have += take as u8;
+                    data = &data[take..];
+                    if self.have >= 2 && self.have == self.header_len() {
+                        let len = self.payload_len();
+                        self.left = Some(len);
+                        self.seen = 0;
+                        let text = self.header[0] & 0x0F == 1;
+                        self.preview = (text && session.watched()).then(Vec::new);
+                        if len == 0 {
+                            self.complete(direction, session);
+                        }
+                    }
+                }
+                Some(left) => {
+                    let take = left.min(data.len() as u64) as usize;
+                    let masked = self.header[1] & 0x80 != 0;
+                    let key_at = (self.header_len() as usize).saturating_sub(4);
+                    if let Some(preview) = &mut self.preview {
+                        let room = PREVIEW_BYTES.saturating_sub(preview.len()).min(take);
+                        for (i, &byte) in data[..room].iter().enumerate() {
+                            let offset = (self.seen as usize + i) % 4;
+                            preview.push(if masked { byte ^ self.header[key_at + offset] } else { byte });
+                        }
+                    }
+                    self.seen += take as u64;
+                    data = &data[take..];
+                    self.left = Some(left - take as u64);
+                    if left == take as u64 {
+                        self.complete(direction, session);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A whole frame has crossed: count it, and describe it to a watching wire view.
+    fn complete(&mut self, direction: Direction, session: &SessionWire) {
+        let counter = match direction {
+            Direction::In => &session.frames_in,
+            Direction::Out => &session.frames_out,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if session.watched() {
+            let opcode = match self.header[0] & 0x0F {
+                0 => "continuation",
+                1 => "text",
+                2 => "binary",
+                8 => "close",
+                9 => "ping",
+                10 => "pong",
+                _ => "reserved",
+            };
+            let mut record = Map::new();
+            record.insert("type".into(), "frame".into());
+            record.insert("dir".into(), if matches!(direction, Direction::In) { "in" } else { "out" }.into());
+            record.insert("opcode".into(), opcode.into());
+            record.insert("fin".into(), (self.header[0] & 0x80 != 0).into());
+            record.insert("header_bytes".into(), self.header_len().into());
+            record.insert("payload_bytes".into(), self.payload_len().into());
+            if let Some(preview) = self.preview.take() {
+                let text = String::from_utf8_lossy(&preview);
+                record.insert("preview".into(), text.chars().take(PREVIEW_CHARS).collect::<String>().into());
+            }
+            record.insert("at".into(), now_ms().into());
+            session.emit(record);
+        }
+        self.have = 0;
+        self.left = None;
+        self.preview = None;
+    }
+}
+
+/// Cuts an SSE response body into its chunks (`Transfer-Encoding: chunked`), and the chunks' data into events
+/// while watched.
+#[derive(Debug, Default)]
+struct SseCutter {
+    chunk: Chunk,
+    /// Reading events: set at a chunk's start while watched (chunks hold whole events).
+    reading: bool,
+    event: EventScan,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+enum Chunk {
+    /// The size line, its hex digits so far.
+    #[default]
+    Start,
+    Size(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last (empty) chunk: its closing CRLF.
+    Last(u8),
+    Done,
+}
+
+/// One event being read: its id, field bytes, data bytes, and the line under way.
+#[derive(Debug, Default)]
+struct EventScan {
+    id: Option<u64>,
+    field_bytes: u64,
+    data_bytes: u64,
+    comment: bool,
+    /// The current line's first bytes (enough for its field name and an id), and its length.
+    line: [u8; 32],
+    line_len: u64,
+}
+
+/// What one write of an SSE stream carried.
+#[derive(Debug, Default)]
+struct SseWrite {
+    bytes: u64,
+    chunk_bytes: u64,
+    events: Vec<Value>,
+    comment: bool,
+}
+
+impl SseWrite {
+    fn report(self, session: &SessionWire) {
+        let record = json!({
+            "type": "sse",
+            "at": now_ms(),
+            "bytes": self.bytes,
+            "chunk_bytes": self.chunk_bytes,
+            "events": self.events,
+            "comment": self.comment,
+        });
+        if let Value::Object(record) = record {
+            session.emit(record);
+        }
+    }
+}
+
+impl SseCutter {
+    fn feed(&mut self, mut data: &[u8], watched: bool, write: &mut SseWrite) {
+        write.bytes += data.len() as u64;
+        while let Some((&byte, rest)) = data.split_first() {
+            match self.chunk {
+                Chunk::Data(left) => {
+                    let take = left.min(data.len() as u64) as usize;
+                    if self.reading {
+                        self.event.feed(&data[..take], write);
+                    }
+                    data = &data[take..];
+                    self.chunk = if left == take as u64 { Chunk::DataCr } else { Chunk::Data(left - take as u64) };
+                    continue;
+                }
+                Chunk::Start | Chunk::Size(_) => {
+                    let size = if let Chunk::Size(size) = self.chunk { size } else { 0 };
+                    self.chunk = match (byte as char).to_digit(16) {
+                        Some(digit) => Chunk::Size(size * 16 + digit as u64),
+                        None if byte == b'\r' => Chunk::SizeLf(size),
+                        None => Chunk::Size(size), // a chunk extension: not written by this server
+                    };
+                }
+                Chunk::SizeLf(size) => {
+                    self.chunk = if size == 0 { Chunk::Last(0) } else { Chunk::Data(size) };
+                    self.reading = watched;
+                    if watched {
+                        self.event = EventScan::default();
+                    }
+                }
+                Chunk::DataCr => self.chunk = Chunk::DataLf,
+                Chunk::DataLf => self.chunk = Chunk::Start,
+                Chunk::Last(seen) => self.chunk = if seen == 1 { Chunk::Done } else { Chunk::Last(seen + 1) },
+                Chunk::Done => {}
+            }
+            write.chunk_bytes += 1;
+            data = rest;
+        }
+    }
+}
+
+impl EventScan {
+    fn feed(&mut self, mut data: &[u8], write: &mut SseWrite) {
+        while !data.is_empty() {
+            let (line, ended) = match memchr::memchr(b'\n', data) {
+                Some(at) => (&data[..at], true),
+                None => (data, false),
+            };
+            let start = self.line_len as usize;
+            if start < self.line.len() {
+                let take = line.len().min(self.line.len() - start);
+                self.line[start..start + take].copy_from_slice(&line[..take]);
+            }
+            self.line_len += line.len() as u64;
+            data = &data[line.len() + usize::from(ended)..];
+            if ended {
+                self.end_line(write);
+            }
+        }
+    }
+
+    /// A line ended (its `\n` seen): a blank one ends the event.
+    fn end_line(&mut self, write: &mut SseWrite) {
+        let len = self.line_len;
+        let shown = &self.line[..(len as usize).min(self.line.len())];
+        self.line_len = 0;
+        if len == 0 {
+            self.field_bytes += 1;
+            if self.comment && self.data_bytes == 0 && self.id.is_none() {
+                write.comment = true;
+            } else {
+                write.events.push(json!({
+                    "id": self.id,
+                    "field_bytes": self.field_bytes,
+                    "data_bytes": self.data_bytes,
+                }));
+            }
+            *self = EventScan::default();
+            return;
+        }
+        if let Some(value) = shown.strip_prefix(b"data:") {
+            let space = u64::from(value.first() == Some(&b' '));
+            self.data_bytes += len - 5 - space;
+            self.field_bytes += 5 + space + 1;
+        } else {
+            if shown.starts_with(b":") {
+                self.comment = true;
+            } else if let Some(value) = shown.strip_prefix(b"id:") {
+                self.id = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok());
+            }
+            self.field_bytes += len + 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_ends_are_found_across_reads() {
+        let mut matched = 0;
+        assert_eq!(head_end(&mut matched, b"GET / HTTP/1.1\r\nHost: a\r\n\r"), (26, false));
+        assert_eq!(head_end(&mut matched, b"\nbody"), (1, true));
+        let mut matched = 0;
+        assert_eq!(head_end(&mut matched, b"a\r\r\n\r\nb"), (6, true));
+    }
+
+    #[test]
+    fn frames_are_cut_and_counted_whatever_the_write_boundaries() {
+        let session = SessionWire::default();
+        let mut bytes = Vec::new();
+        for len in [0usize, 5, 125, 126, 300, 70_000] {
+            bytes.push(0x81);
+            match len {
+                0..=125 => bytes.push(len as u8),
+                126..=0xFFFF => {
+                    bytes.push(126);
+                    bytes.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                _ => {
+                    bytes.push(127);
+                    bytes.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            }
+            bytes.extend(std::iter::repeat_n(b'x', len));
+        }
+        // A masked client frame.
+        bytes.extend_from_slice(&[0x81, 0x83, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]);
+        for step in [1, 3, 7, 1000, bytes.len()] {
+            let mut cutter = FrameCutter::default();
+            let before = session.frames_out.load(std::sync::atomic::Ordering::Relaxed);
+            for piece in bytes.chunks(step) {
+                cutter.feed(piece, Direction::Out, &session);
+            }
+            let after = session.frames_out.load(std::sync::atomic::Ordering::Relaxed);
+            assert_eq!(after - before, 7, "write size {step}");
+            assert!(cutter.left.is_none() && cutter.have == 0, "ends between frames");
+        }
+    }
+
+    #[test]
+    fn sse_chunks_and_events_are_read_back() {
+        let body = b"id: 12\ndata: {\"a\":1}\n\n";
+        let mut bytes = format!("{:X}\r\n", body.len()).into_bytes();
+        bytes.extend_from_slice(body);
+        bytes.extend_from_slice(b"\r\n");
+        let keep_alive = b": keep-alive\n\n";
+        bytes.extend_from_slice(format!("{:X}\r\n", keep_alive.len()).as_bytes());
+        bytes.extend_from_slice(keep_alive);
+        bytes.extend_from_slice(b"\r\n0\r\n\r\n");
+        let mut cutter = SseCutter::default();
+        let mut write = SseWrite::default();
+        for piece in bytes.chunks(3) {
+            cutter.feed(piece, true, &mut write);
+        }
+        assert_eq!(write.bytes, bytes.len() as u64);
+        assert_eq!(write.chunk_bytes, bytes.len() as u64 - body.len() as u64 - keep_alive.len() as u64);
+        assert_eq!(write.events, vec![json!({"id": 12, "field_bytes": 15, "data_bytes": 7})]);
+        assert!(write.comment);
+        assert!(matches!(cutter.chunk, Chunk::Done));
+    }
+}
