@@ -177,10 +177,27 @@ let history = [];    // [{time, values: {ws: {...metrics}, ...}}]
 let resetAt = null;  // when the figures started counting (null: since the page opened)
 let settled = false; // the automatic first reset, once all four have joined, has been done
 let settleTimer = null;
+let resets = 0;      // counts resets, so that only the latest one's baseline is kept
+
+/**
+ * The server's histograms as they are now become the baseline: not the last
+ * one-second sample, which would count what came since. Until the answer is
+ * in, server latency shows "no data".
+ */
+function takeBaseline() {
+  baseline = null;
+  latest = null;
+  const asked = ++resets;
+  getStats().then((stats) => {
+    if (asked !== resets) return; // a later reset asked again
+    baseline = stats;
+    latest = stats;
+  }).catch(() => {});
+}
 
 /** Takes a new baseline for every figure on the page and empties every list. */
 function reset() {
-  baseline = latest;
+  takeBaseline();
   history = [];
   resetAt = Date.now();
   for (const state of Object.values(panels)) {
@@ -271,12 +288,13 @@ function percentiles(values) {
 }
 
 async function readStats() {
+  const asked = resets;
   try {
-    latest = await getStats();
+    const stats = await getStats();
+    if (asked === resets && baseline) latest = stats; // before the baseline arrives, nothing counts
   } catch {
-    latest = latest || null; // server away: keep the last numbers on screen
+    // server away: keep the last numbers on screen
   }
-  if (latest && !baseline) baseline = latest;
   const values = {};
   for (const name of TECHNIQUES) values[name] = metricsFor(name);
   history.push({ time: Date.now(), values });
@@ -455,7 +473,8 @@ function ms(v) {
 }
 function pair(p50, p99, prefix) {
   if (p50 === null || p50 === undefined) return t('noData');
-  return `${prefix}${Math.round(p50)} / ${prefix}${Math.round(p99)} ms`;
+  const round = (v) => (v < 10 ? v.toFixed(1) : String(Math.round(v)));
+  return `${prefix}${round(p50)} / ${prefix}${round(p99)} ms`;
 }
 
 function fillMetricChoice() {
@@ -510,5 +529,5 @@ applyLanguage();
 relabel();
 window.compare = { panels, settled: () => settled, metrics: () => Object.fromEntries(TECHNIQUES.map((n) => [n, metricsFor(n)])), reset };
 for (const state of Object.values(panels)) state.client.start();
-readStats();
+takeBaseline();
 setInterval(readStats, 1000);
