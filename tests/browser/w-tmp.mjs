@@ -1,1 +1,0 @@
-import WebSocket from 'ws';
