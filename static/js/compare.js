@@ -1,8 +1,9 @@
 // The comparison view: four participants in the same room, one per technique,
 // each with its own wire log (js/wire.js). The figures come from three places:
-//  - each participant's own counters, kept by the server per session and carried
-//    by every record of its wire log (requests, wire bytes up and down, frames,
-//    events delivered): exact, and only this view's four participants;
+//  - each participant's own counters, kept by the server per session, carried
+//    by every record of its wire log and read every second (requests, wire
+//    bytes up and down, frames, events delivered): exact, and only this view's
+//    four participants;
 //  - the server's latency histograms, GET /api/stats every second: the
 //    percentiles of the counts added since the last reset (the whole technique);
 //  - this page's timings: for every room event, receive time minus its `ts`.
@@ -188,11 +189,41 @@ function takeBaseline() {
   baseline = null;
   latest = null;
   const asked = ++resets;
-  getStats().then((stats) => {
-    if (asked !== resets) return; // a later reset asked again
-    baseline = stats;
-    latest = stats;
-  }).catch(() => {});
+  readServer().then((now) => {
+    if (asked !== resets || !now) return; // a later reset asked again, or the server is away
+    baseline = now;
+    latest = now;
+  });
+}
+
+/**
+ * The server's figures now: /api/stats (latency histograms, the wire views' own
+ * bucket) and each participant's counters (GET /api/sessions/{session}/wire).
+ * The counters are read here as well as carried by the wire logs' records,
+ * because a record only comes when something happens: a long poll held when
+ * its wire log opened would leave the log's totals behind until its next answer.
+ * These reads count in the server's wire-view bucket, never under a technique.
+ * Resolves to null when the server does not answer.
+ */
+async function readServer() {
+  try {
+    const [stats, ...sessions] = await Promise.all([
+      getStats(),
+      ...TECHNIQUES.map((name) => sessionWire(panels[name].client.session)),
+    ]);
+    stats.sessions = Object.fromEntries(TECHNIQUES.map((name, i) => [name, sessions[i]]));
+    return stats;
+  } catch {
+    return null;
+  }
+}
+
+/** GET /api/sessions/{session}/wire -> {requests, wire_bytes_in, ...} (null without a session, or unknown). */
+async function sessionWire(session) {
+  if (!session) return null;
+  const response = await fetch(`/api/sessions/${encodeURIComponent(session)}/wire`, { cache: 'no-store' });
+  if (!response.ok) return null;
+  return (await response.json()).session_wire;
 }
 
 /** Takes a new baseline for every figure on the page and empties every list. */
@@ -235,7 +266,7 @@ function settle() {
 /** The figures of one technique since the last reset. */
 function metricsFor(name) {
   const state = panels[name];
-  const w = state.wire.shown(); // the server's counters for this participant, since the reset
+  const w = counters(name); // the server's counters for this participant, since the reset
   const server = serverLatency(name);
   const page = percentiles(state.latencies);
   const polls = name === 'poll' || name === 'longpoll';
@@ -256,6 +287,24 @@ function metricsFor(name) {
     pageP99: page.p99,
   };
 }
+
+/**
+ * A participant's counters since the baseline: the newest the server gave,
+ * from its wire log's last record or the last read of its counters.
+ */
+function counters(name) {
+  const then = baseline && baseline.sessions && baseline.sessions[name];
+  const zero = Object.fromEntries(COUNTER_KEYS.map((key) => [key, 0]));
+  if (!then) return zero; // no baseline yet: nothing has counted
+  const read = (latest && latest.sessions && latest.sessions[name]) || then;
+  const logged = panels[name].wire.totals || then;
+  // Counters only grow: of two readings of the same counter, the larger is the newer.
+  return Object.fromEntries(COUNTER_KEYS.map((key) => [
+    key,
+    Math.max(0, Math.max(read[key] || 0, logged[key] || 0) - (then[key] || 0)),
+  ]));
+}
+const COUNTER_KEYS = ['requests', 'wire_bytes_in', 'wire_bytes_out', 'frames_in', 'frames_out', 'events_delivered'];
 
 /** Percentiles of the server's latency histogram counts added since the baseline (upper bucket bounds). */
 function serverLatency(name) {
@@ -289,12 +338,9 @@ function percentiles(values) {
 
 async function readStats() {
   const asked = resets;
-  try {
-    const stats = await getStats();
-    if (asked === resets && baseline) latest = stats; // before the baseline arrives, nothing counts
-  } catch {
-    // server away: keep the last numbers on screen
-  }
+  const now = await readServer();
+  // Before the baseline arrives nothing counts; with the server away the last numbers stay on screen.
+  if (now && asked === resets && baseline) latest = now;
   const values = {};
   for (const name of TECHNIQUES) values[name] = metricsFor(name);
   history.push({ time: Date.now(), values });
