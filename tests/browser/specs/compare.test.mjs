@@ -119,8 +119,18 @@ test('four panels get the same burst in the same order; figures up and down for 
 
   // Screenshots: the whole view, and the wire logs with a short poll and a WebSocket frame opened.
   await sleep(3000);
-  await page.locator('.tpanel[data-technique="poll"] .rec-http[data-request-line^="GET /api/poll"] summary').last().click();
-  await page.locator('.tpanel[data-technique="ws"] .rec-frame summary').last().click();
+  // The logs paused (records that come meanwhile are held, and said so), then one short poll, one
+  // WebSocket frame and one SSE write opened, each scrolled to the top of its log.
+  for (const button of await page.locator('.wire-pause').all()) await button.click();
+  assert.equal(await page.locator('.wire-pause[aria-pressed="true"]').count(), 4);
+  for (const row of [
+    page.locator('.tpanel[data-technique="poll"] .rec-http[data-request-line^="GET /api/poll"]').last(),
+    page.locator('.tpanel[data-technique="ws"] .rec-frame[data-dir="down"]').last(),
+    page.locator('.tpanel[data-technique="sse"] .rec-sse').last(),
+  ]) {
+    await row.locator('summary').click();
+    await row.evaluate((li) => { li.closest('.wire-log').scrollTop = li.offsetTop; });
+  }
   await page.screenshot({ path: screenshotPath('compare.png'), fullPage: true });
   await page.locator('#panels').screenshot({ path: screenshotPath('wire.png') });
   assert.deepEqual(page.errors, []);
