@@ -472,7 +472,8 @@ function renderVerdicts(m) {
     say(t(key, { n: times(poll.requests), e: times(poll.emptyAnswers), i: $('interval').value }), DOC.poll, 'docPoll');
   }
   if (m.longpoll.requests > 0) {
-    say(t('verdictLongpoll', { n: times(m.longpoll.requests), e: count(m.longpoll.emptyAnswers) }), DOC.longpoll, 'docLongpoll');
+    const key = m.longpoll.emptyAnswers > 0 ? 'verdictLongpollEmpty' : 'verdictLongpoll';
+    say(t(key, { n: times(m.longpoll.requests), e: count(m.longpoll.emptyAnswers) }), DOC.longpoll, 'docLongpoll');
   }
   const delivered = TECHNIQUES.some((n) => m[n].delivered > 0);
   if (delivered) {
