@@ -323,8 +323,11 @@ impl Room {
             if let Some(horizon) = Instant::now().checked_sub(2 * lease) {
                 self.local().buckets.retain(|_, bucket| bucket.last > horizon);
             }
-            // So are the wire counters of sessions that ended on another process of a cluster.
-            self.shared.metering.sessions().forget_idle(now.saturating_sub(2 * lease.as_millis() as u64));
+            // So are the wire counters of sessions that ended on another process of a cluster (a session whose
+            // channel is here is not idle, however long ago it made its last request).
+            let horizon = now.saturating_sub(2 * lease.as_millis() as u64);
+            let channels = self.local();
+            self.shared.metering.sessions().forget_idle(horizon, |token| channels.channels.contains_key(token));
         }
     }
 

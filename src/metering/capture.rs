@@ -378,7 +378,7 @@ impl FrameCutter {
             match self.left {
                 None => {
                     let need = if self.have < 2 { 2 } else { self.header_len() };
-                    let take = (need - self.have).min(data.len() as u8) as usize;
+                    let take = usize::from(need - self.have).min(data.len());
                     self.header[self.have as usize..self.have as usize + take].copy_from_slice(&data[..take]);
                     self.have += take as u8;
                     data = &data[take..];
@@ -642,7 +642,7 @@ mod tests {
         }
         // A masked client frame.
         bytes.extend_from_slice(&[0x81, 0x83, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2, b'c' ^ 3]);
-        for step in [1, 3, 7, 1000, bytes.len()] {
+        for step in [1, 3, 7, 256, 512, 1000, bytes.len()] {
             let mut cutter = FrameCutter::default();
             let before = session.frames_out.load(std::sync::atomic::Ordering::Relaxed);
             for piece in bytes.chunks(step) {

@@ -156,6 +156,51 @@ impl Collector for MeteringCollector {
             Some(&Unit::Bytes),
             MetricType::Counter,
         )?)?;
+
+        let view = &metering.sessions().wire_view;
+        let open = ConstGauge::new(get(&view.connections_open) as i64);
+        open.encode(encoder.encode_descriptor(
+            "chatlab_wire_view_connections_open",
+            "Wire views (GET /api/wire) open now.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let view_counters: [(&str, &str, Option<Unit>, &AtomicU64); 6] = [
+            (
+                "chatlab_wire_view_requests",
+                "Requests of the wire view (its log and session counters).",
+                None,
+                &view.requests,
+            ),
+            ("chatlab_wire_view_connections", "Wire views ever opened.", None, &view.connections_total),
+            (
+                "chatlab_wire_view_wire_in",
+                "Wire bytes read for the wire view: counted under no technique and no session.",
+                Some(Unit::Bytes),
+                &view.wire_bytes_in,
+            ),
+            (
+                "chatlab_wire_view_wire_out",
+                "Wire bytes written for the wire view: counted under no technique and no session.",
+                Some(Unit::Bytes),
+                &view.wire_bytes_out,
+            ),
+            ("chatlab_wire_view_records", "Records queued for wire views.", None, &view.records),
+            (
+                "chatlab_wire_view_records_dropped",
+                "Records dropped because a wire view's queue was full (--wire-view-queue).",
+                None,
+                &view.dropped,
+            ),
+        ];
+        for (name, help, unit, counter) in view_counters {
+            ConstCounter::new(get(counter)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                unit.as_ref(),
+                MetricType::Counter,
+            )?)?;
+        }
         Ok(())
     }
 }

@@ -188,10 +188,12 @@ impl Sessions {
         self.map().remove(token);
     }
 
-    /// Forgets sessions without a request here since `horizon_ms` (ms since the epoch) and without a watcher:
-    /// those that ended on another process of a cluster.
-    pub fn forget_idle(&self, horizon_ms: u64) {
-        self.map().retain(|_, wire| wire.watched() || wire.last_seen_ms.load(Ordering::Relaxed) >= horizon_ms);
+    /// Forgets sessions without a request here since `horizon_ms` (ms since the epoch), without a live channel
+    /// here (`live`) and without a watcher: those that ended on another process of a cluster.
+    pub fn forget_idle(&self, horizon_ms: u64, live: impl Fn(&str) -> bool) {
+        self.map().retain(|token, wire| {
+            wire.watched() || wire.last_seen_ms.load(Ordering::Relaxed) >= horizon_ms || live(token)
+        });
     }
 
     /// Sessions with counters here.

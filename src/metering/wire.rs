@@ -20,6 +20,12 @@
 //! 5. A `101 Switching Protocols` response fixes the technique for the rest of the connection: a WebSocket's
 //!    upgrade request, its handshake response and every frame after count under `ws`.
 //!
+//! The same rule gives the bytes to a session: a handler that has found its session names it
+//! ([`crate::metering::Metering::session`]), and the bytes of the request, its response and (after an upgrade)
+//! the connection count in that session's [`SessionWire`] too. A wire view's own requests name no technique and
+//! no session: they count under `other.wire_view`. The socket also hands the cell the bytes themselves, which
+//! [`super::capture`] reads back for the wire view (HTTP heads, WebSocket frames, SSE writes).
+//!
 //! The choice travels from the handler to the service through a task-local slot (`chosen`): the handler
 //! future runs inside the service's scope, so no transport needs to carry a handle. The service is made per
 //! connection ([`MakeMetered`]) and holds the connection's cell, so a request carries nothing extra.
@@ -32,7 +38,8 @@
 //!   request (or under none, if the connection then closes).
 //!
 //! Counting is one uncontended `std` mutex per socket read or write: the connection's own task is almost the
-//! only one touching it, and the section is a few additions, never held across an `.await`.
+//! only one touching it, and the section is a few additions (and, on a WebSocket or an SSE stream, a walk over
+//! the frame or chunk headers in the write), never held across an `.await`.
 
 use std::cell::Cell;
 use std::convert::Infallible;
