@@ -1,10 +1,10 @@
 //! What a connection tells a wire view: its bytes, read back as HTTP heads, WebSocket frames and SSE writes.
 //!
-//! A connection ([`super::wire::Connection`]) hands every read and write to its [`Log`], which follows the
+//! A connection ([`super::wire::Connection`]) hands every read and write to its `Log`, which follows the
 //! bytes just far enough to describe them:
 //!
 //! - an HTTP request's head is kept (at most [`HEAD_MAX`] bytes) from its first byte, but only while some wire
-//!   view is open anywhere ([`super::session::Sessions::capturing`]), since the session is known only once the
+//!   view is open anywhere (`Sessions::capturing`), since the session is known only once the
 //!   handler names it; the response head is kept as it is written, and the exchange becomes an `http` record
 //!   once the response head is out (a streaming response: SSE, a WebSocket upgrade) or once its body is complete;
 //! - after a `101 Switching Protocols`, each direction is cut into WebSocket frames (RFC 6455, 5.2) by their
