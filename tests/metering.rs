@@ -7,13 +7,12 @@ use std::time::Duration;
 
 use chatlab::config::Config;
 use chatlab::core::{Room, Transport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::time::timeout;
 
-/// How long any one receive may take before the test fails.
-const RECEIVE: Duration = Duration::from_secs(5);
+mod common;
+
+use common::raw::{client_frame, get, post, Raw, UPGRADE};
 
 /// A server on 127.0.0.1:0; it stops when the returned sender drops.
 async fn start() -> (SocketAddr, Room, oneshot::Sender<()>) {
@@ -50,127 +49,6 @@ async fn assert_wire(room: &Room, transport: Option<Transport>, expected: (u64, 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(wire(room, transport), expected, "(bytes in, bytes out) of {transport:?}");
-}
-
-/// A raw client socket that counts every byte it sends and receives.
-struct Raw {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-    sent: u64,
-    received: u64,
-}
-
-/// One HTTP response as read off the socket.
-struct Response {
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim())
-        })
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let stream = timeout(RECEIVE, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
-        Raw { stream, buffer: Vec::new(), sent: 0, received: 0 }
-    }
-
-    /// (sent, received) so far.
-    fn totals(&self) -> (u64, u64) {
-        (self.sent, self.received)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-        self.sent += bytes.len() as u64;
-    }
-
-    /// Reads more bytes into the buffer; panics at end of stream or after [`RECEIVE`].
-    async fn fill(&mut self) {
-        let mut chunk = [0u8; 4096];
-        let n = timeout(RECEIVE, self.stream.read(&mut chunk)).await.expect("bytes in time").expect("read");
-        assert!(n > 0, "the server closed the connection");
-        self.received += n as u64;
-        self.buffer.extend_from_slice(&chunk[..n]);
-    }
-
-    async fn take(&mut self, n: usize) -> Vec<u8> {
-        while self.buffer.len() < n {
-            self.fill().await;
-        }
-        self.buffer.drain(..n).collect()
-    }
-
-    async fn take_until(&mut self, end: &[u8]) -> Vec<u8> {
-        loop {
-            if let Some(at) = self.buffer.windows(end.len()).position(|w| w == end) {
-                return self.buffer.drain(..at + end.len()).collect();
-            }
-            self.fill().await;
-        }
-    }
-
-    async fn head(&mut self) -> String {
-        String::from_utf8(self.take_until(b"\r\n\r\n").await).expect("UTF-8 head")
-    }
-
-    /// One chunk of a chunked body (empty for the last one).
-    async fn chunk(&mut self) -> Vec<u8> {
-        let line = self.take_until(b"\r\n").await;
-        let size = usize::from_str_radix(std::str::from_utf8(&line).unwrap().trim(), 16).expect("chunk size");
-        let data = self.take(size).await;
-        assert_eq!(self.take(2).await, b"\r\n");
-        data
-    }
-
-    /// A whole response with a `Content-Length` or chunked body.
-    async fn response(&mut self) -> Response {
-        let head = self.head().await;
-        let mut response = Response { head, body: Vec::new() };
-        if let Some(length) = response.header("content-length") {
-            response.body = self.take(length.parse().expect("length")).await;
-        } else if response.header("transfer-encoding") == Some("chunked") {
-            loop {
-                let chunk = self.chunk().await;
-                if chunk.is_empty() {
-                    break;
-                }
-                response.body.extend(chunk);
-            }
-        }
-        response
-    }
-
-    /// Sends a request and reads its whole response; returns it with the bytes sent and received for it.
-    async fn exchange(&mut self, request: &[u8]) -> (Response, (u64, u64)) {
-        let before = self.totals();
-        self.send(request).await;
-        let response = self.response().await;
-        assert!(self.buffer.is_empty(), "nothing beyond the response");
-        (response, (self.sent - before.0, self.received - before.1))
-    }
-}
-
-fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: raw-test\r\n\r\n").into_bytes()
-}
-
-fn post(path: &str, content_type: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 fn add(a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
@@ -268,43 +146,18 @@ async fn sse_bytes_are_exact_including_chunk_framing() {
     assert_wire(&room, Some(Transport::Sse), expected).await;
 }
 
-/// A WebSocket frame from a client: masked, as RFC 6455 requires.
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
-/// Reads one unmasked server frame: (opcode, payload).
-async fn server_frame(raw: &mut Raw) -> (u8, Vec<u8>) {
-    let header = raw.take(2).await;
-    assert_eq!(header[1] & 0x80, 0, "server frames are not masked");
-    let length = match header[1] & 0x7f {
-        126 => u16::from_be_bytes(raw.take(2).await.try_into().unwrap()) as usize,
-        127 => u64::from_be_bytes(raw.take(8).await.try_into().unwrap()) as usize,
-        n => n as usize,
-    };
-    (header[0] & 0x0f, raw.take(length).await)
-}
-
-const UPGRADE: &str = "HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
 /// Sends `hello` on an open WebSocket, reads frames until it comes back, then closes cleanly.
 async fn talk_and_close(raw: &mut Raw) {
     raw.send(&client_frame(0x1, b"hello")).await;
     loop {
-        let (opcode, payload) = server_frame(raw).await;
+        let (_, opcode, payload) = raw.server_frame().await;
         assert_eq!(opcode, 0x1);
         if String::from_utf8(payload).unwrap().contains("\"message\":\"hello\"") {
             break;
         }
     }
     raw.send(&client_frame(0x8, &1000u16.to_be_bytes())).await;
-    let (opcode, _) = server_frame(raw).await;
+    let (_, opcode, _) = raw.server_frame().await;
     assert_eq!(opcode, 0x8, "the server answers the close");
 }
 
@@ -316,7 +169,7 @@ async fn websocket_bytes_are_exact_from_handshake_to_close() {
     raw.send(format!("GET /ws {UPGRADE}").as_bytes()).await;
     let head = raw.head().await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let (_, welcome) = server_frame(&mut raw).await;
+    let (_, _, welcome) = raw.server_frame().await;
     assert!(String::from_utf8(welcome).unwrap().contains("\"type\":\"welcome\""));
     talk_and_close(&mut raw).await;
 

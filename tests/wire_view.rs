@@ -4,129 +4,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chatlab::core::{Room, Transport};
+use common::raw::{client_frame, get, post, Raw, UPGRADE};
 use common::{start, start_with, Server, WAIT};
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-
-/// A raw client socket that counts every byte it sends and receives.
-struct Raw {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-    sent: u64,
-    received: u64,
-}
-
-/// One HTTP response as read off the socket.
-struct Response {
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (key, value) = line.split_once(':')?;
-            key.eq_ignore_ascii_case(name).then(|| value.trim())
-        })
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("JSON body")
-    }
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let stream = timeout(WAIT, TcpStream::connect(addr)).await.expect("connect in time").expect("connect");
-        Raw { stream, buffer: Vec::new(), sent: 0, received: 0 }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("write");
-        self.sent += bytes.len() as u64;
-    }
-
-    async fn fill(&mut self) {
-        let mut chunk = [0u8; 4096];
-        let n = timeout(WAIT, self.stream.read(&mut chunk)).await.expect("bytes in time").expect("read");
-        assert!(n > 0, "the server closed the connection");
-        self.received += n as u64;
-        self.buffer.extend_from_slice(&chunk[..n]);
-    }
-
-    async fn take(&mut self, n: usize) -> Vec<u8> {
-        while self.buffer.len() < n {
-            self.fill().await;
-        }
-        self.buffer.drain(..n).collect()
-    }
-
-    async fn head(&mut self) -> String {
-        loop {
-            if let Some(at) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                return String::from_utf8(self.buffer.drain(..at + 4).collect()).expect("UTF-8 head");
-            }
-            self.fill().await;
-        }
-    }
-
-    /// Sends a request and reads its whole (`Content-Length`) response.
-    async fn exchange(&mut self, request: &[u8]) -> Response {
-        self.send(request).await;
-        let head = self.head().await;
-        let mut response = Response { head, body: Vec::new() };
-        let length = response.header("content-length").expect("a Content-Length").parse().expect("a length");
-        response.body = self.take(length).await;
-        assert!(self.buffer.is_empty(), "nothing beyond the response");
-        response
-    }
-
-    /// Reads one unmasked server frame: (header bytes, opcode, payload).
-    async fn server_frame(&mut self) -> (usize, u8, Vec<u8>) {
-        let header = self.take(2).await;
-        assert_eq!(header[1] & 0x80, 0, "server frames are not masked");
-        let (extra, length) = match header[1] & 0x7f {
-            126 => (2, u16::from_be_bytes(self.take(2).await.try_into().unwrap()) as usize),
-            127 => (8, u64::from_be_bytes(self.take(8).await.try_into().unwrap()) as usize),
-            n => (0, n as usize),
-        };
-        (2 + extra, header[0] & 0x0f, self.take(length).await)
-    }
-}
-
-fn get(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: raw-test\r\n\r\n").into_bytes()
-}
-
-fn post(path: &str, content_type: &str, body: &str) -> Vec<u8> {
-    format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// A masked client frame (RFC 6455).
-fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
-const UPGRADE: &str = "HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 /// A session's counters as the server answers them on `GET /api/sessions/{session}/wire`.
 async fn counters(server: &Server, token: &str) -> Value {
@@ -193,14 +81,14 @@ fn u(value: &Value) -> u64 {
 async fn a_short_poll_sessions_counters_equal_what_the_client_counted() {
     let server = start().await;
     let mut raw = Raw::connect(server.addr).await;
-    let joined = raw.exchange(&post("/api/sessions", "application/json", r#"{"transport":"poll"}"#)).await;
+    let joined = raw.exchange(&post("/api/sessions", "application/json", r#"{"transport":"poll"}"#)).await.0;
     assert!(joined.head.starts_with("HTTP/1.1 201"), "{}", joined.head);
     let token = joined.json()["session"].as_str().unwrap().to_owned();
-    let first = raw.exchange(&get(&format!("/api/poll?session={token}"))).await;
+    let first = raw.exchange(&get(&format!("/api/poll?session={token}"))).await.0;
     let next = u(&first.json()["next"]);
-    let posted = raw.exchange(&post(&format!("/api/messages?session={token}"), "text/plain", "hello")).await;
+    let posted = raw.exchange(&post(&format!("/api/messages?session={token}"), "text/plain", "hello")).await.0;
     assert!(posted.head.starts_with("HTTP/1.1 202"), "{}", posted.head);
-    let second = raw.exchange(&get(&format!("/api/poll?session={token}&since={next}"))).await;
+    let second = raw.exchange(&get(&format!("/api/poll?session={token}&since={next}"))).await.0;
     let events = first.json()["events"].as_array().unwrap().len() + second.json()["events"].as_array().unwrap().len();
     assert_eq!(events, 2, "the join notice, then hello");
 
@@ -261,14 +149,14 @@ async fn a_websocket_sessions_counters_equal_what_the_client_counted() {
 async fn the_wire_log_shows_a_poll_byte_exact() {
     let server = start().await;
     let mut raw = Raw::connect(server.addr).await;
-    let joined = raw.exchange(&post("/api/sessions", "application/json", r#"{"transport":"poll"}"#)).await;
+    let joined = raw.exchange(&post("/api/sessions", "application/json", r#"{"transport":"poll"}"#)).await.0;
     let token = joined.json()["session"].as_str().unwrap().to_owned();
     let (mut view, first) = watch(&server, &token).await;
     assert_eq!((u(&first["requests"]), u(&first["totals"]["requests"])), (1, 1), "the join: {first}");
     assert_eq!(u(&first["wire_bytes_in"]), raw.sent, "{first}");
 
     let request = get(&format!("/api/poll?session={token}"));
-    let response = raw.exchange(&request).await;
+    let response = raw.exchange(&request).await.0;
     let http = next_of(&mut view, "http").await;
     assert_eq!(http["technique"], "poll");
     assert_eq!(http["streaming"], false);
@@ -286,7 +174,7 @@ async fn the_wire_log_shows_a_poll_byte_exact() {
     // A POST's body is counted apart from its head.
     let body = "a line of chat";
     let request = post(&format!("/api/messages?session={token}"), "text/plain", body);
-    let response = raw.exchange(&request).await;
+    let response = raw.exchange(&request).await.0;
     let http = next_of(&mut view, "http").await;
     assert_eq!(http["request"]["head"].as_str().unwrap().as_bytes(), &request[..request.len() - body.len()]);
     assert_eq!(u(&http["request"]["body_bytes"]), body.len() as u64);
@@ -335,7 +223,7 @@ async fn the_wire_log_shows_websocket_frames_with_their_sizes() {
 async fn the_wire_log_shows_sse_writes_and_their_events() {
     let server = start().await;
     let mut control = Raw::connect(server.addr).await;
-    let joined = control.exchange(&post("/api/sessions", "application/json", r#"{"transport":"sse"}"#)).await;
+    let (joined, _) = control.exchange(&post("/api/sessions", "application/json", r#"{"transport":"sse"}"#)).await;
     let token = joined.json()["session"].as_str().unwrap().to_owned();
     let (mut view, _) = watch(&server, &token).await;
     let mut stream = Raw::connect(server.addr).await;
@@ -395,7 +283,7 @@ fn everything_but_the_wire_view(room: &Room, tokens: &[&str]) -> Vec<u64> {
 async fn the_wire_views_own_bytes_count_apart() {
     let server = start().await;
     let mut raw = Raw::connect(server.addr).await;
-    let joined = raw.exchange(&post("/api/sessions", "application/json", r#"{"transport":"poll"}"#)).await;
+    let joined = raw.exchange(&post("/api/sessions", "application/json", r#"{"transport":"poll"}"#)).await.0;
     let token = joined.json()["session"].as_str().unwrap().to_owned();
     let before = everything_but_the_wire_view(&server.room, &[&token]);
 
@@ -450,7 +338,7 @@ async fn an_unknown_session_gets_404_on_both_endpoints() {
 async fn a_watcher_that_never_reads_stays_bounded() {
     let server = start_with(chatlab::config::Config { wire_view_queue: 8, ..common::config() }).await;
     let mut raw = Raw::connect(server.addr).await;
-    let joined = raw.exchange(&post("/api/sessions", "application/json", r#"{"transport":"poll"}"#)).await;
+    let joined = raw.exchange(&post("/api/sessions", "application/json", r#"{"transport":"poll"}"#)).await.0;
     let token = joined.json()["session"].as_str().unwrap().to_owned();
     // A client socket with a small receive window, so the server's writes to it soon block.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -467,12 +355,12 @@ async fn a_watcher_that_never_reads_stays_bounded() {
     let mut polls = 0;
     while counters.dropped.load(Ordering::Relaxed) == 0 {
         assert!(polls < 5000, "nothing dropped after {polls} polls");
-        raw.exchange(request.as_bytes()).await;
+        raw.exchange(request.as_bytes()).await.0;
         polls += 1;
         assert!(counters.queued.load(Ordering::Relaxed) <= 8, "at most the queue's bound is held");
     }
     for _ in 0..50 {
-        raw.exchange(request.as_bytes()).await;
+        raw.exchange(request.as_bytes()).await.0;
         assert!(counters.queued.load(Ordering::Relaxed) <= 8);
     }
     let dropped = counters.dropped.load(Ordering::Relaxed);

@@ -16,6 +16,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use chatlab::config::Config;
 use chatlab::core::Room;
 
+pub mod raw;
+
 /// How long any single receive may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(5);
 /// How long to watch for something that must not arrive.
