@@ -215,6 +215,10 @@ impl Metering {
                 "wire_bytes_in": "bytes read from sockets, headers and framing included",
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",
                 "payload_bytes_out": "JSON event bytes only, no headers or framing",
+                "write_timeouts": "connections closed because a write waited --write-timeout on a peer that does not \
+                                   read (under other: those carrying no technique's request)",
+                "header_timeouts": "connections closed because no complete request head arrived within \
+                                    --header-timeout of the accept or of the previous response",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds; buckets: [upper bound \
                                in ms, count] of the non-empty histogram buckets, since the server started",
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \
