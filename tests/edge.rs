@@ -228,3 +228,28 @@ async fn a_body_that_stops_arriving_is_given_up() {
     let (events, _) = poll(&server, &format!("/api/poll?session={}&since=0", joined.session)).await;
     assert!(events.iter().all(|e| e["type"] != "message"), "nothing was posted: {events:?}");
 }
+
+/// Idle sockets filling --max-sockets no longer lock everyone out: they are let go after --header-timeout, and a
+/// client waiting in the backlog is then served.
+#[tokio::test]
+async fn idle_sockets_at_the_socket_limit_are_let_go() {
+    let server = start_with(chatlab::config::Config { max_sockets: 3, ..edge_config() }).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let mut waiting = TcpStream::connect(server.addr).await.unwrap(); // in the kernel's backlog
+    waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_millis(2500), waiting.read(&mut buf))
+        .await
+        .expect("served once the idle sockets are let go")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(started.elapsed() >= Duration::from_millis(500), "it did wait for a slot: {:?}", started.elapsed());
+    for mut socket in idle {
+        closed_within(&mut socket, Duration::from_secs(1)).await;
+    }
+}
