@@ -105,6 +105,20 @@ pub struct Config {
     #[arg(long, default_value_t = 18_000)]
     pub max_sockets: usize,
 
+    /// Seconds a write may wait on a peer that does not read (its TCP window full) before the connection is
+    /// closed, whatever the technique: a WebSocket, an SSE stream, a poll answer, a static file. The slot under
+    /// `--max-sockets`, the channel and its queued events are freed at once; the close counts as `write_timeouts`
+    /// in `/api/stats` and `/metrics`. A slow client that reads within this time is never cut. 0: never.
+    #[arg(long, default_value_t = 10)]
+    pub write_timeout: u64,
+
+    /// Seconds a connection may take to send a complete request head, counted from its accept or from the end of
+    /// its previous response (an idle keep-alive connection): silent sockets, partial request lines and headers
+    /// trickled a byte at a time are closed after it (`header_timeouts` in `/api/stats`). A request body that
+    /// stops arriving for this long is given up too. 0: never.
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout: u64,
+
     /// Most sessions (participants) at once; more joins get 503.
     #[arg(long, default_value_t = 100_000)]
     pub max_sessions: usize,
@@ -175,6 +189,16 @@ impl Config {
     /// The session lease as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.session_lease)
+    }
+
+    /// `--write-timeout` as a duration; `None` when it is 0 (never).
+    pub fn write_timeout(&self) -> Option<Duration> {
+        (self.write_timeout > 0).then(|| Duration::from_secs(self.write_timeout))
+    }
+
+    /// `--header-timeout` as a duration; `None` when it is 0 (never).
+    pub fn header_timeout(&self) -> Option<Duration> {
+        (self.header_timeout > 0).then(|| Duration::from_secs(self.header_timeout))
     }
 
     /// `--flush-interval-ms` as a duration (zero: no pacing).

@@ -44,7 +44,7 @@ use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::core::Room;
 use crate::error::AppError;
-use crate::metering::wire::{MakeMetered, MeteredListener};
+use crate::metering::wire::{Deadlines, MakeMetered, MeteredListener};
 use crate::metering::Metering;
 use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, wire_view, ws};
 
@@ -117,7 +117,11 @@ pub async fn run(
     let stopping = room.shutdown_token().clone();
     let signal_room = room.clone();
     // Counting sockets: every byte read and written is given to the technique of its request (metering::wire).
-    let listener = MeteredListener::new(listener, room.metering().clone()).with_limit(room.config().max_sockets);
+    // Deadlines at the socket (`--write-timeout`, `--header-timeout`): one place for every technique.
+    let deadlines = Deadlines { write: room.config().write_timeout(), header: room.config().header_timeout() };
+    let listener = MeteredListener::new(listener, room.metering().clone())
+        .with_limit(room.config().max_sockets)
+        .with_deadlines(deadlines);
     let server = axum::serve(listener, MakeMetered::new(app(room.clone())))
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -49,6 +49,8 @@ pub struct Counters {
     pub empty_responses: AtomicU64,
     /// Receivers closed for falling too far behind (`--send-queue`).
     pub slow_consumers: AtomicU64,
+    /// Connections of this technique closed because a write waited `--write-timeout` on a peer that does not read.
+    pub write_timeouts: AtomicU64,
     /// Publish-to-write latency of delivered events.
     pub latency: Histogram,
 }
@@ -74,6 +76,11 @@ pub struct Others {
     pub wire_bytes_in: AtomicU64,
     /// Wire bytes written for those requests.
     pub wire_bytes_out: AtomicU64,
+    /// Connections closed because a write waited `--write-timeout` while they carried no technique's request.
+    pub write_timeouts: AtomicU64,
+    /// Connections closed because a request head (or a keep-alive connection's next one) did not arrive within
+    /// `--header-timeout`.
+    pub header_timeouts: AtomicU64,
 }
 
 impl Metering {
@@ -168,6 +175,7 @@ impl Metering {
                     "events_delivered": get(&c.events_delivered),
                     "empty_responses": get(&c.empty_responses),
                     "slow_consumers": get(&c.slow_consumers),
+                    "write_timeouts": get(&c.write_timeouts),
                     "latency_ms": {
                         "p50": c.latency.quantile_ms(0.50),
                         "p99": c.latency.quantile_ms(0.99),
@@ -186,6 +194,8 @@ impl Metering {
                 "tcp_connections_total": get(&o.tcp_connections_total),
                 "wire_bytes_in": get(&o.wire_bytes_in),
                 "wire_bytes_out": get(&o.wire_bytes_out),
+                "write_timeouts": get(&o.write_timeouts),
+                "header_timeouts": get(&o.header_timeouts),
                 "deliveries_per_second": self.load.per_second(Instant::now()),
                 "wire_view": {
                     "requests": get(&v.requests),
@@ -205,6 +215,10 @@ impl Metering {
                 "wire_bytes_in": "bytes read from sockets, headers and framing included",
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",
                 "payload_bytes_out": "JSON event bytes only, no headers or framing",
+                "write_timeouts": "connections closed because a write waited --write-timeout on a peer that does not \
+                                   read (under other: those carrying no technique's request)",
+                "header_timeouts": "connections closed because no complete request head arrived within \
+                                    --header-timeout of the accept or of the previous response",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds; buckets: [upper bound \
                                in ms, count] of the non-empty histogram buckets, since the server started",
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \

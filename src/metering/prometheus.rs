@@ -54,7 +54,7 @@ struct MeteringCollector(Metering);
 /// A per-technique counter: name (without `_total` and unit), help, unit, and how to read it.
 type CounterSpec = (&'static str, &'static str, Option<Unit>, fn(&Counters) -> &AtomicU64);
 
-const COUNTERS: [CounterSpec; 8] = [
+const COUNTERS: [CounterSpec; 9] = [
     ("chatlab_connections", "Receiving channels ever opened (WebSockets, SSE streams, held long polls).", None, |c| {
         &c.connections_total
     }),
@@ -82,6 +82,12 @@ const COUNTERS: [CounterSpec; 8] = [
     ("chatlab_slow_consumers", "Receivers closed for falling more than --send-queue events behind.", None, |c| {
         &c.slow_consumers
     }),
+    (
+        "chatlab_write_timeouts",
+        "Connections closed because a write waited --write-timeout on a peer that does not read.",
+        None,
+        |c| &c.write_timeouts,
+    ),
 ];
 
 fn label(transport: Transport) -> [(&'static str, &'static str); 1] {
@@ -154,6 +160,18 @@ impl Collector for MeteringCollector {
             "chatlab_untracked_wire_out",
             "Wire bytes written for requests of none of the four techniques.",
             Some(&Unit::Bytes),
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.write_timeouts)).encode(encoder.encode_descriptor(
+            "chatlab_untracked_write_timeouts",
+            "Connections of none of the four techniques closed because a write waited --write-timeout.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.header_timeouts)).encode(encoder.encode_descriptor(
+            "chatlab_header_timeouts",
+            "Connections closed because no complete request head arrived within --header-timeout.",
+            None,
             MetricType::Counter,
         )?)?;
 

@@ -50,7 +50,9 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
+use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{header, StatusCode};
 use axum::response::Response;
@@ -61,7 +63,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::futures::TaskLocalFuture;
+use tokio::time::{Instant, Sleep};
 use tower::Service;
+use tower_http::timeout::TimeoutBody;
 
 use super::capture::{Kind, Log};
 use super::session::SessionWire;
@@ -78,12 +82,35 @@ pub struct MeteredListener {
     metering: Metering,
     /// One permit per open socket (`--max-sockets`); unlimited unless [`MeteredListener::with_limit`] sets it.
     slots: Option<Arc<Semaphore>>,
+    /// The edge's deadlines (none unless [`MeteredListener::with_deadlines`] sets them).
+    deadlines: Deadlines,
 }
+
+/// How long a connection may keep the server waiting on it (`--write-timeout`, `--header-timeout`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Deadlines {
+    /// Longest a write may stay blocked on a peer that does not read; `None`: forever.
+    pub write: Option<Duration>,
+    /// Longest the wait for a complete request head, from the accept or the previous response; `None`: forever.
+    pub header: Option<Duration>,
+}
+
+/// How often the kernel probes an idle accepted socket (TCP keep-alive), so that a peer that vanished without a
+/// FIN or RST (a dead host, a dropped NAT mapping) frees its socket even when no write is pending.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 impl MeteredListener {
     /// Wraps `inner`; bytes are counted into `metering`.
     pub fn new(inner: TcpListener, metering: Metering) -> Self {
-        MeteredListener { inner, metering, slots: None }
+        MeteredListener { inner, metering, slots: None, deadlines: Deadlines::default() }
+    }
+
+    /// Applies `deadlines` to every accepted socket: a write blocked longer than `deadlines.write`, or a request
+    /// head not complete within `deadlines.header`, fails the socket with `TimedOut` (counted), which ends
+    /// whatever technique it carries.
+    pub fn with_deadlines(mut self, deadlines: Deadlines) -> Self {
+        self.deadlines = deadlines;
+        self
     }
 
     /// At most `max` sockets open at once: at the limit the listener stops accepting until one closes, and new
@@ -107,7 +134,11 @@ impl Listener for MeteredListener {
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
-        (Counted::new(stream, Connection::new(self.metering.clone(), slot)), addr)
+        let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE).with_interval(TCP_KEEPALIVE / 6);
+        if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(%error, "could not set SO_KEEPALIVE");
+        }
+        (Counted::new(stream, Connection::new(self.metering.clone(), slot, self.deadlines)), addr)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
@@ -137,6 +168,52 @@ pub trait Tally {
             left -= n;
         }
     }
+    /// The longest a write may stay `Pending` before the stream fails it with `TimedOut`; `None`: forever.
+    fn write_timeout(&self) -> Option<Duration> {
+        None
+    }
+    /// When a read still `Pending` fails with `TimedOut` (a request head is awaited); `None`: never.
+    fn read_deadline(&self) -> Option<Instant> {
+        None
+    }
+    /// A deadline passed (`writing`: the write deadline, else the read one); the stream now fails every call.
+    fn timed_out(&self, _writing: bool) {}
+}
+
+/// A deadline for one direction of a [`Counted`] stream: its timer is allocated once and reset, never remade.
+#[derive(Debug, Default)]
+struct Timer {
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The timer runs for the current wait (a write or read that stayed `Pending`).
+    armed: bool,
+}
+
+impl Timer {
+    /// Runs the timer until `deadline` (when not armed, or armed for another instant) and polls it, so `cx` is
+    /// woken when it passes; true once it has.
+    fn passed(&mut self, cx: &mut Context<'_>, deadline: Instant) -> bool {
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if !self.armed || sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        self.armed = true;
+        sleep.as_mut().poll(cx).is_ready()
+    }
+
+    /// The deadline of the current wait, if one runs.
+    fn deadline(&self) -> Option<Instant> {
+        self.sleep.as_ref().filter(|_| self.armed).map(|sleep| sleep.deadline())
+    }
+}
+
+fn timed_out_error(writing: bool) -> io::Error {
+    let what = if writing { "write timed out: the peer does not read" } else { "no request head in time" };
+    io::Error::new(io::ErrorKind::TimedOut, what)
 }
 
 /// A stream that tells a [`Tally`] how many bytes each successful read and write moved, and otherwise behaves
@@ -146,12 +223,18 @@ pub trait Tally {
 pub struct Counted<S, T> {
     inner: S,
     tally: T,
+    /// Runs while a write is blocked ([`Tally::write_timeout`]).
+    writing: Timer,
+    /// Runs while a read is blocked and a request head is awaited ([`Tally::read_deadline`]).
+    reading: Timer,
+    /// A deadline passed: every later call fails with `TimedOut` (a close frame must not wait again).
+    expired: Option<bool>,
 }
 
 impl<S, T> Counted<S, T> {
     /// Wraps `inner`, counting into `tally`.
     pub fn new(inner: S, tally: T) -> Self {
-        Counted { inner, tally }
+        Counted { inner, tally, writing: Timer::default(), reading: Timer::default(), expired: None }
     }
 
     /// Where the bytes are counted.
@@ -160,12 +243,54 @@ impl<S, T> Counted<S, T> {
     }
 }
 
+impl<S, T: Tally> Counted<S, T> {
+    /// After a write: a blocked one runs the write deadline, a done one stops it.
+    fn after_write(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match result {
+            Poll::Pending => {
+                let Some(limit) = self.tally.write_timeout() else { return Poll::Pending };
+                let deadline = self.writing.deadline().unwrap_or_else(|| Instant::now() + limit);
+                if self.writing.passed(cx, deadline) {
+                    return Poll::Ready(Err(self.expire(true)));
+                }
+                Poll::Pending
+            }
+            done => {
+                self.writing.armed = false;
+                done
+            }
+        }
+    }
+
+    fn expire(&mut self, writing: bool) -> io::Error {
+        if self.expired.is_none() {
+            self.expired = Some(writing);
+            self.tally.timed_out(writing);
+        }
+        timed_out_error(self.expired.unwrap_or(writing))
+    }
+}
+
 impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for Counted<S, T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if let Some(writing) = self.expired {
+            return Poll::Ready(Err(timed_out_error(writing)));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            self.tally.read(&buf.filled()[before..]);
+        match result {
+            Poll::Ready(Ok(())) => {
+                self.reading.armed = false;
+                self.tally.read(&buf.filled()[before..]);
+            }
+            Poll::Pending => {
+                if let Some(deadline) = self.tally.read_deadline() {
+                    if self.reading.passed(cx, deadline) {
+                        return Poll::Ready(Err(self.expire(false)));
+                    }
+                }
+            }
+            Poll::Ready(Err(_)) => {}
         }
         result
     }
@@ -173,11 +298,14 @@ impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for Counted<S, T> {
 
 impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if let Some(writing) = self.expired {
+            return Poll::Ready(Err(timed_out_error(writing)));
+        }
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(written)) = result {
             self.tally.wrote(&data[..written]);
         }
-        result
+        self.after_write(cx, result)
     }
 
     fn poll_write_vectored(
@@ -185,11 +313,14 @@ impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
         cx: &mut Context<'_>,
         data: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(writing) = self.expired {
+            return Poll::Ready(Err(timed_out_error(writing)));
+        }
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
         if let Poll::Ready(Ok(written)) = result {
             self.tally.wrote_vectored(data, written);
         }
-        result
+        self.after_write(cx, result)
     }
 
     // Forwarded so that hyper writes exactly as it would on the bare stream (vectored head + body).
@@ -236,6 +367,12 @@ struct Attribution {
     session: Option<Arc<SessionWire>>,
     /// What a wire view is told of these bytes.
     log: Log,
+    /// When the awaited request head must be complete (`--header-timeout`): set at the accept and after each
+    /// plain response, cleared once a head is parsed and for streams (upgrades, SSE), which read nothing more.
+    head_deadline: Option<Instant>,
+    /// Bytes were written while a head is awaited (the previous response still going out): the deadline is
+    /// counted again from the next blocked read, so a large answer to a slow reader is not cut by it.
+    wrote_while_awaiting: bool,
 }
 
 /// The shared per-connection cell: the socket counts into it, the connection's [`Metered`] service tells it whose
@@ -246,10 +383,11 @@ pub struct Connection {
     state: Mutex<Attribution>,
     /// This socket's place under `--max-sockets`, given back when the socket closes.
     _slot: Option<OwnedSemaphorePermit>,
+    deadlines: Deadlines,
 }
 
 impl Connection {
-    fn new(metering: Metering, slot: Option<OwnedSemaphorePermit>) -> Arc<Self> {
+    fn new(metering: Metering, slot: Option<OwnedSemaphorePermit>, deadlines: Deadlines) -> Arc<Self> {
         let others = metering.others();
         others.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
         others.tcp_connections_total.fetch_add(1, Ordering::Relaxed);
@@ -264,9 +402,19 @@ impl Connection {
                 started: false,
                 session: None,
                 log: Log::default(),
+                head_deadline: deadlines.header.map(|limit| Instant::now() + limit),
+                wrote_while_awaiting: false,
             }),
             _slot: slot,
+            deadlines,
         })
+    }
+
+    /// A request head was parsed: no deadline until its response is out.
+    fn head_complete(&self) {
+        if self.deadlines.header.is_some() {
+            self.state().head_deadline = None;
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, Attribution> {
@@ -307,6 +455,33 @@ impl Tally for Arc<Connection> {
         });
         self.wrote_slices(&mut parts, written);
     }
+
+    fn write_timeout(&self) -> Option<Duration> {
+        self.deadlines.write
+    }
+
+    fn read_deadline(&self) -> Option<Instant> {
+        let limit = self.deadlines.header?;
+        let mut state = self.state();
+        if state.wrote_while_awaiting {
+            state.wrote_while_awaiting = false;
+            state.head_deadline = Some(Instant::now() + limit);
+        }
+        state.head_deadline
+    }
+
+    fn timed_out(&self, writing: bool) {
+        let others = self.metering.others();
+        if !writing {
+            others.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let counter = match self.state().owner {
+            Owner::Technique(transport) => &self.metering.of(transport).write_timeouts,
+            _ => &others.write_timeouts,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Connection {
@@ -317,6 +492,9 @@ impl Connection {
         if state.log.follows_writes() {
             let Attribution { log, session, .. } = &mut *state;
             log.wrote(parts, session.as_deref());
+        }
+        if state.head_deadline.is_some() {
+            state.wrote_while_awaiting = true;
         }
     }
 
@@ -350,7 +528,10 @@ impl Connection {
 
     /// A response head is ready for a request of `owner`, of `session` if the handler named one; `kind` says
     /// whether it is `101 Switching Protocols`, an SSE stream or a plain response.
-    fn answer(&self, owner: Owner, session: Option<Arc<SessionWire>>, kind: Kind) {
+    ///
+    /// `plain`: the response is neither an upgrade nor an event stream, so the connection awaits its next request
+    /// head once it is out (`--header-timeout` runs again).
+    fn answer(&self, owner: Owner, session: Option<Arc<SessionWire>>, kind: Kind, plain: bool) {
         let mut state = self.state();
         if state.upgraded {
             return;
@@ -365,6 +546,10 @@ impl Connection {
         self.add(&mut state, read, written);
         state.answered = true;
         state.upgraded = kind == Kind::Upgrade;
+        if plain {
+            state.head_deadline = self.deadlines.header.map(|limit| Instant::now() + limit);
+            state.wrote_while_awaiting = false;
+        }
     }
 }
 
@@ -426,6 +611,18 @@ impl Service<Request> for Metered {
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        self.connection.head_complete();
+        // A body that stops arriving is given up after `--header-timeout` between its pieces; a request without
+        // one (every GET) is not wrapped.
+        let request = match self.connection.deadlines.header {
+            Some(limit)
+                if request.headers().contains_key(header::CONTENT_LENGTH)
+                    || request.headers().contains_key(header::TRANSFER_ENCODING) =>
+            {
+                request.map(|body| Body::new(TimeoutBody::new(limit, body)))
+            }
+            _ => request,
+        };
         // The router is always ready. Its future is named (no box, no copy of the router per request): the
         // empty poll, the commonest request, is a few microseconds all told.
         let routed = self.router.call(request);
@@ -452,19 +649,19 @@ impl Future for Answered {
             None if chosen == WIRE_VIEW => Owner::WireView,
             None => Owner::Nobody,
         };
-        let kind = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let stream = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+        let kind = if upgrade {
             Kind::Upgrade
-        } else if session.is_some()
-            && response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
-        {
+        } else if session.is_some() && stream {
             Kind::Sse
         } else {
             Kind::Plain
         };
-        self.connection.answer(owner, session, kind);
+        self.connection.answer(owner, session, kind, !upgrade && !stream);
         Poll::Ready(Ok(response))
     }
 }
