@@ -536,6 +536,50 @@ mod tests {
         }
     }
 
+    /// The frame follower counts a message's frames whatever the reads' boundaries: byte by byte or in one read,
+    /// with every length form and masked headers, control frames not counted, a new message starting over.
+    #[test]
+    fn fragments_are_counted_across_any_read_boundaries() {
+        fn masked(first: u8, len: usize) -> Vec<u8> {
+            let mut frame = vec![first];
+            match len {
+                0..=125 => frame.push(0x80 | len as u8),
+                126..=0xFFFF => {
+                    frame.push(0x80 | 126);
+                    frame.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                _ => {
+                    frame.push(0x80 | 127);
+                    frame.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            }
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            frame.extend(std::iter::repeat_n(0x55, len));
+            frame
+        }
+        // Three messages of 4 frames each (a ping in between), then one of 5.
+        let mut ok = Vec::new();
+        for _ in 0..3 {
+            ok.extend(masked(0x01, 200));
+            ok.extend(masked(0x00, 0));
+            ok.extend(masked(0x89, 3));
+            ok.extend(masked(0x00, 70_000));
+            ok.extend(masked(0x80, 1));
+        }
+        let mut over = ok.clone();
+        over.extend(masked(0x02, 0));
+        for _ in 0..4 {
+            over.extend(masked(0x00, 0));
+        }
+        for chunk in [1, 7, ok.len()] {
+            let mut fragments = Fragments::new(4);
+            assert!(ok.chunks(chunk).all(|bytes| fragments.feed(bytes).is_ok()), "reads of {chunk}");
+            let mut fragments = Fragments::new(4);
+            let error = over.chunks(chunk).find_map(|bytes| fragments.feed(bytes).err()).expect("the fifth frame");
+            assert!(is_too_many_fragments(&tungstenite::Error::Io(error)), "reads of {chunk}");
+        }
+    }
+
     #[test]
     fn a_header_token_is_found_in_a_list_and_in_any_case() {
         let mut headers = HeaderMap::new();
