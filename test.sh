@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every chatlab test: Rust unit and integration tests (the Redis cluster tests against a real
-# redis-server they start themselves), then the browser tests in headless Chromium.
+# redis-server they start themselves), Autobahn|Testsuite's core cases against `chatlab --echo`
+# (autobahn/run.sh, about a minute to install and half a minute to run), then the browser tests in headless
+# Chromium.
 # Installs what is missing first: Debian's chromium, redis-server, nginx, wrk and a CJK font; the browser tests'
 # npm packages. The Redis and nginx tests start their own servers on free ports.
 set -euo pipefail
@@ -12,6 +14,10 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-li
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 fc-list :lang=zh 2>/dev/null | grep -q . || missing+=(fonts-wqy-microhei)
+# Autobahn's installer builds wsaccel (gcc) and makes a virtualenv; run.sh waits for the server with curl.
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   sudo=""
@@ -24,4 +30,6 @@ fi
 export CHATLAB_REQUIRE_REDIS=1 CHATLAB_REQUIRE_NGINX=1 CHATLAB_REQUIRE_WRK=1
 cargo build --release --bin chatlab
 cargo test --release --all-targets
+# Every core case as in autobahn/expected.json, strict closes; bounded so a hung suite cannot stall the run.
+timeout 900 autobahn/run.sh "$PWD/target/release/chatlab"
 CHATLAB_BIN="$PWD/target/release/chatlab" tests/browser/run.sh

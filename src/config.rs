@@ -156,6 +156,22 @@ pub struct Config {
     #[arg(long, default_value_t = 256 * 1024)]
     pub ws_max_buffer: usize,
 
+    /// Milliseconds a WebSocket the server closes (shutdown, replaced, slow consumer, protocol error) waits for
+    /// the client's Close frame before closing TCP (RFC 6455 7.1.1), so the client sees the server's code rather
+    /// than 1006. A client that never answers is dropped when it runs out. Kept under `--shutdown-grace`.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub ws_close_timeout_ms: u64,
+
+    /// Most frames one WebSocket message may come in (its first frame and its continuations); more closes with
+    /// 1009. Without it, empty continuation frames could keep a message open forever at no size cost.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ws_max_fragments: u32,
+
+    /// Serve `GET /echo`: a WebSocket that sends back every text and binary message (for conformance suites
+    /// such as Autobahn|Testsuite), through the same socket code as `/ws`. Off by default.
+    #[arg(long)]
+    pub echo: bool,
+
     /// Records a wire view (`GET /api/wire`) may hold unsent while its client does not read: past it, new records
     /// are dropped and counted, and the client is told how many with a `lagged` record. A record is at most a
     /// few KiB (heads are cut at 8 KiB each), so a watcher costs at most about this many times 16 KiB.
@@ -204,5 +220,10 @@ impl Config {
     /// `--flush-interval-ms` as a duration (zero: no pacing).
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// `--ws-close-timeout-ms` as a duration.
+    pub fn ws_close_timeout(&self) -> Duration {
+        Duration::from_millis(self.ws_close_timeout_ms)
     }
 }

@@ -55,6 +55,9 @@ use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, wire_
 /// (a page's address, which may hold a session token, is never sent to another site); the HTML pages add their
 /// Content Security Policy ([`transport::assets`]).
 pub fn app(room: Room) -> Router {
+    // `--echo`: a conformance suite's echo endpoint, absent (404) unless asked for.
+    let echo =
+        if room.config().echo { Router::new().route("/echo", get(transport::echo::handler)) } else { Router::new() };
     Router::new()
         .route("/", get(seed::root))
         .route("/ws", get(ws::handler))
@@ -71,6 +74,7 @@ pub fn app(room: Room) -> Router {
         .route("/metrics", get(metering::prometheus::handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/docs/{*path}", get(transport::docs::handler))
+        .merge(echo)
         .fallback(assets::fallback)
         .with_state(room)
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))

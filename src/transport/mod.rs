@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`seed`] | the seed's WebSocket protocol on `/` |
 //! | [`ws`] | WebSocket on `/ws`, with sessions and resume |
+//! | [`echo`] | `/echo` (`--echo`): a WebSocket echo for conformance suites |
 //! | [`sse`] | Server-Sent Events on `/api/sse` |
 //! | [`long_poll`] | long polling on `/api/longpoll` |
 //! | [`short_poll`] | short polling on `/api/poll` |
@@ -16,6 +17,7 @@
 
 pub mod assets;
 pub mod docs;
+pub mod echo;
 pub mod long_poll;
 pub mod post;
 pub mod seed;

@@ -8,6 +8,12 @@
 //! the payload handed to it and its per-message bookkeeping; at a hundred receivers per text that was a sixth
 //! of the server's CPU time (see docs/benchmarks.md).
 //!
+//! Closing (RFC 6455 7.1.1, 5.5.1): when the server ends a connection ([`Socket::close`]) it sends its Close
+//! frame, then keeps reading (and discarding) until the client's Close comes back, at most
+//! `--ws-close-timeout-ms`, and only then closes TCP; so the client learns the server's code instead of seeing
+//! 1006. When the client closes first, tungstenite queues the echo of its code, [`Socket::recv`] writes it out,
+//! and the socket is shut down ([`Socket::shutdown`]) rather than reset.
+//!
 //! tungstenite never touches the socket's write side: what it writes (pongs, close replies, and the few frames
 //! sent through `Socket::send`) lands in the socket's queue, whole frames only, and goes out before or with
 //! the next batch. So its frames and ours never interleave.
@@ -16,6 +22,7 @@ use std::future::{poll_fn, Future};
 use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::FromRequestParts;
@@ -24,8 +31,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCod
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::config::Config;
 use crate::core::Delivery;
@@ -72,7 +80,23 @@ impl Upgrade {
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let limits = limits(config);
+        self.upgrade_with(Limits::chat(config), serve)
+    }
+
+    /// [`Upgrade::on_upgrade`] with the echo's message limits ([`Limits::echo`]).
+    pub(crate) fn on_upgrade_echo<F, Fut>(self, config: &Config, serve: F) -> Response<Body>
+    where
+        F: FnOnce(Socket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.upgrade_with(Limits::echo(config), serve)
+    }
+
+    fn upgrade_with<F, Fut>(self, limits: Limits, serve: F) -> Response<Body>
+    where
+        F: FnOnce(Socket) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let on_upgrade = self.on_upgrade;
         tokio::spawn(async move {
             // A client that goes away before the handshake completes leaves nothing to serve.
@@ -104,17 +128,52 @@ fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// What tungstenite enforces on client frames, sized for chat. Its read buffer is allocated up front and kept
-/// for the connection's life, so it is small (a chat line is a few hundred bytes; a longer frame grows it as
-/// needed); tungstenite buffers only the control frames it writes, so its write buffer stays empty, and its
-/// limit is the most the socket's queue may hold before reading stops (`--ws-max-buffer`).
-fn limits(config: &Config) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(256)
-        .write_buffer_size(0)
-        .max_write_buffer_size(config.ws_max_buffer.max(16 * 1024))
-        .max_frame_size(Some(config.max_frame_bytes))
-        .max_message_size(Some(config.max_frame_bytes))
+/// What a socket enforces on its client, and how long it waits for the client's Close.
+struct Limits {
+    ws: WebSocketConfig,
+    /// `--ws-close-timeout-ms`.
+    close_timeout: Duration,
+    /// `--ws-max-fragments`.
+    max_fragments: u32,
+}
+
+/// Largest message (and frame) `/echo` takes and sends back: Autobahn|Testsuite's cases 9.1.* send texts of up
+/// to 16 MiB. The echo is off unless `--echo` is given.
+pub(crate) const ECHO_MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+impl Limits {
+    /// What tungstenite enforces on client frames, sized for chat. Its read buffer is allocated up front and
+    /// kept for the connection's life, so it is small (a chat line is a few hundred bytes; a longer frame grows
+    /// it as needed); tungstenite buffers only the control frames it writes, so its write buffer stays empty,
+    /// and its limit is the most the socket's queue may hold before reading stops (`--ws-max-buffer`).
+    fn chat(config: &Config) -> Limits {
+        Limits {
+            ws: WebSocketConfig::default()
+                .read_buffer_size(256)
+                .write_buffer_size(0)
+                .max_write_buffer_size(config.ws_max_buffer.max(16 * 1024))
+                .max_frame_size(Some(config.max_frame_bytes))
+                .max_message_size(Some(config.max_frame_bytes)),
+            close_timeout: config.ws_close_timeout(),
+            max_fragments: config.ws_max_fragments,
+        }
+    }
+
+    /// The echo's: messages up to [`ECHO_MAX_MESSAGE`] in and out (its write limit must hold one whole echoed
+    /// message), and at least 2^20 frames per message (Autobahn's 9.3.1/9.4.1 send 4 MiB in 64-byte frames, and
+    /// a 65,536 bound refused them); the close handling is the chat's.
+    fn echo(config: &Config) -> Limits {
+        let chat = Limits::chat(config);
+        Limits {
+            ws: chat
+                .ws
+                .max_write_buffer_size(ECHO_MAX_MESSAGE + 64 * 1024)
+                .max_frame_size(Some(ECHO_MAX_MESSAGE))
+                .max_message_size(Some(ECHO_MAX_MESSAGE)),
+            max_fragments: chat.max_fragments.max(1 << 20),
+            ..chat
+        }
+    }
 }
 
 /// Most bytes a socket's queue keeps allocated once it is written out: a busy connection's batches would
@@ -132,25 +191,61 @@ pub(crate) struct Socket {
     context: WebSocketContext,
     /// Bytes to write, whole frames only, in order: what tungstenite wrote and the batches of [`Socket::deliver`].
     queue: Vec<u8>,
+    /// Counts the frames of the message being read (`--ws-max-fragments`).
+    fragments: Fragments,
+    /// `--ws-close-timeout-ms`.
+    close_timeout: Duration,
 }
 
 impl Socket {
-    fn new(upgraded: Upgraded, limits: WebSocketConfig) -> Socket {
+    fn new(upgraded: Upgraded, limits: Limits) -> Socket {
         Socket {
             io: TokioIo::new(upgraded),
-            context: WebSocketContext::new(Role::Server, Some(limits)),
+            context: WebSocketContext::new(Role::Server, Some(limits.ws)),
             queue: Vec::new(),
+            fragments: Fragments::new(limits.max_fragments),
+            close_timeout: limits.close_timeout,
         }
     }
 
+    /// Ends the connection from the server's side (RFC 6455 7.1.1): sends a Close frame with `code`, reads and
+    /// discards what the client still sends until its Close comes back (or it closes TCP, or a read fails), then
+    /// closes TCP. All of it within `--ws-close-timeout-ms`: a client that never answers (or never reads) is
+    /// dropped when it runs out. A client that has sent a Close already is not waited for.
+    pub(crate) async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
+        let bound = self.close_timeout;
+        let handshake = async {
+            if self.send(Message::Close(Some(frame))).await.is_err() || self.fragments.peer_closed {
+                // A client that has sent a Close (even one tungstenite refused, say with a bad code or reason)
+                // sends nothing more (RFC 6455 5.5.1): there is nothing to wait for.
+                return;
+            }
+            // Until the client's Close (`recv` then answers `None`), its end of TCP, or a broken frame.
+            while let Some(Ok(_)) = self.recv().await {}
+        };
+        if tokio::time::timeout(bound, handshake).await.is_err() {
+            tracing::debug!(code, "a WebSocket client did not answer the server's Close in time");
+        }
+        self.shutdown().await;
+    }
+
+    /// Closes TCP's write side (a FIN), bounded by `--ws-close-timeout-ms`; the connection is closed when the
+    /// socket is dropped. Called after the closing handshake, so the peer gets an orderly end of stream.
+    pub(crate) async fn shutdown(&mut self) {
+        let _ = tokio::time::timeout(self.close_timeout, poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx))).await;
+    }
+
     /// The next message from the client; `None` once the connection is closed (after a close frame, the reply
-    /// to it is already written). A ping shows here too, its pong already queued. Cancel-safe: a frame read in
+    /// to it is already written and TCP's write side shut down). A ping shows here too, its pong already queued. Cancel-safe: a frame read in
     /// part stays buffered.
     pub(crate) async fn recv(&mut self) -> Option<Result<Message, tungstenite::Error>> {
         let received = poll_fn(|cx| self.poll_recv(cx)).await;
         if matches!(received, Some(Ok(Message::Close(_)))) {
-            // tungstenite queued the close reply: send it now, the peer is waiting for it.
+            // tungstenite queued the close reply (the client's own code, when the client closed first): send it
+            // now, the peer is waiting for it; then end TCP in order, the handshake being complete.
             let _ = self.flush().await;
+            self.shutdown().await;
         }
         received
     }
@@ -169,7 +264,7 @@ impl Socket {
             // (`--ws-max-buffer`): what it costs the server stays bounded. The write waker is registered.
             return Poll::Pending;
         }
-        let mut stream = Stream { io: &mut self.io, cx, queue: &mut self.queue };
+        let mut stream = Stream { io: &mut self.io, cx, queue: &mut self.queue, fragments: &mut self.fragments };
         let read = self.context.read(&mut stream);
         if !self.queue.is_empty() {
             // It may have queued a pong just now.
@@ -292,13 +387,17 @@ struct Stream<'a, 'b> {
     io: &'a mut TokioIo<Upgraded>,
     cx: &'a mut Context<'b>,
     queue: &'a mut Vec<u8>,
+    fragments: &'a mut Fragments,
 }
 
 impl Read for Stream<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut buf = ReadBuf::new(buf);
         match Pin::new(&mut *self.io).poll_read(self.cx, &mut buf) {
-            Poll::Ready(Ok(())) => Ok(buf.filled().len()),
+            Poll::Ready(Ok(())) => {
+                self.fragments.feed(buf.filled())?;
+                Ok(buf.filled().len())
+            }
             Poll::Ready(Err(error)) => Err(error),
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -311,6 +410,88 @@ impl Write for Stream<'_, '_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The read error of a message in more frames than `--ws-max-fragments`: closes with 1009.
+#[derive(Debug)]
+pub(crate) struct TooManyFragments;
+
+impl std::fmt::Display for TooManyFragments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a message in too many frames")
+    }
+}
+
+impl std::error::Error for TooManyFragments {}
+
+/// Whether a read error is [`TooManyFragments`].
+pub(crate) fn is_too_many_fragments(error: &tungstenite::Error) -> bool {
+    matches!(error, tungstenite::Error::Io(e) if e.get_ref().is_some_and(|inner| inner.is::<TooManyFragments>()))
+}
+
+/// Follows the frame headers in the bytes read from the client, to count the frames of the message being read
+/// (tungstenite joins them without saying how many there were): a text or binary frame starts a message, a
+/// continuation adds one, control frames do not count. Frame syntax errors are left to tungstenite.
+struct Fragments {
+    max: u32,
+    /// Frames of the current message so far.
+    count: u32,
+    /// The current frame's header so far (at most 14 bytes), or `None` while in its payload.
+    header: [u8; 14],
+    have: usize,
+    /// Payload bytes of the current frame still to pass.
+    payload: u64,
+    /// Whether a Close frame's header has come from the client.
+    peer_closed: bool,
+}
+
+impl Fragments {
+    fn new(max: u32) -> Fragments {
+        Fragments { max, count: 0, header: [0; 14], have: 0, payload: 0, peer_closed: false }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.payload > 0 {
+                let skip = self.payload.min(bytes.len() as u64);
+                self.payload -= skip;
+                bytes = &bytes[skip as usize..];
+                continue;
+            }
+            self.header[self.have] = bytes[0];
+            self.have += 1;
+            bytes = &bytes[1..];
+            if self.have < 2 {
+                continue;
+            }
+            let len7 = self.header[1] & 0x7F;
+            let extended = match len7 {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + extended + mask {
+                continue;
+            }
+            self.payload = match extended {
+                0 => u64::from(len7),
+                2 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                _ => u64::from_be_bytes(self.header[2..10].try_into().unwrap_or_default()),
+            };
+            self.have = 0;
+            match self.header[0] & 0x0F {
+                0x0 => self.count = self.count.saturating_add(1),
+                0x8 => self.peer_closed = true,
+                opcode if opcode < 0x8 => self.count = 1,
+                _ => {}
+            }
+            if self.count > self.max {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, TooManyFragments));
+            }
+        }
         Ok(())
     }
 }
@@ -352,6 +533,50 @@ mod tests {
             let mut stream = ReadOnly(&mut input);
             assert_eq!(context.read(&mut stream).unwrap(), Message::Text(payload.into()), "length {len}");
             assert_eq!(context.read(&mut stream).unwrap(), Message::Text("next".into()));
+        }
+    }
+
+    /// The frame follower counts a message's frames whatever the reads' boundaries: byte by byte or in one read,
+    /// with every length form and masked headers, control frames not counted, a new message starting over.
+    #[test]
+    fn fragments_are_counted_across_any_read_boundaries() {
+        fn masked(first: u8, len: usize) -> Vec<u8> {
+            let mut frame = vec![first];
+            match len {
+                0..=125 => frame.push(0x80 | len as u8),
+                126..=0xFFFF => {
+                    frame.push(0x80 | 126);
+                    frame.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+                _ => {
+                    frame.push(0x80 | 127);
+                    frame.extend_from_slice(&(len as u64).to_be_bytes());
+                }
+            }
+            frame.extend_from_slice(&[1, 2, 3, 4]);
+            frame.extend(std::iter::repeat_n(0x55, len));
+            frame
+        }
+        // Three messages of 4 frames each (a ping in between), then one of 5.
+        let mut ok = Vec::new();
+        for _ in 0..3 {
+            ok.extend(masked(0x01, 200));
+            ok.extend(masked(0x00, 0));
+            ok.extend(masked(0x89, 3));
+            ok.extend(masked(0x00, 70_000));
+            ok.extend(masked(0x80, 1));
+        }
+        let mut over = ok.clone();
+        over.extend(masked(0x02, 0));
+        for _ in 0..4 {
+            over.extend(masked(0x00, 0));
+        }
+        for chunk in [1, 7, ok.len()] {
+            let mut fragments = Fragments::new(4);
+            assert!(ok.chunks(chunk).all(|bytes| fragments.feed(bytes).is_ok()), "reads of {chunk}");
+            let mut fragments = Fragments::new(4);
+            let error = over.chunks(chunk).find_map(|bytes| fragments.feed(bytes).err()).expect("the fifth frame");
+            assert!(is_too_many_fragments(&tungstenite::Error::Io(error)), "reads of {chunk}");
         }
     }
 

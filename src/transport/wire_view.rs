@@ -13,9 +13,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use axum::Json;
 use serde_json::{json, Value};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::Message;
 
 use super::websocket::{Socket, Upgrade};
 use super::{Params, SameOrigin};
@@ -93,8 +91,7 @@ async fn watch(mut socket: Socket, room: Room, wire: Arc<SessionWire>, capacity:
         tokio::select! {
             biased;
             () = room.shutdown_token().cancelled() => {
-                let frame = CloseFrame { code: CloseCode::Away, reason: Utf8Bytes::from_static("server is stopping") };
-                let _ = socket.send(Message::Close(Some(frame))).await;
+                socket.close(1001, "server is stopping").await;
                 break;
             }
             (records, dropped) = watch.next() => {

@@ -9,20 +9,19 @@
 //! Every `--keepalive` seconds the server pings; a peer that answers nothing for two pings is dropped, so a client
 //! that vanished without closing is noticed (and announced as gone when its lease runs out).
 //!
-//! Close codes: 1001 server stopping, 1003 binary frame, 1007 invalid UTF-8, 1009 frame or message over
-//! `--max-frame-bytes`, 4000 replaced by a newer channel of the session, 4008 slow consumer (over
-//! `--send-queue` events behind; reconnect with `since=` to resume).
+//! Close codes: 1001 server stopping, 1002 protocol error, 1003 binary frame, 1007 invalid UTF-8, 1009 frame or
+//! message over `--max-frame-bytes` or in more than `--ws-max-fragments` frames, 4000 replaced by a newer channel of the session, 4008 slow consumer (over
+//! `--send-queue` events behind; reconnect with `since=` to resume). The server waits for the client's Close
+//! before closing TCP, at most `--ws-close-timeout-ms` ([`Socket::close`]).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::CloseFrame;
-use tungstenite::{Bytes, Message, Utf8Bytes};
+use tungstenite::{Bytes, Message};
 
-use super::websocket::{Socket, Upgrade};
+use super::websocket::{is_too_many_fragments, Socket, Upgrade};
 use super::{Pacer, Params, SameOrigin};
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
@@ -316,14 +315,17 @@ async fn finish(socket: &mut Socket, room: &Room, end: Item) -> Ended {
     }
 }
 
-/// Sends a close frame, ignoring a peer that is already gone.
+/// Ends the connection with `code` ([`Socket::close`]: the client's Close is waited for, within a bound).
 async fn close(socket: &mut Socket, code: u16, reason: &'static str) {
-    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(reason) };
-    let _ = socket.send(Message::Close(Some(frame))).await;
+    socket.close(code, reason).await;
 }
 
-/// The close code for a read error: 1009 too big, 1007 invalid UTF-8, 1002 any other protocol error.
-fn protocol_close_code(error: &tungstenite::Error) -> u16 {
+/// The close code for a read error: 1009 too big (or in more than `--ws-max-fragments` frames), 1007 invalid
+/// UTF-8, 1002 any other protocol error.
+pub(crate) fn protocol_close_code(error: &tungstenite::Error) -> u16 {
+    if is_too_many_fragments(error) {
+        return 1009;
+    }
     match error {
         tungstenite::Error::Capacity(_) => 1009,
         tungstenite::Error::Utf8(_) => 1007,
