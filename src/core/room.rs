@@ -420,15 +420,17 @@ impl Room {
             guest,
             transport,
             since_ms: now_ms(),
-            cursor: 0,
+            // Saved with the session, so that its first channel opened without `since=` starts here (never at the
+            // start of the retained history): at most the events between this and the join notice are delivered.
+            cursor: self.head(),
             seed,
         };
         self.shared.broker.create_session(&record, self.lease_end(), self.shared.config.max_sessions).await?;
         if self.crowded().await {
             // A big room hears one notice a second naming how many came, not N notices to N people (N²).
             self.shared.crowd.joined.fetch_add(1, Ordering::Relaxed);
-            let cursor = self.head();
-            return Ok((SessionRecord { cursor, ..record }, cursor));
+            let cursor = record.cursor;
+            return Ok((record, cursor));
         }
         let draft = Draft::join(record.id.clone(), record.nickname.clone(), record.transport);
         let joined = match self.publish(draft).await {
@@ -440,8 +442,15 @@ impl Room {
             }
         };
         let mut record = record;
-        record.cursor = joined.seq - 1;
-        Ok((record.clone(), joined.seq - 1))
+        let cursor = joined.seq - 1;
+        if cursor > record.cursor {
+            // Others spoke between the session's creation and its notice (or this process's head lagged the
+            // broker's): the join's `seq` and the saved cursor must be the same, or the first channel would
+            // replay what the answer said was before the join.
+            self.shared.broker.save_cursor(&record.token, cursor, self.lease_end()).await?;
+            record.cursor = cursor;
+        }
+        Ok((record.clone(), cursor))
     }
 
     /// Looks a session up.
@@ -604,6 +613,12 @@ impl Room {
         // Events published while history is read are in the ring too, where the channel finds them after it.
         let added = self.shared.added.subscribe();
         let Claimed { record, backlog, generation, ended } = self.claim(token, transport, since).await?;
+        // A cursor ahead of the room starts over at the head (after the `gap` event that says so): the channel's
+        // cursor, which a long poll answers as `next` and a closing channel saves, must be one the room will reach.
+        let start = match backlog.missed {
+            Some(Missed::Ahead) => backlog.head,
+            _ => backlog.after,
+        };
         let mut channel = Channel {
             room: self.clone(),
             token: record.token.clone(),
@@ -611,8 +626,8 @@ impl Room {
             generation,
             added,
             pending: VecDeque::new(),
-            last: backlog.after,
-            delivered: backlog.after,
+            last: start,
+            delivered: start,
             ended,
             pulse: self.shared.pulse.subscribe(),
             seen_down: false,
