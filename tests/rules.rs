@@ -117,3 +117,118 @@ async fn a_long_poll_ahead_of_the_room_answers_the_head() {
         head += 1;
     }
 }
+
+/// `/nick` (over POST) as `session`: the status and the error code, if any.
+async fn nick(server: &Server, session: &str, name: &str) -> (u16, Value) {
+    let (status, body) = post(server, session, &format!("/nick {name}")).await;
+    (status, body["code"].clone())
+}
+
+#[tokio::test]
+async fn nick_to_another_participants_name_is_refused() {
+    let server = start().await;
+    let alice = join(&server, "poll").await;
+    let bob = join(&server, "poll").await;
+    assert_eq!(nick(&server, &alice.session, "alice").await.0, 202);
+    let before = server.room.head();
+    assert_eq!(nick(&server, &bob.session, "alice").await, (409, "nickname_taken".into()));
+    // Nothing changed: no rename event, bob keeps his name.
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(server.room.head(), before, "a refused rename publishes nothing");
+    let (_, presence) = get_json(&server, "/api/presence").await;
+    let names: Vec<&str> =
+        presence["participants"].as_array().unwrap().iter().map(|p| p["nickname"].as_str().unwrap()).collect();
+    assert!(names.contains(&bob.nickname.as_str()) && names.contains(&"alice"), "{names:?}");
+    // Renaming to one's own name, and to a free name, pass; a name given up is free again.
+    assert_eq!(nick(&server, &alice.session, "alice").await.0, 202);
+    assert_eq!(nick(&server, &alice.session, "alicia").await.0, 202);
+    assert_eq!(nick(&server, &bob.session, "alice").await.0, 202);
+    // Over a WebSocket, the refusal is an error event.
+    let mut socket = ws(&server.ws_url(&format!("/ws?session={}&since={}", alice.session, server.room.head()))).await;
+    assert_eq!(ws_next(&mut socket).await["type"], "welcome");
+    ws_send(&mut socket, "/nick alice").await;
+    let error = ws_next(&mut socket).await;
+    assert_eq!(error["type"], "error", "{error}");
+    assert_eq!(error["code"], "nickname_taken", "{error}");
+}
+
+#[tokio::test]
+async fn guest_names_are_reserved_for_their_guest() {
+    let server = start().await;
+    let guest = join(&server, "poll").await;
+    let other = join(&server, "poll").await;
+    assert!(guest.nickname.starts_with("游客"), "{}", guest.nickname);
+    // Another's guest name, or one not given to anyone yet, is refused.
+    assert_eq!(nick(&server, &other.session, &guest.nickname).await, (400, "bad_nickname".into()));
+    assert_eq!(nick(&server, &other.session, "游客999").await, (400, "bad_nickname".into()));
+    // One's own guest name is fine (back to it after a rename).
+    assert_eq!(nick(&server, &guest.session, "named").await.0, 202);
+    assert_eq!(nick(&server, &guest.session, &guest.nickname).await.0, 202);
+    // The join's nickname too.
+    let response = http()
+        .post(server.url("/api/sessions"))
+        .json(&serde_json::json!({"transport": "poll", "nickname": "游客1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["code"], "bad_nickname");
+}
+
+#[tokio::test]
+async fn invisible_and_bidi_characters_are_refused_in_nicknames() {
+    let server = start().await;
+    let user = join(&server, "poll").await;
+    for name in ["ali\u{200B}ce", "\u{202E}ecila", "a\u{2066}b", "\u{FEFF}bom", "x\u{200D}y", "\u{3164}"] {
+        assert_eq!(nick(&server, &user.session, name).await, (400, "bad_nickname".into()), "/nick {name:?}");
+        let response = http()
+            .post(server.url("/api/sessions"))
+            .json(&serde_json::json!({"transport": "poll", "nickname": name}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "join as {name:?}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "bad_nickname");
+        assert!(body["error"].as_str().unwrap().contains("invisible"), "{body}");
+    }
+    // Letters of any script pass.
+    assert_eq!(nick(&server, &user.session, "Zoë 小明").await.0, 202);
+}
+
+/// Sends a raw request head and returns the status line and body.
+async fn raw(server: &Server, request: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut out)).await.expect("answered and closed").unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.lines().next().unwrap_or("").to_owned();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_browser_request_by_a_rebound_name_is_refused() {
+    let mut config = config();
+    config.allowed_hosts = vec!["chat.example.com".into()];
+    let server = start_with(config).await;
+    let get = |host: &str, browser: &str| {
+        format!("GET /api/stats HTTP/1.1\r\nHost: {host}\r\n{browser}Connection: close\r\n\r\n")
+    };
+    // A page of evil.example rebound to 127.0.0.1: same-origin to the browser, refused here.
+    let (status, body) = raw(&server, &get("evil.example:8080", "Origin: http://evil.example:8080\r\n")).await;
+    assert!(status.contains(" 421 "), "{status}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "forbidden_host", "{body}");
+    let (status, _) = raw(&server, &get("evil.example", "Sec-Fetch-Site: same-origin\r\n")).await;
+    assert!(status.contains(" 421 "), "a GET without Origin but from a browser: {status}");
+    // Loopback names, IP addresses and allowed names pass; so does a client that is not a browser.
+    for host in ["localhost:1", "app.localhost", "127.0.0.1:9", "[::1]:9", "Chat.Example.com"] {
+        let (status, _) = raw(&server, &get(host, "Sec-Fetch-Site: same-origin\r\n")).await;
+        assert!(status.contains(" 200 "), "{host}: {status}");
+    }
+    let (status, _) = raw(&server, &get("evil.example", "")).await;
+    assert!(status.contains(" 200 "), "curl by any name: {status}");
+}

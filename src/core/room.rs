@@ -20,7 +20,9 @@ use uuid::Uuid;
 use crate::broker::{Backlog, Broker, FeedItem, Missed, Visit};
 use crate::config::Config;
 use crate::core::event::{control, now_ms, Draft, RoomEvent, Seq};
-use crate::core::session::{clean_nickname, Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};
+use crate::core::session::{
+    clean_nickname, guest_number, Participant, Presence, SessionRecord, Transport, PRESENCE_MAX,
+};
 use crate::error::AppError;
 use crate::metering::Metering;
 
@@ -413,6 +415,13 @@ impl Room {
         }
         let nickname = nickname.map(|n| clean_nickname(n, self.shared.config.max_nickname_chars)).transpose()?;
         let guest = self.shared.broker.next_guest().await?;
+        if let Some(name) = &nickname {
+            if guest_number(name).is_some() && *name != format!("游客{guest}") {
+                return Err(AppError::BadNickname(format!(
+                    "{name} is a guest's name: guest names are given, not taken"
+                )));
+            }
+        }
         let record = SessionRecord {
             token: Uuid::new_v4().simple().to_string(),
             id: Uuid::new_v4().to_string(),
@@ -466,7 +475,8 @@ impl Room {
     ///
     /// # Errors
     /// [`AppError::RateLimited`], [`AppError::EmptyText`], [`AppError::TextTooLong`], [`AppError::BadNickname`],
-    /// [`AppError::UnknownSession`], [`AppError::Unavailable`], [`AppError::ShuttingDown`].
+    /// [`AppError::NicknameTaken`], [`AppError::UnknownSession`], [`AppError::Unavailable`],
+    /// [`AppError::ShuttingDown`].
     pub async fn post(&self, token: &str, text: &str) -> Result<(Seq, Transport), AppError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(AppError::ShuttingDown);
@@ -476,6 +486,24 @@ impl Room {
         self.take_rate_token(token)?;
         let draft = if let Some(name) = text.strip_prefix("/nick ") {
             let new = clean_nickname(name, self.shared.config.max_nickname_chars)?;
+            if guest_number(&new).is_some() && new != format!("游客{}", record.guest) {
+                return Err(AppError::BadNickname(format!(
+                    "{new} is a guest's name: guest names are given, not taken"
+                )));
+            }
+            // Checked against who is online now (one read of the presence, as rare as a rename); two renames to
+            // the same name at the same instant in two processes can both pass.
+            if new != record.nickname
+                && self
+                    .shared
+                    .broker
+                    .presence()
+                    .await?
+                    .iter()
+                    .any(|other| other.token != token && other.nickname == new)
+            {
+                return Err(AppError::NicknameTaken(new));
+            }
             let old = std::mem::replace(&mut record.nickname, new.clone());
             if !self.shared.broker.save_session(&record).await? {
                 return Err(AppError::UnknownSession);
