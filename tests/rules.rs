@@ -230,3 +230,23 @@ async fn a_browser_request_by_a_rebound_name_is_refused() {
     let (status, _) = raw(&server, &get("evil.example", "")).await;
     assert!(status.contains(" 200 "), "curl by any name: {status}");
 }
+
+#[tokio::test]
+async fn a_malformed_chunked_body_is_a_bad_request_and_a_long_one_too_large() {
+    let server = start().await;
+    let user = join(&server, "poll").await;
+    let head = |extra: &str| {
+        format!(
+            "POST /api/messages?session={} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\
+             Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{extra}",
+            user.session
+        )
+    };
+    let (status, body) = raw(&server, &head("zz\r\nhello\r\n0\r\n\r\n")).await;
+    assert!(status.contains(" 400 "), "a chunk size that is not hex: {status} {body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["code"], "bad_request", "{body}");
+    let big = "x".repeat(server.room.config().max_body_bytes + 1);
+    let (status, _) = raw(&server, &head(&format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()))).await;
+    assert!(status.contains(" 413 "), "over --max-body-bytes: {status}");
+}
