@@ -183,6 +183,15 @@ pub struct Config {
     #[arg(long = "allow-origin")]
     pub allowed_origins: Vec<String>,
 
+    /// Extra host names a browser may reach this server by (the `Host` header, without the port; repeatable;
+    /// `*` allows any). Loopback names (`localhost`, `*.localhost`), IP addresses and the hosts of the
+    /// `--allow-origin`s are always allowed; default none. A browser request (one that carries `Origin` or
+    /// `Sec-Fetch-Site`) by another name is refused `421 forbidden_host`: a page that rebinds its DNS name to
+    /// this server passes the origin check (its origin is its own host), but not this. Requests from
+    /// non-browser clients are not checked. Behind a proxy that keeps the public name, give that name here.
+    #[arg(long = "allow-host")]
+    pub allowed_hosts: Vec<String>,
+
     /// Seconds to wait for connections to drain on shutdown before exiting anyway.
     #[arg(long, default_value_t = 3)]
     pub shutdown_grace: u64,

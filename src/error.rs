@@ -29,6 +29,13 @@ pub enum AppError {
     /// A nickname refused by [`crate::core::session::clean_nickname`].
     #[error("{0}")]
     BadNickname(String),
+    /// `/nick` to a nickname another participant online holds now.
+    #[error("the nickname {0:?} is taken by another participant")]
+    NicknameTaken(String),
+    /// A browser request whose `Host` names neither this server (a loopback name, an IP address) nor an
+    /// `--allow-host`: a page of another site that has rebound its DNS name to this server.
+    #[error("host {0:?} is not served here (allow it with --allow-host)")]
+    ForbiddenHost(String),
     /// No such session, or it expired.
     #[error("unknown or expired session")]
     UnknownSession,
@@ -70,6 +77,8 @@ impl AppError {
             AppError::TextTooLong(_) => "text_too_long",
             AppError::InvalidUtf8 => "invalid_utf8",
             AppError::BadNickname(_) => "bad_nickname",
+            AppError::NicknameTaken(_) => "nickname_taken",
+            AppError::ForbiddenHost(_) => "forbidden_host",
             AppError::UnknownSession => "unknown_session",
             AppError::TooLarge(_) => "too_large",
             AppError::RateLimited(_) => "rate_limited",
@@ -92,6 +101,8 @@ impl AppError {
             | AppError::InvalidUtf8
             | AppError::BadNickname(_) => StatusCode::BAD_REQUEST,
             AppError::UnknownSession => StatusCode::NOT_FOUND,
+            AppError::NicknameTaken(_) => StatusCode::CONFLICT,
+            AppError::ForbiddenHost(_) => StatusCode::MISDIRECTED_REQUEST,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,

@@ -76,6 +76,7 @@ pub fn app(room: Room) -> Router {
         .route("/docs/{*path}", get(transport::docs::handler))
         .merge(echo)
         .fallback(assets::fallback)
+        .layer(axum::middleware::from_fn_with_state(room.clone(), transport::host_guard))
         .with_state(room)
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))

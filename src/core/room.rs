@@ -20,7 +20,9 @@ use uuid::Uuid;
 use crate::broker::{Backlog, Broker, FeedItem, Missed, Visit};
 use crate::config::Config;
 use crate::core::event::{control, now_ms, Draft, RoomEvent, Seq};
-use crate::core::session::{clean_nickname, Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};
+use crate::core::session::{
+    clean_nickname, guest_number, Participant, Presence, SessionRecord, Transport, PRESENCE_MAX,
+};
 use crate::error::AppError;
 use crate::metering::Metering;
 
@@ -413,6 +415,13 @@ impl Room {
         }
         let nickname = nickname.map(|n| clean_nickname(n, self.shared.config.max_nickname_chars)).transpose()?;
         let guest = self.shared.broker.next_guest().await?;
+        if let Some(name) = &nickname {
+            if guest_number(name).is_some() && *name != format!("游客{guest}") {
+                return Err(AppError::BadNickname(format!(
+                    "{name} is a guest's name: guest names are given, not taken"
+                )));
+            }
+        }
         let record = SessionRecord {
             token: Uuid::new_v4().simple().to_string(),
             id: Uuid::new_v4().to_string(),
@@ -420,15 +429,17 @@ impl Room {
             guest,
             transport,
             since_ms: now_ms(),
-            cursor: 0,
+            // Saved with the session, so that its first channel opened without `since=` starts here (never at the
+            // start of the retained history): at most the events between this and the join notice are delivered.
+            cursor: self.head(),
             seed,
         };
         self.shared.broker.create_session(&record, self.lease_end(), self.shared.config.max_sessions).await?;
         if self.crowded().await {
             // A big room hears one notice a second naming how many came, not N notices to N people (N²).
             self.shared.crowd.joined.fetch_add(1, Ordering::Relaxed);
-            let cursor = self.head();
-            return Ok((SessionRecord { cursor, ..record }, cursor));
+            let cursor = record.cursor;
+            return Ok((record, cursor));
         }
         let draft = Draft::join(record.id.clone(), record.nickname.clone(), record.transport);
         let joined = match self.publish(draft).await {
@@ -440,8 +451,15 @@ impl Room {
             }
         };
         let mut record = record;
-        record.cursor = joined.seq - 1;
-        Ok((record.clone(), joined.seq - 1))
+        let cursor = joined.seq - 1;
+        if cursor > record.cursor {
+            // Others spoke between the session's creation and its notice (or this process's head lagged the
+            // broker's): the join's `seq` and the saved cursor must be the same, or the first channel would
+            // replay what the answer said was before the join.
+            self.shared.broker.save_cursor(&record.token, cursor, self.lease_end()).await?;
+            record.cursor = cursor;
+        }
+        Ok((record.clone(), cursor))
     }
 
     /// Looks a session up.
@@ -457,7 +475,8 @@ impl Room {
     ///
     /// # Errors
     /// [`AppError::RateLimited`], [`AppError::EmptyText`], [`AppError::TextTooLong`], [`AppError::BadNickname`],
-    /// [`AppError::UnknownSession`], [`AppError::Unavailable`], [`AppError::ShuttingDown`].
+    /// [`AppError::NicknameTaken`], [`AppError::UnknownSession`], [`AppError::Unavailable`],
+    /// [`AppError::ShuttingDown`].
     pub async fn post(&self, token: &str, text: &str) -> Result<(Seq, Transport), AppError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(AppError::ShuttingDown);
@@ -467,6 +486,24 @@ impl Room {
         self.take_rate_token(token)?;
         let draft = if let Some(name) = text.strip_prefix("/nick ") {
             let new = clean_nickname(name, self.shared.config.max_nickname_chars)?;
+            if guest_number(&new).is_some() && new != format!("游客{}", record.guest) {
+                return Err(AppError::BadNickname(format!(
+                    "{new} is a guest's name: guest names are given, not taken"
+                )));
+            }
+            // Checked against who is online now (one read of the presence, as rare as a rename); two renames to
+            // the same name at the same instant in two processes can both pass.
+            if new != record.nickname
+                && self
+                    .shared
+                    .broker
+                    .presence()
+                    .await?
+                    .iter()
+                    .any(|other| other.token != token && other.nickname == new)
+            {
+                return Err(AppError::NicknameTaken(new));
+            }
             let old = std::mem::replace(&mut record.nickname, new.clone());
             if !self.shared.broker.save_session(&record).await? {
                 return Err(AppError::UnknownSession);
@@ -604,6 +641,12 @@ impl Room {
         // Events published while history is read are in the ring too, where the channel finds them after it.
         let added = self.shared.added.subscribe();
         let Claimed { record, backlog, generation, ended } = self.claim(token, transport, since).await?;
+        // A cursor ahead of the room starts over at the head (after the `gap` event that says so): the channel's
+        // cursor, which a long poll answers as `next` and a closing channel saves, must be one the room will reach.
+        let start = match backlog.missed {
+            Some(Missed::Ahead) => backlog.head,
+            _ => backlog.after,
+        };
         let mut channel = Channel {
             room: self.clone(),
             token: record.token.clone(),
@@ -611,8 +654,8 @@ impl Room {
             generation,
             added,
             pending: VecDeque::new(),
-            last: backlog.after,
-            delivered: backlog.after,
+            last: start,
+            delivered: start,
             ended,
             pulse: self.shared.pulse.subscribe(),
             seen_down: false,

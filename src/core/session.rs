@@ -105,7 +105,7 @@ impl From<&SessionRecord> for Participant {
 ///
 /// # Errors
 /// [`AppError::BadNickname`] when it is empty after trimming, longer than `max_chars` characters, or holds a
-/// control character.
+/// control character or an invisible one (see `invisible`).
 pub fn clean_nickname(raw: &str, max_chars: usize) -> Result<String, AppError> {
     let name = raw.trim();
     if name.is_empty() {
@@ -117,5 +117,28 @@ pub fn clean_nickname(raw: &str, max_chars: usize) -> Result<String, AppError> {
     if name.chars().any(char::is_control) {
         return Err(AppError::BadNickname("a nickname cannot hold control characters".into()));
     }
+    if let Some(c) = name.chars().find(|&c| invisible(c)) {
+        return Err(AppError::BadNickname(format!(
+            "a nickname cannot hold invisible or direction-changing characters (U+{:04X})",
+            c as u32
+        )));
+    }
     Ok(name.to_owned())
+}
+
+/// The number of a guest name `游客N` (`N` decimal digits), which only the guest given it may use.
+pub fn guest_number(name: &str) -> Option<&str> {
+    name.strip_prefix("游客").filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Characters that print nothing or reorder what follows: Unicode's format characters (general category `Cf`:
+/// zero-width spaces and joiners, the bidi embeddings, overrides and isolates, the byte-order mark, tags) and
+/// the blank fillers that are letters by category. Two nicknames that differ only by these look the same, and a
+/// bidi override turns the rest of a line around.
+fn invisible(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x034F | 0x061C | 0x115F | 0x1160 | 0x17B4 | 0x17B5 | 0x180B..=0x180F | 0x200B..=0x200F
+        | 0x202A..=0x202E | 0x2060..=0x206F | 0x2800 | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF9..=0xFFFB
+        | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x08E2 | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
+        | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
 }

@@ -205,6 +205,59 @@ pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppEr
     }
 }
 
+/// The DNS-rebinding check, for every request (a layer in [`crate::app`]): a browser request whose `Host`
+/// names neither a loopback name, an IP address, an `--allow-origin`'s host nor an `--allow-host` is refused
+/// with `421 forbidden_host` before any handler runs.
+pub async fn host_guard(
+    axum::extract::State(room): axum::extract::State<Room>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let config = room.config();
+    match check_host(request.uri(), request.headers(), &config.allowed_hosts, &config.allowed_origins) {
+        Ok(()) => next.run(request).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+/// See [`host_guard`]. The name is the URI's authority (HTTP/2's `:authority`), else the `Host` header.
+///
+/// # Errors
+/// [`AppError::ForbiddenHost`].
+pub fn check_host(
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    allowed_hosts: &[String],
+    allowed_origins: &[String],
+) -> Result<(), AppError> {
+    static SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
+    let browser = headers.contains_key(header::ORIGIN) || headers.contains_key(&SEC_FETCH_SITE);
+    if !browser {
+        return Ok(());
+    }
+    let authority = match uri.authority() {
+        Some(authority) => authority.as_str(),
+        None => headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
+    };
+    let host = host_of(authority).trim_end_matches('.');
+    let lower = host.to_ascii_lowercase();
+    let bare = lower.trim_start_matches('[').trim_end_matches(']');
+    let allowed = bare.parse::<std::net::IpAddr>().is_ok()
+        || lower == "localhost"
+        || lower.ends_with(".localhost")
+        || allowed_hosts.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(host))
+        || allowed_origins.iter().any(|origin| {
+            let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or(origin);
+            host_of(authority).eq_ignore_ascii_case(host)
+        });
+    if allowed {
+        Ok(())
+    } else {
+        Err(AppError::ForbiddenHost(host.to_owned()))
+    }
+}
+
 /// The host part of `host[:port]` (IPv6 literals keep their brackets).
 fn host_of(authority: &str) -> &str {
     if authority.starts_with('[') {
@@ -323,9 +376,21 @@ pub fn poll_body(deliveries: &[Delivery], next: Seq, presence: Option<&Presence>
 /// Reads a whole request body, refusing more than `limit` bytes.
 ///
 /// # Errors
-/// [`AppError::TooLarge`].
+/// [`AppError::TooLarge`] over the limit; [`AppError::BadRequest`] for a body that cannot be read (a malformed
+/// chunked encoding).
 pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, AppError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| AppError::TooLarge(limit))
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        // Only the limit is a 413; a body that could not be read (a malformed chunked encoding, a connection
+        // cut mid-body) is a bad request.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(cause) = source {
+            if cause.is::<http_body_util::LengthLimitError>() {
+                return AppError::TooLarge(limit);
+            }
+            source = cause.source();
+        }
+        AppError::BadRequest(format!("the request body could not be read: {error}"))
+    })
 }
 
 #[cfg(test)]
