@@ -1,7 +1,7 @@
 //! `GET /echo` (only with `--echo`): a WebSocket that sends back every text and binary message it receives, for
-//! conformance suites such as Autobahn|Testsuite. It runs on the same [`Socket`] as `/ws`, so what such a suite
+//! conformance suites such as Autobahn|Testsuite. It runs on the same `Socket` as `/ws`, so what such a suite
 //! checks (frame parsing, fragments, UTF-8, control frames, the closing handshake) is what `/ws` does; only its
-//! message limit is larger ([`ECHO_MAX_MESSAGE`], 16 MiB, with at least 2^20 frames a message) because the
+//! message limit is larger (`ECHO_MAX_MESSAGE`, 16 MiB, with at least 2^20 frames a message) because the
 //! suite's cases 9.* send messages that big. It joins no room and counts nothing.
 //!
 //! Close codes are `/ws`'s: 1002 protocol error, 1007 invalid UTF-8, 1009 too big or in too many frames, 1001

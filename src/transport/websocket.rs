@@ -8,11 +8,11 @@
 //! the payload handed to it and its per-message bookkeeping; at a hundred receivers per text that was a sixth
 //! of the server's CPU time (see docs/benchmarks.md).
 //!
-//! Closing (RFC 6455 7.1.1, 5.5.1): when the server ends a connection ([`Socket::close`]) it sends its Close
+//! Closing (RFC 6455 7.1.1, 5.5.1): when the server ends a connection (`Socket::close`) it sends its Close
 //! frame, then keeps reading (and discarding) until the client's Close comes back, at most
 //! `--ws-close-timeout-ms`, and only then closes TCP; so the client learns the server's code instead of seeing
-//! 1006. When the client closes first, tungstenite queues the echo of its code, [`Socket::recv`] writes it out,
-//! and the socket is shut down ([`Socket::shutdown`]) rather than reset.
+//! 1006. When the client closes first, tungstenite queues the echo of its code, `Socket::recv` writes it out,
+//! and the socket is shut down (`Socket::shutdown`) rather than reset.
 //!
 //! tungstenite never touches the socket's write side: what it writes (pongs, close replies, and the few frames
 //! sent through `Socket::send`) lands in the socket's queue, whole frames only, and goes out before or with

@@ -12,7 +12,7 @@
 //! Close codes: 1001 server stopping, 1002 protocol error, 1003 binary frame, 1007 invalid UTF-8, 1009 frame or
 //! message over `--max-frame-bytes` or in more than `--ws-max-fragments` frames, 4000 replaced by a newer channel of the session, 4008 slow consumer (over
 //! `--send-queue` events behind; reconnect with `since=` to resume). The server waits for the client's Close
-//! before closing TCP, at most `--ws-close-timeout-ms` ([`Socket::close`]).
+//! before closing TCP, at most `--ws-close-timeout-ms` (`Socket::close`).
 
 use std::future::Future;
 use std::sync::Arc;
