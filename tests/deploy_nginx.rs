@@ -175,7 +175,8 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
     let Some(redis) = RedisServer::start_or_skip("the_shipped_nginx_config_fronts_a_cluster") else { return };
     let binary = Path::new(env!("CARGO_BIN_EXE_chatlab"));
     let url = redis.url();
-    let args = ["--broker", url.as_str(), "--rate-limit", "0"];
+    // The site's public name is allowed (`--allow-host`): a browser page under any other name is refused 421.
+    let args = ["--broker", url.as_str(), "--rate-limit", "0", "--allow-host", "chat.example"];
     let mut first = Chatlab::spawn(binary, &args);
     let second = Chatlab::spawn(binary, &args);
     let nginx = Nginx::start(&nginx_binary, &[first.addr, second.addr]);
