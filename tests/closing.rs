@@ -15,22 +15,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 use common::*;
 
-/// A client frame (masked, as RFC 6455 requires of clients): `first` is the FIN bit and opcode.
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [7u8, 1, 9, 3];
-    let mut frame = vec![first];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 /// A client Close frame with `code`.
 fn close_frame(code: u16) -> Vec<u8> {
     masked(0x88, &code.to_be_bytes())

@@ -147,22 +147,6 @@ async fn fragmented_texts_are_one_text_and_bursts_arrive_as_whole_frames() {
     }
 }
 
-/// One client frame, masked as RFC 6455 requires: `first` is the FIN bit and opcode byte.
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [7u8, 1, 9, 3];
-    let mut frame = vec![first];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    frame
-}
-
 /// A client that sends pings and never reads the pongs is not read any further once `--ws-max-buffer` bytes of
 /// pongs wait unsent: its own writes stall (the server holds a bounded queue, not every pong), and the room
 /// carries on for everyone else.

@@ -446,13 +446,7 @@ function observePresence(event) {
     case 'notification': {
       const kind = event.notice || seedNotice(event);
       if (kind === 'join') {
-        const known = people.get(event.id);
-        people.set(event.id, {
-          id: event.id,
-          nickname: event.nickname,
-          transport: event.transport || known?.transport,
-          since: known?.since ?? event.ts,
-        });
+        remember(event);
       } else if (kind === 'leave') {
         people.delete(event.id);
       }
@@ -462,13 +456,7 @@ function observePresence(event) {
     case 'message': {
       if (!event.id) break;
       if (event.id === client.id) $('me').textContent = event.nickname;
-      const known = people.get(event.id);
-      people.set(event.id, {
-        id: event.id,
-        nickname: event.nickname,
-        transport: event.transport || known?.transport,
-        since: known?.since ?? event.ts,
-      });
+      remember(event);
       break;
     }
     default:
@@ -478,6 +466,17 @@ function observePresence(event) {
 }
 
 /** A join or leave told only in the seed's words (a server without the `notice` field): `NAME 来了`, `NAME 走了`. */
+/** Adds or updates the participant an event is about, keeping what the event does not say. */
+function remember(event) {
+  const known = people.get(event.id);
+  people.set(event.id, {
+    id: event.id,
+    nickname: event.nickname,
+    transport: event.transport || known?.transport,
+    since: known?.since ?? event.ts,
+  });
+}
+
 function seedNotice(event) {
   if (!event.id) return null;
   if (event.message === `${event.nickname} 来了`) return 'join';

@@ -1,5 +1,5 @@
 //! Test harness: a real chatlab on 127.0.0.1:0 and real clients of each technique, every receive under a timeout.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +17,8 @@ use chatlab::config::Config;
 use chatlab::core::Room;
 
 pub mod raw;
+
+pub use raw::masked;
 
 /// How long any single receive may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(5);

@@ -155,12 +155,23 @@ pub fn post(path: &str, content_type: &str, body: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A final WebSocket frame from a client with a payload under 126 bytes: masked, as RFC 6455 requires.
-pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+/// One client frame, masked as RFC 6455 requires: `first` is the FIN bit and opcode byte; payloads up to 64 KiB.
+pub fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 9, 3];
+    let mut frame = vec![first];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&u16::try_from(len).expect("a payload under 64 KiB").to_be_bytes());
+        }
+    }
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
+}
+
+/// A final client frame of `opcode`.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    masked(0x80 | opcode, payload)
 }
