@@ -123,6 +123,35 @@ pub struct Config {
     #[arg(long, default_value_t = 100_000)]
     pub max_sessions: usize,
 
+    /// Most sessions one client (one IP address; an IPv6 client is its /64) may hold at once, over every
+    /// technique; its next join is refused `429 too_many_sessions` until one of them leaves or its lease runs
+    /// out. Enough for a classroom behind one NAT, far from one script taking all of `--max-sessions`. Counted
+    /// by each process of a cluster on its own. 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    pub max_sessions_per_client: usize,
+
+    /// Sustained chat texts per second from one client, across all its sessions (beside each session's
+    /// `--rate-limit`): fresh sessions do not buy a flooder more. Over it a text is refused
+    /// `429 client_rate_limited` with `Retry-After`. 0 turns it off.
+    #[arg(long, default_value_t = 100.0)]
+    pub client_rate_limit: f64,
+
+    /// Texts one client may send in one burst above `--client-rate-limit`.
+    #[arg(long, default_value_t = 200.0)]
+    pub client_rate_burst: f64,
+
+    /// Most clients the per-client limits track at once. A client is forgotten when it has no session left and
+    /// its text budget is full again; when the table is full, clients with no session are forgotten first, and
+    /// if every one holds a session a join from a new client is refused `503 room_full`.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_clients: u64,
+
+    /// Proxies whose `X-Forwarded-For` is believed (IP addresses, comma-separated or repeated; default none).
+    /// Only for a request whose peer is one of them is the client taken from that header: its right-most entry
+    /// that is not itself a trusted proxy. From any other peer the header is ignored (anyone can write it).
+    #[arg(long = "trust-proxy", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Room size above which joins and leaves are not announced one by one (N notices to N people is N² frames)
     /// but in one notice a second naming how many came and went; `clientcount` stays exact on every event.
     #[arg(long, default_value_t = 100)]

@@ -45,6 +45,12 @@ pub enum AppError {
     /// Over the per-session rate limit.
     #[error("too many texts: slow down (retry in {0} ms)")]
     RateLimited(u64),
+    /// Over the per-client rate (`--client-rate-limit`), across all the client's sessions.
+    #[error("too many texts from this address: slow down (retry in {0} ms)")]
+    ClientRateLimited(u64),
+    /// The client holds `--max-sessions-per-client` sessions already.
+    #[error("this address holds {0} sessions already: leave one (or let its lease run out) before joining again")]
+    TooManySessions(usize),
     /// A cross-site request from an origin that is not allowed.
     #[error("origin {0} is not allowed")]
     ForbiddenOrigin(String),
@@ -82,6 +88,8 @@ impl AppError {
             AppError::UnknownSession => "unknown_session",
             AppError::TooLarge(_) => "too_large",
             AppError::RateLimited(_) => "rate_limited",
+            AppError::ClientRateLimited(_) => "client_rate_limited",
+            AppError::TooManySessions(_) => "too_many_sessions",
             AppError::ForbiddenOrigin(_) => "forbidden_origin",
             AppError::TooManyConnections => "too_many_connections",
             AppError::RoomFull => "room_full",
@@ -104,7 +112,9 @@ impl AppError {
             AppError::NicknameTaken(_) => StatusCode::CONFLICT,
             AppError::ForbiddenHost(_) => StatusCode::MISDIRECTED_REQUEST,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::RateLimited(_) | AppError::ClientRateLimited(_) | AppError::TooManySessions(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             AppError::WebSocketVersion(_) => StatusCode::UPGRADE_REQUIRED,
             AppError::TooManyConnections
@@ -138,7 +148,7 @@ impl IntoResponse for AppError {
         let body = json!({"error": self.to_string(), "code": self.code()});
         let mut response = (self.status(), axum::Json(body)).into_response();
         match self {
-            AppError::RateLimited(ms) => {
+            AppError::RateLimited(ms) | AppError::ClientRateLimited(ms) => {
                 let secs = ms.div_ceil(1000).max(1);
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }

@@ -94,6 +94,7 @@ conformance! {
     the_cursor_only_moves_forward_and_keeps_a_rename(100),
     presence_lists_everyone_oldest_first(100),
     the_oldest_are_listed_in_join_order_and_bounded(100),
+    presence_pages_through_everyone_once(100),
     optional_event_fields_survive_the_store_and_the_feed(100),
     clientcount_is_the_online_count(100),
 }
@@ -465,6 +466,31 @@ async fn the_oldest_are_listed_in_join_order_and_bounded(fixture: Fixture) {
     assert_eq!(tokens(oldest.clone()), vec!["o1", "o3", "o4", "o5"], "removed and expired sessions are gone");
     assert_eq!(oldest[0], session("o1", 999, 1), "whole records");
     assert_eq!(b.oldest(0).await.unwrap(), (4, vec![]));
+}
+
+/// `page(after, max)` lists the sessions whose guest number is above `after`, in join order, at most `max`, from
+/// any process: paging from 0 by the last guest number lists everyone once, and a session that leaves between
+/// two pages is skipped without shifting the others.
+async fn presence_pages_through_everyone_once(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let lease = now_ms() + 60_000;
+    for guest in [7, 2, 9, 1, 4, 3, 8, 6, 5, 10] {
+        a.create_session(&session(&format!("g{guest}"), 1_000 + guest, guest), lease, 100).await.unwrap();
+    }
+    let guests = |records: &[SessionRecord]| records.iter().map(|r| r.guest).collect::<Vec<_>>();
+    let (online, first) = b.page(0, 4).await.unwrap();
+    assert_eq!((online, guests(&first)), (10, vec![1, 2, 3, 4]));
+    assert_eq!(first[0], session("g1", 1_001, 1), "whole records");
+    // One that was already listed and one that was not leave between pages.
+    a.remove_session("g2").await.unwrap();
+    b.remove_session("g6").await.unwrap();
+    let (online, second) = a.page(4, 4).await.unwrap();
+    assert_eq!((online, guests(&second)), (8, vec![5, 7, 8, 9]), "g6 is skipped, the page is still full");
+    let (_, last) = b.page(9, 4).await.unwrap();
+    assert_eq!(guests(&last), vec![10]);
+    assert_eq!(b.page(10, 4).await.unwrap(), (8, vec![]), "nothing after the last");
+    assert_eq!(a.page(0, 0).await.unwrap(), (8, vec![]));
+    assert_eq!(guests(&a.page(3, 100).await.unwrap().1), vec![4, 5, 7, 8, 9, 10]);
 }
 
 /// The optional fields (`notice`, `transport`, `joined`, `left`, `previous`) come back from the feed and the

@@ -26,8 +26,9 @@ pub(crate) struct OwnServer {
     _child: Child,
 }
 
-/// Starts `chatlab` (this very binary, without a subcommand) on a free loopback port, with the per-session
-/// rate limit off (the bench's senders would trip it) and `extra` flags; waits until `/healthz` answers.
+/// Starts `chatlab` (this very binary, without a subcommand) on a free loopback port, with the per-session and
+/// per-client limits off (the bench's senders would trip the rates, and all its participants come from
+/// 127.0.0.1) and `extra` flags; waits until `/healthz` answers.
 ///
 /// # Errors
 /// When the binary cannot be started or does not answer within 10 s.
@@ -40,7 +41,7 @@ pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
     let authority = format!("127.0.0.1:{port}");
     let exe = std::env::current_exe().context("locating the chatlab binary")?;
     let child = Command::new(exe)
-        .args(["--bind", &authority, "--rate-limit", "0"])
+        .args(["--bind", &authority, "--rate-limit", "0", "--client-rate-limit", "0", "--max-sessions-per-client", "0"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -208,6 +208,17 @@ impl Broker for MemoryBroker {
         Ok((state.sessions.len() as u64, oldest.collect()))
     }
 
+    async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        let state = self.lock();
+        let page = state
+            .joined
+            .range((after.saturating_add(1), String::new())..)
+            .take(max)
+            .filter_map(|(_, token)| state.sessions.get(token))
+            .map(|e| e.0.clone());
+        Ok((state.sessions.len() as u64, page.collect()))
+    }
+
     async fn online(&self) -> Result<u64, BrokerError> {
         Ok(self.lock().sessions.len() as u64)
     }

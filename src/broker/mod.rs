@@ -219,6 +219,23 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn oldest(&self, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError>;
 
+    /// One page of the sessions in join order (`GET /api/presence?after=&limit=`): how many are online, and at
+    /// most `max` sessions whose guest number is above `after`, ascending. Paging from 0 and then from the last
+    /// page's last guest number lists every session online throughout exactly once. This default reads every
+    /// session ([`Broker::presence`]); the brokers here read the page from their join-order index, at a cost
+    /// bounded by `max`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        let mut everyone = self.presence().await?;
+        let online = everyone.len() as u64;
+        everyone.retain(|record| record.guest > after);
+        everyone.sort_by_key(|record| record.guest);
+        everyone.truncate(max);
+        Ok((online, everyone))
+    }
+
     /// How many sessions are online.
     ///
     /// # Errors

@@ -205,6 +205,30 @@ return {redis.call('ZCARD', KEYS[1]), out}
     )
 });
 
+/// How many are online and a page of the sessions in join order after a guest number. KEYS: leases, joined.
+/// ARGV: the guest number to start after, how many, session key prefix. Returns the count and `{token, fields}`
+/// pairs; a token whose record is gone is dropped from the order, and the page is filled from further on.
+static PAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+local after = ARGV[1]
+local want = tonumber(ARGV[2])
+while #out < want do
+  local batch = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. after, '+inf', 'WITHSCORES', 'LIMIT', 0, want - #out)
+  if #batch == 0 then break end
+  for i = 1, #batch, 2 do
+    local token = batch[i]
+    after = batch[i + 1]
+    local fields = redis.call('HGETALL', ARGV[3] .. token)
+    if #fields == 0 then redis.call('ZREM', KEYS[2], token) else out[#out + 1] = {token, fields} end
+  end
+end
+return {redis.call('ZCARD', KEYS[1]), out}
+"#,
+    )
+});
+
 /// The names of the room's keys.
 #[derive(Debug, Clone)]
 struct Keys {
@@ -581,6 +605,23 @@ impl Broker for RedisBroker {
         )
         .await?;
         Ok((online, oldest.into_iter().filter_map(|(token, hash)| record(&token, hash)).collect()))
+    }
+
+    async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        if max == 0 {
+            return Ok((self.online().await?, Vec::new()));
+        }
+        let mut conn = self.conn.clone();
+        let (online, page): (u64, Vec<(String, HashMap<String, String>)>) = within(
+            PAGE.key(&self.keys.leases)
+                .key(&self.keys.joined)
+                .arg(after)
+                .arg(max)
+                .arg(&self.keys.session)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok((online, page.into_iter().filter_map(|(token, hash)| record(&token, hash)).collect()))
     }
 
     async fn online(&self) -> Result<u64, BrokerError> {

@@ -8,6 +8,7 @@
 //! socket is written.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use uuid::Uuid;
 
 use crate::broker::{Backlog, Broker, FeedItem, Missed, Visit};
 use crate::config::Config;
+use crate::core::clients::Clients;
 use crate::core::event::{control, now_ms, Draft, RoomEvent, Seq};
 use crate::core::session::{
     clean_nickname, guest_number, Participant, Presence, SessionRecord, Transport, PRESENCE_MAX,
@@ -58,6 +60,8 @@ struct Shared {
     metering: Metering,
     /// Arrivals and departures not yet announced (rooms above `--coalesce-above`).
     crowd: Crowd,
+    /// The per-client limits (`--max-sessions-per-client`, `--client-rate-limit`).
+    clients: Clients,
 }
 
 /// What live channels watch besides events, in one `watch` so that waiting costs one registration.
@@ -147,6 +151,7 @@ impl Room {
                 fanout_order: Mutex::new(()),
                 pulse: watch::Sender::new(Pulse::default()),
                 live: Arc::new(Semaphore::new(config.max_connections)),
+                clients: Clients::new(&config, metering.clone()),
                 config,
                 local: Mutex::new(Local::default()),
                 shutdown: CancellationToken::new(),
@@ -325,6 +330,8 @@ impl Room {
             if let Some(horizon) = Instant::now().checked_sub(2 * lease) {
                 self.local().buckets.retain(|_, bucket| bucket.last > horizon);
             }
+            // And clients with no session whose text budget is full again.
+            self.shared.clients.sweep();
             // So are the wire counters of sessions that ended on another process of a cluster (a session whose
             // channel is here is not idle, however long ago it made its last request).
             let horizon = now.saturating_sub(2 * lease.as_millis() as u64);
@@ -382,6 +389,7 @@ impl Room {
     fn forget(&self, token: &str) {
         self.end_channel(token);
         self.local().buckets.remove(token);
+        self.shared.clients.release(token);
         self.shared.metering.sessions().forget(token);
     }
 
@@ -460,6 +468,42 @@ impl Room {
             record.cursor = cursor;
         }
         Ok((record.clone(), cursor))
+    }
+
+    /// [`Room::join`] for a request from `client` (its IP address; `None` when unknown, which no per-client limit
+    /// applies to): the session counts against the client until it leaves or its lease runs out.
+    ///
+    /// # Errors
+    /// [`AppError::TooManySessions`] when the client holds `--max-sessions-per-client` sessions, and those of
+    /// [`Room::join`].
+    pub async fn join_from(
+        &self,
+        client: Option<IpAddr>,
+        transport: Transport,
+        nickname: Option<&str>,
+        seed: bool,
+    ) -> Result<(SessionRecord, Seq), AppError> {
+        // The seat is taken before the join, so joins racing from one client cannot pass the limit together;
+        // it is given back if the join fails.
+        let seat = self.shared.clients.seat(client)?;
+        let joined = self.join(transport, nickname, seed).await?;
+        seat.bind(&joined.0.token);
+        Ok(joined)
+    }
+
+    /// [`Room::post`] for a request from `client`: the text counts against the client's budget
+    /// (`--client-rate-limit`), whichever of its sessions it speaks for.
+    ///
+    /// # Errors
+    /// [`AppError::ClientRateLimited`], and those of [`Room::post`].
+    pub async fn post_from(
+        &self,
+        client: Option<IpAddr>,
+        token: &str,
+        text: &str,
+    ) -> Result<(Seq, Transport), AppError> {
+        self.shared.clients.text(client)?;
+        self.post(token, text).await
     }
 
     /// Looks a session up.
@@ -577,6 +621,15 @@ impl Room {
         let (clientcount, oldest) = self.shared.broker.oldest(PRESENCE_MAX).await?;
         let participants: Vec<Participant> = oldest.iter().map(Participant::from).collect();
         Ok(Presence { more: clientcount > participants.len() as u64, clientcount, participants })
+    }
+
+    /// One page of who is online, in join order: how many are online, and at most `max` of them whose guest
+    /// number is above `after` (0: from the first). The next page starts after the last one's guest number.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`].
+    pub async fn presence_page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), AppError> {
+        Ok(self.shared.broker.page(after, max).await?)
     }
 
     /// How many participants are online.

@@ -81,6 +81,13 @@ pub struct Others {
     /// Connections closed because a request head (or a keep-alive connection's next one) did not arrive within
     /// `--header-timeout`.
     pub header_timeouts: AtomicU64,
+    /// Joins refused because their client held `--max-sessions-per-client` sessions (or `--max-clients` clients
+    /// held sessions).
+    pub client_sessions_refused: AtomicU64,
+    /// Texts refused because their client was over `--client-rate-limit`, across its sessions.
+    pub client_texts_refused: AtomicU64,
+    /// Clients the per-client limits track now (a gauge).
+    pub clients_tracked: AtomicU64,
 }
 
 impl Metering {
@@ -196,6 +203,9 @@ impl Metering {
                 "wire_bytes_out": get(&o.wire_bytes_out),
                 "write_timeouts": get(&o.write_timeouts),
                 "header_timeouts": get(&o.header_timeouts),
+                "client_sessions_refused": get(&o.client_sessions_refused),
+                "client_texts_refused": get(&o.client_texts_refused),
+                "clients_tracked": get(&o.clients_tracked),
                 "deliveries_per_second": self.load.per_second(Instant::now()),
                 "wire_view": {
                     "requests": get(&v.requests),
@@ -219,6 +229,11 @@ impl Metering {
                                    read (under other: those carrying no technique's request)",
                 "header_timeouts": "connections closed because no complete request head arrived within \
                                     --header-timeout of the accept or of the previous response",
+                "client_sessions_refused": "joins refused 429 too_many_sessions: their client (IP address) held \
+                                            --max-sessions-per-client sessions",
+                "client_texts_refused": "texts refused 429 client_rate_limited: their client was over \
+                                         --client-rate-limit across all its sessions",
+                "clients_tracked": "clients (IP addresses) the per-client limits remember now",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds; buckets: [upper bound \
                                in ms, count] of the non-empty histogram buckets, since the server started",
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \

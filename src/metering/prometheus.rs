@@ -175,6 +175,25 @@ impl Collector for MeteringCollector {
             MetricType::Counter,
         )?)?;
 
+        ConstCounter::new(get(&others.client_sessions_refused)).encode(encoder.encode_descriptor(
+            "chatlab_client_sessions_refused",
+            "Joins refused because their client held --max-sessions-per-client sessions.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.client_texts_refused)).encode(encoder.encode_descriptor(
+            "chatlab_client_texts_refused",
+            "Texts refused because their client was over --client-rate-limit across its sessions.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(get(&others.clients_tracked) as i64).encode(encoder.encode_descriptor(
+            "chatlab_clients_tracked",
+            "Clients (IP addresses) the per-client limits remember now.",
+            None,
+            MetricType::Gauge,
+        )?)?;
+
         let view = &metering.sessions().wire_view;
         let open = ConstGauge::new(get(&view.connections_open) as i64);
         open.encode(encoder.encode_descriptor(

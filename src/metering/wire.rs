@@ -53,7 +53,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
@@ -589,7 +589,8 @@ impl Service<IncomingStream<'_, MeteredListener>> for MakeMetered {
     }
 
     fn call(&mut self, stream: IncomingStream<'_, MeteredListener>) -> Self::Future {
-        ready(Ok(Metered { router: self.router.clone(), connection: stream.io().tally().clone() }))
+        let peer = *stream.remote_addr();
+        ready(Ok(Metered { router: self.router.clone(), connection: stream.io().tally().clone(), peer }))
     }
 }
 
@@ -599,6 +600,8 @@ impl Service<IncomingStream<'_, MeteredListener>> for MakeMetered {
 pub struct Metered {
     router: Router,
     connection: Arc<Connection>,
+    /// The peer's address, given to each request as axum's `ConnectInfo` (the per-client limits read it).
+    peer: SocketAddr,
 }
 
 impl Service<Request> for Metered {
@@ -610,8 +613,9 @@ impl Service<Request> for Metered {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         self.connection.head_complete();
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         // A body that stops arriving is given up after `--header-timeout` between its pieces; a request without
         // one (every GET) is not wrapped.
         let request = match self.connection.deadlines.header {

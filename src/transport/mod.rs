@@ -205,6 +205,33 @@ pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppEr
     }
 }
 
+/// The client a request comes from, as an extractor, for the per-client limits ([`crate::core::clients`]): the
+/// peer's IP address, or the `X-Forwarded-For` client when the peer is a `--trust-proxy`
+/// ([`crate::core::client_of`]). `None` when the server does not know the peer (a router served without the
+/// address of each connection): no per-client limit applies then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<Room> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, room: &Room) -> Result<Self, Self::Rejection> {
+        Ok(client_addr(parts, room))
+    }
+}
+
+/// See [`ClientAddr`].
+pub(crate) fn client_addr(parts: &Parts, room: &Room) -> ClientAddr {
+    use axum::extract::ConnectInfo;
+    let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>() else {
+        return ClientAddr(None);
+    };
+    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let trusted = &room.config().trusted_proxies;
+    let forwarded = parts.headers.get_all(&X_FORWARDED_FOR).iter().map(|v| v.to_str().unwrap_or("?"));
+    ClientAddr(Some(crate::core::client_of(peer.ip(), forwarded, trusted)))
+}
+
 /// The DNS-rebinding check, for every request (a layer in [`crate::app`]): a browser request whose `Host`
 /// names neither a loopback name, an IP address, an `--allow-origin`'s host nor an `--allow-host` is refused
 /// with `421 forbidden_host` before any handler runs.

@@ -15,6 +15,7 @@
 //! before closing TCP, at most `--ws-close-timeout-ms` (`Socket::close`).
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -22,7 +23,7 @@ use axum::response::Response;
 use tungstenite::{Bytes, Message};
 
 use super::websocket::{is_too_many_fragments, Socket, Upgrade};
-use super::{Pacer, Params, SameOrigin};
+use super::{ClientAddr, Pacer, Params, SameOrigin};
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
@@ -39,6 +40,7 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 pub async fn handler(
     State(room): State<Room>,
     _: SameOrigin,
+    ClientAddr(client): ClientAddr,
     params: Params,
     upgrade: Upgrade,
 ) -> Result<Response, AppError> {
@@ -52,7 +54,7 @@ pub async fn handler(
         }
         (Some(token), None) => (token.to_owned(), since, false),
         (None, nickname) => {
-            let (record, cursor) = room.join(Transport::Ws, nickname, false).await?;
+            let (record, cursor) = room.join_from(client, Transport::Ws, nickname, false).await?;
             (record.token, Some(since.unwrap_or(cursor)), true)
         }
     };
@@ -73,7 +75,8 @@ pub async fn handler(
     let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), &presence);
     let wire = room.metering().session(&token);
     let channel = Box::new(channel);
-    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, Some(welcome), OnClose::Stay)))
+    Ok(upgrade
+        .on_upgrade(room.config(), move |socket| serve(socket, channel, wire, client, Some(welcome), OnClose::Stay)))
 }
 
 /// What becomes of the participant when its socket ends.
@@ -111,6 +114,7 @@ pub(crate) fn serve(
     mut socket: Socket,
     mut channel: Box<Channel>,
     wire: Arc<SessionWire>,
+    client: Option<IpAddr>,
     welcome: Option<String>,
     on_close: OnClose,
 ) -> impl Future<Output = ()> + Send {
@@ -118,7 +122,7 @@ pub(crate) fn serve(
     // into locals and so holds the socket twice for the connection's whole life.
     async move {
         let room = channel.room().clone();
-        let ended = match exchange(&mut socket, &mut channel, &room, &wire, welcome).await {
+        let ended = match exchange(&mut socket, &mut channel, &room, &wire, client, welcome).await {
             Ok(ended) => ended,
             Err(end) => Box::pin(finish(&mut socket, &room, end)).await,
         };
@@ -141,6 +145,7 @@ async fn exchange(
     channel: &mut Channel,
     room: &Room,
     wire: &SessionWire,
+    client: Option<IpAddr>,
     welcome: Option<String>,
 ) -> Exit {
     if let Some(welcome) = welcome {
@@ -191,7 +196,7 @@ async fn exchange(
                 };
                 match message {
                     Message::Text(text) => {
-                        if let Err(error) = Box::pin(room.post(channel.token(), text.as_str())).await {
+                        if let Err(error) = Box::pin(room.post_from(client, channel.token(), text.as_str())).await {
                             if socket.send(Message::Text(error.to_event().into())).await.is_err() {
                                 return Ok(Ended::Client);
                             }

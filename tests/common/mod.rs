@@ -33,9 +33,10 @@ pub struct Server {
     pub task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Defaults with rate limiting off unless a test asks for it (tests send quickly on purpose).
+/// Defaults with rate limiting (per session and per client) off unless a test asks for it (tests send quickly on
+/// purpose, all from 127.0.0.1).
 pub fn config() -> Config {
-    Config { rate_limit: 0.0, ..Config::default() }
+    Config { rate_limit: 0.0, client_rate_limit: 0.0, ..Config::default() }
 }
 
 /// Starts a server with the default test config.
