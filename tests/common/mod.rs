@@ -77,6 +77,37 @@ pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(40)).build().unwrap()
 }
 
+/// An HTTP client whose connections come from `source` (another loopback address, such as 127.0.0.2: Linux routes
+/// all of 127.0.0.0/8 to the loopback interface), so the server sees another client.
+pub fn http_from(source: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(40)).local_address(source).build().unwrap()
+}
+
+/// A TCP connection to `addr` from `source` (see [`http_from`]).
+pub async fn tcp_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4().unwrap(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6().unwrap(),
+    };
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    tokio::time::timeout(WAIT, socket.connect(addr)).await.expect("connect in time").unwrap()
+}
+
+/// A WebSocket upgrade of `url` (`ws://` on the server at `addr`) over a connection from `source`: the open
+/// socket, or the refusal's HTTP status and JSON body.
+pub async fn ws_from(source: std::net::IpAddr, addr: SocketAddr, url: &str) -> Result<Ws, (u16, Value)> {
+    let stream = MaybeTlsStream::Plain(tcp_from(source, addr).await);
+    match tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream)).await.expect("upgrade in time") {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response.body().as_deref().map(|b| serde_json::from_slice(b).unwrap()).unwrap_or(Value::Null);
+            Err((status, body))
+        }
+        Err(other) => panic!("upgrade of {url}: {other}"),
+    }
+}
+
 /// A joined HTTP participant.
 #[derive(Debug, Clone)]
 pub struct Joined {
