@@ -176,7 +176,19 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
     let binary = Path::new(env!("CARGO_BIN_EXE_chatlab"));
     let url = redis.url();
     // The site's public name is allowed (`--allow-host`): a browser page under any other name is refused 421.
-    let args = ["--broker", url.as_str(), "--rate-limit", "0", "--allow-host", "chat.example"];
+    // nginx is the trusted proxy: its `X-Forwarded-For` names each client.
+    let args = [
+        "--broker",
+        url.as_str(),
+        "--rate-limit",
+        "0",
+        "--allow-host",
+        "chat.example",
+        "--trust-proxy",
+        "127.0.0.1",
+        "--max-sessions-per-client",
+        &PER_CLIENT.to_string(),
+    ];
     let mut first = Chatlab::spawn(binary, &args);
     let second = Chatlab::spawn(binary, &args);
     let nginx = Nginx::start(&nginx_binary, &[first.addr, second.addr]);
@@ -286,7 +298,29 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
     let body: Value = response.json().await.unwrap();
     let texts: Vec<&str> = body["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
     assert!(texts.contains(&"after the kill 5"), "{texts:?}");
+
+    // Per-client limits behind the proxy (one process left, so one count): every request reaches chatlab from
+    // nginx (127.0.0.1), and the client is the address nginx appended to `X-Forwarded-For`, whatever the client
+    // wrote there itself. 127.0.0.2 gets its own `PER_CLIENT` seats, forged headers or not, then is refused;
+    // 127.0.0.3 is another client.
+    let from = |source: [u8; 4]| {
+        reqwest::Client::builder().timeout(WAIT).local_address(std::net::IpAddr::from(source)).build().unwrap()
+    };
+    let join_from = |source, forged: String| {
+        let request = from(source).post(nginx.url("/api/sessions")).header("x-forwarded-for", forged);
+        async move { request.json(&json!({"transport": "poll"})).send().await.unwrap() }
+    };
+    for i in 0..PER_CLIENT {
+        assert_eq!(join_from([127, 0, 0, 2], format!("203.0.113.{i}")).await.status(), 201, "join {i}");
+    }
+    let refused = join_from([127, 0, 0, 2], "203.0.113.200".into()).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "too_many_sessions");
+    assert_eq!(join_from([127, 0, 0, 3], "203.0.113.1".into()).await.status(), 201, "another client");
 }
+
+/// `--max-sessions-per-client` of the processes behind nginx: above the joins the test makes from 127.0.0.1.
+const PER_CLIENT: usize = 8;
 
 async fn next_text<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
 where

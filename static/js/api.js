@@ -61,9 +61,24 @@ export function leaveSession(session, { keepalive = false } = {}) {
     .catch(() => {}); // leaving is best effort: the session lease cleans up anyway
 }
 
-/** GET /api/presence -> {clientcount, participants: [{id, nickname, transport, since}]} */
-export async function getPresence() {
-  return readJson(await fetch('/api/presence', { cache: 'no-store' }));
+/**
+ * GET /api/presence?after=&limit= -> {clientcount, participants: [{id, nickname, transport, since}], more, next}:
+ * one page, in join order; pass `next` as `after` for the next page while `more`.
+ */
+export async function getPresence({ after = 0, limit = 200 } = {}) {
+  const query = new URLSearchParams({ after: String(after), limit: String(limit) });
+  return readJson(await fetch('/api/presence?' + query, { cache: 'no-store' }));
+}
+
+/**
+ * Whether the server still knows a session: GET /api/sessions/{session}/wire answers 404 for one that left or
+ * whose lease ran out. One small request, whatever the number online (presence is paged).
+ */
+export async function sessionKnown(session) {
+  const response = await fetch('/api/sessions/' + encodeURIComponent(session) + '/wire', { cache: 'no-store' });
+  if (response.status === 404) return false;
+  await readJson(response); // any other refusal is an error, as for every call here
+  return true;
 }
 
 /** GET /api/stats -> {transports: {ws: {...}, sse: {...}, longpoll: {...}, poll: {...}}} */

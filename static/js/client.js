@@ -15,7 +15,7 @@ import { WsTransport } from './transports/ws.js';
 import { SseTransport } from './transports/sse.js';
 import { LongPollTransport } from './transports/longpoll.js';
 import { PollTransport } from './transports/poll.js';
-import { getPresence } from './api.js';
+import { sessionKnown } from './api.js';
 
 export const TRANSPORTS = {
   ws: WsTransport,
@@ -184,8 +184,7 @@ export class ChatClient {
     // transports cannot always tell: an EventSource hides the HTTP status).
     if (!this.expired && this.session && this.failures >= 3) {
       try {
-        const presence = await getPresence();
-        if (!presence.participants.some((p) => p.id === this.id)) this.expired = true;
+        if (!(await sessionKnown(this.session))) this.expired = true;
       } catch {
         // server unreachable: keep the session and keep backing off
       }
