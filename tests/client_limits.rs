@@ -72,7 +72,7 @@ async fn one_client_cannot_fill_the_room() {
     assert_eq!((status, body["code"].as_str()), (429, Some("too_many_sessions")), "{body}");
     assert!(body["error"].as_str().unwrap().contains("4 sessions"), "{body}");
     for path in ["/ws", "/"] {
-        let (status, body) = ws_from(ONE, server.addr, &server.ws_url(path)).await.err().expect("refused");
+        let (status, body) = ws_from(ONE, server.addr, &server.ws_url(path)).await.expect_err("refused");
         assert_eq!((status, body["code"].as_str()), (429, Some("too_many_sessions")), "{path}: {body}");
     }
     // Another address is another client.

@@ -436,4 +436,109 @@ mod tests {
         assert_eq!(query_pair("session=a%20b").1, "a b");
         assert!(matches!(query_pair("session=abc").1, std::borrow::Cow::Borrowed("abc")));
     }
+
+    mod properties {
+        use axum::extract::FromRequestParts;
+        use axum::http::Request;
+        use proptest::prelude::*;
+
+        use super::super::{query_pair, Params};
+        use crate::error::AppError;
+
+        /// `Params` read from a request for `/?{query}` with `headers`; `None` when the text is not a URI at all
+        /// (the HTTP layer refuses those before any handler runs).
+        fn params(query: &str, headers: &[(&str, &str)]) -> Option<Result<Params, AppError>> {
+            let mut request = Request::builder().uri(format!("/x?{query}"));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let (mut parts, ()) = request.body(()).ok()?.into_parts();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            Some(runtime.block_on(Params::from_request_parts(&mut parts, &())))
+        }
+
+        /// Query-string text: the characters a query is made of, percent signs and escapes (valid or not),
+        /// separators, and the names `Params` reads.
+        fn query_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                3 => "[a-zA-Z0-9_.~-]{0,6}",
+                2 => prop::sample::select(vec!["&", "=", "+", "%", "%2", "%20", "%3D", "%26", "%ZZ", "%e6%b8%b8",
+                    "%ff", "%C3", "session", "since", "timeout", "nickname", "presence", "?", "/", ";", "!"])
+                    .prop_map(str::to_owned),
+                1 => "[!-~]{0,4}",
+            ];
+            prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+        }
+
+        /// The names `Params` reads, each of which may be given at most once.
+        const READ: [&str; 5] = ["session", "since", "timeout", "nickname", "presence"];
+
+        fn encode(text: &str) -> String {
+            form_urlencoded::byte_serialize(text.as_bytes()).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query string is read without a panic: parameters, or a `400 bad_request`.
+            #[test]
+            fn any_query_is_read_or_refused(query in query_text()) {
+                if let Some(Err(error)) = params(&query, &[]) {
+                    prop_assert_eq!(error.code(), "bad_request");
+                }
+            }
+
+            /// The fast path of a pair agrees with a general form decoding of it, whatever the pair.
+            #[test]
+            fn a_pair_decodes_like_a_form(pair in query_text()) {
+                prop_assume!(!pair.contains('&'));
+                let general = form_urlencoded::parse(pair.as_bytes()).next().unwrap_or_default();
+                prop_assert_eq!(query_pair(&pair), general);
+            }
+
+            /// Any text, percent-encoded as a form does it, reads back as itself: session, nickname, timeout.
+            #[test]
+            fn encoded_values_decode_to_the_original(
+                session in "\\PC{1,24}", nickname in any::<String>(), timeout in "[ -~]{0,8}", noise in "[a-z]{1,6}"
+            ) {
+                prop_assume!(!READ.contains(&noise.as_str()));
+                let query = format!("{noise}=1&session={}&nickname={}&timeout={}", encode(&session), encode(&nickname),
+                    encode(&timeout));
+                let read = params(&query, &[]).expect("an encoded query is a URI").expect("read");
+                prop_assert_eq!(read.session(), Some(session.as_str()));
+                prop_assert_eq!(read.nickname(), Some(nickname.as_str()));
+                prop_assert_eq!(read.timeout(), Some(timeout.as_str()));
+            }
+
+            /// A read name given twice, wherever the two are among other pairs, is refused; an unread name given
+            /// any number of times is ignored.
+            #[test]
+            fn a_read_name_given_twice_is_refused(
+                name in prop::sample::select(READ.to_vec()), before in 0usize..3, between in 0usize..3,
+                (a, b) in ("[a-z0-9]{0,5}", "[a-z0-9]{0,5}")
+            ) {
+                let other = |n: usize, tag: &str| (0..n).map(|i| format!("x{tag}{i}=1&x{tag}{i}=2&")).collect::<String>();
+                let query = format!("{}{name}={a}&{}{name}={b}", other(before, "a"), other(between, "b"));
+                match params(&query, &[]).expect("a URI") {
+                    Err(error) => prop_assert!(error.to_string().contains("given twice"), "{}", error),
+                    Ok(_) => prop_assert!(false, "{} accepted", query),
+                }
+                let ignored = format!("{}session=s", other(before + between + 1, "c"));
+                let read = params(&ignored, &[]).expect("a URI").expect("read");
+                prop_assert_eq!(read.session(), Some("s"));
+            }
+
+            /// `since=` is any non-negative number; anything else is refused, and `Last-Event-ID` wins over it.
+            #[test]
+            fn since_is_a_number_and_last_event_id_wins(number in any::<u64>(), junk in "[a-z+-]{1,5}", header in any::<u64>()) {
+                let read = params(&format!("since={number}"), &[]).unwrap().unwrap();
+                prop_assert_eq!(read.since().ok(), Some(Some(number)));
+                let bad = params(&format!("since={junk}"), &[]).unwrap().unwrap();
+                prop_assert!(bad.since().is_err());
+                let header = header.to_string();
+                let both = params(&format!("since={number}"), &[("last-event-id", header.as_str())]).unwrap().unwrap();
+                prop_assert_eq!(both.since().ok(), Some(Some(header.parse().unwrap())));
+            }
+        }
+    }
 }
