@@ -126,7 +126,8 @@ pub struct Config {
     /// Most sessions one client (one IP address; an IPv6 client is its /64) may hold at once, over every
     /// technique; its next join is refused `429 too_many_sessions` until one of them leaves or its lease runs
     /// out. Enough for a classroom behind one NAT, far from one script taking all of `--max-sessions`. Counted
-    /// by each process of a cluster on its own. 0: no limit.
+    /// by each process of a cluster on its own (the process that counted a session finds out from the broker when
+    /// it ended through another). 0: no limit.
     #[arg(long, default_value_t = 1000)]
     pub max_sessions_per_client: usize,
 

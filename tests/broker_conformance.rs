@@ -95,6 +95,7 @@ conformance! {
     presence_lists_everyone_oldest_first(100),
     the_oldest_are_listed_in_join_order_and_bounded(100),
     presence_pages_through_everyone_once(100),
+    alive_tells_which_sessions_exist(100),
     optional_event_fields_survive_the_store_and_the_feed(100),
     clientcount_is_the_online_count(100),
 }
@@ -491,6 +492,21 @@ async fn presence_pages_through_everyone_once(fixture: Fixture) {
     assert_eq!(b.page(10, 4).await.unwrap(), (8, vec![]), "nothing after the last");
     assert_eq!(a.page(0, 0).await.unwrap(), (8, vec![]));
     assert_eq!(guests(&a.page(3, 100).await.unwrap().1), vec![4, 5, 7, 8, 9, 10]);
+}
+
+/// `alive` says, in order, which sessions exist, from any process: removed and expired ones do not.
+async fn alive_tells_which_sessions_exist(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let lease = now_ms() + 60_000;
+    for guest in 1..=3 {
+        a.create_session(&session(&format!("a{guest}"), 1, guest), lease, 100).await.unwrap();
+    }
+    a.create_session(&session("short", 1, 4), 10, 100).await.unwrap();
+    b.remove_session("a2").await.unwrap();
+    assert_eq!(b.expire(now_ms()).await.unwrap().len(), 1);
+    let tokens: Vec<String> = ["a1", "a2", "a3", "short", "never"].map(String::from).to_vec();
+    assert_eq!(a.alive(&tokens).await.unwrap(), vec![true, false, true, false, false]);
+    assert_eq!(b.alive(&[]).await.unwrap(), Vec::<bool>::new());
 }
 
 /// The optional fields (`notice`, `transport`, `joined`, `left`, `previous`) come back from the feed and the

@@ -6,6 +6,7 @@
 //! the loopback interface, so a socket bound to one of them reaches the server from there.
 
 mod common;
+mod redis_support;
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -116,6 +117,35 @@ async fn an_expired_session_frees_its_seat() {
         }
     };
     tokio::time::timeout(Duration::from_secs(6), freed).await.expect("the seat is free once the lease ran out");
+}
+
+/// In a cluster, a session that leaves through another process gives its seat back on the process that counted
+/// it (which hears of it when its reaper asks the broker which seated sessions still exist).
+#[tokio::test]
+async fn a_seat_freed_through_another_process_is_given_back() {
+    let Some(redis) = redis_support::RedisServer::start_or_skip("a_seat_freed_through_another_process_is_given_back")
+    else {
+        return;
+    };
+    let config =
+        chatlab::config::Config { broker: redis.url(), max_sessions_per_client: 1, session_lease: 1, ..config() };
+    let (a, b) = (start_with(config.clone()).await, start_with(config).await);
+    let (status, joined) = join_from(&a, ONE, &[]).await;
+    assert_eq!(status, 201);
+    assert_eq!(join_from(&a, ONE, &[]).await.0, 429);
+    // Left through B: A is not told, and finds out from the broker.
+    let token = joined["session"].as_str().unwrap().to_owned();
+    let left = http().delete(b.url(&format!("/api/sessions/{token}"))).send().await.unwrap();
+    assert_eq!(left.status(), 204);
+    let freed = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if join_from(&a, ONE, &[]).await.0 == 201 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), freed).await.expect("A gives the seat back");
 }
 
 /// Texts from one address across 50 fresh sessions are held to the client's rate (`--client-rate-limit`,

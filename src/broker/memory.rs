@@ -208,6 +208,11 @@ impl Broker for MemoryBroker {
         Ok((state.sessions.len() as u64, oldest.collect()))
     }
 
+    async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {
+        let state = self.lock();
+        Ok(tokens.iter().map(|token| state.sessions.contains_key(token)).collect())
+    }
+
     async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
         let state = self.lock();
         let page = state

@@ -193,6 +193,19 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError>;
 
+    /// Whether each of these sessions still exists, in order. This default looks them up one by one; the brokers
+    /// here answer in one step.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {
+        let mut alive = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            alive.push(self.session(token).await?.is_some());
+        }
+        Ok(alive)
+    }
+
     /// Extends the leases of these sessions (those still present) to `until_ms`.
     ///
     /// # Errors

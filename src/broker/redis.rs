@@ -607,6 +607,18 @@ impl Broker for RedisBroker {
         Ok((online, oldest.into_iter().filter_map(|(token, hash)| record(&token, hash)).collect()))
     }
 
+    async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for token in tokens {
+            pipe.cmd("EXISTS").arg(self.keys.session(token));
+        }
+        within(pipe.query_async(&mut conn)).await
+    }
+
     async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
         if max == 0 {
             return Ok((self.online().await?, Vec::new()));

@@ -8,12 +8,14 @@
 //!
 //! The table is this process's own (a cluster counts per process) and bounded by `--max-clients`: a client is
 //! forgotten once it holds no session and its text budget is full again, which is what a new client starts with.
+//! A session that ends through another process of a cluster is found gone by the room's reaper
+//! ([`crate::broker::Broker::alive`]), which gives its seat back.
 
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use foldhash::HashMap;
 
@@ -35,8 +37,16 @@ pub(crate) struct Clients {
 #[derive(Default)]
 struct Table {
     clients: HashMap<IpAddr, Client>,
-    /// Which client each counted session belongs to, so that its leave or expiry gives the seat back.
-    sessions: HashMap<String, IpAddr>,
+    /// Which client each counted session belongs to, so that its leave or expiry gives the seat back, and when
+    /// the session was last known to exist.
+    sessions: HashMap<String, Held>,
+}
+
+/// A seat a session holds.
+struct Held {
+    client: IpAddr,
+    /// When the session was last known to exist (its join, or [`Clients::due`]).
+    checked: Instant,
 }
 
 /// What is known of one client.
@@ -73,7 +83,8 @@ impl Seat<'_> {
     /// The join succeeded: the seat is the session's until it leaves or expires ([`Clients::release`]).
     pub(crate) fn bind(mut self, token: &str) {
         if let Some(client) = self.client.take() {
-            self.clients.table().sessions.insert(token.to_owned(), client);
+            let held = Held { client, checked: Instant::now() };
+            self.clients.table().sessions.insert(token.to_owned(), held);
         }
     }
 }
@@ -165,10 +176,30 @@ impl Clients {
 
     /// A session left or expired: its client's seat is free again. Nothing for a session not counted here.
     pub(crate) fn release(&self, token: &str) {
-        let client = self.table().sessions.remove(token);
-        if let Some(client) = client {
-            self.give_back(client);
+        let held = self.table().sessions.remove(token);
+        if let Some(held) = held {
+            self.give_back(held.client);
         }
+    }
+
+    /// At most `max` sessions holding seats here that were last known to exist more than `age` ago, marked as
+    /// checked now. In a cluster a session can leave or expire through another process, which cannot tell this
+    /// one: the room's reaper asks the broker about these and releases the gone ones.
+    pub(crate) fn due(&self, max: usize, age: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let Some(before) = now.checked_sub(age) else { return Vec::new() };
+        let mut table = self.table();
+        let mut due = Vec::new();
+        for (token, held) in table.sessions.iter_mut() {
+            if due.len() >= max {
+                break;
+            }
+            if held.checked <= before {
+                held.checked = now;
+                due.push(token.clone());
+            }
+        }
+        due
     }
 
     /// Takes one text from the client's budget.

@@ -106,6 +106,10 @@ impl Recent {
     }
 }
 
+/// Most sessions holding client seats the reaper checks at one tick (one broker round trip): a session that
+/// ended through another process frees its seat here within about `sessions / CHECK_SEATS` ticks.
+const CHECK_SEATS: usize = 1024;
+
 /// How often a big room hears who came and went.
 const CROWD_EVERY: Duration = Duration::from_secs(1);
 
@@ -332,6 +336,20 @@ impl Room {
             }
             // And clients with no session whose text budget is full again.
             self.shared.clients.sweep();
+            // Seats of sessions that ended through another process of a cluster are given back here.
+            let due = self.shared.clients.due(CHECK_SEATS, lease);
+            if !due.is_empty() {
+                match self.shared.broker.alive(&due).await {
+                    Ok(alive) => {
+                        for (token, alive) in due.iter().zip(alive) {
+                            if !alive {
+                                self.shared.clients.release(token);
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "could not check the sessions holding client seats"),
+                }
+            }
             // So are the wire counters of sessions that ended on another process of a cluster (a session whose
             // channel is here is not idle, however long ago it made its last request).
             let horizon = now.saturating_sub(2 * lease.as_millis() as u64);
