@@ -5,7 +5,7 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | [`core`] | the room: events (serialised once), sessions and the one fan-out point ([`core::Room`]) |
+//! | [`core`] | the room: events (serialised once), sessions, the one fan-out point ([`core::Room`]) and the per-client limits |
 //! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
 //! | [`metering`] | per-technique counters, exact wire bytes: `/api/stats` and `/metrics` |
