@@ -102,6 +102,33 @@ async fn one_client_cannot_fill_the_room() {
     ws.close(None).await.unwrap();
 }
 
+/// The table of clients is bounded (`--max-clients`): when every tracked client holds a session, a join from a new
+/// address is refused `503 room_full`; once one of them has no session left, it is forgotten and the newcomer
+/// takes its place.
+#[tokio::test]
+async fn the_client_table_is_bounded() {
+    let server = start_with(chatlab::config::Config { max_clients: 2, ..config() }).await;
+    let mut ones = Vec::new();
+    for source in [ONE, TWO, ONE] {
+        let (status, body) = join_from(&server, source, &[]).await;
+        assert_eq!(status, 201, "a tracked client joins again");
+        if source == ONE {
+            ones.push(body["session"].as_str().unwrap().to_owned());
+        }
+    }
+    let (status, body) = join_from(&server, THREE, &[]).await;
+    assert_eq!((status, body["code"].as_str()), (503, Some("room_full")), "{body}");
+    assert_eq!(stat(&server, "clients_tracked").await, 2);
+    let token = ones.pop().unwrap();
+    assert_eq!(http().delete(server.url(&format!("/api/sessions/{token}"))).send().await.unwrap().status(), 204);
+    assert_eq!(join_from(&server, THREE, &[]).await.0, 503, "127.0.0.1 still holds a session");
+    let token = ones.pop().unwrap();
+    assert_eq!(http().delete(server.url(&format!("/api/sessions/{token}"))).send().await.unwrap().status(), 204);
+    assert_eq!(join_from(&server, THREE, &[]).await.0, 201, "127.0.0.1 was forgotten");
+    assert_eq!(stat(&server, "clients_tracked").await, 2);
+    assert_eq!(stat(&server, "client_sessions_refused").await, 2);
+}
+
 /// A session whose lease runs out gives its client's seat back.
 #[tokio::test]
 async fn an_expired_session_frees_its_seat() {

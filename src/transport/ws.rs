@@ -36,7 +36,8 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// Upgrades `/ws`. Joins (as `nickname=`, else as a guest) or takes over `session=` before upgrading, so a
 /// refusal is a plain HTTP error: `403` cross-site origin, `404` unknown session, `400` malformed `since`, a
-/// refused nickname or both `session=` and `nickname=`, `503` too many connections.
+/// refused nickname or both `session=` and `nickname=`, `429` a client holding `--max-sessions-per-client`
+/// sessions (a join), `503` too many connections.
 pub async fn handler(
     State(room): State<Room>,
     _: SameOrigin,
