@@ -165,7 +165,7 @@ pub struct Config {
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub send_queue: u64,
 
-    /// When the server is busy (see `--pace-above`), streams (WebSocket, SSE) write at most once per this many
+    /// When the server is behind (see `--pace-when-busy`), streams (WebSocket, SSE) write at most once per this many
     /// milliseconds: events that arrive within the interval after a write wait for its end and go out together,
     /// in one write. The first event after a quiet interval goes at once. Long polls are answered with events
     /// only at the ticks of this interval. It trades up to that much latency for far fewer system calls per
@@ -174,12 +174,12 @@ pub struct Config {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub flush_interval_ms: u64,
 
-    /// Deliveries per second above which streams and long polls are paced by `--flush-interval-ms`: room events
-    /// fanned out by this process times the live channels (WebSockets, SSE streams, held long polls) each goes
-    /// to, plus events answered to polls from history, over the last quarter second. At or below it every event
-    /// is written at once, so a room of people chatting sees each technique's own latency. 0 paces always.
-    #[arg(long, default_value_t = 10_000)]
-    pub pace_above: u64,
+    /// Percent of the runtime workers' time spent running tasks (over 100 ms) at which streams and long polls
+    /// start to be paced by `--flush-interval-ms`; pacing stops after a second below three quarters of it. A
+    /// server that keeps up writes every event at once, whatever the load; one falling behind puts what queued
+    /// during an interval into one write. 0 paces always, 100 never.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub pace_when_busy: u8,
 
     /// Bytes of control frames (pongs, close replies) a WebSocket may hold unsent while its client does not
     /// read; past it the server stops reading that client until they drain.

@@ -59,16 +59,19 @@ async fn bench_drives_every_technique_and_agrees_with_the_server() {
         assert!(result.sent > 0 && result.send_errors == 0, "{name}: {result:?}");
         assert_eq!(result.deliveries, result.sent * 3, "{name}: every text reaches every participant");
         assert!(result.latency_ms.p50 > 0.0, "{name}");
-        if let Some(server) = result.server {
+        if let Some(server) = &result.server {
             let close = |client: u64, server: u64| client.abs_diff(server) <= 2_000;
             assert!(close(result.bytes_down, server.wire_bytes_out), "{name}: down {result:?}");
             assert!(close(result.bytes_up, server.wire_bytes_in), "{name}: up {result:?}");
         }
     }
     let ws = &report.results[0];
-    let server = ws.server.expect("chatlab's counters");
+    let server = ws.server.as_ref().expect("chatlab's counters");
     assert_eq!((ws.bytes_down, ws.bytes_up), (server.wire_bytes_out, server.wire_bytes_in), "WebSocket: exact");
     assert_eq!(ws.requests, 0, "a WebSocket makes no HTTP request once open");
+    let timed: u64 = server.latency_buckets.iter().map(|(_, count)| count).sum();
+    assert!(timed > 0 && timed <= server.events_delivered, "the server's latency of the phase: {server:?}");
+    assert!(server.latency_ms(0.99).is_some());
     assert!(report.results[3].requests > 0, "short polling asks");
 }
 
@@ -95,7 +98,7 @@ async fn find_max_climbs_the_rate_on_a_mixed_crowd() {
         let result = &step.result;
         assert_eq!(result.senders, 1);
         assert_eq!(result.deliveries, result.sent * 4, "every text reaches every participant: {result:?}");
-        let server = result.server.expect("chatlab's counters");
+        let server = result.server.as_ref().expect("chatlab's counters");
         assert!(result.bytes_down.abs_diff(server.wire_bytes_out) <= 2_000, "{result:?}");
     }
     assert!(steps[0].result.join_s.is_some(), "the first window reports the join");

@@ -95,7 +95,11 @@ pub(crate) async fn counters(authorities: &[String], transports: &[&str]) -> any
             sum.wire_bytes_out += get("wire_bytes_out")?;
             sum.requests += get("requests")?;
             sum.events_delivered += get("events_delivered")?;
+            let buckets: Vec<(f64, u64)> =
+                serde_json::from_value(of["latency_ms"]["buckets"].clone()).unwrap_or_default();
+            sum.add_buckets(buckets);
         }
+        sum.paced_s += stats["other"]["paced_seconds"].as_f64().unwrap_or(0.0);
     }
     Ok(sum)
 }

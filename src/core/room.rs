@@ -167,6 +167,8 @@ impl Room {
         tokio::spawn(room.clone().reap());
         tokio::spawn(room.clone().announce_crowd());
         tokio::spawn(room.clone().beat());
+        let busy = room.shared.metering.busy().clone();
+        tokio::spawn(busy.watch(room.shared.config.pace_when_busy, room.shared.shutdown.clone()));
         Ok(room)
     }
 

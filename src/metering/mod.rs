@@ -7,11 +7,13 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the counters, the latency histogram, the `/api/stats` document |
+//! | [`busy`] | whether the server is behind, which paces streams (`--pace-when-busy`) |
 //! | [`wire`] | the byte-counting listener and how a connection's bytes are given to a technique and a session |
 //! | [`session`] | per-session wire counters, and the watchers of the live wire log |
 //! | [`capture`] | how a connection's bytes are read back as HTTP heads, WebSocket frames and SSE writes |
 //! | [`prometheus`] | `/metrics`: the same counters in the Prometheus text format |
 
+pub mod busy;
 pub mod capture;
 pub mod prometheus;
 pub mod session;
@@ -61,6 +63,7 @@ pub struct Metering {
     transports: Arc<[Counters; 4]>,
     others: Arc<Others>,
     load: Arc<Load>,
+    busy: Arc<busy::Busy>,
     sessions: Arc<session::Sessions>,
 }
 
@@ -126,6 +129,11 @@ impl Metering {
     /// How busy the process is: deliveries per second (see [`Load`]).
     pub fn load(&self) -> &Load {
         &self.load
+    }
+
+    /// Whether the server is behind, and so paces its streams (see [`busy::Busy`]).
+    pub fn busy(&self) -> &Arc<busy::Busy> {
+        &self.busy
     }
 
     /// Counts the room events among `deliveries`, handed to the socket writer together just now (every
@@ -207,6 +215,9 @@ impl Metering {
                 "client_texts_refused": get(&o.client_texts_refused),
                 "clients_tracked": get(&o.clients_tracked),
                 "deliveries_per_second": self.load.per_second(Instant::now()),
+                "busy_percent": self.busy.percent(),
+                "paced": self.busy.paced(),
+                "paced_seconds": self.busy.paced_seconds(),
                 "wire_view": {
                     "requests": get(&v.requests),
                     "connections_open": get(&v.connections_open),
@@ -239,6 +250,9 @@ impl Metering {
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \
                           second (events times the live channels each went to, plus events answered to polls from \
                           history; the last quarter second)",
+                "busy_percent": "percent of the runtime workers' time spent running tasks over the last 100 ms",
+                "paced": "whether streams and long polls pace their writes now (--pace-when-busy)",
+                "paced_seconds": "seconds spent paced since the server started",
                 "wire_view": "what the wire view itself costs (GET /api/wire and /api/sessions/{session}/wire): its \
                               requests, connections and wire bytes, counted under no technique and no session; records \
                               sent to watchers, dropped for a full queue (--wire-view-queue), queued now; sessions with \
@@ -281,8 +295,8 @@ impl Delivering<'_> {
     }
 }
 
-/// How busy the process is: deliveries per second, in windows of [`Load::WINDOW`]. This is what `--pace-above`
-/// compares with. An event counts once per live channel (WebSocket, SSE stream, held long poll) it is fanned out
+/// How much the process delivers: deliveries per second, in windows of [`Load::WINDOW`] (`/api/stats`'
+/// `deliveries_per_second`). An event counts once per live channel (WebSocket, SSE stream, held long poll) it is fanned out
 /// to, when it is fanned out (not when it is written, so pacing the writes does not change the figure), and once
 /// per poll that answers it from history (a short poll, a long poll that did not wait). Lock-free: one atomic
 /// addition per event or poll, and one compare-and-swap per window to roll it over.

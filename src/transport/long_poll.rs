@@ -13,8 +13,8 @@ use crate::error::AppError;
 /// Answers `200 {"events":[...],"next":N}` as soon as at least one event after `since` exists (with every
 /// other event ready at that moment, up to `--poll-batch`), or with no events after `timeout` seconds
 /// (default `--longpoll-default`, at most `--longpoll-max`). A held poll is the session's live channel: a newer
-/// channel of the session, or the server stopping, answers it at once. While the server is busy
-/// (`--pace-above`), a poll is answered with events only at a `--flush-interval-ms` tick, with everything that
+/// channel of the session, or the server stopping, answers it at once. While the server is behind
+/// (`--pace-when-busy`), a poll is answered with events only at a `--flush-interval-ms` tick, with everything that
 /// arrived until then: one answer per tick at most, as a paced stream writes.
 pub async fn handler(State(room): State<Room>, params: Params) -> Result<Response, AppError> {
     let token = params.require_session()?;

@@ -301,8 +301,8 @@ const BATCH: usize = 64;
 /// Where the pacing ticks of every stream are counted from.
 static TICKS: LazyLock<tokio::time::Instant> = LazyLock::new(tokio::time::Instant::now);
 
-/// `--flush-interval-ms` for one stream (a WebSocket or an SSE response) while the server is busy
-/// (`--pace-above`), and for long polls ([`Pacer::tick`]): after a write, the stream sleeps for the interval and
+/// `--flush-interval-ms` for one stream (a WebSocket or an SSE response) while the server is behind
+/// (`--pace-when-busy`), and for long polls ([`Pacer::tick`]): after a write, the stream sleeps for the interval and
 /// then writes whatever arrived meanwhile in one go, instead of waking for every event. When nothing arrived it
 /// goes back to waiting for the next event, which is written at once: a quiet room pays no delay and no timer.
 #[derive(Debug, Default)]
@@ -312,14 +312,11 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
-    /// The interval a stream of `room` waits after a write now: `--flush-interval-ms` when the process delivers
-    /// more than `--pace-above` events a second (see [`crate::metering::Load`]), else zero.
+    /// The interval a stream of `room` waits after a write now: `--flush-interval-ms` while the server is behind
+    /// (see [`crate::metering::busy::Busy`]), else zero.
     fn interval(room: &Room) -> std::time::Duration {
-        let config = room.config();
-        let busy =
-            config.pace_above == 0 || room.metering().load().per_second(std::time::Instant::now()) > config.pace_above;
-        if busy {
-            config.flush_interval()
+        if room.metering().busy().paced() {
+            room.config().flush_interval()
         } else {
             std::time::Duration::ZERO
         }
