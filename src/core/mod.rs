@@ -5,5 +5,5 @@ pub mod room;
 pub mod session;
 
 pub use event::{EventKind, Notice, RoomEvent, Seq};
-pub use room::{Batch, Channel, Delivery, Item, Room};
+pub use room::{Batch, Channel, Delivery, Item, Polled, Room};
 pub use session::{Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};

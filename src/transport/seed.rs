@@ -10,7 +10,7 @@ use axum::http::header;
 use axum::response::Response;
 
 use super::websocket::Upgrade;
-use super::ws::{serve, OnClose};
+use super::ws::{serve, OnClose, Sends};
 use super::{assets, check_origin};
 use crate::core::{Room, Transport};
 use crate::error::AppError;
@@ -31,12 +31,12 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
     room.metering().request(Transport::Ws);
     let (record, cursor) = room.join(Transport::Ws, None, true).await?;
     let wire = room.metering().session(&record.token);
-    let channel = match room.open(&record.token, Transport::Ws, Some(cursor)).await {
+    let channel = match room.open(&record.token, Transport::Ws, Some(cursor), None).await {
         Ok((channel, _)) => Box::new(channel),
         Err(error) => {
             let _ = room.leave(&record.token).await;
             return Err(error);
         }
     };
-    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, None, OnClose::Leave)))
+    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, None, OnClose::Leave, Sends::Plain)))
 }

@@ -21,8 +21,8 @@ struct JoinRequest {
 }
 
 /// `POST /api/sessions`: a participant joins over HTTP; everyone is told `<nickname> 来了`.
-/// Answers `201 {"session","id","nickname","seq","presence"}`; `seq` is the cursor just before the join notice,
-/// `presence` who is online (the joiner included).
+/// Answers `201 {"session","id","nickname","seq","epoch","presence"}`; `seq` is the cursor just before the join
+/// notice, `epoch` the room's epoch it belongs to, `presence` who is online (the joiner included).
 pub async fn create(State(room): State<Room>, _: SameOrigin, body: Body) -> Result<Response, AppError> {
     let body = read_body(body, room.config().max_body_bytes).await?;
     let request: JoinRequest = serde_json::from_slice(&body).map_err(|error| {
@@ -33,8 +33,9 @@ pub async fn create(State(room): State<Room>, _: SameOrigin, body: Body) -> Resu
     room.metering().request(request.transport);
     let (record, seq) = room.join(request.transport, request.nickname.as_deref(), false).await?;
     room.metering().session(&record.token);
-    let presence = match room.presence_now().await {
-        Ok(presence) => presence,
+    let read = async { Ok::<_, AppError>((room.epoch().await?, room.presence_now().await?)) };
+    let (epoch, presence) = match read.await {
+        Ok(read) => read,
         Err(error) => {
             // The store went away between the join and this read: leave, so the refusal changes nothing.
             let _ = room.leave(&record.token).await;
@@ -42,7 +43,7 @@ pub async fn create(State(room): State<Room>, _: SameOrigin, body: Body) -> Resu
         }
     };
     let body = json!({"session": record.token, "id": record.id, "nickname": record.nickname, "seq": seq,
-        "presence": presence});
+        "epoch": &*epoch, "presence": presence});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
