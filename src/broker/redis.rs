@@ -306,7 +306,11 @@ impl RedisBroker {
         let keys = &self.keys;
         let mut invocation = PUBLISH.prepare_invoke();
         invocation.key(&keys.seq).key(&keys.history).key(&keys.leases).key(&keys.epoch).key(&keys.sent);
-        invocation.arg(prefix).arg(self.history).arg(&keys.channel).arg(key.map(|key| key.stored()).unwrap_or_default());
+        invocation
+            .arg(prefix)
+            .arg(self.history)
+            .arg(&keys.channel)
+            .arg(key.map(|key| key.stored()).unwrap_or_default());
         match within(invocation.invoke_async::<Value>(&mut conn)).await? {
             Value::Int(seq) => Ok(Published::Repeated(seq as Seq)),
             Value::BulkString(json) => RoomEvent::from_json(Bytes::from(json))

@@ -37,7 +37,15 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
         if !polled.deliveries.is_empty() || hold.is_zero() {
             let presence = short_poll::presence_if(&room, with_presence).await?;
             let (deliveries, next, epoch) = (&polled.deliveries, polled.next, &polled.epoch);
-            return Ok(short_poll::respond(&room, Transport::LongPoll, &wire, deliveries, next, epoch, presence.as_ref()));
+            return Ok(short_poll::respond(
+                &room,
+                Transport::LongPoll,
+                &wire,
+                deliveries,
+                next,
+                epoch,
+                presence.as_ref(),
+            ));
         }
         since = Some(polled.next);
         // Nothing to answer: the cursor is this epoch's now (a cursor of another epoch was answered at once).

@@ -28,7 +28,8 @@ pub async fn handler(
     let token = params.require_session()?;
     let key = match headers.get(&IDEMPOTENCY_KEY) {
         Some(value) => {
-            let value = value.to_str().map_err(|_| AppError::BadRequest("Idempotency-Key must be printable ASCII".into()))?;
+            let value =
+                value.to_str().map_err(|_| AppError::BadRequest("Idempotency-Key must be printable ASCII".into()))?;
             Some(send_key("Idempotency-Key", value, room.config().max_ref_bytes)?)
         }
         None => None,

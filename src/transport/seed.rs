@@ -38,5 +38,6 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
             return Err(error);
         }
     };
-    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, None, OnClose::Leave, Sends::Plain)))
+    Ok(upgrade
+        .on_upgrade(room.config(), move |socket| serve(socket, channel, wire, None, OnClose::Leave, Sends::Plain)))
 }

@@ -78,7 +78,8 @@ pub async fn handler(
         control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), channel.epoch(), &presence);
     let wire = room.metering().session(&token);
     let channel = Box::new(channel);
-    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, Some(welcome), OnClose::Stay, sends)))
+    Ok(upgrade
+        .on_upgrade(room.config(), move |socket| serve(socket, channel, wire, Some(welcome), OnClose::Stay, sends)))
 }
 
 /// What a client's text frames are.
