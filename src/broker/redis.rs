@@ -7,6 +7,8 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `P:seq` | string | the newest sequence number given out |
+//! | `P:epoch` | string | the room's epoch, made by the first script that finds it missing (so a wiped Redis is a new epoch) |
+//! | `P:sent` | sorted set | `<token> <key>` of each send published with a key, scored by its `seq`; trimmed with the history |
 //! | `P:history` | stream | one entry per event, id `<seq>-0`, field `e` = the event's JSON; trimmed to `--history` |
 //! | `P:events` | pub/sub channel | each event's JSON, published by the same script that appended it |
 //! | `P:guests` | string | the guest counter (`游客N`) |
@@ -17,7 +19,9 @@
 //! # One global order
 //!
 //! `PUBLISH` is a Lua script, so Redis runs it alone: `INCR P:seq`, stamp `clientcount` (`ZCARD P:leases`) and
-//! `ts` (Redis `TIME`, one clock for the whole room), `XADD P:history MAXLEN <history> <seq>-0`, `PUBLISH`. No
+//! `ts` (Redis `TIME`, one clock for the whole room), `XADD P:history MAXLEN <history> <seq>-0`, the trim of
+//! `P:sent` to the retained events, `PUBLISH`; a send with a key first looks the key up in `P:sent` and, if it is
+//! there, appends nothing and answers the `seq` it holds (so racing processes publish a key once). No
 //! other command runs between the increment and the append, so sequence numbers have no holes, the history is
 //! in sequence order, and pub/sub messages leave Redis in sequence order too. The JSON is built by the script from
 //! a prefix serialised here (`{"type":..,"id":..,"nickname":..,"message":..,"clientcount":`), so the bytes are
