@@ -65,12 +65,15 @@ fn publish(c: &mut Criterion) {
     // The same with a key per text (a `/ws?ack=1` ref, an `Idempotency-Key`): the key is checked and remembered.
     let mut sent = 0u64;
     group.bench_function("post a text with a key, no receivers", |b| {
-        b.iter_batched(
+        b.to_async(&rt).iter_batched(
             || {
                 sent += 1;
                 format!("ref-{sent}")
             },
-            |key| rt.block_on(async { black_box(room.send(&sender, "hello, room", Some(&key)).await.unwrap()) }),
+            |key| {
+                let (room, sender) = (&room, &sender);
+                async move { black_box(room.send(sender, "hello, room", Some(&key)).await.unwrap()) }
+            },
             BatchSize::SmallInput,
         )
     });
