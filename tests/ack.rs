@@ -404,6 +404,30 @@ async fn a_wiped_redis_changes_the_epoch_a_new_channel_sees() {
     assert_eq!(body["epoch"], new_epoch);
 }
 
+/// A live channel that catches up from history after an outage, and finds Redis wiped meanwhile, is told the room
+/// started over (the epoch `gap`), then follows the new room from its first event.
+#[tokio::test]
+async fn a_live_channel_that_catches_up_after_a_wipe_is_told_of_the_new_epoch() {
+    let test = "a_live_channel_that_catches_up_after_a_wipe_is_told_of_the_new_epoch";
+    let Some(redis) = RedisServer::start_or_skip(test) else { return };
+    let process = chatlab(&redis, &[]);
+    let mut socket = ws(&process.ws_url("/ws")).await;
+    let old_epoch = ws_next(&mut socket).await["epoch"].as_str().unwrap().to_owned();
+    ws_send(&mut socket, "before the wipe").await;
+    listen_for(&mut socket, "message", "before the wipe").await;
+
+    redis.flushall();
+    redis.kill_pubsub_clients();
+    let gap = ws_until(&mut socket, "the epoch gap", |f| f["type"] == "gap").await;
+    assert_eq!(gap["reason"], "epoch", "{gap}");
+    assert_ne!(gap["epoch"].as_str().unwrap(), old_epoch);
+    assert_eq!(gap["to"], 0, "the new room follows from its first event");
+    let joined = join(&process.url(""), "poll").await;
+    assert_eq!(joined["epoch"], gap["epoch"]);
+    let notice = ws_until(&mut socket, "the next join", |f| f["type"] == "notification").await;
+    assert_eq!(notice["seq"], 1, "the new room's first event: {notice}");
+}
+
 fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_chatlab"))
 }
