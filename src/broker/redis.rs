@@ -82,11 +82,14 @@ const RENEW_BATCH: usize = 1000;
 /// restarted without persistence) has lost its sequence counter and its epoch together, and gets a new epoch the
 /// first time any script touches it. The epoch is the Redis clock at that moment, in microseconds (hex).
 const EPOCH_LUA: &str = r#"
+local function new_epoch()
+  local now = redis.call('TIME')
+  return string.format('%08x%05x', tonumber(now[1]), tonumber(now[2]))
+end
 local function room_epoch(key)
   local epoch = redis.call('GET', key)
   if not epoch then
-    local now = redis.call('TIME')
-    epoch = string.format('%08x%05x', tonumber(now[1]), tonumber(now[2]))
+    epoch = new_epoch()
     redis.call('SET', key, epoch)
   end
   return epoch
@@ -95,17 +98,19 @@ end
 
 /// Appends an event. KEYS: seq, history, leases, epoch, sent. ARGV: JSON prefix (up to `"clientcount":`), history
 /// bound, pub/sub channel, the send's key (empty for none). Returns the event's JSON; or, when the key was used
-/// before, the `seq` it got then (an integer), having appended nothing.
+/// before, the `seq` it got then (an integer), having appended nothing. The first event of a sequence (number 1:
+/// a new room, or a wiped one) makes the epoch if no reader has yet; later ones leave it alone, so the epoch
+/// costs a publish nothing.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(&format!(
         r#"{EPOCH_LUA}
-room_epoch(KEYS[4])
 local key = ARGV[4]
 if key ~= '' then
   local first = redis.call('ZSCORE', KEYS[5], key)
   if first then return tonumber(first) end
 end
 local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then redis.call('SET', KEYS[4], new_epoch(), 'NX') end
 local online = redis.call('ZCARD', KEYS[3])
 local now = redis.call('TIME')
 local ts = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
