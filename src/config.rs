@@ -88,6 +88,11 @@ pub struct Config {
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_frame_bytes: usize,
 
+    /// Longest `ref` of a `/ws?ack=1` frame and longest `Idempotency-Key` of a POST, in bytes (printable ASCII).
+    /// The server remembers one per retained event (`--history`), so this bounds what de-duplication holds.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_ref_bytes: u64,
+
     /// Sustained chat texts per second per session; 0 turns rate limiting off.
     #[arg(long, default_value_t = 20.0)]
     pub rate_limit: f64,

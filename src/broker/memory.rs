@@ -7,16 +7,18 @@ use async_trait::async_trait;
 use foldhash::HashMap;
 use tokio::sync::mpsc;
 
-use super::{Backlog, Broker, BrokerError, FeedItem, Visit};
+use super::{new_epoch, Backlog, Broker, BrokerError, Epoch, FeedItem, Published, SendKey, Visit};
 use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
 use crate::core::session::SessionRecord;
 
-/// The in-memory broker: a bounded history, a session table and a feed, behind one mutex.
+/// The in-memory broker: a bounded history, a session table, the keys of recent sends and a feed, behind one
+/// mutex. Its epoch is made when it is: a new in-memory room is a new numbering.
 ///
 /// The mutex is a `std` one: every critical section is a few map or deque operations and never awaits, so it is
 /// cheaper than an async lock and cannot be held across a suspension point.
 pub struct MemoryBroker {
     state: Mutex<State>,
+    epoch: Epoch,
 }
 
 struct State {
@@ -33,6 +35,10 @@ struct State {
     joined: BTreeSet<(u64, String)>,
     /// Where published events go: the room's fan-out point (one per process, and here there is one process).
     feeds: Vec<mpsc::UnboundedSender<FeedItem>>,
+    /// The keys of sends published with one ([`SendKey::stored`]), and the `seq` each got.
+    sent: HashMap<String, Seq>,
+    /// The same keys in sequence order, so they are forgotten with their events: at most one per retained event.
+    sent_order: VecDeque<(Seq, String)>,
 }
 
 impl MemoryBroker {
@@ -48,7 +54,10 @@ impl MemoryBroker {
                 sessions: HashMap::default(),
                 joined: BTreeSet::new(),
                 feeds: Vec::new(),
+                sent: HashMap::default(),
+                sent_order: VecDeque::new(),
             }),
+            epoch: new_epoch(),
         }
     }
 
@@ -76,34 +85,67 @@ impl State {
     }
 
     /// At most `max` retained events after `cursor`, with the hole the client must be told of.
-    fn since(&self, cursor: Seq, max: usize) -> Backlog {
+    fn since(&self, epoch: &Epoch, cursor: Seq, max: usize) -> Backlog {
         let oldest = self.history.front().map(|event| event.seq);
         // The history holds consecutive numbers from the oldest: what follows the cursor starts at its distance.
         let skip = cursor.saturating_add(1).saturating_sub(oldest.unwrap_or(0)) as usize;
         let events = self.history.range(skip.min(self.history.len())..).take(max).cloned().collect();
-        Backlog::read(cursor, self.head, oldest, events)
+        Backlog::read(epoch.clone(), cursor, self.head, oldest, events)
+    }
+
+    /// Appends an event (see [`Broker::publish`]); with `key`, remembers it beside its `seq`.
+    fn append(&mut self, draft: Draft, key: Option<String>) -> Arc<RoomEvent> {
+        self.head += 1;
+        let body = EventBody::stamp(draft, self.head, self.sessions.len() as u64);
+        let event = Arc::new(RoomEvent::new(&body));
+        if self.history.len() == self.capacity {
+            self.history.pop_front();
+        }
+        self.history.push_back(event.clone());
+        // Keys go with their events: one whose event left the history is forgotten (a cheap check when none is
+        // due, and sends without a key never add one).
+        let oldest = self.history.front().map_or(self.head, |event| event.seq);
+        while self.sent_order.front().is_some_and(|(seq, _)| *seq < oldest) {
+            if let Some((_, gone)) = self.sent_order.pop_front() {
+                self.sent.remove(&gone);
+            }
+        }
+        if let Some(key) = key {
+            self.sent.insert(key.clone(), self.head);
+            self.sent_order.push_back((self.head, key));
+        }
+        // Sending under the lock keeps the feed in sequence order; an unbounded send never blocks, and the
+        // receiver (the room's pump) only forwards into the fan-out, so the queue stays near empty.
+        self.feeds.retain(|feed| feed.send(FeedItem::Event(event.clone())).is_ok());
+        event
     }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
+        Ok(self.lock().append(draft, None))
+    }
+
+    async fn publish_once(&self, draft: Draft, key: SendKey<'_>) -> Result<Published, BrokerError> {
+        let stored = key.stored();
         let mut state = self.lock();
-        state.head += 1;
-        let body = EventBody::stamp(draft, state.head, state.sessions.len() as u64);
-        let event = Arc::new(RoomEvent::new(&body));
-        if state.history.len() == state.capacity {
-            state.history.pop_front();
+        if let Some(&seq) = state.sent.get(&stored) {
+            return Ok(Published::Repeated(seq));
         }
-        state.history.push_back(event.clone());
-        // Sending under the lock keeps the feed in sequence order; an unbounded send never blocks, and the
-        // receiver (the room's pump) only forwards into the fan-out, so the queue stays near empty.
-        state.feeds.retain(|feed| feed.send(FeedItem::Event(event.clone())).is_ok());
-        Ok(event)
+        Ok(Published::Fresh(state.append(draft, Some(stored))))
+    }
+
+    async fn published(&self, key: SendKey<'_>) -> Result<Option<Seq>, BrokerError> {
+        Ok(self.lock().sent.get(&key.stored()).copied())
+    }
+
+    async fn epoch(&self) -> Result<Epoch, BrokerError> {
+        Ok(self.epoch.clone())
     }
 
     async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError> {
-        Ok(self.lock().since(cursor, max))
+        Ok(self.lock().since(&self.epoch, cursor, max))
     }
 
     async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<FeedItem>, BrokerError> {
@@ -154,7 +196,7 @@ impl Broker for MemoryBroker {
         let Some(record) = state.visit(&visit).cloned() else {
             return Ok(None);
         };
-        let backlog = state.since(visit.after(record.cursor), visit.max);
+        let backlog = state.since(&self.epoch, visit.after(record.cursor), visit.max);
         Ok(Some((record, backlog)))
     }
 
@@ -163,7 +205,7 @@ impl Broker for MemoryBroker {
         let Some(cursor) = state.visit(&visit).map(|record| record.cursor) else {
             return Ok(None);
         };
-        Ok(Some((cursor, state.since(visit.after(cursor), visit.max))))
+        Ok(Some((cursor, state.since(&self.epoch, visit.after(cursor), visit.max))))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {

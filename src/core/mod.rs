@@ -7,5 +7,5 @@ pub mod session;
 
 pub use clients::client_of;
 pub use event::{EventKind, Notice, RoomEvent, Seq};
-pub use room::{Batch, Channel, Delivery, Item, Room};
+pub use room::{Batch, Channel, Delivery, Item, Polled, Room};
 pub use session::{Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};

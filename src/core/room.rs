@@ -18,7 +18,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{Backlog, Broker, FeedItem, Missed, Visit};
+use crate::broker::{Backlog, Broker, BrokerError, Epoch, FeedItem, Missed, Published, SendKey, Visit};
 use crate::config::Config;
 use crate::core::clients::Clients;
 use crate::core::event::{control, now_ms, Draft, RoomEvent, Seq};
@@ -291,6 +291,38 @@ impl Room {
         Ok(event)
     }
 
+    /// [`Room::publish`] under a send's key: a repeated key publishes nothing and answers the first `seq`.
+    async fn publish_once(&self, draft: Draft, key: SendKey<'_>) -> Result<Seq, BrokerError> {
+        match self.shared.broker.publish_once(draft, key).await? {
+            Published::Fresh(event) => {
+                self.fan_out(event.clone(), true);
+                Ok(event.seq)
+            }
+            Published::Repeated(seq) => Ok(seq),
+        }
+    }
+
+    /// The room's epoch now (see [`Epoch`]): what a join's answer names, so a client can tell this room's
+    /// numbering from that of a room that started over.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`].
+    pub async fn epoch(&self) -> Result<Epoch, AppError> {
+        Ok(self.shared.broker.epoch().await?)
+    }
+
+    /// What to read for a client that gave `epoch=`: the backlog as read, or, when the client's cursor is from
+    /// another epoch, the room from its oldest retained event after a [`Missed::Epoch`] notice.
+    async fn in_epoch(&self, backlog: Backlog, theirs: Option<&str>, max: usize) -> Result<Backlog, AppError> {
+        match theirs {
+            Some(theirs) if theirs != &*backlog.epoch => {
+                let since = backlog.after;
+                Ok(self.shared.broker.since(0, max).await?.restarted(since))
+            }
+            _ => Ok(backlog),
+        }
+    }
+
     /// Renews the leases of sessions with a live channel here, and announces sessions whose lease ran out.
     async fn reap(self) {
         let lease = self.shared.config.lease();
@@ -511,19 +543,20 @@ impl Room {
         Ok(joined)
     }
 
-    /// [`Room::post`] for a request from `client`: the text counts against the client's budget
+    /// [`Room::send`] for a request from `client`: the text counts against the client's budget
     /// (`--client-rate-limit`), whichever of its sessions it speaks for.
     ///
     /// # Errors
     /// [`AppError::ClientRateLimited`], and those of [`Room::post`].
-    pub async fn post_from(
+    pub async fn send_from(
         &self,
         client: Option<IpAddr>,
         token: &str,
         text: &str,
+        key: Option<&str>,
     ) -> Result<(Seq, Transport), AppError> {
         self.shared.clients.text(client)?;
-        self.post(token, text).await
+        self.send(token, text, key).await
     }
 
     /// Looks a session up.
@@ -542,13 +575,32 @@ impl Room {
     /// [`AppError::NicknameTaken`], [`AppError::UnknownSession`], [`AppError::Unavailable`],
     /// [`AppError::ShuttingDown`].
     pub async fn post(&self, token: &str, text: &str) -> Result<(Seq, Transport), AppError> {
+        self.send(token, text, None).await
+    }
+
+    /// [`Room::post`], with the client's key for this send (a `/ws?ack=1` frame's `ref`, a POST's
+    /// `Idempotency-Key`): a key the session already used, within the retained history, publishes nothing again
+    /// and answers the first send's `seq`, whatever process the first send reached. A repeated `/nick` renames
+    /// nothing again either (the session's nickname may have changed since).
+    ///
+    /// # Errors
+    /// As [`Room::post`].
+    pub async fn send(&self, token: &str, text: &str, key: Option<&str>) -> Result<(Seq, Transport), AppError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(AppError::ShuttingDown);
         }
         let mut record = self.session(token).await?;
         let transport = record.transport;
+        let key = key.map(|key| SendKey { session: token, key });
         self.take_rate_token(token)?;
         let draft = if let Some(name) = text.strip_prefix("/nick ") {
+            // A rename is saved before it is published: a repeat must be caught before that, or a resent old
+            // `/nick` would quietly rename back. (Renames are rare: the extra read costs nothing that matters.)
+            if let Some(key) = key {
+                if let Some(seq) = self.shared.broker.published(key).await? {
+                    return Ok((seq, transport));
+                }
+            }
             let new = clean_nickname(name, self.shared.config.max_nickname_chars)?;
             if guest_number(&new).is_some() && new != format!("游客{}", record.guest) {
                 return Err(AppError::BadNickname(format!(
@@ -583,7 +635,11 @@ impl Room {
             }
             Draft::message(record.id, record.nickname, text.to_owned(), transport)
         };
-        Ok((self.publish(draft).await?.seq, transport))
+        let seq = match key {
+            Some(key) => self.publish_once(draft, key).await?,
+            None => self.publish(draft).await?.seq,
+        };
+        Ok((seq, transport))
     }
 
     /// Takes one token from the session's bucket.
@@ -670,9 +726,16 @@ impl Room {
     /// [`Broker::poll`]: a long poll answered at once is rarely live at a reaper tick, so without it an active long
     /// poller would be announced as gone). Returns the record, what was retained after `since` (default: the
     /// session's cursor), the channel's generation and the token cancelled when this channel is replaced.
-    async fn claim(&self, token: &str, transport: Transport, since: Option<Seq>) -> Result<Claimed, AppError> {
+    async fn claim(
+        &self,
+        token: &str,
+        transport: Transport,
+        since: Option<Seq>,
+        epoch: Option<&str>,
+    ) -> Result<Claimed, AppError> {
         let visit = Visit { token, transport, lease_until_ms: self.lease_end(), since, max: usize::MAX };
         let (record, backlog) = self.shared.broker.open(visit).await?.ok_or(AppError::UnknownSession)?;
+        let backlog = self.in_epoch(backlog, epoch, usize::MAX).await?;
         let ended = self.shared.shutdown.child_token();
         let mut local = self.local();
         local.generation += 1;
@@ -694,7 +757,9 @@ impl Room {
     }
 
     /// Opens a live receiving channel for a session (WebSocket, SSE stream, held long poll), resuming after
-    /// `since` (default: where the session's last channel stopped). Any older channel of the session ends.
+    /// `since` (default: where the session's last channel stopped). Any older channel of the session ends. With
+    /// `epoch` (the epoch the client's cursor is from), a cursor of another epoch gets a `gap` with
+    /// `"reason":"epoch"`, then the room from its oldest retained event.
     ///
     /// Returns the channel and the session's record (for a welcome frame; the channel keeps only the token).
     ///
@@ -706,6 +771,7 @@ impl Room {
         token: &str,
         transport: Transport,
         since: Option<Seq>,
+        epoch: Option<&str>,
     ) -> Result<(Channel, SessionRecord), AppError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(AppError::ShuttingDown);
@@ -713,7 +779,7 @@ impl Room {
         let permit = self.shared.live.clone().try_acquire_owned().map_err(|_| AppError::TooManyConnections)?;
         // Events published while history is read are in the ring too, where the channel finds them after it.
         let added = self.shared.added.subscribe();
-        let Claimed { record, backlog, generation, ended } = self.claim(token, transport, since).await?;
+        let Claimed { record, backlog, generation, ended } = self.claim(token, transport, since, epoch).await?;
         // A cursor ahead of the room starts over at the head (after the `gap` event that says so): the channel's
         // cursor, which a long poll answers as `next` and a closing channel saves, must be one the room will reach.
         let start = match backlog.missed {
@@ -723,6 +789,7 @@ impl Room {
         let mut channel = Channel {
             room: self.clone(),
             token: record.token.clone(),
+            epoch: backlog.epoch.clone(),
             transport,
             generation,
             added,
@@ -746,6 +813,9 @@ impl Room {
     /// has moved to polling). A long poll that has something to answer at once is served here too, without
     /// opening a channel.
     ///
+    /// `epoch`: as for [`Room::open`]. Returns the deliveries, the cursor after them (the answer's `next`) and the
+    /// room's epoch.
+    ///
     /// # Errors
     /// [`AppError::UnknownSession`], [`AppError::Unavailable`].
     pub async fn poll(
@@ -753,10 +823,13 @@ impl Room {
         token: &str,
         transport: Transport,
         since: Option<Seq>,
-    ) -> Result<(Vec<Delivery>, Seq), AppError> {
+        epoch: Option<&str>,
+    ) -> Result<Polled, AppError> {
         let max = self.shared.config.poll_batch as usize;
         let visit = Visit { token, transport, lease_until_ms: self.lease_end(), since, max };
         let (cursor, backlog) = self.shared.broker.poll(visit).await?.ok_or(AppError::UnknownSession)?;
+        let backlog = self.in_epoch(backlog, epoch, max).await?;
+        let epoch = backlog.epoch.clone();
         self.end_channel(token);
         // Sized exactly: an empty answer, the commonest poll, allocates nothing.
         let mut items = Vec::with_capacity(backlog.events.len() + usize::from(backlog.missed.is_some()));
@@ -769,7 +842,7 @@ impl Room {
         if !items.is_empty() {
             self.metering().load().add(Instant::now(), items.len() as u64);
         }
-        Ok((items, next))
+        Ok(Polled { deliveries: items, next, epoch })
     }
 
     /// Ends this process's hold on a session's channel, unless a newer channel has taken it over.
@@ -779,6 +852,17 @@ impl Room {
             local.channels.remove(token);
         }
     }
+}
+
+/// A poll's answer ([`Room::poll`]).
+#[derive(Debug)]
+pub struct Polled {
+    /// What to deliver, in order.
+    pub deliveries: Vec<Delivery>,
+    /// The cursor after them: the answer's `next`.
+    pub next: Seq,
+    /// The room's epoch: the answer's `epoch`, the numbering `next` belongs to.
+    pub epoch: Epoch,
 }
 
 /// What [`Room::claim`] gives a channel being opened.
@@ -853,6 +937,8 @@ pub struct Channel {
     room: Room,
     /// The session's token: all a channel needs to know of its session once open.
     token: String,
+    /// The room's epoch when the channel opened (or last caught up from history).
+    epoch: Epoch,
     transport: Transport,
     generation: u64,
     /// Wakes the channel when an event enters the ring.
@@ -886,6 +972,26 @@ impl Channel {
     /// The cursor: the newest sequence number handed out by this channel.
     pub fn cursor(&self) -> Seq {
         self.delivered
+    }
+
+    /// The room's epoch: the numbering [`Channel::cursor`] belongs to.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Reads history after the channel's mark to catch up (after an outage, or to fill a hole in the feed). A
+    /// store that came back as another epoch (a wiped Redis) is told to the client as such, and the channel goes
+    /// on from the new room's oldest retained event.
+    async fn catch_up(&mut self) -> Result<Backlog, BrokerError> {
+        let backlog = self.room.shared.broker.since(self.last, usize::MAX).await?;
+        if backlog.epoch == self.epoch {
+            return Ok(backlog);
+        }
+        self.epoch = backlog.epoch.clone();
+        let restarted = self.room.shared.broker.since(0, usize::MAX).await?.restarted(self.last);
+        // The cursor is a position in the new numbering from now on (it is never moved back otherwise).
+        self.delivered = restarted.after;
+        Ok(restarted)
     }
 
     /// The room this channel belongs to.
@@ -945,7 +1051,7 @@ impl Channel {
             }
             if self.stale {
                 // Events published while the feed was down never reached the fan-out: read them from history.
-                match self.room.shared.broker.since(self.last, usize::MAX).await {
+                match self.catch_up().await {
                     Ok(backlog) => {
                         self.stale = false;
                         self.queue_backlog(backlog);
@@ -1104,7 +1210,7 @@ impl Channel {
             self.last = event.seq;
             return Some(self.hand_out(Delivery::Event(event)));
         }
-        match self.room.shared.broker.since(self.last, usize::MAX).await {
+        match self.catch_up().await {
             Ok(backlog) => {
                 self.queue_backlog(backlog);
                 if self.last + 1 < event.seq {
@@ -1150,6 +1256,10 @@ fn push_backlog(items: &mut Vec<Delivery>, backlog: Backlog) -> Seq {
         Some(Missed::Ahead) => {
             items.push(Delivery::Control { json: control::reset(last, backlog.head), resume_after: backlog.head });
             last = backlog.head;
+        }
+        Some(Missed::Epoch { since, to }) => {
+            items.push(Delivery::Control { json: control::epoch_gap(since, to, &backlog.epoch), resume_after: to });
+            last = to;
         }
         None => {}
     }

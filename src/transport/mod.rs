@@ -42,8 +42,9 @@ use crate::core::{Delivery, Presence, Room, Seq};
 use crate::error::AppError;
 
 /// What the transports take from a request: `session=` (or the `X-Session` header), the cursor (the
-/// `Last-Event-ID` header, else `since=`), `timeout=`, `nickname=` (a `/ws` join) and `presence=` (a poll that
-/// asks who is online), read once from the query string and the headers; other query parameters are ignored.
+/// `Last-Event-ID` header, else `since=`) and the epoch it is from (`epoch=`), `timeout=`, `nickname=` (a `/ws`
+/// join), `presence=` (a poll that asks who is online) and `ack=` (acknowledged `/ws` sends), read once from the
+/// query string and the headers; other query parameters are ignored.
 /// One of them given twice is refused (`400`): which one the client meant cannot be known, and taking either
 /// would read from the wrong place without a word.
 #[derive(Debug, Default)]
@@ -54,6 +55,8 @@ pub struct Params {
     timeout: Option<String>,
     nickname: Option<String>,
     presence: Option<String>,
+    epoch: Option<String>,
+    ack: Option<String>,
 }
 
 /// The two headers [`Params`] reads.
@@ -72,6 +75,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
                 "timeout" => params.timeout.replace(value.into_owned()).is_some(),
                 "nickname" => params.nickname.replace(value.into_owned()).is_some(),
                 "presence" => params.presence.replace(value.into_owned()).is_some(),
+                "epoch" => params.epoch.replace(value.into_owned()).is_some(),
+                "ack" => params.ack.replace(value.into_owned()).is_some(),
                 _ => false,
             };
             if given_before {
@@ -160,11 +165,44 @@ impl Params {
     /// # Errors
     /// [`AppError::BadRequest`] for any other value.
     pub fn presence(&self) -> Result<bool, AppError> {
-        match self.presence.as_deref() {
-            None | Some("0") => Ok(false),
-            Some("1") => Ok(true),
-            Some(other) => Err(AppError::BadRequest(format!("presence must be 1 or 0, got {other:?}"))),
-        }
+        flag("presence", self.presence.as_deref())
+    }
+
+    /// Whether `ack=1` asks for acknowledged sends on `/ws` (`ack=0` or none: plain text frames).
+    ///
+    /// # Errors
+    /// [`AppError::BadRequest`] for any other value.
+    pub fn ack(&self) -> Result<bool, AppError> {
+        flag("ack", self.ack.as_deref())
+    }
+
+    /// `epoch=`: the epoch of the room the cursor (`since=`) is from (never empty).
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref().filter(|epoch| !epoch.is_empty())
+    }
+}
+
+/// Checks a client's key for one send (a `/ws?ack=1` frame's `ref`, a POST's `Idempotency-Key`): 1 to `max`
+/// bytes of printable ASCII (space to `~`).
+///
+/// # Errors
+/// [`AppError::BadRequest`], naming `what`.
+pub fn send_key<'a>(what: &str, raw: &'a str, max: u64) -> Result<&'a str, AppError> {
+    if raw.is_empty() || raw.len() as u64 > max {
+        return Err(AppError::BadRequest(format!("{what} must be 1 to {max} bytes, got {}", raw.len())));
+    }
+    if !raw.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(AppError::BadRequest(format!("{what} must be printable ASCII (space to ~)")));
+    }
+    Ok(raw)
+}
+
+/// A `1`/`0` query flag; absent is `0`.
+fn flag(name: &str, value: Option<&str>) -> Result<bool, AppError> {
+    match value {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(AppError::BadRequest(format!("{name} must be 1 or 0, got {other:?}"))),
     }
 }
 
@@ -374,11 +412,12 @@ impl Pacer {
     }
 }
 
-/// Builds a poll response body `{"events":[...],"next":N}` from pre-serialised events without re-encoding them;
-/// with `presence` (a poll asked with `presence=1`), `{"events":[...],"next":N,"presence":{...}}`.
-pub fn poll_body(deliveries: &[Delivery], next: Seq, presence: Option<&Presence>) -> Vec<u8> {
+/// Builds a poll response body `{"events":[...],"next":N,"epoch":"E"}` from pre-serialised events without
+/// re-encoding them; with `presence` (a poll asked with `presence=1`), `{"events":[...],"next":N,"epoch":"E",
+/// "presence":{...}}`. The epoch is the room's (a few hex digits, never escaped).
+pub fn poll_body(deliveries: &[Delivery], next: Seq, epoch: &str, presence: Option<&Presence>) -> Vec<u8> {
     let size: usize = deliveries.iter().map(|d| d.json().len() + 1).sum();
-    let mut body = Vec::with_capacity(size + 40);
+    let mut body = Vec::with_capacity(size + 60);
     body.extend_from_slice(b"{\"events\":[");
     for (i, delivery) in deliveries.iter().enumerate() {
         if i > 0 {
@@ -389,6 +428,14 @@ pub fn poll_body(deliveries: &[Delivery], next: Seq, presence: Option<&Presence>
     body.extend_from_slice(b"],\"next\":");
     // itoa rather than `write!`: the formatting machinery costs more than the rest of an empty answer's body.
     body.extend_from_slice(itoa::Buffer::new().format(next).as_bytes());
+    body.extend_from_slice(b",\"epoch\":");
+    if epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        body.push(b'"');
+        body.extend_from_slice(epoch.as_bytes());
+        body.push(b'"');
+    } else {
+        serde_json::to_writer(&mut body, epoch).expect("a string always serialises");
+    }
     if let Some(presence) = presence {
         body.extend_from_slice(b",\"presence\":");
         serde_json::to_writer(&mut body, presence).expect("presence always serialises");

@@ -22,9 +22,9 @@ struct JoinRequest {
 }
 
 /// `POST /api/sessions`: a participant joins over HTTP; everyone is told `<nickname> 来了`.
-/// Answers `201 {"session","id","nickname","seq","presence"}`; `seq` is the cursor just before the join notice,
-/// `presence` who is online (the joiner included). A client holding `--max-sessions-per-client` sessions is
-/// refused `429 too_many_sessions`.
+/// Answers `201 {"session","id","nickname","seq","epoch","presence"}`; `seq` is the cursor just before the join
+/// notice, `epoch` the room's epoch it belongs to, `presence` who is online (the joiner included). A client
+/// holding `--max-sessions-per-client` sessions is refused `429 too_many_sessions`.
 pub async fn create(
     State(room): State<Room>,
     _: SameOrigin,
@@ -40,8 +40,9 @@ pub async fn create(
     room.metering().request(request.transport);
     let (record, seq) = room.join_from(client, request.transport, request.nickname.as_deref(), false).await?;
     room.metering().session(&record.token);
-    let presence = match room.presence_now().await {
-        Ok(presence) => presence,
+    let read = async { Ok::<_, AppError>((room.epoch().await?, room.presence_now().await?)) };
+    let (epoch, presence) = match read.await {
+        Ok(read) => read,
         Err(error) => {
             // The store went away between the join and this read: leave, so the refusal changes nothing.
             let _ = room.leave(&record.token).await;
@@ -49,7 +50,7 @@ pub async fn create(
         }
     };
     let body = json!({"session": record.token, "id": record.id, "nickname": record.nickname, "seq": seq,
-        "presence": presence});
+        "epoch": &*epoch, "presence": presence});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 

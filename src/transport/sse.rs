@@ -30,10 +30,11 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     let token = params.require_session()?;
     let since = params.since()?;
     room.metering().request(Transport::Sse);
-    let (channel, record) = room.open(token, Transport::Sse, since).await?;
+    let (channel, record) = room.open(token, Transport::Sse, since, params.epoch()).await?;
     let presence = room.presence_now().await?;
     let wire = room.metering().session(token);
-    let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), &presence);
+    let welcome =
+        control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), channel.epoch(), &presence);
     let mut first = Vec::new();
     frame(&mut first, None, welcome.as_bytes());
     let state = Stream { channel, wire, first: Some(first), done: false, pacer: Pacer::default() };

@@ -2,9 +2,11 @@
 //!
 //! Without `session=` the connection joins as a new participant; with it, it takes that participant over
 //! (no join or leave notice) and resumes after `since` (default: where the session's last channel stopped).
-//! The first frame is `welcome {id, nickname, session, seq}`; then room events and control events as text frames.
-//! The client sends plain text frames (`hello`, `/nick NAME`); a refused text gets an `error` event and the
-//! connection stays open.
+//! The first frame is `welcome {id, nickname, session, seq, epoch}`; then room events and control events as text
+//! frames. The client sends plain text frames (`hello`, `/nick NAME`); a refused text gets an `error` event and the
+//! connection stays open. With `ack=1` each client frame is `{"ref": "<client id>", "text": "hello"}` instead, and
+//! is answered `{"type":"ack","ref","seq"}` once sequenced (or an `error` naming the `ref`): a `ref` the session
+//! used before is not published again, so a client that lost its connection resends what was not acknowledged.
 //!
 //! Every `--keepalive` seconds the server pings; a peer that answers nothing for two pings is dropped, so a client
 //! that vanished without closing is noticed (and announced as gone when its lease runs out).
@@ -20,10 +22,11 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
+use serde::Deserialize;
 use tungstenite::{Bytes, Message};
 
 use super::websocket::{is_too_many_fragments, Socket, Upgrade};
-use super::{ClientAddr, Pacer, Params, SameOrigin};
+use super::{send_key, ClientAddr, Pacer, Params, SameOrigin};
 use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
@@ -46,6 +49,7 @@ pub async fn handler(
     upgrade: Upgrade,
 ) -> Result<Response, AppError> {
     let since = params.since()?;
+    let sends = if params.ack()? { Sends::Acked } else { Sends::Plain };
     room.metering().request(Transport::Ws);
     let (token, since, joined) = match (params.session(), params.nickname()) {
         (Some(_), Some(_)) => {
@@ -59,7 +63,7 @@ pub async fn handler(
             (record.token, Some(since.unwrap_or(cursor)), true)
         }
     };
-    let opened = match room.open(&token, Transport::Ws, since).await {
+    let opened = match room.open(&token, Transport::Ws, since, params.epoch()).await {
         Ok((channel, record)) => room.presence_now().await.map(|presence| (channel, record, presence)),
         Err(error) => Err(error),
     };
@@ -73,11 +77,58 @@ pub async fn handler(
             return Err(error);
         }
     };
-    let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), &presence);
+    let welcome =
+        control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), channel.epoch(), &presence);
     let wire = room.metering().session(&token);
     let channel = Box::new(channel);
-    Ok(upgrade
-        .on_upgrade(room.config(), move |socket| serve(socket, channel, wire, client, Some(welcome), OnClose::Stay)))
+    Ok(upgrade.on_upgrade(room.config(), move |socket| {
+        serve(socket, channel, wire, client, Some(welcome), OnClose::Stay, sends)
+    }))
+}
+
+/// What a client's text frames are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sends {
+    /// The text itself (`hello`, `/nick NAME`); only a refusal is answered (the seed protocol, `/ws`).
+    Plain,
+    /// `{"ref", "text"}`, each answered with an `ack` or an `error` naming the `ref` (`/ws?ack=1`).
+    Acked,
+}
+
+/// A `/ws?ack=1` client frame.
+#[derive(Debug, Deserialize)]
+struct AckedText {
+    #[serde(rename = "ref")]
+    reference: String,
+    text: String,
+}
+
+/// Takes one text frame from the client: posts it, and returns what to answer, if anything.
+async fn receive(room: &Room, client: Option<IpAddr>, token: &str, frame: &str, sends: Sends) -> Option<String> {
+    if sends == Sends::Plain {
+        return room.send_from(client, token, frame, None).await.err().map(|error| error.to_event());
+    }
+    let sent: AckedText = match serde_json::from_str(frame) {
+        Ok(sent) => sent,
+        Err(error) => {
+            // Name the `ref` in the refusal when there is one to read, so the client knows which send it was.
+            let value: Option<serde_json::Value> = serde_json::from_str(frame).ok();
+            let reference = value.as_ref().and_then(|v| v.get("ref")).and_then(|r| r.as_str());
+            let error = AppError::BadRequest(format!(
+                "with ack=1 every frame is a JSON object {{\"ref\": \"<your id for it>\", \"text\": \"<a chat line or /nick NAME>\"}}: {error}"
+            ));
+            return Some(control::refused(reference, error.code(), &error.to_string()));
+        }
+    };
+    let reference = sent.reference.as_str();
+    let answer = match send_key("ref", reference, room.config().max_ref_bytes) {
+        Ok(key) => room.send_from(client, token, &sent.text, Some(key)).await,
+        Err(error) => Err(error),
+    };
+    Some(match answer {
+        Ok((seq, _)) => control::ack(reference, seq),
+        Err(error) => control::refused(Some(reference), error.code(), &error.to_string()),
+    })
 }
 
 /// What becomes of the participant when its socket ends.
@@ -118,12 +169,13 @@ pub(crate) fn serve(
     client: Option<IpAddr>,
     welcome: Option<String>,
     on_close: OnClose,
+    sends: Sends,
 ) -> impl Future<Output = ()> + Send {
     // A plain function returning an `async move` block, not an `async fn`: an `async fn` moves its arguments
     // into locals and so holds the socket twice for the connection's whole life.
     async move {
         let room = channel.room().clone();
-        let ended = match exchange(&mut socket, &mut channel, &room, &wire, client, welcome).await {
+        let ended = match exchange(&mut socket, &mut channel, &room, &wire, client, welcome, sends).await {
             Ok(ended) => ended,
             Err(end) => Box::pin(finish(&mut socket, &room, end)).await,
         };
@@ -148,6 +200,7 @@ async fn exchange(
     wire: &SessionWire,
     client: Option<IpAddr>,
     welcome: Option<String>,
+    sends: Sends,
 ) -> Exit {
     if let Some(welcome) = welcome {
         if socket.send(Message::Text(welcome.into())).await.is_err() {
@@ -197,8 +250,8 @@ async fn exchange(
                 };
                 match message {
                     Message::Text(text) => {
-                        if let Err(error) = Box::pin(room.post_from(client, channel.token(), text.as_str())).await {
-                            if socket.send(Message::Text(error.to_event().into())).await.is_err() {
+                        if let Some(answer) = Box::pin(receive(room, client, channel.token(), text.as_str(), sends)).await {
+                            if socket.send(Message::Text(answer.into())).await.is_err() {
                                 return Ok(Ended::Client);
                             }
                         }

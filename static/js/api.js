@@ -29,7 +29,8 @@ export async function readJson(response) {
 
 /**
  * Joins the room over HTTP: POST /api/sessions.
- * Resolves to {session, id, nickname, seq}; `seq` is the cursor to start from.
+ * Resolves to {session, id, nickname, seq, epoch, presence}; `seq` is the cursor to start from, `epoch` the
+ * room's numbering it belongs to.
  */
 export async function joinSession(transport, nickname) {
   const body = { transport };
@@ -42,11 +43,16 @@ export async function joinSession(transport, nickname) {
   return readJson(response);
 }
 
-/** Sends a text (or "/nick NAME") for a session: POST /api/messages -> {seq}. */
-export async function postMessage(session, text) {
+/**
+ * Sends a text (or "/nick NAME") for a session: POST /api/messages -> {seq}. With a `key` (Idempotency-Key),
+ * sending it again is harmless: the server publishes a key once and answers the first send's seq.
+ */
+export async function postMessage(session, text, key = null) {
+  const headers = { 'Content-Type': 'text/plain; charset=utf-8' };
+  if (key) headers['Idempotency-Key'] = key;
   const response = await fetch('/api/messages?session=' + encodeURIComponent(session), {
     method: 'POST',
-    headers: { 'Content-Type': 'text/plain; charset=utf-8' },
+    headers,
     body: text,
   });
   return readJson(response);

@@ -182,6 +182,18 @@ pub async fn ws_next(ws: &mut Ws) -> Value {
     }
 }
 
+/// Reads text frames (as JSON) until one satisfies `wanted`, which it returns; frames before it are dropped.
+pub async fn ws_until(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let frame =
+            tokio::time::timeout_at(deadline, ws_next(ws)).await.unwrap_or_else(|_| panic!("{what} within {WAIT:?}"));
+        if wanted(&frame) {
+            return frame;
+        }
+    }
+}
+
 /// Reads frames until a close frame; returns its code.
 pub async fn ws_close_code(ws: &mut Ws) -> Option<CloseCode> {
     loop {
