@@ -81,6 +81,11 @@ pub struct Others {
     /// Connections closed because a request head (or a keep-alive connection's next one) did not arrive within
     /// `--header-timeout`.
     pub header_timeouts: AtomicU64,
+    /// Idle sockets (no request in flight, no open channel) closed to make room for a new one at `--max-sockets`.
+    pub idle_evictions: AtomicU64,
+    /// Request heads refused at the socket (malformed, a request line or a head too long): answered 400, 414 or
+    /// 431 with a JSON body, then closed.
+    pub bad_heads: AtomicU64,
 }
 
 impl Metering {
@@ -196,6 +201,8 @@ impl Metering {
                 "wire_bytes_out": get(&o.wire_bytes_out),
                 "write_timeouts": get(&o.write_timeouts),
                 "header_timeouts": get(&o.header_timeouts),
+                "idle_evictions": get(&o.idle_evictions),
+                "bad_heads": get(&o.bad_heads),
                 "deliveries_per_second": self.load.per_second(Instant::now()),
                 "wire_view": {
                     "requests": get(&v.requests),
@@ -219,6 +226,10 @@ impl Metering {
                                    read (under other: those carrying no technique's request)",
                 "header_timeouts": "connections closed because no complete request head arrived within \
                                     --header-timeout of the accept or of the previous response",
+                "idle_evictions": "idle sockets (no request in flight, no open channel) closed, oldest idle first, to \
+                                   make room for a new one at --max-sockets",
+                "bad_heads": "request heads refused before any handler (malformed: 400 bad_request; request line too \
+                              long: 414 uri_too_long; head over --max-head-bytes: 431 head_too_large), then closed",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds; buckets: [upper bound \
                                in ms, count] of the non-empty histogram buckets, since the server started",
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \
