@@ -13,9 +13,9 @@
 //!
 //! Every participant that reads checks the room's sequence: each room event's `seq` must follow the previous
 //! one, from its join cursor on (a hole is a lost event, a repeat a duplicate). A stalled channel is watched in
-//! `/proc/net/tcp` (the server is on this machine): its server-side socket's send queue stops growing when the
-//! server's writes block (the *stall*), and the socket leaves the server (its inode becomes 0, or it is gone)
-//! when the server lets it go. The server's RSS (`VmRSS`) is sampled every second.
+//! `/proc/net/tcp` (the server is on this machine) every 200 ms: its server-side socket's send queue stops growing
+//! when the server's writes block (the *stall*), and the socket leaves the server (its inode becomes 0, or it is
+//! gone, in two samples in a row) when the server lets it go. The server's RSS (`VmRSS`) is sampled every second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,6 +143,10 @@ pub struct SoakReport {
     pub overdue: u64,
     /// From the stall (the server's send queue stopped growing) to the let-go, in seconds: median and max.
     pub let_go_after_stall_s: Option<(f64, f64)>,
+    /// The same, 99th percentile.
+    pub let_go_after_stall_p99_s: Option<f64>,
+    /// Let-gos later than `--write-timeout` + 1 s after the stall.
+    pub let_go_late: u64,
     /// From the client's last read to the stall (the buffers filling), in seconds: median and max.
     pub fill_s: Option<(f64, f64)>,
     /// From the client's last read to the let-go, in seconds: median and max.
@@ -167,6 +171,7 @@ impl SoakReport {
             && self.duplicated == 0
             && self.readers_failed == 0
             && self.overdue == 0
+            && self.let_go_late == 0
             && self.let_go_after_stall_s.is_none_or(|(_, max)| max <= bound)
     }
 
@@ -190,7 +195,7 @@ impl SoakReport {
              | soak | {d:.0} s, {sent} texts sent ({se} failed), {rc} reconnections |\n\
              | readers | {ev} room events received; lost {lost}, duplicated {dup}, gaps {gaps}, failed readers {rf} |\n\
              | stalled channels | {sc} opened, {lg} let go, {od} overdue |\n\
-             | stall → let go | {las} (bound: --write-timeout {wt} s + 1 s) |\n\
+             | stall → let go | {las}, p99 {p99}; {late} later than --write-timeout {wt} s + 1 s |\n\
              | last read → stall (buffers filling) | {fill} |\n\
              | last read → let go | {lar} |\n\
              | server RSS | first minute {rf1}, last minute {rl1}, max {rmx} |\n\
@@ -218,6 +223,8 @@ impl SoakReport {
             lg = self.let_go,
             od = self.overdue,
             las = pair(self.let_go_after_stall_s),
+            p99 = self.let_go_after_stall_p99_s.map_or("-".into(), |p| format!("{p:.2} s")),
+            late = self.let_go_late,
             wt = self.write_timeout_s,
             fill = pair(self.fill_s),
             lar = pair(self.let_go_after_last_read_s),
@@ -553,13 +560,21 @@ async fn send(
         let sent = match &mut sink {
             Some(sink) => sink.send(Message::text(text)).await.is_ok(),
             None => {
-                if up.is_none() {
-                    up = Http::connect(&shared.authority, shared.probe.clone(), false).await.ok();
+                // A kept-alive connection the server has since closed (idle past --header-timeout) is replaced
+                // and the text sent again on the new one, as a browser does.
+                let mut posted = false;
+                for _ in 0..2 {
+                    if up.is_none() {
+                        up = Http::connect(&shared.authority, shared.probe.clone(), false).await.ok();
+                    }
+                    let Some(http) = &mut up else { break };
+                    if http.post_text(&joined_session, &text).await.is_ok() {
+                        posted = true;
+                        break;
+                    }
+                    up = None;
                 }
-                match &mut up {
-                    Some(http) => http.post_text(&joined_session, &text).await.is_ok(),
-                    None => false,
-                }
+                posted
             }
         };
         let counter = if sent { &counters.0 } else { &counters.1 };
@@ -576,6 +591,9 @@ struct Watched {
     /// The server-side socket's send queue, and when it last changed.
     queue: u64,
     changed: Instant,
+    /// The first of the samples, in a row, in which it was missing: one is not enough, as `/proc/net/tcp` is read
+    /// in pieces and a socket can slip between them while others come and go.
+    missing: Option<Instant>,
     let_go: Option<oneshot::Sender<()>>,
 }
 
@@ -610,7 +628,7 @@ impl Watch {
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
         self.opened.fetch_add(1, Ordering::Relaxed);
-        self.lock().insert(port, Watched { stopped: now, queue: 0, changed: now, let_go: Some(tx) });
+        self.lock().insert(port, Watched { stopped: now, queue: 0, changed: now, missing: None, let_go: Some(tx) });
         rx
     }
 
@@ -642,16 +660,22 @@ impl Watch {
         let mut done = Vec::new();
         self.lock().retain(|port, watched| match sockets.get(port) {
             Some(&(queue, inode)) if inode != 0 => {
+                watched.missing = None;
                 if queue != watched.queue {
                     watched.queue = queue;
                     watched.changed = now;
                 }
                 true
             }
+            _ if watched.missing.is_none() => {
+                watched.missing = Some(now);
+                true
+            }
             _ => {
+                let gone = watched.missing.unwrap_or(now);
                 done.push(LetGo {
                     fill: (watched.changed - watched.stopped).as_secs_f64(),
-                    after_stall: (now - watched.changed).as_secs_f64(),
+                    after_stall: (gone - watched.changed).as_secs_f64(),
                 });
                 if let Some(tx) = watched.let_go.take() {
                     let _ = tx.send(());
@@ -917,6 +941,12 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         let_go: done.len() as u64,
         overdue,
         let_go_after_stall_s: median_max(done.iter().map(|d| d.after_stall)),
+        let_go_after_stall_p99_s: {
+            let mut all: Vec<f64> = done.iter().map(|d| d.after_stall).collect();
+            all.sort_by(f64::total_cmp);
+            all.get((all.len() * 99).div_ceil(100).saturating_sub(1)).copied()
+        },
+        let_go_late: done.iter().filter(|d| d.after_stall > bound.as_secs_f64()).count() as u64,
         fill_s: median_max(done.iter().map(|d| d.fill)),
         let_go_after_last_read_s: median_max(done.iter().map(|d| d.fill + d.after_stall)),
         rss_first_kib: median_between(0.0, minute),
