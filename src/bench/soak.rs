@@ -135,6 +135,8 @@ pub struct SoakReport {
     pub gaps: u64,
     /// Readers whose channel failed for good (counted as losing the rest).
     pub readers_failed: u64,
+    /// Why readers' channels failed (a reconnecting reader retries): message -> times.
+    pub reader_errors: std::collections::BTreeMap<String, u64>,
     /// Stalled channels opened, and let go by the server.
     pub stalled_channels: u64,
     /// Stalled channels the server let go.
@@ -194,6 +196,7 @@ impl SoakReport {
              | participants | {p} ({h} healthy, {r} reconnecting, {s} stalled; {je} could not join; joined in {js:.1} s) |\n\
              | soak | {d:.0} s, {sent} texts sent ({se} failed), {rc} reconnections |\n\
              | readers | {ev} room events received; lost {lost}, duplicated {dup}, gaps {gaps}, failed readers {rf} |\n\
+             | reader errors | {errors} |\n\
              | stalled channels | {sc} opened, {lg} let go, {od} overdue |\n\
              | stall → let go | {las}, p99 {p99}; {late} later than --write-timeout {wt} s + 1 s |\n\
              | last read → stall (buffers filling) | {fill} |\n\
@@ -219,6 +222,11 @@ impl SoakReport {
             dup = self.duplicated,
             gaps = self.gaps,
             rf = self.readers_failed,
+            errors = if self.reader_errors.is_empty() {
+                "none".to_owned()
+            } else {
+                self.reader_errors.iter().map(|(e, n)| format!("{n}× {e}")).collect::<Vec<_>>().join("; ")
+            },
             sc = self.stalled_channels,
             lg = self.let_go,
             od = self.overdue,
@@ -336,9 +344,17 @@ struct Shared {
     poll_interval: Duration,
     reconnects: Arc<AtomicU64>,
     watch: Arc<Watch>,
+    /// Why readers' channels failed: message -> times.
+    errors: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Shared {
+    /// Counts one failure of a reader's channel.
+    fn failed(&self, technique: Technique, error: &str) {
+        let key = format!("{}: {}", technique.as_str(), error.chars().take(120).collect::<String>());
+        *self.errors.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default() += 1;
+    }
+
     fn context(&self, index: usize) -> clients::Context {
         clients::Context {
             probe: self.probe.clone(),
@@ -413,11 +429,16 @@ async fn read_ws(
         match frame {
             Some(Some(Ok(Message::Text(text)))) => sequence.observe(text.as_bytes()),
             Some(Some(Ok(_))) => {}
-            Some(_) if reconnect_at.is_none() => {
+            Some(frame) if reconnect_at.is_none() => {
+                shared.failed(Technique::Ws, &format!("{frame:?}"));
                 sequence.failed.store(1, Ordering::Relaxed);
                 return;
             }
-            _ => {
+            frame => {
+                if let Some(frame) = frame {
+                    shared.failed(Technique::Ws, &format!("{frame:?}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 // Reconnect (its time came, or the socket broke): same session, from the cursor.
                 if let Some(mut old) = sink.take() {
                     let _ = old.close().await;
@@ -435,7 +456,8 @@ async fn read_ws(
                         frames = new_frames;
                         shared.reconnects.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => {
+                    Err(error) => {
+                        shared.failed(Technique::Ws, &format!("reconnecting: {error:#}"));
                         sequence.failed.store(1, Ordering::Relaxed);
                         return;
                     }
@@ -507,11 +529,17 @@ async fn read_http(
         };
         match outcome {
             Some(Ok(())) => continue,
-            Some(Err(_)) if reconnect_at.is_none() => {
+            Some(Err(error)) if reconnect_at.is_none() => {
+                shared.failed(technique, &format!("{error:#}"));
                 sequence.failed.store(1, Ordering::Relaxed);
                 return;
             }
-            _ => {
+            outcome => {
+                if let Some(Err(error)) = outcome {
+                    // A failed round of a reconnecting reader: counted, and retried a second later.
+                    shared.failed(technique, &format!("{error:#}"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 // A new connection, as a page does after a network change; the cursor carries on.
                 match Http::connect(&shared.authority, shared.probe.clone(), false).await {
                     Ok(fresh) => down = fresh,
@@ -811,6 +839,7 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         poll_interval: Duration::from_secs_f64(args.poll_interval),
         reconnects: Arc::default(),
         watch: watch.clone(),
+        errors: Arc::default(),
     };
     let roles: Vec<(Technique, Role)> = (0..count).map(assign).collect();
     eprintln!("soak: {count} participants joining");
@@ -918,6 +947,7 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         kib.sort_unstable();
         kib.get(kib.len() / 2).copied()
     };
+    let reader_errors = shared.errors.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect();
     let count_role = |want: Role| roles.iter().filter(|(_, role)| *role == want).count() as u32;
     Ok(SoakReport {
         date: super::report::utc_now(),
@@ -937,6 +967,7 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         duplicated: get(|s| &s.duplicated),
         gaps: get(|s| &s.gaps),
         readers_failed: get(|s| &s.failed),
+        reader_errors,
         stalled_channels: watch.opened.load(Ordering::Relaxed),
         let_go: done.len() as u64,
         overdue,
