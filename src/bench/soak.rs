@@ -420,6 +420,7 @@ async fn read_ws(
     mut sink: Option<futures_util::stream::SplitSink<WsSocket, Message>>,
 ) {
     let mut reconnect_at = shared.reconnect_at(role, index);
+    let mut failures = 0;
     loop {
         let frame = tokio::select! {
             () = shared.stop.cancelled() => return,
@@ -427,16 +428,21 @@ async fn read_ws(
             frame = frames.next() => Some(frame),
         };
         match frame {
-            Some(Some(Ok(Message::Text(text)))) => sequence.observe(text.as_bytes()),
-            Some(Some(Ok(_))) => {}
-            Some(frame) if reconnect_at.is_none() => {
-                shared.failed(Technique::Ws, &format!("{frame:?}"));
-                sequence.failed.store(1, Ordering::Relaxed);
-                return;
+            Some(Some(Ok(Message::Text(text)))) => {
+                failures = 0;
+                sequence.observe(text.as_bytes());
             }
+            Some(Some(Ok(_))) => {}
             frame => {
                 if let Some(frame) = frame {
+                    // A broken socket: reconnect from the cursor a second later, as a page does; a third
+                    // failure in a row is the end.
                     shared.failed(Technique::Ws, &format!("{frame:?}"));
+                    failures += 1;
+                    if failures > MAX_FAILURES {
+                        sequence.failed.store(1, Ordering::Relaxed);
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 // Reconnect (its time came, or the socket broke): same session, from the cursor.
@@ -480,6 +486,7 @@ async fn read_http(
     mut down: Http,
 ) {
     let mut reconnect_at = shared.reconnect_at(role, index);
+    let mut failures = 0;
     let mut ticks = tokio::time::interval_at(
         Instant::now() + shared.poll_interval.mul_f64(clients::spread(index, 7)),
         shared.poll_interval,
@@ -528,16 +535,21 @@ async fn read_http(
             outcome = round => Some(outcome),
         };
         match outcome {
-            Some(Ok(())) => continue,
-            Some(Err(error)) if reconnect_at.is_none() => {
-                shared.failed(technique, &format!("{error:#}"));
-                sequence.failed.store(1, Ordering::Relaxed);
-                return;
+            Some(Ok(())) => {
+                failures = 0;
+                continue;
             }
             outcome => {
                 if let Some(Err(error)) = outcome {
-                    // A failed round of a reconnecting reader: counted, and retried a second later.
-                    shared.failed(technique, &format!("{error:#}"));
+                    // A failed round: counted, and retried on a new connection a second later, as a page does;
+                    // a refusal (an unknown session) or a third failure in a row is the end.
+                    let message = format!("{error:#}");
+                    shared.failed(technique, &message);
+                    failures += 1;
+                    if failures > MAX_FAILURES || message.contains("refused") {
+                        sequence.failed.store(1, Ordering::Relaxed);
+                        return;
+                    }
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
                 // A new connection, as a page does after a network change; the cursor carries on.
@@ -554,6 +566,9 @@ async fn read_http(
         }
     }
 }
+
+/// Failures in a row after which a reader gives up.
+const MAX_FAILURES: u32 = 3;
 
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -868,16 +883,14 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
     // Stalled participants and senders start now and stop at the end.
     shared.end = start + Duration::from_secs_f64(args.duration);
     let rss = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
+    // On a thread of its own: reading `/proc/net/tcp` blocks, and the clients' tasks must not wait for it.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
-        let (rss, stop, watch) = (rss.clone(), stop.clone(), watch.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SAMPLE);
+        let (rss, sampling, watch) = (rss.clone(), sampling.clone(), watch.clone());
+        std::thread::spawn(move || {
             let mut n = 0u64;
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
+            while sampling.load(Ordering::Relaxed) {
+                let next = std::time::Instant::now() + SAMPLE;
                 watch.sample();
                 n += 1;
                 if n.is_multiple_of(5) {
@@ -885,6 +898,7 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
                         rss.lock().unwrap_or_else(|p| p.into_inner()).push((start.elapsed().as_secs_f64(), kib));
                     }
                 }
+                std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
             }
         })
     };
@@ -936,7 +950,8 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         Err(_) => serde_json::Value::Null,
     };
     drop(guard);
-    sampler.abort();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.join();
     drop(own);
 
     let done = watch.done.lock().unwrap_or_else(|p| p.into_inner()).clone();
