@@ -84,6 +84,13 @@ pub struct Config {
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest HTTP request head (request line and headers), in bytes. A longer one is refused before any
+    /// handler runs, and the connection closed: `431 head_too_large`, or `414 uri_too_long` when the request line
+    /// alone does not fit; a head that cannot be parsed gets `400 bad_request`. Each costs the server at most
+    /// this much memory while it arrives.
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1024..=256 * 1024))]
+    pub max_head_bytes: u64,
+
     /// Largest WebSocket frame (and message) a client may send, in bytes; larger closes with 1009.
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_frame_bytes: usize,

@@ -39,6 +39,12 @@ pub enum AppError {
     /// No such session, or it expired.
     #[error("unknown or expired session")]
     UnknownSession,
+    /// A request head larger than `--max-head-bytes` (too many or too long header lines).
+    #[error("the request head exceeds {0} bytes")]
+    HeadTooLarge(usize),
+    /// A request line too long to be read (in practice, its URI).
+    #[error("the request line (its URI) is too long")]
+    UriTooLong,
     /// A body larger than `--max-body-bytes`.
     #[error("the body exceeds {0} bytes")]
     TooLarge(usize),
@@ -87,6 +93,8 @@ impl AppError {
             AppError::ForbiddenHost(_) => "forbidden_host",
             AppError::UnknownSession => "unknown_session",
             AppError::TooLarge(_) => "too_large",
+            AppError::HeadTooLarge(_) => "head_too_large",
+            AppError::UriTooLong => "uri_too_long",
             AppError::RateLimited(_) => "rate_limited",
             AppError::ClientRateLimited(_) => "client_rate_limited",
             AppError::TooManySessions(_) => "too_many_sessions",
@@ -112,6 +120,8 @@ impl AppError {
             AppError::NicknameTaken(_) => StatusCode::CONFLICT,
             AppError::ForbiddenHost(_) => StatusCode::MISDIRECTED_REQUEST,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            AppError::UriTooLong => StatusCode::URI_TOO_LONG,
             AppError::RateLimited(_) | AppError::ClientRateLimited(_) | AppError::TooManySessions(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }

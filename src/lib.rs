@@ -12,6 +12,7 @@
 //! | [`bench`](mod@bench) | `chatlab bench`: real clients of every technique, and the side-by-side report |
 //! | [`config`] | every flag, its default and why |
 //! | [`error`] | every refusal and how it reaches a client |
+//! | `serve.rs` | the HTTP/1.1 server loop under [`run`]: metered sockets, upgrades, the head limit, the drain |
 //!
 //! An event's path: a transport calls [`core::Room::post`]; the broker sequences and stores it and feeds it to
 //! the room of every process; each room keeps it in a ring of recent events that every local channel reads from
@@ -26,9 +27,10 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod metering;
+mod serve;
 pub mod transport;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +46,7 @@ use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::core::Room;
 use crate::error::AppError;
-use crate::metering::wire::{Deadlines, MakeMetered, MeteredListener};
+use crate::metering::wire::{Deadlines, MeteredListener};
 use crate::metering::Metering;
 use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, wire_view, ws};
 
@@ -124,16 +126,17 @@ pub async fn run(
     // Counting sockets: every byte read and written is given to the technique of its request (metering::wire).
     // Deadlines at the socket (`--write-timeout`, `--header-timeout`): one place for every technique.
     let deadlines = Deadlines { write: room.config().write_timeout(), header: room.config().header_timeout() };
+    // Heads over `--max-head-bytes` are refused at the socket, before any handler (serve.rs).
+    let max_head = room.config().max_head_bytes as usize;
     let listener = MeteredListener::new(listener, room.metering().clone())
         .with_limit(room.config().max_sockets)
-        .with_deadlines(deadlines);
-    let server = axum::serve(listener, MakeMetered::new(app(room.clone())))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: telling every participant");
-            signal_room.shutdown();
-        })
-        .into_future();
+        .with_deadlines(deadlines)
+        .with_max_head(max_head);
+    let server = serve::serve(listener, app(room.clone()), max_head, async move {
+        shutdown.await;
+        tracing::info!("shutting down: telling every participant");
+        signal_room.shutdown();
+    });
     let deadline = async {
         stopping.cancelled().await;
         tokio::time::sleep(grace).await;

@@ -10,7 +10,17 @@ use tokio::sync::oneshot;
 
 /// Serves a room with the rate and per-client limits off on `127.0.0.1:0` until the returned sender is dropped.
 async fn start_server() -> (std::net::SocketAddr, oneshot::Sender<()>) {
-    let config = Config { rate_limit: 0.0, client_rate_limit: 0.0, max_sessions_per_client: 0, ..Config::default() };
+    start_server_with(Config {
+        rate_limit: 0.0,
+        client_rate_limit: 0.0,
+        max_sessions_per_client: 0,
+        ..Config::default()
+    })
+    .await
+}
+
+/// Serves a room with `config` on `127.0.0.1:0` until the returned sender is dropped.
+async fn start_server_with(config: Config) -> (std::net::SocketAddr, oneshot::Sender<()>) {
     let room = chatlab::build_room(config).await.expect("room");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -146,4 +156,42 @@ async fn wrk_compares_the_polls_with_a_bare_handler() {
     }
     assert_eq!(wrk.targets[0].ratio_to_bare, 1.0);
     assert!(wrk.targets[1].path.starts_with("/api/poll?session=S&since="), "{:?}", wrk.targets[1]);
+}
+
+/// `chatlab bench soak`, small and short (48 participants, 8 s, --write-timeout 1) over real sockets: the healthy
+/// and reconnecting readers lose and repeat nothing, every stalled connection is let go within --write-timeout
+/// + 1 s of its stall (and counted by the server as a write timeout), and the server's RSS is sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_loses_nothing_and_lets_stalled_connections_go() {
+    let (addr, _stop) = start_server_with(Config { rate_limit: 0.0, write_timeout: 1, ..Config::default() }).await;
+    let (url, pid) = (format!("http://{addr}"), std::process::id().to_string());
+    #[rustfmt::skip]
+    let argv = [
+        "chatlab", "bench", "soak", "--url", &url, "--server-pid", &pid, "--participants", "48", "--duration", "8",
+        "--rate", "40", "--text-bytes", "1900", "--senders", "10", "--reconnect-every", "1", "--poll-interval", "0.5",
+        "--write-timeout", "1",
+    ];
+    let Some(Command::Bench(args)) = Cli::try_parse_from(argv).expect("flags").command else {
+        panic!("not the bench subcommand");
+    };
+    let Some(chatlab::bench::BenchCommand::Soak(soak)) = args.command else { panic!("not the soak") };
+    let report = tokio::time::timeout(Duration::from_secs(90), chatlab::bench::soak::soak(&soak))
+        .await
+        .expect("the soak finishes within 90 s")
+        .expect("the soak runs");
+    assert_eq!((report.stalled, report.reconnecting), (4, 4), "{report:?}");
+    assert_eq!(report.join_errors, 0, "{report:?}");
+    assert!(report.sent > 100 && report.send_errors == 0, "{report:?}");
+    assert!(report.events_received > report.sent * 30, "{report:?}");
+    assert_eq!((report.lost, report.duplicated, report.gaps, report.readers_failed), (0, 0, 0, 0), "{report:?}");
+    assert!(report.reconnects >= 4, "{report:?}");
+    assert!(report.let_go >= 4, "every stalled participant was let go at least once: {report:?}");
+    let (_, max) = report.let_go_after_stall_s.expect("let-go times");
+    assert!(max <= 2.0, "within --write-timeout + 1 s of the stall: {report:?}");
+    assert_eq!(report.overdue, 0, "{report:?}");
+    let timeouts: u64 =
+        ["ws", "sse"].iter().map(|t| report.server["transports"][t]["write_timeouts"].as_u64().unwrap()).sum();
+    assert!(timeouts >= report.let_go, "the server counted each let-go: {report:?}");
+    assert!(report.rss_first_kib.is_some() && report.rss_last_kib.is_some(), "{report:?}");
+    assert!(report.passed());
 }

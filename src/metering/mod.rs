@@ -91,6 +91,11 @@ pub struct Others {
     pub client_texts_refused: AtomicU64,
     /// Clients the per-client limits track now (a gauge).
     pub clients_tracked: AtomicU64,
+    /// Idle sockets (no request in flight, no open channel) closed to make room for a new one at `--max-sockets`.
+    pub idle_evictions: AtomicU64,
+    /// Request heads refused at the socket (malformed, a request line or a head too long): answered 400, 414 or
+    /// 431 with a JSON body, then closed.
+    pub bad_heads: AtomicU64,
 }
 
 impl Metering {
@@ -214,6 +219,8 @@ impl Metering {
                 "client_sessions_refused": get(&o.client_sessions_refused),
                 "client_texts_refused": get(&o.client_texts_refused),
                 "clients_tracked": get(&o.clients_tracked),
+                "idle_evictions": get(&o.idle_evictions),
+                "bad_heads": get(&o.bad_heads),
                 "deliveries_per_second": self.load.per_second(Instant::now()),
                 "busy_percent": self.busy.percent(),
                 "paced": self.busy.paced(),
@@ -245,6 +252,10 @@ impl Metering {
                 "client_texts_refused": "texts refused 429 client_rate_limited: their client was over \
                                          --client-rate-limit across all its sessions",
                 "clients_tracked": "clients (IP addresses) the per-client limits remember now",
+                "idle_evictions": "idle sockets (no request in flight, no open channel) closed, oldest idle first, to \
+                                   make room for a new one at --max-sockets",
+                "bad_heads": "request heads refused before any handler (malformed: 400 bad_request; request line too \
+                              long: 414 uri_too_long; head over --max-head-bytes: 431 head_too_large), then closed",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds; buckets: [upper bound \
                                in ms, count] of the non-empty histogram buckets, since the server started",
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \

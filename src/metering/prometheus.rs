@@ -174,6 +174,18 @@ impl Collector for MeteringCollector {
             None,
             MetricType::Counter,
         )?)?;
+        ConstCounter::new(get(&others.idle_evictions)).encode(encoder.encode_descriptor(
+            "chatlab_idle_evictions",
+            "Idle sockets closed, oldest idle first, to make room for a new one at --max-sockets.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.bad_heads)).encode(encoder.encode_descriptor(
+            "chatlab_bad_heads",
+            "Request heads refused before any handler (400, 414 or 431 with a JSON body), then closed.",
+            None,
+            MetricType::Counter,
+        )?)?;
 
         ConstCounter::new(get(&others.client_sessions_refused)).encode(encoder.encode_descriptor(
             "chatlab_client_sessions_refused",
