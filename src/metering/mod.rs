@@ -60,14 +60,14 @@ pub struct Counters {
 /// Per-technique counters for the whole server. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Metering {
-    transports: Arc<[Counters; 4]>,
+    transports: Arc<[Counters; Transport::ALL.len()]>,
     others: Arc<Others>,
     load: Arc<Load>,
     busy: Arc<busy::Busy>,
     sessions: Arc<session::Sessions>,
 }
 
-/// What counts under none of the four techniques.
+/// What counts under none of the techniques.
 #[derive(Debug, Default)]
 pub struct Others {
     /// TCP connections accepted now.

@@ -654,20 +654,36 @@ impl Future for Answered {
             None => Owner::Nobody,
         };
         let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let stream = response
+        let sse = response
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
-        let kind = if upgrade {
-            Kind::Upgrade
-        } else if session.is_some() && stream {
-            Kind::Sse
-        } else {
-            Kind::Plain
+        let streamed = match response.extensions().get::<Streaming>() {
+            Some(Streaming::Ndjson) => Some(Kind::Ndjson),
+            Some(Streaming::Script) => Some(Kind::Script),
+            None if sse => Some(Kind::Sse),
+            None => None,
+        };
+        let stream = streamed.is_some();
+        let kind = match streamed {
+            _ if upgrade => Kind::Upgrade,
+            Some(kind) if session.is_some() => kind,
+            _ => Kind::Plain,
         };
         self.connection.answer(owner, session, kind, !upgrade && !stream);
         Poll::Ready(Ok(response))
     }
+}
+
+/// Marks a response (in its extensions) whose body is a long stream of events other than SSE, which is known
+/// by its type: the connection reads its body back as events for a wire view, and sets no request-head
+/// deadline while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streaming {
+    /// HTTP streaming's NDJSON lines.
+    Ndjson,
+    /// The forever iframe's `<script>` chunks.
+    Script,
 }
 
 /// No technique chosen (yet).
