@@ -30,8 +30,8 @@ const DOC = {
   poll: '/docs/techniques#1-short-interval-polling',
   longpoll: '/docs/techniques#2-long-polling',
   sse: '/docs/techniques#3-server-sent-events-sse',
-  stream: '/docs/techniques#http-streaming-ndjson',
-  iframe: '/docs/techniques#the-forever-iframe',
+  stream: '/docs/techniques#8-http-streaming-ndjson',
+  iframe: '/docs/techniques#9-the-forever-iframe',
   ws: '/docs/techniques#4-websocket',
   side: '/docs/techniques#5-side-by-side',
 };
