@@ -1,7 +1,7 @@
 //! The delivery writer shared by the streaming techniques ([`super::sse`], [`super::stream`],
 //! [`super::iframe`]): one long chunked response, its first chunk the `welcome`, then the room events as the
-//! channel hands them over, paced ([`Pacer`]) and metered alike; only the framing of an event differs
-//! ([`Framing`]).
+//! channel hands them over, paced (`Pacer`) and metered alike; only the framing of an event differs
+//! (`Framing`).
 //!
 //! The stream ends, after an `error` event saying why, when the receiver lags (`slow_consumer`) or is replaced
 //! by a newer channel of its session (`replaced`), and after the shutdown notice when the server stops. A peer
