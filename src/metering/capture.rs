@@ -745,6 +745,31 @@ mod tests {
         }
     }
 
+    /// NDJSON lines and the iframe's scripts are read back as events (JSON as data, the rest as fields), with
+    /// their `seq`; a blank keep-alive line and the document's start are no event.
+    #[test]
+    fn ndjson_and_script_lines_are_read_back() {
+        let json = "{\"type\":\"message\",\"seq\":42,\"message\":\"hi\"}";
+        let script_open = "<script nonce=\"IeGM1h4DZz4KPNBbiMvCDB\">parent.chatlab(";
+        for (kind, body, framing) in [
+            (Kind::Ndjson, format!("{json}\n\n"), 1),
+            (Kind::Script, format!("<!doctype html>\n{script_open}{json})</script>\n"), script_open.len() + 11),
+        ] {
+            let mut bytes = format!("{:X}\r\n", body.len()).into_bytes();
+            bytes.extend_from_slice(body.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+            let mut cutter = SseCutter::new(kind);
+            let mut write = SseWrite::default();
+            for piece in bytes.chunks(5) {
+                cutter.feed(piece, true, &mut write);
+            }
+            assert_eq!(write.kind, kind);
+            let expected = json!({"id": 42, "field_bytes": framing, "data_bytes": json.len()});
+            assert_eq!(write.events, vec![expected], "{kind:?}");
+            assert!(write.comment, "{kind:?}: the keep-alive line or the document's start");
+        }
+    }
+
     #[test]
     fn sse_chunks_and_events_are_read_back() {
         let body = b"id: 12\ndata: {\"a\":1}\n\n";
