@@ -510,11 +510,23 @@ struct EventScan {
     /// its event's `seq`), and its length.
     line: [u8; 96],
     line_len: u64,
+    /// The current line's last bytes (NDJSON and scripts: where an event's `"seq":N` is, near its end).
+    tail: [u8; 48],
+    tail_len: usize,
 }
 
 impl Default for EventScan {
     fn default() -> Self {
-        EventScan { id: None, field_bytes: 0, data_bytes: 0, comment: false, line: [0; 96], line_len: 0 }
+        EventScan {
+            id: None,
+            field_bytes: 0,
+            data_bytes: 0,
+            comment: false,
+            line: [0; 96],
+            line_len: 0,
+            tail: [0; 48],
+            tail_len: 0,
+        }
     }
 }
 
@@ -619,6 +631,9 @@ impl EventScan {
                 self.line[start..start + take].copy_from_slice(&line[..take]);
             }
             self.line_len += line.len() as u64;
+            if kind != Kind::Sse {
+                self.keep_tail(line);
+            }
             data = &data[line.len() + usize::from(ended)..];
             if ended {
                 match kind {
@@ -627,6 +642,20 @@ impl EventScan {
                 }
             }
         }
+    }
+
+    /// Keeps the last bytes of the line under way, `piece` being its next bytes.
+    fn keep_tail(&mut self, piece: &[u8]) {
+        let cap = self.tail.len();
+        if piece.len() >= cap {
+            self.tail.copy_from_slice(&piece[piece.len() - cap..]);
+            self.tail_len = cap;
+            return;
+        }
+        let keep = (cap - piece.len()).min(self.tail_len);
+        self.tail.copy_within(self.tail_len - keep..self.tail_len, 0);
+        self.tail[keep..keep + piece.len()].copy_from_slice(piece);
+        self.tail_len = keep + piece.len();
     }
 
     /// A line of NDJSON or of the iframe's document ended: one event per line (a `<script>` one for the
@@ -645,7 +674,7 @@ impl EventScan {
         };
         match framing {
             Some(framing) if framing <= len => {
-                let seq = seq_of(shown);
+                let seq = seq_of(shown).or_else(|| seq_of(&self.tail[..self.tail_len]));
                 write.events.push(json!({"id": seq, "field_bytes": framing + 1, "data_bytes": len - framing}));
             }
             _ => write.comment = true,
@@ -687,7 +716,7 @@ impl EventScan {
     }
 }
 
-/// The `seq` of a room event's JSON, if its first bytes (`shown`) hold it: `"seq":N` right after the type.
+/// The `seq` of a room event's JSON, if `shown` (the first or the last bytes of its line) holds `"seq":N` whole.
 fn seq_of(shown: &[u8]) -> Option<u64> {
     const KEY: &[u8] = b"\"seq\":";
     let at = memchr::memmem::find(shown, KEY)? + KEY.len();
@@ -749,7 +778,7 @@ mod tests {
     /// their `seq`; a blank keep-alive line and the document's start are no event.
     #[test]
     fn ndjson_and_script_lines_are_read_back() {
-        let json = "{\"type\":\"message\",\"seq\":42,\"message\":\"hi\"}";
+        let json = format!("{{\"type\":\"message\",\"message\":\"{}\",\"seq\":42,\"ts\":1}}", "x".repeat(300));
         let script_open = "<script nonce=\"IeGM1h4DZz4KPNBbiMvCDB\">parent.chatlab(";
         for (kind, body, framing) in [
             (Kind::Ndjson, format!("{json}\n\n"), 1),
