@@ -56,6 +56,25 @@ async fn a_stream_starts_with_the_welcome_and_resumes_from_a_cursor() {
     }
 }
 
+/// A new participant's first stream or iframe, opened without `since=`, starts at its join: history said
+/// before it is not replayed, its own join notice comes first.
+#[tokio::test]
+async fn a_first_channel_without_since_starts_at_the_join() {
+    let server = start().await;
+    let talker = join(&server, "poll").await;
+    for i in 0..3 {
+        assert_eq!(post(&server, &talker.session, &format!("history {i}")).await.0, 202);
+    }
+    for (_, technique) in Framing::ALL {
+        let me = join(&server, technique).await;
+        let mut stream = streamed(&server, &format!("/api/{technique}?session={}", me.session)).await;
+        assert_eq!(stream.data().await["seq"], me.seq, "{technique}: the welcome names the join cursor");
+        let first = stream.data().await;
+        assert_eq!(first["message"], format!("{} 来了", me.nickname), "{technique}: {first}");
+        stream.quiet().await;
+    }
+}
+
 /// A cursor of another epoch gets the welcome, then a `gap` of reason `epoch`, then the room from its oldest
 /// retained event: never a silent skip.
 #[tokio::test]
