@@ -104,22 +104,38 @@ impl Framing for Script {
 
 /// Appends `json` with every `<` as `\u003c`. In JSON text a `<` can only be inside a string, where the escape
 /// means the same character; without a `<`, the script's text holds neither `</script` nor `<!--`, the two
-/// sequences that change how an HTML parser reads a script (HTML, 13.2.5.4: script data states).
+/// sequences that change how an HTML parser reads a script (HTML, 13.2.5.4: script data states). U+2028 and
+/// U+2029, valid in a JSON string but a syntax error in a JavaScript string before ES2019 (the browsers the
+/// padding is for), are escaped too.
 pub fn escape_into(out: &mut Vec<u8>, json: &[u8]) {
     let mut rest = json;
-    while let Some(at) = memchr::memchr(b'<', rest) {
+    while let Some(at) = memchr::memchr2(b'<', 0xE2, rest) {
         out.extend_from_slice(&rest[..at]);
-        out.extend_from_slice(b"\\u003c");
-        rest = &rest[at + 1..];
+        match rest[at..] {
+            [b'<', ..] => {
+                out.extend_from_slice(b"\\u003c");
+                rest = &rest[at + 1..];
+            }
+            [0xE2, 0x80, last @ (0xA8 | 0xA9), ..] => {
+                out.extend_from_slice(if last == 0xA8 { b"\\u2028" } else { b"\\u2029" });
+                rest = &rest[at + 3..];
+            }
+            _ => {
+                out.push(0xE2);
+                rest = &rest[at + 1..];
+            }
+        }
     }
     out.extend_from_slice(rest);
 }
 
-/// A fresh nonce: 128 random bits (a v4 UUID's 122 and its fixed bits), base64url without padding, 22 characters.
+/// A fresh nonce: 128 random bits, base64url without padding, 22 characters. A v4 UUID has 122 random bits
+/// and 6 fixed ones; a second UUID turned by 64 bits has its fixed bits where the first has random ones, so the
+/// two XORed are random in every bit.
 fn nonce() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let mut bits = u128::from_be_bytes(bytes);
+    let random = || u128::from_be_bytes(uuid::Uuid::new_v4().into_bytes());
+    let mut bits = random() ^ random().rotate_left(64);
     (0..22)
         .map(|_| {
             let c = ALPHABET[(bits & 63) as usize] as char;
@@ -133,14 +149,17 @@ fn nonce() -> String {
 mod tests {
     use super::*;
 
-    /// A hostile text keeps its meaning as JSON and cannot end the script.
+    /// A hostile text keeps its meaning as JSON and cannot end the script; the line and paragraph separators are
+    /// escaped, other characters (including their UTF-8 neighbours) kept as they are.
     #[test]
     fn escaped_json_holds_no_angle_bracket_and_reads_back() {
-        let text = "</script><script>alert(1)</script><!-- x --> <\u{2028}>";
+        let text = "</script><script>alert(1)</script><!-- x --> <\u{2028}\u{2029}> 游客 \u{2027}\u{202A}";
         let json = serde_json::json!({"type": "message", "message": text}).to_string();
         let mut out = Vec::new();
         escape_into(&mut out, json.as_bytes());
         assert!(!out.contains(&b'<'));
+        let written = std::str::from_utf8(&out).unwrap();
+        assert!(!written.contains(['\u{2028}', '\u{2029}']) && written.contains("\\u2028\\u2029"), "{written}");
         let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(back["message"], text);
     }
