@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// `chatlab`: one chat room, four web push techniques, measured on the wire.
+/// `chatlab`: one chat room, six web push techniques, measured on the wire.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
@@ -109,7 +109,7 @@ pub struct Config {
     #[arg(long, default_value_t = 40.0)]
     pub rate_burst: f64,
 
-    /// Most live receiving channels (WebSockets, SSE streams, held long polls) at once; more get 503.
+    /// Most live receiving channels (WebSockets, SSE, NDJSON and iframe streams, held long polls) at once; more get 503.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
 

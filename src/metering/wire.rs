@@ -12,7 +12,7 @@
 //! 1. Bytes read while no technique is known (a request's head and body) wait in the cell.
 //! 2. The handler names the technique when it calls [`crate::metering::Metering::request`]; the connection's
 //!    [`Metered`] service, which runs every request, reads that choice when the response head is ready and gives
-//!    the waiting bytes to it (or to "none of the four" when no technique was named: `/api/stats`, `/metrics`,
+//!    the waiting bytes to it (or to "none of the techniques" when no technique was named: `/api/stats`, `/metrics`,
 //!    `/healthz`, the demo's files, refused requests).
 //! 3. Every byte written from then on (the response head and its whole body, however long it streams) and read
 //!    until the next request belongs to the same technique.
@@ -344,7 +344,7 @@ enum Owner {
     Undecided,
     /// A request of this technique, its response, or (after an upgrade) everything.
     Technique(Transport),
-    /// A request of none of the four.
+    /// A request of none of the techniques.
     Nobody,
     /// A wire view's request or connection (`/api/wire`, `/api/sessions/{session}/wire`).
     WireView,
