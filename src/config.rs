@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// `chatlab`: one chat room, four web push techniques, measured on the wire.
+/// `chatlab`: one chat room, six web push techniques, measured on the wire.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
@@ -72,6 +72,14 @@ pub struct Config {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub keepalive: u64,
 
+    /// Bytes of padding (an HTML comment of spaces) at the start of a forever-iframe document
+    /// (`GET /api/iframe`), before its first `<script>`. Old browsers held the first kilobyte or so of a
+    /// document before running any of it (Safari and Chrome of the 2000s about 1 KB, Internet Explorer 256
+    /// bytes); a browser of today that is told the charset in the `Content-Type` header runs each script as it
+    /// arrives without it (docs/techniques.md measures it). Sent once per channel; 0 sends none.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub iframe_padding: u64,
+
     /// Longest chat text, in characters.
     #[arg(long, default_value_t = 2000)]
     pub max_message_chars: usize,
@@ -108,7 +116,7 @@ pub struct Config {
     #[arg(long, default_value_t = 40.0)]
     pub rate_burst: f64,
 
-    /// Most live receiving channels (WebSockets, SSE streams, held long polls) at once; more get 503.
+    /// Most live receiving channels (WebSockets, SSE, NDJSON and iframe streams, held long polls) at once; more get 503.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
 

@@ -48,7 +48,7 @@ use crate::core::Room;
 use crate::error::AppError;
 use crate::metering::wire::{Deadlines, MeteredListener};
 use crate::metering::Metering;
-use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, wire_view, ws};
+use crate::transport::{assets, iframe, long_poll, seed, sessions, short_poll, sse, stream, wire_view, ws};
 
 /// The router: every endpoint of the product, served from one room.
 ///
@@ -69,6 +69,8 @@ pub fn app(room: Room) -> Router {
         .route("/api/wire", get(wire_view::handler))
         .route("/api/presence", get(sessions::presence))
         .route("/api/sse", get(sse::handler))
+        .route("/api/stream", get(stream::handler))
+        .route("/api/iframe", get(iframe::handler))
         .route("/api/longpoll", get(long_poll::handler))
         .route("/api/poll", get(short_poll::handler))
         .route("/api/messages", post(transport::post::handler))

@@ -85,6 +85,30 @@ async fn bench_drives_every_technique_and_agrees_with_the_server() {
     assert!(report.results[3].requests > 0, "short polling asks");
 }
 
+/// `--techniques stream,iframe`: the HTTP-streaming and forever-iframe clients deliver every text to every
+/// participant, and the bytes they counted agree with what the server counted for their technique (within a
+/// write in flight at the window's edge, as for the others; tests/metering.rs pins them to the byte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drives_the_two_streams_and_counts_their_bytes_exactly() {
+    let (addr, _stop) = start_server().await;
+    let url = format!("http://{addr}");
+    #[rustfmt::skip]
+    let report = bench(&[
+        "--url", &url, "--techniques", "stream,iframe", "--participants", "3", "--duration", "1.5",
+        "--warmup", "0.2", "--send-every", "0.5",
+    ]).await;
+    let names: Vec<&str> = report.results.iter().map(|r| r.technique.as_str()).collect();
+    assert_eq!(names, ["stream", "iframe"]);
+    for result in &report.results {
+        let name = result.technique.as_str();
+        assert!(result.sent > 0 && result.send_errors == 0, "{name}: {result:?}");
+        assert_eq!(result.deliveries, result.sent * 3, "{name}: every text reaches every participant");
+        let server = result.server.as_ref().expect("chatlab's counters");
+        assert!(result.bytes_down.abs_diff(server.wire_bytes_out) <= 2_000, "{name}: down {result:?}");
+        assert!(result.bytes_up.abs_diff(server.wire_bytes_in) <= 2_000, "{name}: up {result:?}");
+    }
+}
+
 /// `--find-max` on a mixed crowd with one sender: a passing window raises the rate by `--step`, every text
 /// reaches all four techniques' participants, and the server's counters of the four transports add up to what
 /// the clients counted. (The p99 limit is above the short-poll interval: a poller waits for its next poll.)

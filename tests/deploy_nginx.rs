@@ -161,8 +161,9 @@ async fn poll_requests(process: &Chatlab) -> u64 {
 }
 
 /// Through the shipped nginx config: the page, WebSocket upgrades on `/ws` and on `/` (seed protocol) with the
-/// Origin check still working, SSE events arriving while the stream is open, a long poll held to its timeout,
-/// requests spread over both processes with no stickiness, and service going on when one process is killed.
+/// Origin check still working, SSE, NDJSON and iframe events arriving while the stream is open, a long poll held
+/// to its timeout, requests spread over both processes with no stickiness, and service going on when one process
+/// is killed.
 #[tokio::test]
 async fn the_shipped_nginx_config_fronts_a_cluster() {
     let Some(nginx_binary) = nginx_binary() else {
@@ -226,24 +227,30 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
     let notice = next_text(&mut seed).await;
     assert!(notice["message"].as_str().unwrap().ends_with("来了"), "{notice}");
 
-    // SSE: an event arrives while the stream stays open (nothing buffers it).
-    let (session, seq) = join(&nginx, "sse").await;
-    let client = reqwest::Client::builder().connect_timeout(WAIT).build().unwrap();
-    let mut stream = client.get(nginx.url(&format!("/api/sse?session={session}&since={seq}"))).send().await.unwrap();
-    assert_eq!(stream.status(), 200);
-    let mut received = String::new();
-    let mut posted = false;
-    while !received.contains("sse through nginx") {
-        let chunk = tokio::time::timeout(Duration::from_secs(3), stream.chunk())
-            .await
-            .expect("an SSE chunk in time: the stream is not buffered")
-            .unwrap()
-            .expect("the stream stays open");
-        received.push_str(&String::from_utf8_lossy(&chunk));
-        if !posted && received.contains("welcome") {
-            assert_eq!(post(&nginx, &session, "sse through nginx").await, 202);
-            posted = true;
+    // SSE, HTTP streaming and the forever iframe: an event arrives while the stream stays open (nothing buffers it).
+    let mut streams = vec![];
+    for technique in ["sse", "stream", "iframe"] {
+        let (session, seq) = join(&nginx, technique).await;
+        let client = reqwest::Client::builder().connect_timeout(WAIT).build().unwrap();
+        let url = nginx.url(&format!("/api/{technique}?session={session}&since={seq}"));
+        let mut stream = client.get(url).send().await.unwrap();
+        assert_eq!(stream.status(), 200);
+        let text = format!("{technique} through nginx");
+        let mut received = String::new();
+        let mut posted = false;
+        while !received.contains(&text) {
+            let chunk = tokio::time::timeout(Duration::from_secs(3), stream.chunk())
+                .await
+                .expect("a chunk in time: the stream is not buffered")
+                .unwrap()
+                .expect("the stream stays open");
+            received.push_str(&String::from_utf8_lossy(&chunk));
+            if !posted && received.contains("welcome") {
+                assert_eq!(post(&nginx, &session, &text).await, 202);
+                posted = true;
+            }
         }
+        streams.push(stream);
     }
 
     // Long poll: held until its own timeout (nginx does not cut it), then answered at once when a text comes.
@@ -278,7 +285,7 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
 
     // No stickiness: with no long-lived connection left to weigh `least_conn`, short polls of one session land on
     // both processes.
-    drop((socket, seed, stream));
+    drop((socket, seed, streams));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (polling, _) = join(&nginx, "poll").await;
     let before = (poll_requests(&first).await, poll_requests(&second).await);

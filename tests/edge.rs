@@ -109,27 +109,30 @@ async fn a_websocket_that_never_reads_is_let_go() {
     talk(&server, &mut listener, 3).await;
 }
 
-/// An SSE stream whose client never reads is let go the same way, counted under `sse.write_timeouts`.
+/// An SSE stream, an HTTP stream and a forever iframe whose client never reads are let go the same way, each
+/// counted under its own technique's `write_timeouts`.
 #[tokio::test]
-async fn an_sse_stream_that_never_reads_is_let_go() {
-    let server = start_with(edge_config()).await;
-    let joined = join(&server, "sse").await;
-    let mut stalled = small_window(server.addr).await;
-    let head = format!("GET /api/sse?session={} HTTP/1.1\r\nHost: {}\r\n\r\n", joined.session, server.addr);
-    stalled.write_all(head.as_bytes()).await.unwrap();
-    let mut first = [0u8; 12];
-    tokio::time::timeout(WAIT, stalled.read_exact(&mut first)).await.unwrap().unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200");
-    let mut listener = ws(&server.ws_url("/ws")).await;
-    stats_until(&server, WAIT, |s| s["transports"]["sse"]["connections_open"] == 1).await;
+async fn a_stream_that_never_reads_is_let_go() {
+    for technique in ["sse", "stream", "iframe"] {
+        let server = start_with(edge_config()).await;
+        let joined = join(&server, technique).await;
+        let mut stalled = small_window(server.addr).await;
+        let head = format!("GET /api/{technique}?session={} HTTP/1.1\r\nHost: {}\r\n\r\n", joined.session, server.addr);
+        stalled.write_all(head.as_bytes()).await.unwrap();
+        let mut first = [0u8; 12];
+        tokio::time::timeout(WAIT, stalled.read_exact(&mut first)).await.unwrap().unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200");
+        let mut listener = ws(&server.ws_url("/ws")).await;
+        stats_until(&server, WAIT, |s| s["transports"][technique]["connections_open"] == 1).await;
 
-    talk(&server, &mut listener, 3000).await;
-    let took = stats_until(&server, Duration::from_secs(3), |s| {
-        s["transports"]["sse"]["write_timeouts"] == 1 && s["transports"]["sse"]["connections_open"] == 0
-    })
-    .await;
-    assert!(took <= Duration::from_secs(2), "let go within write-timeout + 1 s of the talk: {took:?}");
-    assert_eq!(stats(&server).await["transports"]["ws"]["write_timeouts"], 0, "the readers are not touched");
+        talk(&server, &mut listener, 3000).await;
+        let took = stats_until(&server, Duration::from_secs(3), |s| {
+            s["transports"][technique]["write_timeouts"] == 1 && s["transports"][technique]["connections_open"] == 0
+        })
+        .await;
+        assert!(took <= Duration::from_secs(2), "{technique}: let go within write-timeout + 1 s of the talk: {took:?}");
+        assert_eq!(stats(&server).await["transports"]["ws"]["write_timeouts"], 0, "the readers are not touched");
+    }
 }
 
 /// A WebSocket client that reads late, but always within --write-timeout, is never cut and gets every event.

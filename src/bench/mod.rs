@@ -113,7 +113,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub seed_pid: Option<u32>,
 
-    /// Techniques to run, in order (`seed` is added when `--seed-url` is given).
+    /// Techniques to run, in order (`seed` is added when `--seed-url` is given): ws, sse, stream, iframe,
+    /// longpoll, poll, mix, seed.
     #[arg(long, value_delimiter = ',', default_value = "ws,sse,longpoll,poll")]
     pub techniques: Vec<Technique>,
 

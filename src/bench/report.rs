@@ -626,6 +626,8 @@ fn colour(technique: Technique) -> &'static str {
     match technique {
         Technique::Ws => "#2b6cb0",
         Technique::Sse => "#2f855a",
+        Technique::Stream => "#2c7a7b",
+        Technique::Iframe => "#b7791f",
         Technique::LongPoll => "#c05621",
         Technique::Poll => "#c53030",
         Technique::Seed => "#6b46c1",

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::event::Seq;
 use crate::error::AppError;
 
-/// The four techniques, as named on the wire (`/api/presence`, `/api/stats`, `POST /api/sessions`).
+/// The six techniques, as named on the wire (`/api/presence`, `/api/stats`, `POST /api/sessions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -23,11 +23,16 @@ pub enum Transport {
     LongPoll,
     /// Short (interval) polling plus `POST /api/messages`.
     Poll,
+    /// HTTP streaming: one chunked NDJSON response plus `POST /api/messages`.
+    Stream,
+    /// The forever iframe: one chunked HTML response of `<script>` chunks plus `POST /api/messages`.
+    Iframe,
 }
 
 impl Transport {
     /// Every technique, in the order tables show them.
-    pub const ALL: [Transport; 4] = [Transport::Ws, Transport::Sse, Transport::LongPoll, Transport::Poll];
+    pub const ALL: [Transport; 6] =
+        [Transport::Ws, Transport::Sse, Transport::Stream, Transport::Iframe, Transport::LongPoll, Transport::Poll];
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +41,8 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::LongPoll => "longpoll",
             Transport::Poll => "poll",
+            Transport::Stream => "stream",
+            Transport::Iframe => "iframe",
         }
     }
 }

@@ -33,7 +33,7 @@ use crate::core::Delivery;
 /// Counters for one technique.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Live receiving channels now (WebSockets, SSE streams, held long polls).
+    /// Live receiving channels now (WebSockets, SSE, NDJSON and iframe streams, held long polls).
     pub connections_open: AtomicU64,
     /// Receiving channels ever opened.
     pub connections_total: AtomicU64,
@@ -60,14 +60,14 @@ pub struct Counters {
 /// Per-technique counters for the whole server. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Metering {
-    transports: Arc<[Counters; 4]>,
+    transports: Arc<[Counters; Transport::ALL.len()]>,
     others: Arc<Others>,
     load: Arc<Load>,
     busy: Arc<busy::Busy>,
     sessions: Arc<session::Sessions>,
 }
 
-/// What counts under none of the four techniques.
+/// What counts under none of the techniques.
 #[derive(Debug, Default)]
 pub struct Others {
     /// TCP connections accepted now.
@@ -238,7 +238,7 @@ impl Metering {
                 },
             },
             "units": {
-                "connections_open": "live receiving channels (WebSockets, SSE streams, held long polls)",
+                "connections_open": "live receiving channels (WebSockets, SSE, NDJSON and iframe streams, held long polls)",
                 "requests": "HTTP requests, POSTs included; a WebSocket counts its upgrade",
                 "wire_bytes_in": "bytes read from sockets, headers and framing included",
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",

@@ -12,7 +12,7 @@
 //! 1. Bytes read while no technique is known (a request's head and body) wait in the cell.
 //! 2. The handler names the technique when it calls [`crate::metering::Metering::request`]; the connection's
 //!    [`Metered`] service, which runs every request, reads that choice when the response head is ready and gives
-//!    the waiting bytes to it (or to "none of the four" when no technique was named: `/api/stats`, `/metrics`,
+//!    the waiting bytes to it (or to "none of the techniques" when no technique was named: `/api/stats`, `/metrics`,
 //!    `/healthz`, the demo's files, refused requests).
 //! 3. Every byte written from then on (the response head and its whole body, however long it streams) and read
 //!    until the next request belongs to the same technique.
@@ -551,7 +551,7 @@ enum Owner {
     Undecided,
     /// A request of this technique, its response, or (after an upgrade) everything.
     Technique(Transport),
-    /// A request of none of the four.
+    /// A request of none of the techniques.
     Nobody,
     /// A wire view's request or connection (`/api/wire`, `/api/sessions/{session}/wire`).
     WireView,
@@ -975,20 +975,36 @@ impl Future for Answered {
             None => Owner::Nobody,
         };
         let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let stream = response
+        let sse = response
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
-        let kind = if upgrade {
-            Kind::Upgrade
-        } else if session.is_some() && stream {
-            Kind::Sse
-        } else {
-            Kind::Plain
+        let streamed = match response.extensions().get::<Streaming>() {
+            Some(Streaming::Ndjson) => Some(Kind::Ndjson),
+            Some(Streaming::Script) => Some(Kind::Script),
+            None if sse => Some(Kind::Sse),
+            None => None,
+        };
+        let stream = streamed.is_some();
+        let kind = match streamed {
+            _ if upgrade => Kind::Upgrade,
+            Some(kind) if session.is_some() => kind,
+            _ => Kind::Plain,
         };
         self.connection.answer(owner, session, kind, !upgrade && !stream);
         Poll::Ready(Ok(response))
     }
+}
+
+/// Marks a response (in its extensions) whose body is a long stream of events other than SSE, which is known
+/// by its type: the connection reads its body back as events for a wire view, and sets no request-head
+/// deadline while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streaming {
+    /// HTTP streaming's NDJSON lines.
+    Ndjson,
+    /// The forever iframe's `<script>` chunks.
+    Script,
 }
 
 /// No technique chosen (yet).

@@ -1,4 +1,4 @@
-//! The four doors into the room, one file each, plus what they share.
+//! The six doors into the room, one file each, plus what they share.
 //!
 //! | file | technique |
 //! |---|---|
@@ -6,9 +6,12 @@
 //! | [`ws`] | WebSocket on `/ws`, with sessions and resume |
 //! | [`echo`] | `/echo` (`--echo`): a WebSocket echo for conformance suites |
 //! | [`sse`] | Server-Sent Events on `/api/sse` |
+//! | [`stream`] | HTTP streaming (NDJSON) on `/api/stream` |
+//! | [`iframe`] | the forever iframe on `/api/iframe` |
+//! | [`streaming`] | the delivery writer the three streaming responses share |
 //! | [`long_poll`] | long polling on `/api/longpoll` |
 //! | [`short_poll`] | short polling on `/api/poll` |
-//! | [`post`] | `POST /api/messages`, the upstream of the three HTTP techniques |
+//! | [`post`] | `POST /api/messages`, the upstream of the five HTTP techniques |
 //! | [`sessions`] | join, leave and presence over HTTP |
 //! | [`assets`] | the demo page and its files |
 //! | [`docs`] | the docs, rendered for the demo's readers |
@@ -18,12 +21,15 @@
 pub mod assets;
 pub mod docs;
 pub mod echo;
+pub mod iframe;
 pub mod long_poll;
 pub mod post;
 pub mod seed;
 pub mod sessions;
 pub mod short_poll;
 pub mod sse;
+pub mod stream;
+pub mod streaming;
 pub mod websocket;
 pub mod wire_view;
 pub mod ws;

@@ -34,7 +34,8 @@ pub async fn create(
     let body = read_body(body, room.config().max_body_bytes).await?;
     let request: JoinRequest = serde_json::from_slice(&body).map_err(|error| {
         AppError::BadRequest(format!(
-            "expected {{\"transport\": \"sse\"|\"longpoll\"|\"poll\"|\"ws\", \"nickname\"?: string}}: {error}"
+            "expected {{\"transport\": \"sse\"|\"stream\"|\"iframe\"|\"longpoll\"|\"poll\"|\"ws\", \
+             \"nickname\"?: string}}: {error}"
         ))
     })?;
     room.metering().request(request.transport);

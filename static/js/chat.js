@@ -17,7 +17,7 @@ const messages = $('messages');
 const input = $('message');
 const hint = $('hint');
 
-const TECHNIQUES = ['ws', 'sse', 'longpoll', 'poll'];
+const TECHNIQUES = ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll'];
 const techniqueName = (name) => (TECHNIQUES.includes(name) ? t(name) : String(name ?? ''));
 
 // ?transport=sse&interval=1.5&wire=1 picks the technique (and short-poll interval) at load, and opens the wire panel.
@@ -31,7 +31,9 @@ const client = new ChatClient({
   onevent: show,
   onstatus: showStatus,
 });
-window.chatlab = { client }; // for the curious (and the browser tests): try chatlab.client in the console
+// For the curious (and the browser tests): try chatlab.client in the console. `chatlab` itself is the function
+// the forever iframe's scripts call (./transports/iframe.js).
+window.chatlab.client = client;
 
 // ---- the conversation ----
 

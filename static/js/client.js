@@ -24,6 +24,8 @@
 
 import { WsTransport } from './transports/ws.js';
 import { SseTransport } from './transports/sse.js';
+import { StreamTransport } from './transports/stream.js';
+import { IframeTransport } from './transports/iframe.js';
 import { LongPollTransport } from './transports/longpoll.js';
 import { PollTransport } from './transports/poll.js';
 import { ApiError, sessionKnown } from './api.js';
@@ -31,6 +33,8 @@ import { ApiError, sessionKnown } from './api.js';
 export const TRANSPORTS = {
   ws: WsTransport,
   sse: SseTransport,
+  stream: StreamTransport,
+  iframe: IframeTransport,
   longpoll: LongPollTransport,
   poll: PollTransport,
 };
@@ -54,7 +58,7 @@ export function newRef() {
 export class ChatClient {
   /**
    * @param {object} options
-   * @param {string} options.transport  'ws' | 'sse' | 'longpoll' | 'poll'
+   * @param {string} options.transport  'ws' | 'sse' | 'stream' | 'iframe' | 'longpoll' | 'poll'
    * @param {number} options.pollInterval  short-poll interval in ms
    * @param {(event: object) => void} options.onevent  room and control events, each once
    * @param {(status: object) => void} options.onstatus  {transport, state, attempt, retryIn, reason}

@@ -333,3 +333,87 @@ pub async fn raw_ws_upgrade_head(server: &Server) -> (TcpStream, String, Vec<u8>
     let rest = buffer.split_off(end);
     (stream, String::from_utf8_lossy(&buffer).into_owned(), rest)
 }
+
+/// How a streaming response of HTTP streaming or the forever iframe frames its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `GET /api/stream`: one JSON event per line.
+    Ndjson,
+    /// `GET /api/iframe`: `<script nonce=..>parent.chatlab(EVENT)</script>` per event.
+    Script,
+}
+
+impl Framing {
+    /// Both, with their technique's name.
+    pub const ALL: [(Framing, &'static str); 2] = [(Framing::Ndjson, "stream"), (Framing::Script, "iframe")];
+}
+
+/// An NDJSON stream or a forever-iframe document read event by event (never collected).
+pub struct Streamed {
+    pub response: reqwest::Response,
+    pub framing: Framing,
+    buffer: Vec<u8>,
+    /// Every script's opening tag seen, for checking nonces.
+    pub tags: Vec<String>,
+}
+
+/// Opens `GET path` (an `/api/stream` or `/api/iframe` URL) and expects `200`.
+pub async fn streamed(server: &Server, path: &str) -> Streamed {
+    let framing = if path.starts_with("/api/iframe") { Framing::Script } else { Framing::Ndjson };
+    let response =
+        tokio::time::timeout(WAIT, http().get(server.url(path)).send()).await.expect("headers in time").unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    Streamed { response, framing, buffer: Vec::new(), tags: Vec::new() }
+}
+
+impl Streamed {
+    /// The next event; `None` when the response ended.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(event) = self.take() {
+                return Some(event);
+            }
+            match tokio::time::timeout(WAIT, self.response.chunk()).await.expect("stream data in time") {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+
+    /// An event from the buffer, if a whole one is there; keep-alives and the document's start are skipped.
+    fn take(&mut self) -> Option<Value> {
+        loop {
+            let end = self.buffer.iter().position(|b| *b == b'\n')?;
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8(line).unwrap();
+            let line = line.trim_end_matches('\n');
+            match self.framing {
+                Framing::Ndjson if line.is_empty() => continue,
+                Framing::Ndjson => return Some(serde_json::from_str(line).unwrap()),
+                Framing::Script => {
+                    let Some(rest) = line.strip_prefix("<script") else { continue };
+                    let (tag, call) = rest.split_once('>').expect("a script's tag ends");
+                    self.tags.push(format!("<script{tag}>"));
+                    let json = call
+                        .strip_prefix("parent.chatlab(")
+                        .and_then(|c| c.strip_suffix(")</script>"))
+                        .unwrap_or_else(|| panic!("a script calls parent.chatlab: {line}"));
+                    assert!(!json.contains('<'), "no `<` inside a script: {json}");
+                    return Some(serde_json::from_str(json).unwrap());
+                }
+            }
+        }
+    }
+
+    /// The next event; panics if the response ends.
+    pub async fn data(&mut self) -> Value {
+        self.next().await.expect("stream still open")
+    }
+
+    /// Asserts no event arrives for a short while.
+    pub async fn quiet(&mut self) {
+        if let Ok(event) = tokio::time::timeout(QUIET, self.next()).await {
+            panic!("expected silence, got {event:?}");
+        }
+    }
+}

@@ -54,7 +54,7 @@ export class Transport {
   }
 
   /**
-   * The HTTP techniques' join (SSE and the polls): without a session yet, joins
+   * The HTTP techniques' join (all but the WebSocket): without a session yet, joins
    * as a new participant with POST /api/sessions and reports the `welcome`.
    */
   async joinOverHttp(transport) {
@@ -83,6 +83,26 @@ export class Transport {
     if (typeof body.next === 'number') this.since = body.next;
     if (typeof body.epoch === 'string') this.epoch = body.epoch;
     if (body.presence) this.onevent({ type: 'presence', presence: body.presence });
+    return true;
+  }
+
+  /**
+   * One event of a streaming response (HTTP streaming, the forever iframe):
+   * hands it out, or ends the channel when the event says why the response
+   * stops (`replaced`, `slow_consumer`, the shutdown notice). Returns false
+   * once the channel has ended.
+   */
+  takeStreamed(event) {
+    if (event.type === 'error' && (event.code === 'replaced' || event.code === 'slow_consumer')) {
+      const replaced = event.code === 'replaced';
+      this.finish({ reason: replaced ? 'replaced' : 'slow', retry: !replaced, message: event.message });
+      return false;
+    }
+    this.deliver(event);
+    if (event.notice === 'shutdown') {
+      this.finish({ reason: 'shutdown', retry: true, message: event.message });
+      return false;
+    }
     return true;
   }
 

@@ -11,7 +11,7 @@ import {
   getJson,
 } from '../lib/harness.mjs';
 
-for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
+for (const technique of ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll']) {
   test(`${technique}: reconnects after the server restarts`, { timeout: 90_000 }, async () => {
     const port = await freePort();
     let server = await startServer({ port });
