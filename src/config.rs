@@ -194,7 +194,8 @@ pub struct Config {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub flush_interval_ms: u64,
 
-    /// Percent of the runtime workers' time spent running tasks (over 100 ms) at which streams and long polls
+    /// How busy the server is, in percent over 100 ms (the runtime workers' busy share, or how late its tasks
+    /// wake beyond the timer's millisecond as a share of 4 ms, whichever is higher), at which streams and long polls
     /// start to be paced by `--flush-interval-ms`; pacing stops after a second below three quarters of it. A
     /// server that keeps up writes every event at once, whatever the load; one falling behind puts what queued
     /// during an interval into one write. 0 paces always, 100 never.

@@ -1,8 +1,12 @@
-//! Whether the server is behind: the share of time its runtime's worker threads spent running tasks.
+//! Whether the server is behind: the share of time its runtime's worker threads spent running tasks, and how late
+//! its tasks wake.
 //!
 //! Streams and long polls pace their writes (`--flush-interval-ms`) only while this says so. A sampler task reads
-//! tokio's per-worker busy time every [`Busy::WINDOW`]; when the workers were busy for `--pace-when-busy` percent
-//! of a window or more, pacing starts, and it stops once they are below three quarters of that for a whole
+//! tokio's per-worker busy time every [`Busy::WINDOW`], and wakes every [`Busy::TICK`] to see how late a wake-up
+//! comes (a task waiting for a thread, because the runtime's own tasks or other processes hold the cores: a
+//! server that shares its machine with its clients is behind long before its own workers are). The window's
+//! figure is the busy share or the mean lateness as a share of [`Busy::LATE_FULL`], whichever is higher; at
+//! `--pace-when-busy` percent or more, pacing starts, and it stops once they are below three quarters of that for a whole
 //! [`Busy::HOLD`]. A server that keeps up with its load (whatever the deliveries per second) writes every event
 //! at once; one that is falling behind puts what queued during an interval into one write per stream, which is
 //! what lets it keep up.
@@ -27,6 +31,13 @@ pub struct Busy {
 impl Busy {
     /// How often the workers' busy time is read.
     pub const WINDOW: Duration = Duration::from_millis(100);
+    /// How often the sampler wakes to measure how late a wake-up comes.
+    pub const TICK: Duration = Duration::from_millis(10);
+    /// A window whose wake-ups came this late on average (beyond [`Busy::TIMER_GRAIN`]) counts as 100% busy (1 ms
+    /// as 25%): the server's tasks wait that long for a thread, and so does every write.
+    pub const LATE_FULL: Duration = Duration::from_millis(4);
+    /// The timer's grain: a sleep ends on a whole millisecond, so a wake-up up to this late is on time.
+    pub const TIMER_GRAIN: Duration = Duration::from_millis(1);
     /// How long the busy share must stay low before pacing stops, so that the lighter load pacing itself brings
     /// does not switch it off and on every window.
     pub const HOLD: Duration = Duration::from_secs(1);
@@ -36,7 +47,9 @@ impl Busy {
         self.paced.load(Ordering::Relaxed)
     }
 
-    /// Percent of the runtime workers' time spent running tasks over the last [`Busy::WINDOW`].
+    /// How busy the server was over the last [`Busy::WINDOW`], in percent: the share of the runtime workers' time
+    /// spent running tasks, or how late its tasks' wake-ups came as a share of [`Busy::LATE_FULL`], whichever is
+    /// higher.
     pub fn percent(&self) -> u64 {
         self.percent.load(Ordering::Relaxed)
     }
@@ -90,12 +103,22 @@ impl Busy {
         let busy_total = || (0..workers).map(|worker| metrics.worker_total_busy_duration(worker)).sum::<Duration>();
         let mut before = (tokio::time::Instant::now(), busy_total());
         let mut quiet_for = Duration::ZERO;
-        let mut ticks = tokio::time::interval(Self::WINDOW);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticks_per_window = (Self::WINDOW.as_nanos() / Self::TICK.as_nanos()) as u32;
+        let mut next = tokio::time::Instant::now();
         loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = ticks.tick() => {}
+            // The window's ticks: how late each wake-up comes is how long a task of this runtime waits for a
+            // thread, whether the runtime's own tasks or other processes hold the cores.
+            let mut late = Duration::ZERO;
+            for _ in 0..ticks_per_window {
+                next += Self::TICK;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep_until(next) => {}
+                }
+                let now = tokio::time::Instant::now();
+                late += now.saturating_duration_since(next);
+                // A stalled process does not catch up tick by tick.
+                next = next.max(now - Self::TICK);
             }
             let now = (tokio::time::Instant::now(), busy_total());
             let elapsed = now.0.duration_since(before.0).as_nanos() * workers as u128;
@@ -104,7 +127,11 @@ impl Busy {
             if elapsed == 0 {
                 continue;
             }
-            let percent = (busy * 100 / elapsed).min(100) as u64;
+            let busy_percent = (busy * 100 / elapsed).min(100) as u64;
+            // The timer wakes on whole milliseconds: up to one of lateness is its grain, not a wait for a thread.
+            let waited = (late / ticks_per_window).saturating_sub(Self::TIMER_GRAIN);
+            let late_percent = (waited.as_nanos() * 100 / Self::LATE_FULL.as_nanos()).min(100) as u64;
+            let percent = busy_percent.max(late_percent);
             self.percent.store(percent, Ordering::Relaxed);
             if self.decide(threshold, percent, &mut quiet_for) {
                 self.paced_windows.fetch_add(1, Ordering::Relaxed);

@@ -261,7 +261,8 @@ impl Metering {
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \
                           second (events times the live channels each went to, plus events answered to polls from \
                           history; the last quarter second)",
-                "busy_percent": "percent of the runtime workers' time spent running tasks over the last 100 ms",
+                "busy_percent": "how busy the server was over the last 100 ms: the share of the runtime workers' time spent \
+                                 running tasks, or how late its tasks woke as a share of 4 ms, whichever is higher",
                 "paced": "whether streams and long polls pace their writes now (--pace-when-busy)",
                 "paced_seconds": "seconds spent paced since the server started",
                 "wire_view": "what the wire view itself costs (GET /api/wire and /api/sessions/{session}/wire): its \
