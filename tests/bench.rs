@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 /// Serves a room with the rate limit off on `127.0.0.1:0` until the returned sender is dropped.
 async fn start_server() -> (std::net::SocketAddr, oneshot::Sender<()>) {
-    let config = Config { rate_limit: 0.0, ..Config::default() };
+    let config = Config { rate_limit: 0.0, broker: "memory".into(), ..Config::default() };
     let room = chatlab::build_room(config).await.expect("room");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

@@ -1,4 +1,6 @@
-//! The embedded broker: the room lives in this process (the default).
+//! The in-memory broker: the room lives in this process and is gone when it stops (`--broker memory`).
+//!
+//! It is also the durable broker's in-memory copy of the room ([`super::durable`]), which answers every read.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -52,6 +54,63 @@ impl MemoryBroker {
         }
     }
 
+    /// A room restored from a store: its head, guest counter, retained events (consecutive, oldest first) and
+    /// sessions with the time their lease ends.
+    pub(crate) fn restore(
+        history: usize,
+        head: Seq,
+        guests: u64,
+        events: Vec<Arc<RoomEvent>>,
+        sessions: Vec<(SessionRecord, u64)>,
+    ) -> Self {
+        let broker = MemoryBroker::new(history);
+        {
+            let mut state = broker.lock();
+            state.head = head;
+            state.guests = guests;
+            for event in events {
+                state.retain(event);
+            }
+            for (record, lease_until_ms) in sessions {
+                state.joined.insert((record.guest, record.token.clone()));
+                state.sessions.insert(record.token.clone(), Box::new((record, lease_until_ms)));
+            }
+        }
+        broker
+    }
+
+    /// The newest sequence number given out, and how many sessions are online: what stamps the next events.
+    pub(crate) fn head_and_online(&self) -> (Seq, u64) {
+        let state = self.lock();
+        (state.head, state.sessions.len() as u64)
+    }
+
+    /// The guest counter (the last number given out).
+    pub(crate) fn guests(&self) -> u64 {
+        self.lock().guests
+    }
+
+    /// Appends events sequenced and stamped elsewhere (the durable broker's writer), which follow the head with
+    /// no hole, and feeds them, in one section.
+    pub(crate) fn append(&self, events: &[Arc<RoomEvent>]) {
+        let mut state = self.lock();
+        for event in events {
+            debug_assert_eq!(event.seq, state.head + 1, "appended events follow the head");
+            state.head = event.seq;
+            state.retain(event.clone());
+            state.feed(event);
+        }
+    }
+
+    /// The sessions of `tokens` as they are now, with the time their lease ends; `None` for those gone.
+    pub(crate) fn entries<'a>(
+        &self,
+        tokens: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<(&'a String, Option<(SessionRecord, u64)>)> {
+        let state = self.lock();
+        tokens.into_iter().map(|token| (token, state.sessions.get(token).map(|entry| (**entry).clone()))).collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written (each section is a few simple
         // updates), so a poisoned lock is still usable.
@@ -60,6 +119,21 @@ impl MemoryBroker {
 }
 
 impl State {
+    /// Keeps `event` in the bounded history.
+    fn retain(&mut self, event: Arc<RoomEvent>) {
+        if self.history.len() == self.capacity {
+            self.history.pop_front();
+        }
+        self.history.push_back(event);
+    }
+
+    /// Feeds `event` to every subscribed room. Called under the lock, which keeps the feed in sequence order; an
+    /// unbounded send never blocks, and the receiver (the room's pump) only forwards into the fan-out, so the
+    /// queue stays near empty.
+    fn feed(&mut self, event: &Arc<RoomEvent>) {
+        self.feeds.retain(|feed| feed.send(FeedItem::Event(event.clone())).is_ok());
+    }
+
     /// Removes a session and its place in the join order.
     fn remove(&mut self, token: &str) -> Option<SessionRecord> {
         let (record, _) = *self.sessions.remove(token)?;
@@ -92,13 +166,8 @@ impl Broker for MemoryBroker {
         state.head += 1;
         let body = EventBody::stamp(draft, state.head, state.sessions.len() as u64);
         let event = Arc::new(RoomEvent::new(&body));
-        if state.history.len() == state.capacity {
-            state.history.pop_front();
-        }
-        state.history.push_back(event.clone());
-        // Sending under the lock keeps the feed in sequence order; an unbounded send never blocks, and the
-        // receiver (the room's pump) only forwards into the fan-out, so the queue stays near empty.
-        state.feeds.retain(|feed| feed.send(FeedItem::Event(event.clone())).is_ok());
+        state.retain(event.clone());
+        state.feed(&event);
         Ok(event)
     }
 

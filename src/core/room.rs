@@ -187,6 +187,15 @@ impl Room {
         let _ = self.shared.live.acquire_many(all).await;
     }
 
+    /// Makes durable what the broker holds only in memory ([`Broker::flush`]); the server calls it once it has
+    /// stopped serving.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`] when the store cannot be written.
+    pub async fn flush(&self) -> Result<(), AppError> {
+        Ok(self.shared.broker.flush().await?)
+    }
+
     /// The newest sequence number this process has fanned out.
     pub fn head(&self) -> Seq {
         self.shared.head.load(Ordering::Acquire)

@@ -33,9 +33,10 @@ pub struct Server {
     pub task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Defaults with rate limiting off unless a test asks for it (tests send quickly on purpose).
+/// Defaults with rate limiting off unless a test asks for it (tests send quickly on purpose), in an in-memory
+/// room (each test makes its own; the durable room has tests of its own, each in a temporary directory).
 pub fn config() -> Config {
-    Config { rate_limit: 0.0, ..Config::default() }
+    Config { rate_limit: 0.0, broker: "memory".into(), ..Config::default() }
 }
 
 /// Starts a server with the default test config.
