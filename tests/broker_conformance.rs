@@ -1,10 +1,12 @@
-//! One suite, every broker: the memory broker and the Redis broker must behave the same behind the `Broker` trait.
+//! One suite, every broker: the durable, memory and Redis brokers must behave the same behind the `Broker` trait.
 //!
-//! Each behaviour is an `async fn(Fixture)`; the `conformance!` macro runs it once per broker (`memory::*` and
-//! `redis::*`). A fixture hands out "processes": for the memory broker every process is the same room (there is
-//! only one process), for Redis each is a new connection to the same room, as a second chatlab process would be.
-//! Redis tests start their own `redis-server` (see `redis_support`).
+//! Each behaviour is an `async fn(Fixture)`; the `conformance!` macro runs it once per broker (`durable::*`,
+//! `memory::*` and `redis::*`). A fixture hands out "processes": for the durable and memory brokers every process
+//! is the same room (there is only one process), for Redis each is a new connection to the same room, as a second
+//! chatlab process would be. Durable tests keep their store in a temporary directory of their own; Redis tests
+//! start their own `redis-server` (see `redis_support`).
 
+mod common;
 mod redis_support;
 
 use std::sync::{Arc, Mutex};
@@ -12,9 +14,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use chatlab::broker::{Backlog, Broker, BrokerError, FeedItem, MemoryBroker, Missed, RedisBroker, Visit};
+use chatlab::broker::{
+    Backlog, Broker, BrokerError, DurableBroker, FeedItem, MemoryBroker, Missed, RedisBroker, Visit,
+};
 use chatlab::core::event::{now_ms, Draft, EventKind, RoomEvent, Seq};
 use chatlab::core::session::{SessionRecord, Transport};
+use common::temp::TempDir;
 use redis_support::RedisServer;
 
 /// How long any single receive may take.
@@ -23,20 +28,26 @@ const WAIT: Duration = Duration::from_secs(5);
 /// A room under test, and how to reach it from several "processes".
 struct Fixture {
     history: usize,
-    /// Memory: the one room every process shares.
+    /// Memory and durable: the one room every process shares (dropped before its directory).
     memory: Mutex<Option<Arc<dyn Broker>>>,
     /// Redis: the server, and a key prefix of this test's own.
     redis: Option<RedisServer>,
+    /// Durable: the store's directory.
+    dir: Option<TempDir>,
 }
 
 impl Fixture {
     fn memory(history: usize) -> Self {
-        Fixture { history, memory: Mutex::new(None), redis: None }
+        Fixture { history, memory: Mutex::new(None), redis: None, dir: None }
+    }
+
+    fn durable(test: &str, history: usize) -> Self {
+        Fixture { history, memory: Mutex::new(None), redis: None, dir: Some(TempDir::new(test)) }
     }
 
     fn redis(test: &str, history: usize) -> Option<Self> {
         let server = RedisServer::start_or_skip(test)?;
-        Some(Fixture { history, memory: Mutex::new(None), redis: Some(server) })
+        Some(Fixture { history, memory: Mutex::new(None), redis: Some(server), dir: None })
     }
 
     /// One process's view of the room.
@@ -47,7 +58,13 @@ impl Fixture {
             }
             None => {
                 let mut memory = self.memory.lock().unwrap();
-                memory.get_or_insert_with(|| Arc::new(MemoryBroker::new(self.history))).clone()
+                let make = || -> Arc<dyn Broker> {
+                    match &self.dir {
+                        Some(dir) => Arc::new(DurableBroker::open(dir.path(), self.history).expect("a store")),
+                        None => Arc::new(MemoryBroker::new(self.history)),
+                    }
+                };
+                memory.get_or_insert_with(make).clone()
             }
         }
     }
@@ -56,6 +73,14 @@ impl Fixture {
 /// Runs each behaviour against both brokers: `conformance!(history => name, ...)`.
 macro_rules! conformance {
     ($($name:ident($history:expr)),* $(,)?) => {
+        mod durable {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Fixture::durable(stringify!($name), $history)).await;
+                }
+            )*
+        }
         mod memory {
             $(
                 #[tokio::test]

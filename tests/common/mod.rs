@@ -17,6 +17,7 @@ use chatlab::config::Config;
 use chatlab::core::Room;
 
 pub mod raw;
+pub mod temp;
 
 pub use raw::masked;
 
