@@ -99,9 +99,7 @@ pub enum StoreError {
         found: u32,
     },
     /// The directory holds files but no chatlab store.
-    #[error(
-        "--data-dir {0} is not empty and holds no chatlab store (no FORMAT file): give an empty or new directory"
-    )]
+    #[error("--data-dir {0} is not empty and holds no chatlab store (no FORMAT file): give an empty or new directory")]
     Foreign(PathBuf),
     /// The store is there but cannot be read.
     #[error("--data-dir {path}: the store cannot be read: {why}")]
@@ -179,13 +177,8 @@ impl DurableBroker {
         })?;
         let capacity = history.max(1);
         let loaded = load(&db, capacity as u64).map_err(|why| StoreError::Damaged { path: path.clone(), why })?;
-        let memory = Arc::new(MemoryBroker::restore(
-            capacity,
-            loaded.head,
-            loaded.guests,
-            loaded.events,
-            loaded.sessions,
-        ));
+        let memory =
+            Arc::new(MemoryBroker::restore(capacity, loaded.head, loaded.guests, loaded.events, loaded.sessions));
         let dirty = Arc::new(Mutex::new(Dirty::default()));
         let (jobs, queue) = std_mpsc::channel();
         let writer = Writer {
@@ -196,18 +189,9 @@ impl DurableBroker {
             guests: loaded.guests,
             synced: Instant::now(),
         };
-        let writer = std::thread::Builder::new()
-            .name("chatlab-store".into())
-            .spawn(move || writer.run(queue))
-            .map_err(io)?;
-        Ok(DurableBroker {
-            memory,
-            dirty,
-            jobs: Some(jobs),
-            writer: Some(writer),
-            epoch: loaded.epoch,
-            _lock: lock,
-        })
+        let writer =
+            std::thread::Builder::new().name("chatlab-store".into()).spawn(move || writer.run(queue)).map_err(io)?;
+        Ok(DurableBroker { memory, dirty, jobs: Some(jobs), writer: Some(writer), epoch: loaded.epoch, _lock: lock })
     }
 
     /// The room's epoch: a random id made when the store was created, the same across restarts, new in a new
@@ -353,8 +337,8 @@ fn load(db: &Database, capacity: u64) -> Result<Loaded, String> {
         let mut online = Vec::new();
         for entry in sessions.iter().map_err(|e| text(e.into()))? {
             let (token, value) = entry.map_err(|e| text(e.into()))?;
-            let session: (SessionRecord, u64) = serde_json::from_slice(value.value())
-                .map_err(|error| format!("session {}: {error}", token.value()))?;
+            let session: (SessionRecord, u64) =
+                serde_json::from_slice(value.value()).map_err(|error| format!("session {}: {error}", token.value()))?;
             online.push(session);
         }
         Loaded { epoch, head, guests, events: retained, sessions: online }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use foldhash::HashMap;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::broker::{Backlog, Broker, FeedItem, Missed, Visit};
@@ -58,6 +59,8 @@ struct Shared {
     metering: Metering,
     /// Arrivals and departures not yet announced (rooms above `--coalesce-above`).
     crowd: Crowd,
+    /// The cursor saves of closed channels still running: [`Room::flush`] waits for them.
+    saves: TaskTracker,
 }
 
 /// What live channels watch besides events, in one `watch` so that waiting costs one registration.
@@ -152,6 +155,7 @@ impl Room {
                 shutdown: CancellationToken::new(),
                 metering,
                 crowd: Crowd::default(),
+                saves: TaskTracker::new(),
             }),
         };
         tokio::spawn(room.clone().pump(feed));
@@ -187,12 +191,14 @@ impl Room {
         let _ = self.shared.live.acquire_many(all).await;
     }
 
-    /// Makes durable what the broker holds only in memory ([`Broker::flush`]); the server calls it once it has
-    /// stopped serving.
+    /// Makes durable what the broker holds only in memory ([`Broker::flush`]), once the closed channels have saved
+    /// their cursors; the server calls it once it has stopped serving.
     ///
     /// # Errors
     /// [`AppError::Unavailable`] when the store cannot be written.
     pub async fn flush(&self) -> Result<(), AppError> {
+        self.shared.saves.close();
+        self.shared.saves.wait().await;
         Ok(self.shared.broker.flush().await?)
     }
 
@@ -1106,10 +1112,11 @@ impl Drop for Channel {
         let token = std::mem::take(&mut self.token);
         let cursor = self.delivered;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
+            let saves = self.room.shared.saves.clone();
+            handle.spawn(saves.track_future(async move {
                 // The lease runs from when the channel closed, not from the reaper's last tick.
                 let _ = room.shared.broker.save_cursor(&token, cursor, room.lease_end()).await;
-            });
+            }));
         }
     }
 }
