@@ -84,6 +84,11 @@ export async function startServer({ port, args = [], dataDir } = {}) {
     url,
     port,
     output: () => lines.join('\n'),
+    /** SIGKILL (`kill -9`): the process dies without a word to anyone. */
+    async kill() {
+      if (!exited) child.kill('SIGKILL');
+      return Promise.race([exit, sleep(2000)]);
+    },
     /** SIGTERM, then SIGKILL if it has not exited within 5 s. */
     async stop() {
       const removeOwnDir = () => { if (ownDir) fs.rmSync(ownDir, { recursive: true, force: true }); };

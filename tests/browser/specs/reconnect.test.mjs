@@ -56,8 +56,8 @@ for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
   });
 }
 
-for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
-  test(`${technique}: resumes its session after a durable server restarts`, { timeout: 90_000 }, async () => {
+for (const [technique, how] of ['ws', 'sse', 'longpoll', 'poll'].flatMap((t) => [[t, 'SIGTERM'], [t, 'kill -9']])) {
+  test(`${technique}: resumes its session after a durable server restarts (${how})`, { timeout: 90_000 }, async () => {
     const port = await freePort();
     const dataDir = tempDataDir();
     let server = await startServer({ port, dataDir });
@@ -70,7 +70,8 @@ for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
       await waitForMessage(page, `before on ${technique}`);
       const before = await identity(page);
 
-      await server.stop();
+      if (how === 'SIGTERM') await server.stop();
+      else await server.kill();
       await page.waitForFunction(() => document.querySelector('#status').dataset.state === 'reconnecting');
       server = await startServer({ port, dataDir });
       await waitConnected(page, 30_000);
