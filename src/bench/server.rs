@@ -53,9 +53,8 @@ pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
     };
     let authority = format!("127.0.0.1:{port}");
     let exe = std::env::current_exe().context("locating the chatlab binary")?;
-    let data_dir = (!extra.iter().any(|arg| arg.starts_with("--data-dir"))).then(|| {
-        std::env::temp_dir().join(format!("chatlab-bench-{}-{port}", std::process::id()))
-    });
+    let data_dir = (!extra.iter().any(|arg| arg.starts_with("--data-dir")))
+        .then(|| std::env::temp_dir().join(format!("chatlab-bench-{}-{port}", std::process::id())));
     let mut command = Command::new(exe);
     command.args(["--bind", &authority, "--rate-limit", "0"]);
     if let Some(dir) = &data_dir {

@@ -161,7 +161,9 @@ impl DurableBroker {
         match fs::read_to_string(dir.join(FORMAT_FILE)) {
             Ok(text) => check_format(&path, &text)?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let foreign = fs::read_dir(dir).map_err(io)?.filter_map(Result::ok).any(|e| e.file_name() != LOCK_FILE);
+                // A `FORMAT.tmp` is a first start that stopped before its rename: ours, and rewritten now.
+                let ours = |name: &std::ffi::OsStr| name == LOCK_FILE || name == format!("{FORMAT_FILE}.tmp").as_str();
+                let foreign = fs::read_dir(dir).map_err(io)?.filter_map(Result::ok).any(|e| !ours(&e.file_name()));
                 if foreign {
                     return Err(StoreError::Foreign(path));
                 }
