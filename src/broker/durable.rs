@@ -134,7 +134,8 @@ struct Dirty {
 }
 
 enum Job {
-    Publish(Draft, oneshot::Sender<Result<Arc<RoomEvent>, BrokerError>>),
+    /// Drafts of one publisher, numbered consecutively in one commit.
+    Publish(Vec<Draft>, oneshot::Sender<Result<Vec<Arc<RoomEvent>>, BrokerError>>),
     Sync(oneshot::Sender<Result<(), BrokerError>>),
 }
 
@@ -379,9 +380,9 @@ impl Writer {
             let mut next = first;
             while let Some(job) = next.take() {
                 match job {
-                    Job::Publish(draft, reply) => {
-                        drafts.push(draft);
-                        publishers.push(reply);
+                    Job::Publish(mine, reply) => {
+                        publishers.push((mine.len(), reply));
+                        drafts.extend(mine);
                     }
                     Job::Sync(reply) => syncs.push(reply),
                 }
@@ -393,8 +394,9 @@ impl Writer {
             let all = !syncs.is_empty() || self.synced.elapsed() >= SESSION_SYNC;
             match self.commit(drafts, all) {
                 Ok(events) => {
-                    for (reply, event) in publishers.into_iter().zip(events) {
-                        let _ = reply.send(Ok(event));
+                    let mut events = events.into_iter();
+                    for (count, reply) in publishers {
+                        let _ = reply.send(Ok(events.by_ref().take(count).collect()));
                     }
                     for reply in syncs {
                         let _ = reply.send(Ok(()));
@@ -403,7 +405,7 @@ impl Writer {
                 Err(error) => {
                     tracing::error!(%error, "the store cannot be written");
                     let why = format!("the store cannot be written: {error}");
-                    for reply in publishers {
+                    for (_, reply) in publishers {
                         let _ = reply.send(Err(BrokerError::Unavailable(why.clone())));
                     }
                     for reply in syncs {
@@ -499,8 +501,16 @@ impl Writer {
 #[async_trait]
 impl Broker for DurableBroker {
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
+        let mut events = self.publish_all(vec![draft]).await?;
+        events.pop().ok_or_else(stopped)
+    }
+
+    async fn publish_all(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<RoomEvent>>, BrokerError> {
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
         let (reply, answer) = oneshot::channel();
-        self.send(Job::Publish(draft, reply))?;
+        self.send(Job::Publish(drafts, reply))?;
         answer.await.map_err(|_| stopped())?
     }
 

@@ -121,6 +121,20 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable; nothing was appended then.
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError>;
 
+    /// Appends `drafts` as [`Broker::publish`] does, in this order, with consecutive sequence numbers when nothing
+    /// else is published meanwhile: one step for a sender's texts that arrived together. By default one publish
+    /// after another; the durable broker writes them in one commit.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable; the drafts before the failure were appended.
+    async fn publish_all(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<RoomEvent>>, BrokerError> {
+        let mut events = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            events.push(self.publish(draft).await?);
+        }
+        Ok(events)
+    }
+
     /// Reads at most `max` retained events after `cursor`, with the hole (if any) the client must be told of.
     ///
     /// # Errors

@@ -295,6 +295,15 @@ impl Room {
         Ok(event)
     }
 
+    /// Publishes `drafts` in this order ([`Broker::publish_all`]) and fans each out as [`Room::publish`] does.
+    async fn publish_all(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<RoomEvent>>, crate::broker::BrokerError> {
+        let events = self.shared.broker.publish_all(drafts).await?;
+        for event in &events {
+            self.fan_out(event.clone(), true);
+        }
+        Ok(events)
+    }
+
     /// Renews the leases of sessions with a live channel here, and announces sessions whose lease ran out.
     async fn reap(self) {
         let lease = self.shared.config.lease();
@@ -498,6 +507,57 @@ impl Room {
         }
         let mut record = self.session(token).await?;
         let transport = record.transport;
+        let draft = self.draft(&mut record, text).await?;
+        Ok((self.publish(draft).await?.seq, transport))
+    }
+
+    /// Several texts of one participant, in order, as [`Room::post`] each (the same checks, limits and errors,
+    /// text by text), published together: one step for the broker (with the durable broker, one commit), so
+    /// that a sender whose texts arrive faster than one sync each is not held to one text per sync. Returns
+    /// each text's outcome, in order.
+    pub async fn post_all(&self, token: &str, texts: &[String]) -> Vec<Result<Seq, AppError>> {
+        if self.shared.shutdown.is_cancelled() {
+            return texts.iter().map(|_| Err(AppError::ShuttingDown)).collect();
+        }
+        let mut record = match self.session(token).await {
+            Ok(record) => record,
+            // The lookup can only fail as an unknown session or an unavailable store: each text is told so.
+            Err(AppError::UnknownSession) => return texts.iter().map(|_| Err(AppError::UnknownSession)).collect(),
+            Err(error) => return texts.iter().map(|_| Err(AppError::Unavailable(error.to_string()))).collect(),
+        };
+        let mut outcomes = Vec::with_capacity(texts.len());
+        let mut drafts = Vec::with_capacity(texts.len());
+        for text in texts {
+            match self.draft(&mut record, text).await {
+                Ok(draft) => {
+                    drafts.push(draft);
+                    outcomes.push(Ok(0));
+                }
+                Err(error) => outcomes.push(Err(error)),
+            }
+        }
+        match self.publish_all(drafts).await {
+            Ok(events) => {
+                let mut seqs = events.iter().map(|event| event.seq);
+                for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
+                    *outcome = Ok(seqs.next().unwrap_or_default());
+                }
+            }
+            Err(error) => {
+                for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
+                    *outcome = Err(AppError::from(error.clone()));
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// The event a participant's text makes: a chat message, or for `/nick NAME` a rename (saved in `record` and
+    /// in the broker now, before the event is published).
+    async fn draft(&self, record: &mut SessionRecord, text: &str) -> Result<Draft, AppError> {
+        let token = record.token.clone();
+        let token = token.as_str();
+        let transport = record.transport;
         self.take_rate_token(token)?;
         let draft = if let Some(name) = text.strip_prefix("/nick ") {
             let new = clean_nickname(name, self.shared.config.max_nickname_chars)?;
@@ -520,10 +580,10 @@ impl Room {
                 return Err(AppError::NicknameTaken(new));
             }
             let old = std::mem::replace(&mut record.nickname, new.clone());
-            if !self.shared.broker.save_session(&record).await? {
+            if !self.shared.broker.save_session(record).await? {
                 return Err(AppError::UnknownSession);
             }
-            Draft::rename(record.id, old, new)
+            Draft::rename(record.id.clone(), old, new)
         } else {
             if text.trim().is_empty() {
                 return Err(AppError::EmptyText);
@@ -532,9 +592,9 @@ impl Room {
             if text.len() > max && text.chars().count() > max {
                 return Err(AppError::TextTooLong(max));
             }
-            Draft::message(record.id, record.nickname, text.to_owned(), transport)
+            Draft::message(record.id.clone(), record.nickname.clone(), text.to_owned(), transport)
         };
-        Ok((self.publish(draft).await?.seq, transport))
+        Ok(draft)
     }
 
     /// Takes one token from the session's bucket.

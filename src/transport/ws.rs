@@ -15,6 +15,7 @@
 //! before closing TCP, at most `--ws-close-timeout-ms` (`Socket::close`).
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -23,7 +24,7 @@ use tungstenite::{Bytes, Message};
 
 use super::websocket::{is_too_many_fragments, Socket, Upgrade};
 use super::{Pacer, Params, SameOrigin};
-use crate::core::event::control;
+use crate::core::event::{control, Seq};
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
 use crate::metering::session::SessionWire;
@@ -151,6 +152,7 @@ async fn exchange(
     // Keep-alive beats since the peer last sent anything (a frame, or the pong to our ping).
     let mut unanswered = 0u8;
     let mut pacer = Pacer::default();
+    let mut outbox = Outbox::default();
     loop {
         // Biased towards delivery: a connection drains what it owes before reading more input, so a fast
         // sender cannot outrun its own echoes into a slow-consumer close.
@@ -179,7 +181,16 @@ async fn exchange(
                     return exit;
                 }
             }
-            received = socket.recv() => {
+            outcomes = outbox.posted(), if outbox.busy() => {
+                for error in outcomes.into_iter().filter_map(Result::err) {
+                    if socket.send(Message::Text(error.to_event().into())).await.is_err() {
+                        return Ok(Ended::Client);
+                    }
+                }
+                outbox.post(room, channel.token());
+            }
+            // A client whose texts wait beyond the outbox's bound is not read until they are posted.
+            received = socket.recv(), if outbox.open() => {
                 unanswered = 0;
                 let message = match received {
                     Some(Ok(message)) => message,
@@ -191,11 +202,8 @@ async fn exchange(
                 };
                 match message {
                     Message::Text(text) => {
-                        if let Err(error) = Box::pin(room.post(channel.token(), text.as_str())).await {
-                            if socket.send(Message::Text(error.to_event().into())).await.is_err() {
-                                return Ok(Ended::Client);
-                            }
-                        }
+                        outbox.waiting.push(text.as_str().to_owned());
+                        outbox.post(room, channel.token());
                     }
                     Message::Binary(_) => {
                         let error = AppError::BadRequest("binary frames are not supported: send text".into());
@@ -210,6 +218,48 @@ async fn exchange(
                 }
             }
         }
+    }
+}
+
+/// Most texts of one connection waiting while its previous ones are posted; past it, the connection is not read
+/// until they are (its client's TCP window then fills).
+const OUTBOX_MAX: usize = 256;
+
+/// A connection's texts on their way into the room, in the order they arrived: one batch being posted
+/// ([`Room::post_all`]: with the durable broker, one commit) while the next gathers, so a client sending faster
+/// than one sync per text is not held to one text per sync, and its texts keep their order.
+#[derive(Default)]
+struct Outbox {
+    posting: Option<Pin<Box<dyn Future<Output = Vec<Result<Seq, AppError>>> + Send>>>,
+    waiting: Vec<String>,
+}
+
+impl Outbox {
+    /// Whether a batch is being posted.
+    fn busy(&self) -> bool {
+        self.posting.is_some()
+    }
+
+    /// Whether more texts may be read.
+    fn open(&self) -> bool {
+        self.waiting.len() < OUTBOX_MAX
+    }
+
+    /// Starts posting the waiting texts, unless a batch is being posted (they go when it is done).
+    fn post(&mut self, room: &Room, token: &str) {
+        if self.posting.is_some() || self.waiting.is_empty() {
+            return;
+        }
+        let (room, token, texts) = (room.clone(), token.to_owned(), std::mem::take(&mut self.waiting));
+        self.posting = Some(Box::pin(async move { room.post_all(&token, &texts).await }));
+    }
+
+    /// The outcome of each text of the batch being posted, once it is done (cancel-safe: the batch stays).
+    async fn posted(&mut self) -> Vec<Result<Seq, AppError>> {
+        let Some(posting) = self.posting.as_mut() else { return std::future::pending().await };
+        let outcomes = posting.await;
+        self.posting = None;
+        outcomes
     }
 }
 
