@@ -109,6 +109,7 @@ conformance! {
     a_cursor_ahead_of_the_room_is_reported(100),
     every_feed_delivers_every_event_once_in_order(100),
     concurrent_publishers_get_distinct_consecutive_numbers(1000),
+    publish_all_appends_in_order(100),
     guest_numbers_are_shared(100),
     sessions_are_shared_saved_and_removed_exactly_once(100),
     the_room_refuses_sessions_beyond_max(100),
@@ -288,6 +289,27 @@ async fn concurrent_publishers_get_distinct_consecutive_numbers(fixture: Fixture
             history.events.iter().map(|e| e.body().message).filter(|m| m.starts_with(&format!("t{task}-"))).collect();
         assert_eq!(mine, (0..EACH).map(|i| format!("t{task}-{i}")).collect::<Vec<_>>());
     }
+}
+
+/// `publish_all` appends a sender's drafts in their order, with consecutive numbers, fed and retained like single
+/// publishes; an empty list appends nothing.
+async fn publish_all_appends_in_order(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let mut feed = b.subscribe().await.unwrap();
+    a.publish(draft("first")).await.unwrap();
+    let events = a.publish_all((1..=5).map(|i| draft(&format!("m{i}"))).collect()).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
+    assert!(a.publish_all(Vec::new()).await.unwrap().is_empty());
+    let history = b.since(0, 10).await.unwrap();
+    let messages: Vec<String> = history.events.iter().map(|e| e.body().message).collect();
+    assert_eq!(messages, ["first", "m1", "m2", "m3", "m4", "m5"]);
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event.json, history.events[i + 1].json, "returned as retained");
+    }
+    for seq in 1..=6 {
+        assert_eq!(next_event(&mut feed).await.seq, seq);
+    }
+    assert_eq!(a.publish(draft("next")).await.unwrap().seq, 7);
 }
 
 /// Guest numbers count up across processes, never repeating.

@@ -12,7 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
 
 use chatlab::broker::durable::StoreError;
 use chatlab::broker::{Broker, DurableBroker, Missed};
@@ -247,8 +249,37 @@ async fn burst_then_restart(how: Stop) {
             }
         }));
     }
+    // A WebSocket sender that does not wait: a text's echo is its acknowledgement (it is fanned out once durable).
+    let mut sender_socket = ws(&server.ws_url("/ws")).await;
+    let sender_id = ws_next(&mut sender_socket).await["id"].clone();
+    let socket_sender = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let (mut sink, mut stream) = sender_socket.split();
+            let writer = tokio::spawn(async move {
+                for i in 0..50_000 {
+                    if sink.send(Message::Text(format!("w-{i}").into())).await.is_err() {
+                        return;
+                    }
+                    if i % 16 == 15 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            });
+            while let Ok(Some(Ok(Message::Text(frame)))) =
+                tokio::time::timeout(Duration::from_secs(20), stream.next()).await
+            {
+                let event: Value = serde_json::from_str(&frame).unwrap();
+                if event["id"] == sender_id && event["type"] == "message" {
+                    let text = event["message"].as_str().unwrap().to_owned();
+                    acked.lock().unwrap().push((event["seq"].as_u64().unwrap(), text));
+                }
+            }
+            writer.abort();
+        })
+    };
     let started = Instant::now();
-    while acked.lock().unwrap().len() < 200 {
+    while acked.lock().unwrap().len() < 400 {
         assert!(started.elapsed() < Duration::from_secs(20), "the senders are answered");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -256,7 +287,7 @@ async fn burst_then_restart(how: Stop) {
         Stop::Kill => server.kill(),
         Stop::Term => assert!(server.terminate().success(), "a clean exit"),
     }
-    for sender in senders {
+    for sender in senders.into_iter().chain([socket_sender]) {
         tokio::time::timeout(Duration::from_secs(45), sender).await.expect("senders stop").unwrap();
     }
     drop(socket);
@@ -270,6 +301,10 @@ async fn burst_then_restart(how: Stop) {
         let event = &events[*seq as usize - 1];
         assert_eq!(event["message"], text.as_str(), "acknowledged text {seq} is there with its seq");
     }
+    let from_socket: Vec<u64> =
+        events.iter().filter_map(|e| e["message"].as_str()?.strip_prefix("w-")?.parse().ok()).collect();
+    assert!(from_socket.windows(2).all(|pair| pair[1] == pair[0] + 1), "the socket's texts in their order");
+    assert!(acked.iter().any(|(_, text)| text.starts_with("w-")), "some of the socket's texts were echoed");
     let head = *seqs.last().unwrap();
     let (status, seq) = post_at(&server.url(""), &poller_session, "after the restart").await.unwrap();
     assert_eq!((status, seq), (202, Some(head + 1)), "a new text gets the next seq: none is reused");

@@ -23,8 +23,8 @@
 //!
 //! # The data directory
 //! `FORMAT` (`chatlab-store 1`: the layout below; a newer one is refused at start, never overwritten), `LOCK`,
-//! and `room.redb` with four tables: `meta` (the epoch, a random id made when the store is created; the head;
-//! the guest counter), `events` (seq → the event's JSON, the newest `--history`), `sessions` (token → the record
+//! and `room.redb` with four tables: `meta` (the epoch, a random id made when the store is created; the guest
+//! counter), `events` (seq → the event's JSON, the newest `--history`), `sessions` (token → the record
 //! and the end of its lease) and `idempotency` (seq → the session and key a text was sent with, trimmed with the
 //! events). Copy the directory while the server is stopped to back the room up.
 
@@ -317,7 +317,8 @@ fn load(db: &Database, capacity: u64) -> Result<Loaded, String> {
         if format != u64::from(FORMAT) {
             return Err(format!("the store says format {format}, its FORMAT file {FORMAT}"));
         }
-        let head = stored(&meta, "head")?.map(|v| u64_of(&v)).transpose()?.unwrap_or(0);
+        // The head is the newest event: at least one is always retained once there has been one.
+        let head = events.last().map_err(|e| text(e.into()))?.map_or(0, |(seq, _)| seq.value());
         let guests = stored(&meta, "guests")?.map(|v| u64_of(&v)).transpose()?.unwrap_or(0);
         let first_kept = (head + 1).saturating_sub(capacity);
         events.retain_in(..first_kept, |_, _| false).map_err(|e| text(e.into()))?;
@@ -332,10 +333,9 @@ fn load(db: &Database, capacity: u64) -> Result<Loaded, String> {
             }
             retained.push(Arc::new(event));
         }
-        // The events are consecutive and end at the head: anything else is not a store this chatlab wrote.
-        let consecutive = retained.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1);
-        if !consecutive || retained.last().map_or(0, |event| event.seq) != head {
-            return Err(format!("the events retained do not end at the head ({head}) without a hole"));
+        // The events are consecutive: anything else is not a store this chatlab wrote.
+        if !retained.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1) {
+            return Err("the events retained have a hole".into());
         }
         let mut online = Vec::new();
         for entry in sessions.iter().map_err(|e| text(e.into()))? {
@@ -459,8 +459,8 @@ impl Writer {
         }
     }
 
-    /// One transaction: the events, the trim of the history, the sessions of `tokens` as they are now in memory
-    /// (removed when gone), the head and the guest counter; committed with one sync.
+    /// One transaction: the events (the newest is the head), the trim of the history, the sessions of `tokens` as
+    /// they are now in memory (removed when gone) and the guest counter; committed with one sync.
     fn write(&self, events: &[Arc<RoomEvent>], tokens: &HashSet<String>, guests: u64) -> Result<(), redb::Error> {
         let tx = self.db.begin_write()?;
         {
@@ -472,8 +472,10 @@ impl Writer {
                 }
                 let first_kept = (last.seq + 1).saturating_sub(self.capacity);
                 table.retain_in(..first_kept, |_, _| false)?;
-                tx.open_table(IDEMPOTENCY)?.retain_in(..first_kept, |_, _| false)?;
-                meta.insert("head", last.seq.to_le_bytes().as_slice())?;
+                let mut keys = tx.open_table(IDEMPOTENCY)?;
+                if !keys.is_empty()? {
+                    keys.retain_in(..first_kept, |_, _| false)?;
+                }
             }
             if guests != self.guests {
                 meta.insert("guests", guests.to_le_bytes().as_slice())?;
