@@ -230,9 +230,12 @@ const OUTBOX_MAX: usize = 256;
 /// than one sync per text is not held to one text per sync, and its texts keep their order.
 #[derive(Default)]
 struct Outbox {
-    posting: Option<Pin<Box<dyn Future<Output = Vec<Result<Seq, AppError>>> + Send>>>,
+    posting: Option<Posting>,
     waiting: Vec<String>,
 }
+
+/// A batch being posted: each text's outcome, in order.
+type Posting = Pin<Box<dyn Future<Output = Vec<Result<Seq, AppError>>> + Send>>;
 
 impl Outbox {
     /// Whether a batch is being posted.
