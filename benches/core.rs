@@ -33,7 +33,7 @@ async fn room_with(receivers: usize) -> (Room, String, Vec<Channel>) {
     let mut channels = Vec::with_capacity(receivers);
     for _ in 0..receivers {
         let (record, cursor) = room.join(Transport::Ws, None, false).await.unwrap();
-        channels.push(room.open(&record.token, Transport::Ws, Some(cursor)).await.unwrap().0);
+        channels.push(room.open(&record.token, Transport::Ws, Some(cursor), None).await.unwrap().0);
     }
     // Drain the join notices, so every channel waits for the next event.
     let head = room.head();
@@ -62,6 +62,21 @@ fn publish(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("post a text, no receivers", |b| {
         b.to_async(&rt).iter(|| async { black_box(room.post(&sender, "hello, room").await.unwrap()) })
+    });
+    // The same with a key per text (a `/ws?ack=1` ref, an `Idempotency-Key`): the key is checked and remembered.
+    let mut sent = 0u64;
+    group.bench_function("post a text with a key, no receivers", |b| {
+        b.to_async(&rt).iter_batched(
+            || {
+                sent += 1;
+                format!("ref-{sent}")
+            },
+            |key| {
+                let (room, sender) = (&room, &sender);
+                async move { black_box(room.send(sender, "hello, room", Some(&key)).await.unwrap()) }
+            },
+            BatchSize::SmallInput,
+        )
     });
     group.finish();
 }
@@ -99,12 +114,12 @@ fn poll_bodies(c: &mut Criterion) {
     for i in 0..100 {
         rt.block_on(room.post(&sender, &format!("text {i}"))).unwrap();
     }
-    let (deliveries, next): (Vec<Delivery>, u64) =
-        rt.block_on(room.poll(&record.token, Transport::Poll, Some(0))).unwrap();
+    let polled = rt.block_on(room.poll(&record.token, Transport::Poll, Some(0), None)).unwrap();
+    let (deliveries, next, epoch): (Vec<Delivery>, u64, _) = (polled.deliveries, polled.next, polled.epoch);
     let mut group = c.benchmark_group("poll body");
     group.throughput(Throughput::Elements(deliveries.len() as u64));
     group.bench_function("100 events into one response", |b| {
-        b.iter_batched(|| deliveries.clone(), |d| black_box(poll_body(&d, next, None)), BatchSize::SmallInput)
+        b.iter_batched(|| deliveries.clone(), |d| black_box(poll_body(&d, next, &epoch, None)), BatchSize::SmallInput)
     });
     group.finish();
 }

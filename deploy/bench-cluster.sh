@@ -23,11 +23,11 @@ redis-server --port 6391 --bind 127.0.0.1 --save "" --appendonly yes --appendfsy
   --daemonize no --logfile "$work/redis.log" &
 pids+=($!)
 for port in 19201 19202 19203; do
-  "$chatlab" --bind "127.0.0.1:$port" --broker redis://127.0.0.1:6391 --rate-limit 0 >"$work/$port.log" 2>&1 &
+  "$chatlab" --bind "127.0.0.1:$port" --broker redis://127.0.0.1:6391 --rate-limit 0 --client-rate-limit 0 --max-sessions-per-client 0 >"$work/$port.log" 2>&1 &
   pids+=($!)
   eval "pid_$port=$!"
 done
-"$chatlab" --bind 127.0.0.1:19210 --broker memory --rate-limit 0 >"$work/memory.log" 2>&1 &
+"$chatlab" --bind 127.0.0.1:19210 --broker memory --rate-limit 0 --client-rate-limit 0 --max-sessions-per-client 0 >"$work/memory.log" 2>&1 &
 pids+=($!)
 pid_memory=$!
 sleep 1

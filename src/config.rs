@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// `chatlab`: one chat room, four web push techniques, measured on the wire.
+/// `chatlab`: one chat room, six web push techniques, measured on the wire.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 pub struct Cli {
@@ -81,6 +81,14 @@ pub struct Config {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub keepalive: u64,
 
+    /// Bytes of padding (an HTML comment of spaces) at the start of a forever-iframe document
+    /// (`GET /api/iframe`), before its first `<script>`. Old browsers held the first kilobyte or so of a
+    /// document before running any of it (Safari and Chrome of the 2000s about 1 KB, Internet Explorer 256
+    /// bytes); a browser of today that is told the charset in the `Content-Type` header runs each script as it
+    /// arrives without it (docs/techniques.md measures it). Sent once per channel; 0 sends none.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub iframe_padding: u64,
+
     /// Longest chat text, in characters.
     #[arg(long, default_value_t = 2000)]
     pub max_message_chars: usize,
@@ -93,9 +101,21 @@ pub struct Config {
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Largest HTTP request head (request line and headers), in bytes. A longer one is refused before any
+    /// handler runs, and the connection closed: `431 head_too_large`, or `414 uri_too_long` when the request line
+    /// alone does not fit; a head that cannot be parsed gets `400 bad_request`. Each costs the server at most
+    /// this much memory while it arrives.
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1024..=256 * 1024))]
+    pub max_head_bytes: u64,
+
     /// Largest WebSocket frame (and message) a client may send, in bytes; larger closes with 1009.
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_frame_bytes: usize,
+
+    /// Longest `ref` of a `/ws?ack=1` frame and longest `Idempotency-Key` of a POST, in bytes (printable ASCII).
+    /// The server remembers one per retained event (`--history`), so this bounds what de-duplication holds.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub max_ref_bytes: u64,
 
     /// Sustained chat texts per second per session; 0 turns rate limiting off.
     #[arg(long, default_value_t = 20.0)]
@@ -105,7 +125,7 @@ pub struct Config {
     #[arg(long, default_value_t = 40.0)]
     pub rate_burst: f64,
 
-    /// Most live receiving channels (WebSockets, SSE streams, held long polls) at once; more get 503.
+    /// Most live receiving channels (WebSockets, SSE, NDJSON and iframe streams, held long polls) at once; more get 503.
     #[arg(long, default_value_t = 16_384)]
     pub max_connections: usize,
 
@@ -132,6 +152,36 @@ pub struct Config {
     #[arg(long, default_value_t = 100_000)]
     pub max_sessions: usize,
 
+    /// Most sessions one client (one IP address; an IPv6 client is its /64) may hold at once, over every
+    /// technique; its next join is refused `429 too_many_sessions` until one of them leaves or its lease runs
+    /// out. Enough for a classroom behind one NAT, far from one script taking all of `--max-sessions`. Counted
+    /// by each process of a cluster on its own (the process that counted a session finds out from the broker when
+    /// it ended through another). 0: no limit.
+    #[arg(long, default_value_t = 1000)]
+    pub max_sessions_per_client: usize,
+
+    /// Sustained chat texts per second from one client, across all its sessions (beside each session's
+    /// `--rate-limit`): fresh sessions do not buy a flooder more. Over it a text is refused
+    /// `429 client_rate_limited` with `Retry-After`. 0 turns it off.
+    #[arg(long, default_value_t = 100.0)]
+    pub client_rate_limit: f64,
+
+    /// Texts one client may send in one burst above `--client-rate-limit`.
+    #[arg(long, default_value_t = 200.0)]
+    pub client_rate_burst: f64,
+
+    /// Most clients the per-client limits track at once. A client is forgotten when it has no session left and
+    /// its text budget is full again; when the table is full, clients with no session are forgotten first, and
+    /// if every one holds a session a join from a new client is refused `503 room_full`.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_clients: u64,
+
+    /// Proxies whose `X-Forwarded-For` is believed (IP addresses, comma-separated or repeated; default none).
+    /// Only for a request whose peer is one of them is the client taken from that header: its right-most entry
+    /// that is not itself a trusted proxy. From any other peer the header is ignored (anyone can write it).
+    #[arg(long = "trust-proxy", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+
     /// Room size above which joins and leaves are not announced one by one (N notices to N people is N² frames)
     /// but in one notice a second naming how many came and went; `clientcount` stays exact on every event.
     #[arg(long, default_value_t = 100)]
@@ -144,7 +194,7 @@ pub struct Config {
     #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub send_queue: u64,
 
-    /// When the server is busy (see `--pace-above`), streams (WebSocket, SSE) write at most once per this many
+    /// When the server is behind (see `--pace-when-busy`), streams (WebSocket, SSE) write at most once per this many
     /// milliseconds: events that arrive within the interval after a write wait for its end and go out together,
     /// in one write. The first event after a quiet interval goes at once. Long polls are answered with events
     /// only at the ticks of this interval. It trades up to that much latency for far fewer system calls per
@@ -153,12 +203,12 @@ pub struct Config {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub flush_interval_ms: u64,
 
-    /// Deliveries per second above which streams and long polls are paced by `--flush-interval-ms`: room events
-    /// fanned out by this process times the live channels (WebSockets, SSE streams, held long polls) each goes
-    /// to, plus events answered to polls from history, over the last quarter second. At or below it every event
-    /// is written at once, so a room of people chatting sees each technique's own latency. 0 paces always.
-    #[arg(long, default_value_t = 10_000)]
-    pub pace_above: u64,
+    /// Percent of the runtime workers' time spent running tasks (over 100 ms) at which streams and long polls
+    /// start to be paced by `--flush-interval-ms`; pacing stops after a second below three quarters of it. A
+    /// server that keeps up writes every event at once, whatever the load; one falling behind puts what queued
+    /// during an interval into one write. 0 paces always, 100 never.
+    #[arg(long, default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub pace_when_busy: u8,
 
     /// Bytes of control frames (pongs, close replies) a WebSocket may hold unsent while its client does not
     /// read; past it the server stops reading that client until they drain.

@@ -39,12 +39,24 @@ pub enum AppError {
     /// No such session, or it expired.
     #[error("unknown or expired session")]
     UnknownSession,
+    /// A request head larger than `--max-head-bytes` (too many or too long header lines).
+    #[error("the request head exceeds {0} bytes")]
+    HeadTooLarge(usize),
+    /// A request line too long to be read (in practice, its URI).
+    #[error("the request line (its URI) is too long")]
+    UriTooLong,
     /// A body larger than `--max-body-bytes`.
     #[error("the body exceeds {0} bytes")]
     TooLarge(usize),
     /// Over the per-session rate limit.
     #[error("too many texts: slow down (retry in {0} ms)")]
     RateLimited(u64),
+    /// Over the per-client rate (`--client-rate-limit`), across all the client's sessions.
+    #[error("too many texts from this address: slow down (retry in {0} ms)")]
+    ClientRateLimited(u64),
+    /// The client holds `--max-sessions-per-client` sessions already.
+    #[error("this address holds {0} sessions already: leave one (or let its lease run out) before joining again")]
+    TooManySessions(usize),
     /// A cross-site request from an origin that is not allowed.
     #[error("origin {0} is not allowed")]
     ForbiddenOrigin(String),
@@ -81,7 +93,11 @@ impl AppError {
             AppError::ForbiddenHost(_) => "forbidden_host",
             AppError::UnknownSession => "unknown_session",
             AppError::TooLarge(_) => "too_large",
+            AppError::HeadTooLarge(_) => "head_too_large",
+            AppError::UriTooLong => "uri_too_long",
             AppError::RateLimited(_) => "rate_limited",
+            AppError::ClientRateLimited(_) => "client_rate_limited",
+            AppError::TooManySessions(_) => "too_many_sessions",
             AppError::ForbiddenOrigin(_) => "forbidden_origin",
             AppError::TooManyConnections => "too_many_connections",
             AppError::RoomFull => "room_full",
@@ -104,7 +120,11 @@ impl AppError {
             AppError::NicknameTaken(_) => StatusCode::CONFLICT,
             AppError::ForbiddenHost(_) => StatusCode::MISDIRECTED_REQUEST,
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::HeadTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            AppError::UriTooLong => StatusCode::URI_TOO_LONG,
+            AppError::RateLimited(_) | AppError::ClientRateLimited(_) | AppError::TooManySessions(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             AppError::WebSocketVersion(_) => StatusCode::UPGRADE_REQUIRED,
             AppError::TooManyConnections
@@ -138,7 +158,7 @@ impl IntoResponse for AppError {
         let body = json!({"error": self.to_string(), "code": self.code()});
         let mut response = (self.status(), axum::Json(body)).into_response();
         match self {
-            AppError::RateLimited(ms) => {
+            AppError::RateLimited(ms) | AppError::ClientRateLimited(ms) => {
                 let secs = ms.div_ceil(1000).max(1);
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }

@@ -5,13 +5,14 @@
 //!
 //! | module | what lives there |
 //! |---|---|
-//! | [`core`] | the room: events (serialised once), sessions and the one fan-out point ([`core::Room`]) |
+//! | [`core`] | the room: events (serialised once), sessions, the one fan-out point ([`core::Room`]) and the per-client limits |
 //! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: on disk (the default), memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
 //! | [`metering`] | per-technique counters, exact wire bytes: `/api/stats` and `/metrics` |
 //! | [`bench`](mod@bench) | `chatlab bench`: real clients of every technique, and the side-by-side report |
 //! | [`config`] | every flag, its default and why |
 //! | [`error`] | every refusal and how it reaches a client |
+//! | `serve.rs` | the HTTP/1.1 server loop under [`run`]: metered sockets, upgrades, the head limit, the drain |
 //!
 //! An event's path: a transport calls [`core::Room::post`]; the broker sequences and stores it and feeds it to
 //! the room of every process; each room keeps it in a ring of recent events that every local channel reads from
@@ -26,9 +27,10 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod metering;
+mod serve;
 pub mod transport;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,9 +46,9 @@ use crate::broker::{Broker, DurableBroker, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::core::Room;
 use crate::error::AppError;
-use crate::metering::wire::{Deadlines, MakeMetered, MeteredListener};
+use crate::metering::wire::{Deadlines, MeteredListener};
 use crate::metering::Metering;
-use crate::transport::{assets, long_poll, seed, sessions, short_poll, sse, wire_view, ws};
+use crate::transport::{assets, iframe, long_poll, seed, sessions, short_poll, sse, stream, wire_view, ws};
 
 /// The router: every endpoint of the product, served from one room.
 ///
@@ -67,6 +69,8 @@ pub fn app(room: Room) -> Router {
         .route("/api/wire", get(wire_view::handler))
         .route("/api/presence", get(sessions::presence))
         .route("/api/sse", get(sse::handler))
+        .route("/api/stream", get(stream::handler))
+        .route("/api/iframe", get(iframe::handler))
         .route("/api/longpoll", get(long_poll::handler))
         .route("/api/poll", get(short_poll::handler))
         .route("/api/messages", post(transport::post::handler))
@@ -128,16 +132,17 @@ pub async fn run(
     // Counting sockets: every byte read and written is given to the technique of its request (metering::wire).
     // Deadlines at the socket (`--write-timeout`, `--header-timeout`): one place for every technique.
     let deadlines = Deadlines { write: room.config().write_timeout(), header: room.config().header_timeout() };
+    // Heads over `--max-head-bytes` are refused at the socket, before any handler (serve.rs).
+    let max_head = room.config().max_head_bytes as usize;
     let listener = MeteredListener::new(listener, room.metering().clone())
         .with_limit(room.config().max_sockets)
-        .with_deadlines(deadlines);
-    let server = axum::serve(listener, MakeMetered::new(app(room.clone())))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: telling every participant");
-            signal_room.shutdown();
-        })
-        .into_future();
+        .with_deadlines(deadlines)
+        .with_max_head(max_head);
+    let server = serve::serve(listener, app(room.clone()), max_head, async move {
+        shutdown.await;
+        tracing::info!("shutting down: telling every participant");
+        signal_room.shutdown();
+    });
     let deadline = async {
         stopping.cancelled().await;
         tokio::time::sleep(grace).await;

@@ -8,9 +8,20 @@ use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-/// Serves a room with the rate limit off on `127.0.0.1:0` until the returned sender is dropped.
+/// Serves a room with the rate and per-client limits off on `127.0.0.1:0` until the returned sender is dropped.
 async fn start_server() -> (std::net::SocketAddr, oneshot::Sender<()>) {
-    let config = Config { rate_limit: 0.0, broker: "memory".into(), ..Config::default() };
+    start_server_with(Config {
+        rate_limit: 0.0,
+        client_rate_limit: 0.0,
+        max_sessions_per_client: 0,
+        broker: "memory".into(),
+        ..Config::default()
+    })
+    .await
+}
+
+/// Serves a room with `config` on `127.0.0.1:0` until the returned sender is dropped.
+async fn start_server_with(config: Config) -> (std::net::SocketAddr, oneshot::Sender<()>) {
     let room = chatlab::build_room(config).await.expect("room");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -59,17 +70,44 @@ async fn bench_drives_every_technique_and_agrees_with_the_server() {
         assert!(result.sent > 0 && result.send_errors == 0, "{name}: {result:?}");
         assert_eq!(result.deliveries, result.sent * 3, "{name}: every text reaches every participant");
         assert!(result.latency_ms.p50 > 0.0, "{name}");
-        if let Some(server) = result.server {
+        if let Some(server) = &result.server {
             let close = |client: u64, server: u64| client.abs_diff(server) <= 2_000;
             assert!(close(result.bytes_down, server.wire_bytes_out), "{name}: down {result:?}");
             assert!(close(result.bytes_up, server.wire_bytes_in), "{name}: up {result:?}");
         }
     }
     let ws = &report.results[0];
-    let server = ws.server.expect("chatlab's counters");
+    let server = ws.server.as_ref().expect("chatlab's counters");
     assert_eq!((ws.bytes_down, ws.bytes_up), (server.wire_bytes_out, server.wire_bytes_in), "WebSocket: exact");
     assert_eq!(ws.requests, 0, "a WebSocket makes no HTTP request once open");
+    let timed: u64 = server.latency_buckets.iter().map(|(_, count)| count).sum();
+    assert!(timed > 0 && timed <= server.events_delivered, "the server's latency of the phase: {server:?}");
+    assert!(server.latency_ms(0.99).is_some());
     assert!(report.results[3].requests > 0, "short polling asks");
+}
+
+/// `--techniques stream,iframe`: the HTTP-streaming and forever-iframe clients deliver every text to every
+/// participant, and the bytes they counted agree with what the server counted for their technique (within a
+/// write in flight at the window's edge, as for the others; tests/metering.rs pins them to the byte).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drives_the_two_streams_and_counts_their_bytes_exactly() {
+    let (addr, _stop) = start_server().await;
+    let url = format!("http://{addr}");
+    #[rustfmt::skip]
+    let report = bench(&[
+        "--url", &url, "--techniques", "stream,iframe", "--participants", "3", "--duration", "1.5",
+        "--warmup", "0.2", "--send-every", "0.5",
+    ]).await;
+    let names: Vec<&str> = report.results.iter().map(|r| r.technique.as_str()).collect();
+    assert_eq!(names, ["stream", "iframe"]);
+    for result in &report.results {
+        let name = result.technique.as_str();
+        assert!(result.sent > 0 && result.send_errors == 0, "{name}: {result:?}");
+        assert_eq!(result.deliveries, result.sent * 3, "{name}: every text reaches every participant");
+        let server = result.server.as_ref().expect("chatlab's counters");
+        assert!(result.bytes_down.abs_diff(server.wire_bytes_out) <= 2_000, "{name}: down {result:?}");
+        assert!(result.bytes_up.abs_diff(server.wire_bytes_in) <= 2_000, "{name}: up {result:?}");
+    }
 }
 
 /// `--find-max` on a mixed crowd with one sender: a passing window raises the rate by `--step`, every text
@@ -95,7 +133,7 @@ async fn find_max_climbs_the_rate_on_a_mixed_crowd() {
         let result = &step.result;
         assert_eq!(result.senders, 1);
         assert_eq!(result.deliveries, result.sent * 4, "every text reaches every participant: {result:?}");
-        let server = result.server.expect("chatlab's counters");
+        let server = result.server.as_ref().expect("chatlab's counters");
         assert!(result.bytes_down.abs_diff(server.wire_bytes_out) <= 2_000, "{result:?}");
     }
     assert!(steps[0].result.join_s.is_some(), "the first window reports the join");
@@ -143,4 +181,42 @@ async fn wrk_compares_the_polls_with_a_bare_handler() {
     }
     assert_eq!(wrk.targets[0].ratio_to_bare, 1.0);
     assert!(wrk.targets[1].path.starts_with("/api/poll?session=S&since="), "{:?}", wrk.targets[1]);
+}
+
+/// `chatlab bench soak`, small and short (48 participants, 8 s, --write-timeout 1) over real sockets: the healthy
+/// and reconnecting readers lose and repeat nothing, every stalled connection is let go within --write-timeout
+/// + 1 s of its stall (and counted by the server as a write timeout), and the server's RSS is sampled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_soak_loses_nothing_and_lets_stalled_connections_go() {
+    let (addr, _stop) = start_server_with(Config { rate_limit: 0.0, write_timeout: 1, ..Config::default() }).await;
+    let (url, pid) = (format!("http://{addr}"), std::process::id().to_string());
+    #[rustfmt::skip]
+    let argv = [
+        "chatlab", "bench", "soak", "--url", &url, "--server-pid", &pid, "--participants", "48", "--duration", "8",
+        "--rate", "40", "--text-bytes", "1900", "--senders", "10", "--reconnect-every", "1", "--poll-interval", "0.5",
+        "--write-timeout", "1",
+    ];
+    let Some(Command::Bench(args)) = Cli::try_parse_from(argv).expect("flags").command else {
+        panic!("not the bench subcommand");
+    };
+    let Some(chatlab::bench::BenchCommand::Soak(soak)) = args.command else { panic!("not the soak") };
+    let report = tokio::time::timeout(Duration::from_secs(90), chatlab::bench::soak::soak(&soak))
+        .await
+        .expect("the soak finishes within 90 s")
+        .expect("the soak runs");
+    assert_eq!((report.stalled, report.reconnecting), (4, 4), "{report:?}");
+    assert_eq!(report.join_errors, 0, "{report:?}");
+    assert!(report.sent > 100 && report.send_errors == 0, "{report:?}");
+    assert!(report.events_received > report.sent * 30, "{report:?}");
+    assert_eq!((report.lost, report.duplicated, report.gaps, report.readers_failed), (0, 0, 0, 0), "{report:?}");
+    assert!(report.reconnects >= 4, "{report:?}");
+    assert!(report.let_go >= 4, "every stalled participant was let go at least once: {report:?}");
+    let (_, max) = report.let_go_after_stall_s.expect("let-go times");
+    assert!(max <= 2.0, "within --write-timeout + 1 s of the stall: {report:?}");
+    assert_eq!(report.overdue, 0, "{report:?}");
+    let timeouts: u64 =
+        ["ws", "sse"].iter().map(|t| report.server["transports"][t]["write_timeouts"].as_u64().unwrap()).sum();
+    assert!(timeouts >= report.let_go, "the server counted each let-go: {report:?}");
+    assert!(report.rss_first_kib.is_some() && report.rss_last_kib.is_some(), "{report:?}");
+    assert!(report.passed());
 }

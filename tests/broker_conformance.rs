@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use chatlab::broker::{
-    Backlog, Broker, BrokerError, DurableBroker, FeedItem, MemoryBroker, Missed, RedisBroker, Visit,
+    Backlog, Broker, BrokerError, DurableBroker, FeedItem, MemoryBroker, Missed, Published, RedisBroker, SendKey, Visit,
 };
 use chatlab::core::event::{now_ms, Draft, EventKind, RoomEvent, Seq};
 use chatlab::core::session::{SessionRecord, Transport};
@@ -110,6 +110,7 @@ conformance! {
     every_feed_delivers_every_event_once_in_order(100),
     concurrent_publishers_get_distinct_consecutive_numbers(1000),
     publish_all_appends_in_order(100),
+    publish_all_publishes_each_key_once(100),
     guest_numbers_are_shared(100),
     sessions_are_shared_saved_and_removed_exactly_once(100),
     the_room_refuses_sessions_beyond_max(100),
@@ -120,8 +121,14 @@ conformance! {
     the_cursor_only_moves_forward_and_keeps_a_rename(100),
     presence_lists_everyone_oldest_first(100),
     the_oldest_are_listed_in_join_order_and_bounded(100),
+    presence_pages_through_everyone_once(100),
+    alive_tells_which_sessions_exist(100),
     optional_event_fields_survive_the_store_and_the_feed(100),
     clientcount_is_the_online_count(100),
+    a_repeated_key_publishes_nothing_and_answers_the_first_seq(100),
+    processes_racing_one_key_publish_it_once(1000),
+    keys_are_forgotten_with_their_events(3),
+    the_epoch_is_one_for_the_room_and_in_every_backlog(100),
 }
 
 /// A client of session `token` showing up with `transport`, its lease to `lease_until_ms`, reading at most `max`
@@ -297,7 +304,14 @@ async fn publish_all_appends_in_order(fixture: Fixture) {
     let (a, b) = (fixture.process().await, fixture.process().await);
     let mut feed = b.subscribe().await.unwrap();
     a.publish(draft("first")).await.unwrap();
-    let events = a.publish_all((1..=5).map(|i| draft(&format!("m{i}"))).collect()).await.unwrap();
+    let published = a.publish_all((1..=5).map(|i| (draft(&format!("m{i}")), None)).collect()).await.unwrap();
+    let events: Vec<Arc<RoomEvent>> = published
+        .into_iter()
+        .map(|published| match published {
+            Published::Fresh(event) => event,
+            Published::Repeated(seq) => panic!("a send without a key repeated {seq}"),
+        })
+        .collect();
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
     assert!(a.publish_all(Vec::new()).await.unwrap().is_empty());
     let history = b.since(0, 10).await.unwrap();
@@ -310,6 +324,31 @@ async fn publish_all_appends_in_order(fixture: Fixture) {
         assert_eq!(next_event(&mut feed).await.seq, seq);
     }
     assert_eq!(a.publish(draft("next")).await.unwrap().seq, 7);
+}
+
+/// `publish_all` with keys: a key used before (by `publish_once` or earlier in the same batch) appends nothing and
+/// answers the first `seq`; the others are numbered consecutively, in order; `published` knows every key.
+async fn publish_all_publishes_each_key_once(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let key = |key| SendKey { session: "s1", key };
+    let first = a.publish_once(draft("k1"), key("k1")).await.unwrap().seq();
+    assert_eq!(first, 1);
+    let sends = vec![
+        (draft("again k1"), Some(key("k1"))),
+        (draft("k2"), Some(key("k2"))),
+        (draft("plain"), None),
+        (draft("again k2"), Some(key("k2"))),
+        (draft("k3"), Some(key("k3"))),
+    ];
+    let published = b.publish_all(sends).await.unwrap();
+    let answers: Vec<(bool, Seq)> = published.iter().map(|p| (matches!(p, Published::Fresh(_)), p.seq())).collect();
+    assert_eq!(answers, [(false, 1), (true, 2), (true, 3), (false, 2), (true, 4)]);
+    let messages: Vec<String> = a.since(0, 10).await.unwrap().events.iter().map(|e| e.body().message).collect();
+    assert_eq!(messages, ["k1", "k2", "plain", "k3"]);
+    for (name, seq) in [("k1", 1), ("k2", 2), ("k3", 4)] {
+        assert_eq!(a.published(key(name)).await.unwrap(), Some(seq), "{name}");
+    }
+    assert_eq!(a.published(SendKey { session: "s2", key: "k1" }).await.unwrap(), None, "another session's key");
 }
 
 /// Guest numbers count up across processes, never repeating.
@@ -514,6 +553,46 @@ async fn the_oldest_are_listed_in_join_order_and_bounded(fixture: Fixture) {
     assert_eq!(b.oldest(0).await.unwrap(), (4, vec![]));
 }
 
+/// `page(after, max)` lists the sessions whose guest number is above `after`, in join order, at most `max`, from
+/// any process: paging from 0 by the last guest number lists everyone once, and a session that leaves between
+/// two pages is skipped without shifting the others.
+async fn presence_pages_through_everyone_once(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let lease = now_ms() + 60_000;
+    for guest in [7, 2, 9, 1, 4, 3, 8, 6, 5, 10] {
+        a.create_session(&session(&format!("g{guest}"), 1_000 + guest, guest), lease, 100).await.unwrap();
+    }
+    let guests = |records: &[SessionRecord]| records.iter().map(|r| r.guest).collect::<Vec<_>>();
+    let (online, first) = b.page(0, 4).await.unwrap();
+    assert_eq!((online, guests(&first)), (10, vec![1, 2, 3, 4]));
+    assert_eq!(first[0], session("g1", 1_001, 1), "whole records");
+    // One that was already listed and one that was not leave between pages.
+    a.remove_session("g2").await.unwrap();
+    b.remove_session("g6").await.unwrap();
+    let (online, second) = a.page(4, 4).await.unwrap();
+    assert_eq!((online, guests(&second)), (8, vec![5, 7, 8, 9]), "g6 is skipped, the page is still full");
+    let (_, last) = b.page(9, 4).await.unwrap();
+    assert_eq!(guests(&last), vec![10]);
+    assert_eq!(b.page(10, 4).await.unwrap(), (8, vec![]), "nothing after the last");
+    assert_eq!(a.page(0, 0).await.unwrap(), (8, vec![]));
+    assert_eq!(guests(&a.page(3, 100).await.unwrap().1), vec![4, 5, 7, 8, 9, 10]);
+}
+
+/// `alive` says, in order, which sessions exist, from any process: removed and expired ones do not.
+async fn alive_tells_which_sessions_exist(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let lease = now_ms() + 60_000;
+    for guest in 1..=3 {
+        a.create_session(&session(&format!("a{guest}"), 1, guest), lease, 100).await.unwrap();
+    }
+    a.create_session(&session("short", 1, 4), 10, 100).await.unwrap();
+    b.remove_session("a2").await.unwrap();
+    assert_eq!(b.expire(now_ms()).await.unwrap().len(), 1);
+    let tokens: Vec<String> = ["a1", "a2", "a3", "short", "never"].map(String::from).to_vec();
+    assert_eq!(a.alive(&tokens).await.unwrap(), vec![true, false, true, false, false]);
+    assert_eq!(b.alive(&[]).await.unwrap(), Vec::<bool>::new());
+}
+
 /// The optional fields (`notice`, `transport`, `joined`, `left`, `previous`) come back from the feed and the
 /// history as published, in the same bytes as the memory broker writes, and an event without them has none.
 async fn optional_event_fields_survive_the_store_and_the_feed(fixture: Fixture) {
@@ -614,4 +693,133 @@ async fn redis_outage_is_reported_and_survived() {
     assert_eq!(messages, vec!["before", "after"]);
     let extra = tokio::time::timeout(Duration::from_millis(200), feed.recv()).await;
     assert!(extra.is_err(), "nothing more: {extra:?}");
+}
+
+fn key<'a>(session: &'a str, key: &'a str) -> SendKey<'a> {
+    SendKey { session, key }
+}
+
+/// A key a session used is not published again, on any process: the answer is the first send's `seq`, the
+/// history and every feed hold the event once; the same key from another session is another send.
+async fn a_repeated_key_publishes_nothing_and_answers_the_first_seq(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let mut feed = a.subscribe().await.unwrap();
+    assert_eq!(a.published(key("s1", "r1")).await.unwrap(), None, "nothing sent yet");
+    let first = match a.publish_once(draft("once"), key("s1", "r1")).await.unwrap() {
+        Published::Fresh(event) => event,
+        other => panic!("the first send is published: {other:?}"),
+    };
+    assert_eq!(first.seq, 1);
+    for broker in [&a, &b] {
+        match broker.publish_once(draft("once again"), key("s1", "r1")).await.unwrap() {
+            Published::Repeated(seq) => assert_eq!(seq, 1, "the first send's seq"),
+            other => panic!("a repeat publishes nothing: {other:?}"),
+        }
+        assert_eq!(broker.published(key("s1", "r1")).await.unwrap(), Some(1));
+    }
+    let other = b.publish_once(draft("another session's"), key("s2", "r1")).await.unwrap();
+    assert!(matches!(&other, Published::Fresh(event) if event.seq == 2), "{other:?}");
+    assert_eq!(other.seq(), 2);
+    assert_eq!(a.publish(draft("no key")).await.unwrap().seq, 3, "sends without a key are unaffected");
+    let history = a.since(0, 10).await.unwrap();
+    let messages: Vec<String> = history.events.iter().map(|e| e.body().message).collect();
+    assert_eq!(messages, ["once", "another session's", "no key"]);
+    for seq in 1..=3 {
+        assert_eq!(next_event(&mut feed).await.seq, seq);
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(200), feed.recv()).await;
+    assert!(extra.is_err(), "nothing more on the feed: {extra:?}");
+}
+
+/// Many senders on two processes racing with one key: exactly one publishes; every other is told its `seq`.
+async fn processes_racing_one_key_publish_it_once(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let mut tasks = Vec::new();
+    for task in 0..16 {
+        let broker = if task % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for round in 0..10 {
+                let key = format!("race-{round}");
+                answers.push((round, broker.publish_once(draft(&key), SendKey { session: "s", key: &key }).await));
+            }
+            answers
+        }));
+    }
+    let mut fresh = std::collections::BTreeMap::new();
+    let mut repeated = Vec::new();
+    for task in tasks {
+        for (round, answer) in tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap() {
+            match answer.unwrap() {
+                Published::Fresh(event) => assert!(fresh.insert(round, event.seq).is_none(), "round {round} twice"),
+                Published::Repeated(seq) => repeated.push((round, seq)),
+            }
+        }
+    }
+    assert_eq!(fresh.len(), 10, "each key published once: {fresh:?}");
+    assert_eq!(repeated.len(), 16 * 10 - 10);
+    for (round, seq) in repeated {
+        assert_eq!(fresh[&round], seq, "a repeat of round {round} is told the first send's seq");
+    }
+    let history = a.since(0, 1000).await.unwrap();
+    assert_eq!(seqs(&history), (1..=10).collect::<Vec<_>>(), "ten events, no more");
+}
+
+/// Keys live as long as their events are retained: once an event leaves the history its key may be used again
+/// (what de-duplication remembers is bounded by `--history`).
+async fn keys_are_forgotten_with_their_events(fixture: Fixture) {
+    let broker = fixture.process().await;
+    assert_eq!(broker.publish_once(draft("keyed"), key("s", "k")).await.unwrap().seq(), 1);
+    broker.publish(draft("two")).await.unwrap();
+    broker.publish(draft("three")).await.unwrap();
+    assert_eq!(broker.published(key("s", "k")).await.unwrap(), Some(1), "still retained");
+    assert!(matches!(broker.publish_once(draft("again"), key("s", "k")).await.unwrap(), Published::Repeated(1)));
+    broker.publish(draft("four")).await.unwrap();
+    assert_eq!(seqs(&broker.since(0, 10).await.unwrap()), vec![2, 3, 4], "event 1 left the history");
+    assert_eq!(broker.published(key("s", "k")).await.unwrap(), None, "and its key with it");
+    let again = broker.publish_once(draft("keyed, later"), key("s", "k")).await.unwrap();
+    assert!(matches!(&again, Published::Fresh(event) if event.seq == 5), "{again:?}");
+}
+
+/// The room has one epoch, the same on every process, in every backlog, unchanged by publishing.
+async fn the_epoch_is_one_for_the_room_and_in_every_backlog(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let epoch = a.epoch().await.unwrap();
+    assert!(!epoch.is_empty());
+    assert_eq!(b.epoch().await.unwrap(), epoch, "one room, one epoch");
+    a.publish(draft("one")).await.unwrap();
+    b.publish_once(draft("two"), key("s", "k")).await.unwrap();
+    let lease = now_ms() + 60_000;
+    a.create_session(&session("e1", 1, 1), lease, 100).await.unwrap();
+    assert_eq!(a.since(0, 10).await.unwrap().epoch, epoch);
+    assert_eq!(b.epoch().await.unwrap(), epoch, "publishing keeps the epoch");
+    let (_, opened) = b.open(visit("e1", Transport::Ws, lease, Some(0), 10)).await.unwrap().unwrap();
+    assert_eq!(opened.epoch, epoch);
+    let (_, polled) = a.poll(visit("e1", Transport::Poll, lease, None, 10)).await.unwrap().unwrap();
+    assert_eq!(polled.epoch, epoch);
+}
+
+/// A new in-memory room is a new numbering: another epoch.
+#[tokio::test]
+async fn a_new_memory_room_has_another_epoch() {
+    let (one, two) = (MemoryBroker::new(10), MemoryBroker::new(10));
+    assert_ne!(one.epoch().await.unwrap(), two.epoch().await.unwrap());
+}
+
+/// Redis only: a wiped Redis (FLUSHALL) starts the sequence over under a new epoch, which every process sees,
+/// and keys used before the wipe are forgotten with it.
+#[tokio::test]
+async fn a_wiped_redis_is_a_new_epoch() {
+    let Some(fixture) = Fixture::redis("a_wiped_redis_is_a_new_epoch", 100) else { return };
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    a.publish_once(draft("before"), key("s", "k")).await.unwrap();
+    let before = a.epoch().await.unwrap();
+    fixture.redis.as_ref().unwrap().flushall();
+    // The first reader after the wipe makes the new epoch; every process reads the same one.
+    let after = b.since(0, 10).await.unwrap().epoch;
+    assert_ne!(after, before, "a new numbering, a new epoch");
+    assert_eq!(a.epoch().await.unwrap(), after);
+    let again = a.publish_once(draft("after"), key("s", "k")).await.unwrap();
+    assert!(matches!(&again, Published::Fresh(event) if event.seq == 1), "{again:?}");
+    assert_eq!(b.epoch().await.unwrap(), after, "publishing keeps it");
 }

@@ -161,8 +161,9 @@ async fn poll_requests(process: &Chatlab) -> u64 {
 }
 
 /// Through the shipped nginx config: the page, WebSocket upgrades on `/ws` and on `/` (seed protocol) with the
-/// Origin check still working, SSE events arriving while the stream is open, a long poll held to its timeout,
-/// requests spread over both processes with no stickiness, and service going on when one process is killed.
+/// Origin check still working, SSE, NDJSON and iframe events arriving while the stream is open, a long poll held
+/// to its timeout, requests spread over both processes with no stickiness, and service going on when one process
+/// is killed.
 #[tokio::test]
 async fn the_shipped_nginx_config_fronts_a_cluster() {
     let Some(nginx_binary) = nginx_binary() else {
@@ -176,7 +177,19 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
     let binary = Path::new(env!("CARGO_BIN_EXE_chatlab"));
     let url = redis.url();
     // The site's public name is allowed (`--allow-host`): a browser page under any other name is refused 421.
-    let args = ["--broker", url.as_str(), "--rate-limit", "0", "--allow-host", "chat.example"];
+    // nginx is the trusted proxy: its `X-Forwarded-For` names each client.
+    let args = [
+        "--broker",
+        url.as_str(),
+        "--rate-limit",
+        "0",
+        "--allow-host",
+        "chat.example",
+        "--trust-proxy",
+        "127.0.0.1",
+        "--max-sessions-per-client",
+        &PER_CLIENT.to_string(),
+    ];
     let mut first = Chatlab::spawn(binary, &args);
     let second = Chatlab::spawn(binary, &args);
     let nginx = Nginx::start(&nginx_binary, &[first.addr, second.addr]);
@@ -214,24 +227,30 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
     let notice = next_text(&mut seed).await;
     assert!(notice["message"].as_str().unwrap().ends_with("来了"), "{notice}");
 
-    // SSE: an event arrives while the stream stays open (nothing buffers it).
-    let (session, seq) = join(&nginx, "sse").await;
-    let client = reqwest::Client::builder().connect_timeout(WAIT).build().unwrap();
-    let mut stream = client.get(nginx.url(&format!("/api/sse?session={session}&since={seq}"))).send().await.unwrap();
-    assert_eq!(stream.status(), 200);
-    let mut received = String::new();
-    let mut posted = false;
-    while !received.contains("sse through nginx") {
-        let chunk = tokio::time::timeout(Duration::from_secs(3), stream.chunk())
-            .await
-            .expect("an SSE chunk in time: the stream is not buffered")
-            .unwrap()
-            .expect("the stream stays open");
-        received.push_str(&String::from_utf8_lossy(&chunk));
-        if !posted && received.contains("welcome") {
-            assert_eq!(post(&nginx, &session, "sse through nginx").await, 202);
-            posted = true;
+    // SSE, HTTP streaming and the forever iframe: an event arrives while the stream stays open (nothing buffers it).
+    let mut streams = vec![];
+    for technique in ["sse", "stream", "iframe"] {
+        let (session, seq) = join(&nginx, technique).await;
+        let client = reqwest::Client::builder().connect_timeout(WAIT).build().unwrap();
+        let url = nginx.url(&format!("/api/{technique}?session={session}&since={seq}"));
+        let mut stream = client.get(url).send().await.unwrap();
+        assert_eq!(stream.status(), 200);
+        let text = format!("{technique} through nginx");
+        let mut received = String::new();
+        let mut posted = false;
+        while !received.contains(&text) {
+            let chunk = tokio::time::timeout(Duration::from_secs(3), stream.chunk())
+                .await
+                .expect("a chunk in time: the stream is not buffered")
+                .unwrap()
+                .expect("the stream stays open");
+            received.push_str(&String::from_utf8_lossy(&chunk));
+            if !posted && received.contains("welcome") {
+                assert_eq!(post(&nginx, &session, &text).await, 202);
+                posted = true;
+            }
         }
+        streams.push(stream);
     }
 
     // Long poll: held until its own timeout (nginx does not cut it), then answered at once when a text comes.
@@ -266,7 +285,7 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
 
     // No stickiness: with no long-lived connection left to weigh `least_conn`, short polls of one session land on
     // both processes.
-    drop((socket, seed, stream));
+    drop((socket, seed, streams));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (polling, _) = join(&nginx, "poll").await;
     let before = (poll_requests(&first).await, poll_requests(&second).await);
@@ -286,7 +305,29 @@ async fn the_shipped_nginx_config_fronts_a_cluster() {
     let body: Value = response.json().await.unwrap();
     let texts: Vec<&str> = body["events"].as_array().unwrap().iter().filter_map(|e| e["message"].as_str()).collect();
     assert!(texts.contains(&"after the kill 5"), "{texts:?}");
+
+    // Per-client limits behind the proxy (one process left, so one count): every request reaches chatlab from
+    // nginx (127.0.0.1), and the client is the address nginx appended to `X-Forwarded-For`, whatever the client
+    // wrote there itself. 127.0.0.2 gets its own `PER_CLIENT` seats, forged headers or not, then is refused;
+    // 127.0.0.3 is another client.
+    let from = |source: [u8; 4]| {
+        reqwest::Client::builder().timeout(WAIT).local_address(std::net::IpAddr::from(source)).build().unwrap()
+    };
+    let join_from = |source, forged: String| {
+        let request = from(source).post(nginx.url("/api/sessions")).header("x-forwarded-for", forged);
+        async move { request.json(&json!({"transport": "poll"})).send().await.unwrap() }
+    };
+    for i in 0..PER_CLIENT {
+        assert_eq!(join_from([127, 0, 0, 2], format!("203.0.113.{i}")).await.status(), 201, "join {i}");
+    }
+    let refused = join_from([127, 0, 0, 2], "203.0.113.200".into()).await;
+    assert_eq!(refused.status(), 429);
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "too_many_sessions");
+    assert_eq!(join_from([127, 0, 0, 3], "203.0.113.1".into()).await.status(), 201, "another client");
 }
+
+/// `--max-sessions-per-client` of the processes behind nginx: above the joins the test makes from 127.0.0.1.
+const PER_CLIENT: usize = 8;
 
 async fn next_text<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>) -> Value
 where

@@ -408,19 +408,19 @@ async fn slow_consumer_is_closed_and_resumes() {
     assert!(next > last_seq);
 }
 
-/// Too many sockets: past `--max-sockets` the server stops accepting (new clients wait in the kernel's backlog)
-/// and serves them as soon as a socket closes.
+/// Too many sockets: past `--max-sockets`, with every socket busy (two WebSockets), a new client waits (in the
+/// listener, then in the kernel's backlog) and is served as soon as a socket closes.
 #[tokio::test]
 async fn socket_limit_makes_new_clients_wait() {
     let server = start_with(chatlab::config::Config { max_sockets: 2, ..config() }).await;
-    let first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let _second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut first = ws(&server.ws_url("/ws")).await;
+    let _second = ws(&server.ws_url("/ws")).await;
+    assert_eq!(ws_next(&mut first).await["type"], "welcome");
     let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     let waited = tokio::time::timeout(QUIET, third.read_to_end(&mut answer)).await;
-    assert!(waited.is_err(), "not served while two sockets are open");
+    assert!(waited.is_err(), "not served while two busy sockets are open");
     drop(first);
     tokio::time::timeout(WAIT, third.read_to_end(&mut answer)).await.expect("served once a socket closed").unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));

@@ -146,6 +146,46 @@ async fn sse_bytes_are_exact_including_chunk_framing() {
     assert_wire(&room, Some(Transport::Sse), expected).await;
 }
 
+/// HTTP streaming and the forever iframe: the response's head, chunk framing, NDJSON lines or scripts (and the
+/// iframe's padding), plus the join and the POSTed message on another connection, all count exactly under their
+/// technique; closing the response adds nothing.
+#[tokio::test]
+async fn stream_and_iframe_bytes_are_exact_including_chunk_framing() {
+    let (addr, room, _stop) = start().await;
+    for (transport, name, welcome) in [
+        (Transport::Stream, "stream", "{\"type\":\"welcome\""),
+        (Transport::Iframe, "iframe", "parent.chatlab({\"type\":\"welcome\""),
+    ] {
+        let mut control = Raw::connect(addr).await;
+        let (token, seq, joined) = join(&mut control, name).await;
+        let mut stream = Raw::connect(addr).await;
+        stream.send(&get(&format!("/api/{name}?session={token}&since={seq}"))).await;
+        let head = stream.head().await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
+        let mut text = String::new();
+        while !text.contains("来了") {
+            text.push_str(&String::from_utf8(stream.chunk().await).unwrap());
+        }
+        assert!(text.contains(welcome), "{text}");
+        let (accepted, posted) =
+            control.exchange(&post(&format!("/api/messages?session={token}"), "text/plain", "hello")).await;
+        assert!(accepted.head.starts_with("HTTP/1.1 202"), "{}", accepted.head);
+        while !text.contains("\"message\":\"hello\"") {
+            text.push_str(&String::from_utf8(stream.chunk().await).unwrap());
+        }
+        let expected = add(add(joined, posted), stream.totals());
+        assert_wire(&room, Some(transport), expected).await;
+        let counters = room.metering().of(transport);
+        assert_eq!(counters.events_delivered.load(Ordering::Relaxed), 2, "{name}: join notice and hello");
+        assert_eq!(counters.requests.load(Ordering::Relaxed), 3, "{name}: join, stream, POST");
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_wire(&room, Some(transport), expected).await;
+    }
+    assert_eq!(wire(&room, Some(Transport::Sse)), (0, 0), "SSE untouched");
+}
+
 /// Sends `hello` on an open WebSocket, reads frames until it comes back, then closes cleanly.
 async fn talk_and_close(raw: &mut Raw) {
     raw.send(&client_frame(0x1, b"hello")).await;

@@ -259,7 +259,51 @@ async fn the_wire_log_shows_sse_writes_and_their_events() {
     );
 }
 
-/// The counters of the four techniques, of no technique, and of every session, as the room has them.
+/// HTTP streaming and the forever iframe: the response head is reported once written, then each write as an
+/// `ndjson` or `script` record whose events are the lines' JSON (data) and framing (fields), ids their `seq`.
+#[tokio::test]
+async fn the_wire_log_shows_ndjson_and_script_writes_and_their_events() {
+    let server = start().await;
+    for (technique, kind, framing) in [("stream", "ndjson", 1), ("iframe", "script", 65)] {
+        let mut control = Raw::connect(server.addr).await;
+        let body = format!(r#"{{"transport":"{technique}"}}"#);
+        let (joined, _) = control.exchange(&post("/api/sessions", "application/json", &body)).await;
+        let token = joined.json()["session"].as_str().unwrap().to_owned();
+        let (mut view, _) = watch(&server, &token).await;
+        let mut stream = Raw::connect(server.addr).await;
+        stream.send(&get(&format!("/api/{technique}?session={token}"))).await;
+        let head = stream.head().await;
+        let http = next_of(&mut view, "http").await;
+        assert_eq!((http["technique"].as_str(), &http["streaming"]), (Some(technique), &Value::Bool(true)));
+        assert_eq!(http["response"]["head"], head.as_str());
+
+        let (posted, _) = control.exchange(&post(&format!("/api/messages?session={token}"), "text/plain", "hi")).await;
+        let seq = posted.json()["seq"].as_u64().unwrap();
+        let write = loop {
+            let write = next_of(&mut view, kind).await;
+            if write["events"].as_array().unwrap().iter().any(|e| e["id"] == seq) {
+                break write;
+            }
+        };
+        let events = write["events"].as_array().unwrap();
+        let event = events.iter().find(|e| e["id"] == seq).unwrap();
+        assert_eq!(u(&event["field_bytes"]), framing, "{technique}: {write}");
+        assert_eq!(
+            u(&write["bytes"]),
+            u(&write["chunk_bytes"]) + events.iter().map(|e| u(&e["field_bytes"]) + u(&e["data_bytes"])).sum::<u64>(),
+            "{technique}: a write is its framing and its events: {write}"
+        );
+        // The data is the event's JSON as the client read it.
+        let mut text = String::new();
+        while !text.contains("\"message\":\"hi\"") {
+            text.push_str(&String::from_utf8(stream.chunk().await).unwrap());
+        }
+        let line = text.lines().find(|l| l.contains("\"message\":\"hi\"")).unwrap();
+        assert_eq!(u(&event["data_bytes"]) + framing - 1, line.len() as u64, "{technique}: {line}");
+    }
+}
+
+/// The counters of every technique, of no technique, and of every session, as the room has them.
 fn everything_but_the_wire_view(room: &Room, tokens: &[&str]) -> Vec<u64> {
     let metering = room.metering();
     let mut all = Vec::new();

@@ -19,8 +19,8 @@ pub struct BareArgs {
     pub bind: SocketAddr,
 
     /// The body of every answer, served as `application/json` with `Cache-Control: no-store` (chatlab's empty
-    /// poll answer by default, so both send the same bytes).
-    #[arg(long, default_value = r#"{"events":[],"next":0}"#)]
+    /// poll answer by default, its epoch as long as the in-memory room's, so both send the same number of bytes).
+    #[arg(long, default_value = r#"{"events":[],"next":0,"epoch":"0000000000000000"}"#)]
     pub body: String,
 }
 

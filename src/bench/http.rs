@@ -123,7 +123,7 @@ impl Http {
     }
 }
 
-/// Counts a poll body `{"events":[...],"next":N}` into `probe` (its deliveries, or one empty poll) and returns
+/// Counts a poll body `{"events":[...],"next":N,"epoch":"E"}` into `probe` (its deliveries, or one empty poll) and returns
 /// its `next` cursor. The events are not parsed: the bench shares the CPU with the server it measures.
 pub(crate) fn count_poll(probe: &Probe, body: &[u8]) -> Option<u64> {
     if body.starts_with(b"{\"events\":[]") {

@@ -19,6 +19,7 @@
 //! | `probe.rs` | what clients measure, and the byte-counting socket |
 //! | `http.rs` | a plain HTTP/1.1 client connection |
 //! | `server.rs` | the server under test: started here or given, its counters and CPU time |
+//! | [`soak`] | `chatlab bench soak`: a mixed crowd for minutes, some stalled, some reconnecting: loss, RSS, let-go |
 //! | [`report`] | Markdown, JSON and SVG output |
 
 pub mod bare;
@@ -30,6 +31,7 @@ mod probe;
 pub mod report;
 mod search;
 mod server;
+pub mod soak;
 pub mod wrk;
 
 use std::path::PathBuf;
@@ -78,9 +80,22 @@ pub enum Headers {
     Browser,
 }
 
+/// `chatlab bench <command>`: something else than the side-by-side phases.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchCommand {
+    /// A mixed crowd (all four techniques) for a long time, 5 % of it stalled (never reading) and 5 %
+    /// reconnecting: checks nothing is lost or duplicated, the server's memory stays flat, and every stalled
+    /// connection is let go within `--write-timeout` + 1 s.
+    Soak(soak::SoakArgs),
+}
+
 /// `chatlab bench`: drive real clients of each technique and compare what they cost.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    /// Another kind of run than the phases (`soak`).
+    #[command(subcommand)]
+    pub command: Option<BenchCommand>,
+
     /// chatlab server(s) to drive, as `http://HOST:PORT` (repeat to spread participants over several processes
     /// sharing one room through `--broker redis://`). Default: start one here, as a child process.
     #[arg(long = "url")]
@@ -98,7 +113,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub seed_pid: Option<u32>,
 
-    /// Techniques to run, in order (`seed` is added when `--seed-url` is given).
+    /// Techniques to run, in order (`seed` is added when `--seed-url` is given): ws, sse, stream, iframe,
+    /// longpoll, poll, mix, seed.
     #[arg(long, value_delimiter = ',', default_value = "ws,sse,longpoll,poll")]
     pub techniques: Vec<Technique>,
 
@@ -227,6 +243,9 @@ pub struct BenchArgs {
 /// Bad flags, a server that cannot be started or reached, a phase in which no participant could join, or an
 /// output file that cannot be written.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(BenchCommand::Soak(soak)) = args.command {
+        return soak::run(soak).await;
+    }
     let report = if args.from.is_empty() {
         measure(&args).await?
     } else {

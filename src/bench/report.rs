@@ -10,7 +10,7 @@ use super::wrk::WrkReport;
 use super::{Format, Headers, Scenario};
 
 /// One technique's server-side counters (from `/api/stats`), summed over every server.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ServerCounters {
     /// Wire bytes the servers read.
     pub wire_bytes_in: u64,
@@ -20,16 +20,60 @@ pub struct ServerCounters {
     pub requests: u64,
     /// Room events delivered (bench messages and notices alike).
     pub events_delivered: u64,
+    /// The server's part of the delivery latency (an event entering the process to its socket write): the
+    /// histogram's non-empty buckets, `[upper bound in ms, count]`, merged over the servers.
+    #[serde(default)]
+    pub latency_buckets: Vec<(f64, u64)>,
+    /// Seconds the servers spent pacing their streams (`--pace-when-busy`), summed over the servers.
+    #[serde(default)]
+    pub paced_s: f64,
 }
 
 impl ServerCounters {
     pub(crate) fn minus(self, earlier: ServerCounters) -> ServerCounters {
+        let latency_buckets = self
+            .latency_buckets
+            .iter()
+            .map(|&(bound, count)| {
+                let before = earlier.latency_buckets.iter().find(|(b, _)| *b == bound).map_or(0, |(_, c)| *c);
+                (bound, count.saturating_sub(before))
+            })
+            .filter(|&(_, count)| count > 0)
+            .collect();
         ServerCounters {
             wire_bytes_in: self.wire_bytes_in.saturating_sub(earlier.wire_bytes_in),
             wire_bytes_out: self.wire_bytes_out.saturating_sub(earlier.wire_bytes_out),
             requests: self.requests.saturating_sub(earlier.requests),
             events_delivered: self.events_delivered.saturating_sub(earlier.events_delivered),
+            latency_buckets,
+            paced_s: (self.paced_s - earlier.paced_s).max(0.0),
         }
+    }
+
+    /// Adds a histogram's non-empty buckets to these, keeping them ordered by bound.
+    pub(crate) fn add_buckets(&mut self, buckets: impl IntoIterator<Item = (f64, u64)>) {
+        for (bound, count) in buckets {
+            match self.latency_buckets.iter_mut().find(|(b, _)| *b == bound) {
+                Some((_, sum)) => *sum += count,
+                None => self.latency_buckets.push((bound, count)),
+            }
+        }
+        self.latency_buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    }
+
+    /// The server's latency at quantile `q` (0 to 1): the upper bound of the bucket holding it; `None` with no
+    /// event counted.
+    pub fn latency_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency_buckets.iter().map(|(_, count)| count).sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64 * q).ceil() as u64).clamp(1, total);
+        let mut seen = 0;
+        self.latency_buckets.iter().find_map(|&(bound, count)| {
+            seen += count;
+            (seen >= rank).then_some(bound)
+        })
     }
 }
 
@@ -452,6 +496,16 @@ fn markdown(report: &Report) -> String {
             format!("{} / {} / {}", human(p.latency_ms.p50), human(p.latency_ms.p99), human(p.latency_ms.max))
         }
     });
+    if r.iter().any(|p| p.server.as_ref().is_some_and(|s| !s.latency_buckets.is_empty())) {
+        row("of which in the server p50 / p99 (ms)", &|p| {
+            let server = p.server.as_ref();
+            match (server.and_then(|s| s.latency_ms(0.5)), server.and_then(|s| s.latency_ms(0.99))) {
+                (Some(p50), Some(p99)) => format!("≤ {} / ≤ {}", human(p50), human(p99)),
+                _ => "–".into(),
+            }
+        });
+        row("seconds paced (server behind)", &|p| p.server.as_ref().map_or("–".into(), |s| human(s.paced_s)));
+    }
     row("wire bytes down per delivery", &|p| opt(p.bytes_down_per_delivery));
     row("wire bytes up per delivery", &|p| opt(p.bytes_up_per_delivery));
     row("HTTP requests per delivery", &|p| opt(p.requests_per_delivery));
@@ -463,6 +517,7 @@ fn markdown(report: &Report) -> String {
     row("server CPU ms per participant-minute", &|p| opt(p.server_cpu_ms_per_participant_min));
     row("server-counted wire bytes down / up", &|p| {
         p.server
+            .as_ref()
             .map_or("–".into(), |s| format!("{} / {}", human(s.wire_bytes_out as f64), human(s.wire_bytes_in as f64)))
     });
     row("client-counted wire bytes down / up", &|p| {
@@ -571,6 +626,8 @@ fn colour(technique: Technique) -> &'static str {
     match technique {
         Technique::Ws => "#2b6cb0",
         Technique::Sse => "#2f855a",
+        Technique::Stream => "#2c7a7b",
+        Technique::Iframe => "#b7791f",
         Technique::LongPoll => "#c05621",
         Technique::Poll => "#c53030",
         Technique::Seed => "#6b46c1",

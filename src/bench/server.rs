@@ -38,10 +38,11 @@ impl Drop for OwnServer {
     }
 }
 
-/// Starts `chatlab` (this very binary, without a subcommand) on a free loopback port, with the per-session
-/// rate limit off (the bench's senders would trip it) and `extra` flags; waits until `/healthz` answers. Unless
-/// `extra` gives a `--data-dir`, a durable room (the default broker) is kept in a new temporary directory,
-/// removed afterwards: every run starts from an empty room, and never touches `./chatlab-data`.
+/// Starts `chatlab` (this very binary, without a subcommand) on a free loopback port, with the per-session and
+/// per-client limits off (the bench's senders would trip the rates, and all its participants come from
+/// 127.0.0.1) and `extra` flags; waits until `/healthz` answers. Unless `extra` gives a `--data-dir`, a durable
+/// room (the default broker) is kept in a new temporary directory, removed afterwards: every run starts from an
+/// empty room, and never touches `./chatlab-data`.
 ///
 /// # Errors
 /// When the binary cannot be started or does not answer within 10 s.
@@ -56,7 +57,16 @@ pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
     let data_dir = (!extra.iter().any(|arg| arg.starts_with("--data-dir")))
         .then(|| std::env::temp_dir().join(format!("chatlab-bench-{}-{port}", std::process::id())));
     let mut command = Command::new(exe);
-    command.args(["--bind", &authority, "--rate-limit", "0"]);
+    command.args([
+        "--bind",
+        &authority,
+        "--rate-limit",
+        "0",
+        "--client-rate-limit",
+        "0",
+        "--max-sessions-per-client",
+        "0",
+    ]);
     if let Some(dir) = &data_dir {
         let _ = std::fs::remove_dir_all(dir);
         command.arg("--data-dir").arg(dir);
@@ -115,7 +125,11 @@ pub(crate) async fn counters(authorities: &[String], transports: &[&str]) -> any
             sum.wire_bytes_out += get("wire_bytes_out")?;
             sum.requests += get("requests")?;
             sum.events_delivered += get("events_delivered")?;
+            let buckets: Vec<(f64, u64)> =
+                serde_json::from_value(of["latency_ms"]["buckets"].clone()).unwrap_or_default();
+            sum.add_buckets(buckets);
         }
+        sum.paced_s += stats["other"]["paced_seconds"].as_f64().unwrap_or(0.0);
     }
     Ok(sum)
 }

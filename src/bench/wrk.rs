@@ -5,7 +5,8 @@
 //! processes, then runs `wrk` (which must be on `PATH`) against three targets, round after round so that the
 //! machine's drift hits all three alike:
 //!
-//! - `bare`: the fixed body, `{"events":[],"next":N}`, the same bytes chatlab answers an empty poll with;
+//! - `bare`: the fixed body, `{"events":[],"next":N,"epoch":"E"}`, as many bytes as chatlab answers an empty poll
+//!   with;
 //! - `poll`: `GET /api/poll?session=S&since=HEAD`, answered at once with no event;
 //! - `longpoll`: `GET /api/longpoll?session=S&since=HEAD&timeout=0`, likewise (a zero hold answers at once).
 //!

@@ -42,7 +42,7 @@ use bytes::Bytes;
 use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backlog, Broker, BrokerError, FeedItem, MemoryBroker, Visit};
+use super::{Backlog, Broker, BrokerError, Epoch, FeedItem, MemoryBroker, Published, SendKey, Visit};
 use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
 use crate::core::session::SessionRecord;
 
@@ -134,8 +134,8 @@ struct Dirty {
 }
 
 enum Job {
-    /// Drafts of one publisher, numbered consecutively in one commit.
-    Publish(Vec<Draft>, oneshot::Sender<Result<Vec<Arc<RoomEvent>>, BrokerError>>),
+    /// Drafts of one publisher, each with its stored send key if any, numbered consecutively in one commit.
+    Publish(Vec<(Draft, Option<String>)>, oneshot::Sender<Result<Vec<Published>, BrokerError>>),
     Sync(oneshot::Sender<Result<(), BrokerError>>),
 }
 
@@ -180,8 +180,14 @@ impl DurableBroker {
         })?;
         let capacity = history.max(1);
         let loaded = load(&db, capacity as u64).map_err(|why| StoreError::Damaged { path: path.clone(), why })?;
-        let memory =
-            Arc::new(MemoryBroker::restore(capacity, loaded.head, loaded.guests, loaded.events, loaded.sessions));
+        let memory = Arc::new(MemoryBroker::restore(
+            capacity,
+            loaded.epoch.as_str().into(),
+            loaded.head,
+            loaded.guests,
+            loaded.events,
+            loaded.sessions,
+        ));
         let dirty = Arc::new(Mutex::new(Dirty::default()));
         let (jobs, queue) = std_mpsc::channel();
         let writer = Writer {
@@ -210,6 +216,16 @@ impl DurableBroker {
     pub async fn sync(&self) -> Result<(), BrokerError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Sync(reply))?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Hands `drafts` to the writer and waits for their commit.
+    async fn commit(&self, drafts: Vec<(Draft, Option<String>)>) -> Result<Vec<Published>, BrokerError> {
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Publish(drafts, reply))?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -280,7 +296,7 @@ struct Loaded {
     epoch: String,
     head: Seq,
     guests: u64,
-    events: Vec<Arc<RoomEvent>>,
+    events: Vec<(Arc<RoomEvent>, Option<String>)>,
     sessions: Vec<(SessionRecord, u64)>,
 }
 
@@ -333,10 +349,24 @@ fn load(db: &Database, capacity: u64) -> Result<Loaded, String> {
             }
             retained.push(Arc::new(event));
         }
+        let mut sent = std::collections::HashMap::new();
+        for entry in keys.range(first_kept..).map_err(|e| text(e.into()))? {
+            let (seq, key) = entry.map_err(|e| text(e.into()))?;
+            let key =
+                String::from_utf8(key.value().to_vec()).map_err(|_| format!("key of {}: not text", seq.value()))?;
+            sent.insert(seq.value(), key);
+        }
         // The events are consecutive: anything else is not a store this chatlab wrote.
         if !retained.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1) {
             return Err("the events retained have a hole".into());
         }
+        let retained = retained
+            .into_iter()
+            .map(|event| {
+                let key = sent.remove(&event.seq);
+                (event, key)
+            })
+            .collect();
         let mut online = Vec::new();
         for entry in sessions.iter().map_err(|e| text(e.into()))? {
             let (token, value) = entry.map_err(|e| text(e.into()))?;
@@ -420,10 +450,11 @@ impl Writer {
         self.dirty.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Numbers and stamps `drafts`, writes them with the sessions changed (all of them when `all`, else those
-    /// changed now) in one transaction, and once it is committed appends them to the room in memory (which feeds
-    /// them). On failure nothing is appended and the sessions stay marked.
-    fn commit(&mut self, drafts: Vec<Draft>, all: bool) -> Result<Vec<Arc<RoomEvent>>, redb::Error> {
+    /// Numbers and stamps `drafts` (those whose key was used before only answer that send's `seq`), writes them
+    /// and their keys with the sessions changed (all of them when `all`, else those changed now) in one
+    /// transaction, and once it is committed appends them to the room in memory (which feeds them). On failure
+    /// nothing is appended and the sessions stay marked. Answers one [`Published`] per draft, in order.
+    fn commit(&mut self, drafts: Vec<(Draft, Option<String>)>, all: bool) -> Result<Vec<Published>, redb::Error> {
         let tokens = {
             let mut dirty = self.dirty();
             let mut tokens = std::mem::take(&mut dirty.now);
@@ -441,16 +472,37 @@ impl Writer {
         }
         // Only this thread appends, so the head cannot move until the events below are appended.
         let (head, online) = self.memory.head_and_online();
-        let events: Vec<Arc<RoomEvent>> = drafts
-            .into_iter()
-            .zip(head + 1..)
-            .map(|(draft, seq)| Arc::new(RoomEvent::new(&EventBody::stamp(draft, seq, online))))
-            .collect();
+        // Only this thread appends keys too: a key is used if memory remembers it or an earlier draft here has it.
+        let mut batch: std::collections::HashMap<String, Seq> = std::collections::HashMap::new();
+        let mut events: Vec<(Arc<RoomEvent>, Option<String>)> = Vec::with_capacity(drafts.len());
+        let mut answers: Vec<Result<usize, Seq>> = Vec::with_capacity(drafts.len());
+        let mut next = head + 1;
+        let keyed: Vec<Option<Seq>> =
+            drafts.iter().map(|(_, key)| key.as_deref().and_then(|key| self.memory.sent(key))).collect();
+        for ((draft, key), known) in drafts.into_iter().zip(keyed) {
+            if let Some(seq) = known.or_else(|| key.as_deref().and_then(|key| batch.get(key).copied())) {
+                answers.push(Err(seq));
+                continue;
+            }
+            if let Some(key) = &key {
+                batch.insert(key.clone(), next);
+            }
+            answers.push(Ok(events.len()));
+            let event = Arc::new(RoomEvent::new(&EventBody::stamp(draft, next, online)));
+            events.push((event, key));
+            next += 1;
+        }
         match self.write(&events, &tokens, guests) {
             Ok(()) => {
                 self.guests = guests;
                 self.memory.append(&events);
-                Ok(events)
+                Ok(answers
+                    .into_iter()
+                    .map(|answer| match answer {
+                        Ok(index) => Published::Fresh(events[index].0.clone()),
+                        Err(seq) => Published::Repeated(seq),
+                    })
+                    .collect())
             }
             Err(error) => {
                 self.dirty().now.extend(tokens);
@@ -461,18 +513,26 @@ impl Writer {
 
     /// One transaction: the events (the newest is the head), the trim of the history, the sessions of `tokens` as
     /// they are now in memory (removed when gone) and the guest counter; committed with one sync.
-    fn write(&self, events: &[Arc<RoomEvent>], tokens: &HashSet<String>, guests: u64) -> Result<(), redb::Error> {
+    fn write(
+        &self,
+        events: &[(Arc<RoomEvent>, Option<String>)],
+        tokens: &HashSet<String>,
+        guests: u64,
+    ) -> Result<(), redb::Error> {
         let tx = self.db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
-            if let Some(last) = events.last() {
+            if let Some((last, _)) = events.last() {
                 let mut table = tx.open_table(EVENTS)?;
-                for event in events {
+                let mut keys = tx.open_table(IDEMPOTENCY)?;
+                for (event, key) in events {
                     table.insert(event.seq, event.json.as_bytes())?;
+                    if let Some(key) = key {
+                        keys.insert(event.seq, key.as_bytes())?;
+                    }
                 }
                 let first_kept = (last.seq + 1).saturating_sub(self.capacity);
                 table.retain_in(..first_kept, |_, _| false)?;
-                let mut keys = tx.open_table(IDEMPOTENCY)?;
                 if !keys.is_empty()? {
                     keys.retain_in(..first_kept, |_, _| false)?;
                 }
@@ -503,17 +563,34 @@ impl Writer {
 #[async_trait]
 impl Broker for DurableBroker {
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
-        let mut events = self.publish_all(vec![draft]).await?;
-        events.pop().ok_or_else(stopped)
+        match self.commit(vec![(draft, None)]).await?.pop() {
+            Some(Published::Fresh(event)) => Ok(event),
+            _ => Err(stopped()),
+        }
     }
 
-    async fn publish_all(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<RoomEvent>>, BrokerError> {
-        if drafts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (reply, answer) = oneshot::channel();
-        self.send(Job::Publish(drafts, reply))?;
-        answer.await.map_err(|_| stopped())?
+    async fn publish_once(&self, draft: Draft, key: SendKey<'_>) -> Result<Published, BrokerError> {
+        self.commit(vec![(draft, Some(key.stored()))]).await?.pop().ok_or_else(stopped)
+    }
+
+    async fn published(&self, key: SendKey<'_>) -> Result<Option<Seq>, BrokerError> {
+        Ok(self.memory.sent(&key.stored()))
+    }
+
+    async fn epoch(&self) -> Result<Epoch, BrokerError> {
+        self.memory.epoch().await
+    }
+
+    async fn publish_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Vec<Published>, BrokerError> {
+        self.commit(sends.into_iter().map(|(draft, key)| (draft, key.map(|key| key.stored()))).collect()).await
+    }
+
+    async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {
+        self.memory.alive(tokens).await
+    }
+
+    async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        self.memory.page(after, max).await
     }
 
     async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError> {

@@ -9,16 +9,18 @@ use async_trait::async_trait;
 use foldhash::HashMap;
 use tokio::sync::mpsc;
 
-use super::{Backlog, Broker, BrokerError, FeedItem, Visit};
+use super::{new_epoch, Backlog, Broker, BrokerError, Epoch, FeedItem, Published, SendKey, Visit};
 use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
 use crate::core::session::SessionRecord;
 
-/// The in-memory broker: a bounded history, a session table and a feed, behind one mutex.
+/// The in-memory broker: a bounded history, a session table, the keys of recent sends and a feed, behind one
+/// mutex. Its epoch is made when it is: a new in-memory room is a new numbering.
 ///
 /// The mutex is a `std` one: every critical section is a few map or deque operations and never awaits, so it is
 /// cheaper than an async lock and cannot be held across a suspension point.
 pub struct MemoryBroker {
     state: Mutex<State>,
+    epoch: Epoch,
 }
 
 struct State {
@@ -35,6 +37,10 @@ struct State {
     joined: BTreeSet<(u64, String)>,
     /// Where published events go: the room's fan-out point (one per process, and here there is one process).
     feeds: Vec<mpsc::UnboundedSender<FeedItem>>,
+    /// The keys of sends published with one ([`SendKey::stored`]), and the `seq` each got.
+    sent: HashMap<String, Seq>,
+    /// The same keys in sequence order, so they are forgotten with their events: at most one per retained event.
+    sent_order: VecDeque<(Seq, String)>,
 }
 
 impl MemoryBroker {
@@ -50,26 +56,31 @@ impl MemoryBroker {
                 sessions: HashMap::default(),
                 joined: BTreeSet::new(),
                 feeds: Vec::new(),
+                sent: HashMap::default(),
+                sent_order: VecDeque::new(),
             }),
+            epoch: new_epoch(),
         }
     }
 
     /// A room restored from a store: its head, guest counter, retained events (consecutive, oldest first) and
-    /// sessions with the time their lease ends.
+    /// sessions with the time their lease ends; each event with the send key it was published with, if any.
     pub(crate) fn restore(
         history: usize,
+        epoch: Epoch,
         head: Seq,
         guests: u64,
-        events: Vec<Arc<RoomEvent>>,
+        events: Vec<(Arc<RoomEvent>, Option<String>)>,
         sessions: Vec<(SessionRecord, u64)>,
     ) -> Self {
-        let broker = MemoryBroker::new(history);
+        let mut broker = MemoryBroker::new(history);
+        broker.epoch = epoch;
         {
             let mut state = broker.lock();
             state.head = head;
             state.guests = guests;
-            for event in events {
-                state.retain(event);
+            for (event, key) in events {
+                state.retain(event, key);
             }
             for (record, lease_until_ms) in sessions {
                 state.joined.insert((record.guest, record.token.clone()));
@@ -92,14 +103,19 @@ impl MemoryBroker {
 
     /// Appends events sequenced and stamped elsewhere (the durable broker's writer), which follow the head with
     /// no hole, and feeds them, in one section.
-    pub(crate) fn append(&self, events: &[Arc<RoomEvent>]) {
+    pub(crate) fn append(&self, events: &[(Arc<RoomEvent>, Option<String>)]) {
         let mut state = self.lock();
-        for event in events {
+        for (event, key) in events {
             debug_assert_eq!(event.seq, state.head + 1, "appended events follow the head");
             state.head = event.seq;
-            state.retain(event.clone());
+            state.retain(event.clone(), key.clone());
             state.feed(event);
         }
+    }
+
+    /// The `seq` of the event published with this stored key ([`SendKey::stored`]), while it is remembered.
+    pub(crate) fn sent(&self, stored: &str) -> Option<Seq> {
+        self.lock().sent.get(stored).copied()
     }
 
     /// The sessions of `tokens` as they are now, with the time their lease ends; `None` for those gone.
@@ -119,12 +135,25 @@ impl MemoryBroker {
 }
 
 impl State {
-    /// Keeps `event` in the bounded history.
-    fn retain(&mut self, event: Arc<RoomEvent>) {
+    /// Keeps `event` in the bounded history, and its send key (if any) for as long as it is retained.
+    fn retain(&mut self, event: Arc<RoomEvent>, key: Option<String>) {
+        let seq = event.seq;
         if self.history.len() == self.capacity {
             self.history.pop_front();
         }
         self.history.push_back(event);
+        // Keys go with their events: one whose event left the history is forgotten (a cheap check when none is
+        // due, and sends without a key never add one).
+        let oldest = self.history.front().map_or(seq, |event| event.seq);
+        while self.sent_order.front().is_some_and(|(seq, _)| *seq < oldest) {
+            if let Some((_, gone)) = self.sent_order.pop_front() {
+                self.sent.remove(&gone);
+            }
+        }
+        if let Some(key) = key {
+            self.sent.insert(key.clone(), seq);
+            self.sent_order.push_back((seq, key));
+        }
     }
 
     /// Feeds `event` to every subscribed room. Called under the lock, which keeps the feed in sequence order; an
@@ -150,29 +179,50 @@ impl State {
     }
 
     /// At most `max` retained events after `cursor`, with the hole the client must be told of.
-    fn since(&self, cursor: Seq, max: usize) -> Backlog {
+    fn since(&self, epoch: &Epoch, cursor: Seq, max: usize) -> Backlog {
         let oldest = self.history.front().map(|event| event.seq);
         // The history holds consecutive numbers from the oldest: what follows the cursor starts at its distance.
         let skip = cursor.saturating_add(1).saturating_sub(oldest.unwrap_or(0)) as usize;
         let events = self.history.range(skip.min(self.history.len())..).take(max).cloned().collect();
-        Backlog::read(cursor, self.head, oldest, events)
+        Backlog::read(epoch.clone(), cursor, self.head, oldest, events)
+    }
+
+    /// Appends an event (see [`Broker::publish`]); with `key`, remembers it beside its `seq`.
+    fn append(&mut self, draft: Draft, key: Option<String>) -> Arc<RoomEvent> {
+        self.head += 1;
+        let body = EventBody::stamp(draft, self.head, self.sessions.len() as u64);
+        let event = Arc::new(RoomEvent::new(&body));
+        self.retain(event.clone(), key);
+        self.feed(&event);
+        event
     }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
+        Ok(self.lock().append(draft, None))
+    }
+
+    async fn publish_once(&self, draft: Draft, key: SendKey<'_>) -> Result<Published, BrokerError> {
+        let stored = key.stored();
         let mut state = self.lock();
-        state.head += 1;
-        let body = EventBody::stamp(draft, state.head, state.sessions.len() as u64);
-        let event = Arc::new(RoomEvent::new(&body));
-        state.retain(event.clone());
-        state.feed(&event);
-        Ok(event)
+        if let Some(&seq) = state.sent.get(&stored) {
+            return Ok(Published::Repeated(seq));
+        }
+        Ok(Published::Fresh(state.append(draft, Some(stored))))
+    }
+
+    async fn published(&self, key: SendKey<'_>) -> Result<Option<Seq>, BrokerError> {
+        Ok(self.lock().sent.get(&key.stored()).copied())
+    }
+
+    async fn epoch(&self) -> Result<Epoch, BrokerError> {
+        Ok(self.epoch.clone())
     }
 
     async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError> {
-        Ok(self.lock().since(cursor, max))
+        Ok(self.lock().since(&self.epoch, cursor, max))
     }
 
     async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<FeedItem>, BrokerError> {
@@ -223,7 +273,7 @@ impl Broker for MemoryBroker {
         let Some(record) = state.visit(&visit).cloned() else {
             return Ok(None);
         };
-        let backlog = state.since(visit.after(record.cursor), visit.max);
+        let backlog = state.since(&self.epoch, visit.after(record.cursor), visit.max);
         Ok(Some((record, backlog)))
     }
 
@@ -232,7 +282,7 @@ impl Broker for MemoryBroker {
         let Some(cursor) = state.visit(&visit).map(|record| record.cursor) else {
             return Ok(None);
         };
-        Ok(Some((cursor, state.since(visit.after(cursor), visit.max))))
+        Ok(Some((cursor, state.since(&self.epoch, visit.after(cursor), visit.max))))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {
@@ -275,6 +325,22 @@ impl Broker for MemoryBroker {
         let oldest =
             state.joined.iter().take(max).filter_map(|(_, token)| state.sessions.get(token)).map(|e| e.0.clone());
         Ok((state.sessions.len() as u64, oldest.collect()))
+    }
+
+    async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {
+        let state = self.lock();
+        Ok(tokens.iter().map(|token| state.sessions.contains_key(token)).collect())
+    }
+
+    async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        let state = self.lock();
+        let page = state
+            .joined
+            .range((after.saturating_add(1), String::new())..)
+            .take(max)
+            .filter_map(|(_, token)| state.sessions.get(token))
+            .map(|e| e.0.clone());
+        Ok((state.sessions.len() as u64, page.collect()))
     }
 
     async fn online(&self) -> Result<u64, BrokerError> {

@@ -37,6 +37,8 @@ pub enum BrokerError {
 /// What is retained after a cursor.
 #[derive(Debug, Default)]
 pub struct Backlog {
+    /// The room's epoch at the time of reading ([`Broker::epoch`]): a cursor is a position in this numbering.
+    pub epoch: Epoch,
     /// The cursor the backlog was read after: the one asked for, or the session's saved one ([`Visit::since`]).
     /// A receiver's cursor starts here.
     pub after: Seq,
@@ -60,19 +62,94 @@ pub enum Missed {
     },
     /// The cursor ([`Backlog::after`]) is ahead of the room: a restarted in-memory room, or a made-up cursor.
     Ahead,
+    /// The cursor is a position in another epoch: the room started over since. What follows is the room from its
+    /// oldest retained event, which comes after `to`.
+    Epoch {
+        /// The cursor as the client gave it (a position in its old epoch).
+        since: Seq,
+        /// The sequence number the events that follow come after (the oldest retained one minus one).
+        to: Seq,
+    },
 }
 
 impl Backlog {
     /// What is retained after `cursor`, from what a store read: its head, the oldest event it retains (`None`
     /// when it retains none) and the retained events after the cursor. Both brokers answer through here, so
     /// they tell a hole and a cursor ahead of the room alike.
-    pub(crate) fn read(cursor: Seq, head: Seq, oldest: Option<Seq>, events: Vec<Arc<RoomEvent>>) -> Backlog {
+    pub(crate) fn read(
+        epoch: Epoch,
+        cursor: Seq,
+        head: Seq,
+        oldest: Option<Seq>,
+        events: Vec<Arc<RoomEvent>>,
+    ) -> Backlog {
         if cursor > head {
-            return Backlog { after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() };
+            return Backlog { epoch, after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() };
         }
         let first = oldest.unwrap_or(head + 1);
         let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
-        Backlog { after: cursor, head, missed, events }
+        Backlog { epoch, after: cursor, head, missed, events }
+    }
+
+    /// Turns a read from the start of the room (cursor 0) into the answer to a cursor of another epoch: the
+    /// client is told the room started over ([`Missed::Epoch`]), then gets what is retained from the oldest.
+    pub fn restarted(mut self, since: Seq) -> Backlog {
+        let to = self.events.first().map_or(self.head, |event| event.seq - 1);
+        self.after = to;
+        self.missed = Some(Missed::Epoch { since, to });
+        self
+    }
+}
+
+/// The room's epoch: an opaque string that changes whenever its sequence starts over (a new in-memory room, a
+/// wiped Redis), so a client can tell "I missed nothing" from "this is another room now". Shared, not copied:
+/// every backlog read carries it.
+pub type Epoch = Arc<str>;
+
+/// A fresh epoch: 16 random hex digits (64 bits), short because every poll answer carries it.
+pub fn new_epoch() -> Epoch {
+    let bits = uuid::Uuid::new_v4().as_u128() as u64;
+    Arc::from(format!("{bits:016x}"))
+}
+
+/// A client's name for one send, for de-duplication: the session it is sent as, and the `ref` of a `/ws?ack=1`
+/// frame or the `Idempotency-Key` of a POST. Only the same session's same key is a repeat.
+#[derive(Debug, Clone, Copy)]
+pub struct SendKey<'a> {
+    /// The session's secret token.
+    pub session: &'a str,
+    /// The client's key for this send.
+    pub key: &'a str,
+}
+
+impl SendKey<'_> {
+    /// The key as stored: the session token, a space, the client's key (a token holds no space).
+    pub fn stored(&self) -> String {
+        let mut stored = String::with_capacity(self.session.len() + 1 + self.key.len());
+        stored.push_str(self.session);
+        stored.push(' ');
+        stored.push_str(self.key);
+        stored
+    }
+}
+
+/// What [`Broker::publish_once`] did.
+#[derive(Debug, Clone)]
+pub enum Published {
+    /// The event was appended now.
+    Fresh(Arc<RoomEvent>),
+    /// The key was used before, within the retained history: nothing was appended; this is the `seq` the first
+    /// send got.
+    Repeated(Seq),
+}
+
+impl Published {
+    /// The sequence number the send has: its new event's, or the first send's.
+    pub fn seq(&self) -> Seq {
+        match self {
+            Published::Fresh(event) => event.seq,
+            Published::Repeated(seq) => *seq,
+        }
     }
 }
 
@@ -121,18 +198,44 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable; nothing was appended then.
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError>;
 
-    /// Appends `drafts` as [`Broker::publish`] does, in this order, with consecutive sequence numbers when nothing
-    /// else is published meanwhile: one step for a sender's texts that arrived together. By default one publish
-    /// after another; the durable broker writes them in one commit.
+    /// [`Broker::publish`] unless `key` was used before: the check and the append are one atomic step, so two
+    /// processes racing with the same key append once, and the loser is told the winner's `seq`
+    /// ([`Published::Repeated`]). Keys are remembered as long as their event is retained (`--history`), and
+    /// trimmed with it, so the memory they take is bounded by the history.
     ///
     /// # Errors
-    /// [`BrokerError::Unavailable`] when the store is unreachable; the drafts before the failure were appended.
-    async fn publish_all(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<RoomEvent>>, BrokerError> {
-        let mut events = Vec::with_capacity(drafts.len());
-        for draft in drafts {
-            events.push(self.publish(draft).await?);
+    /// [`BrokerError::Unavailable`] when the store is unreachable; nothing was appended then.
+    async fn publish_once(&self, draft: Draft, key: SendKey<'_>) -> Result<Published, BrokerError>;
+
+    /// The `seq` of the event published with `key`, while it is remembered (see [`Broker::publish_once`]).
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn published(&self, key: SendKey<'_>) -> Result<Option<Seq>, BrokerError>;
+
+    /// The room's epoch ([`Epoch`]): the same for as long as its sequence goes on, a new one once it starts
+    /// over. Every [`Backlog`] carries it too.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn epoch(&self) -> Result<Epoch, BrokerError>;
+
+    /// Appends `sends` as [`Broker::publish`] (or, with a key, [`Broker::publish_once`]) does, in this order, with
+    /// consecutive sequence numbers when nothing else is published meanwhile: one step for a sender's texts that
+    /// arrived together. Answers one [`Published`] per send, in order. By default one publish after another; the
+    /// durable broker writes them (and their keys) in one commit.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable; the sends before the failure were appended.
+    async fn publish_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Vec<Published>, BrokerError> {
+        let mut published = Vec::with_capacity(sends.len());
+        for (draft, key) in sends {
+            published.push(match key {
+                Some(key) => self.publish_once(draft, key).await?,
+                None => Published::Fresh(self.publish(draft).await?),
+            });
         }
-        Ok(events)
+        Ok(published)
     }
 
     /// Reads at most `max` retained events after `cursor`, with the hole (if any) the client must be told of.
@@ -210,6 +313,19 @@ pub trait Broker: Send + Sync + 'static {
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn remove_session(&self, token: &str) -> Result<Option<SessionRecord>, BrokerError>;
 
+    /// Whether each of these sessions still exists, in order. This default looks them up one by one; the brokers
+    /// here answer in one step.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {
+        let mut alive = Vec::with_capacity(tokens.len());
+        for token in tokens {
+            alive.push(self.session(token).await?.is_some());
+        }
+        Ok(alive)
+    }
+
     /// Extends the leases of these sessions (those still present) to `until_ms`.
     ///
     /// # Errors
@@ -235,6 +351,23 @@ pub trait Broker: Send + Sync + 'static {
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn oldest(&self, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError>;
+
+    /// One page of the sessions in join order (`GET /api/presence?after=&limit=`): how many are online, and at
+    /// most `max` sessions whose guest number is above `after`, ascending. Paging from 0 and then from the last
+    /// page's last guest number lists every session online throughout exactly once. This default reads every
+    /// session ([`Broker::presence`]); the brokers here read the page from their join-order index, at a cost
+    /// bounded by `max`.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable.
+    async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        let mut everyone = self.presence().await?;
+        let online = everyone.len() as u64;
+        everyone.retain(|record| record.guest > after);
+        everyone.sort_by_key(|record| record.guest);
+        everyone.truncate(max);
+        Ok((online, everyone))
+    }
 
     /// How many sessions are online.
     ///

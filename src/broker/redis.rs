@@ -7,6 +7,8 @@
 //! | key | type | what |
 //! |---|---|---|
 //! | `P:seq` | string | the newest sequence number given out |
+//! | `P:epoch` | string | the room's epoch, made by the first script that finds it missing (so a wiped Redis is a new epoch) |
+//! | `P:sent` | sorted set | `<token> <key>` of each send published with a key, scored by its `seq`; trimmed with the history |
 //! | `P:history` | stream | one entry per event, id `<seq>-0`, field `e` = the event's JSON; trimmed to `--history` |
 //! | `P:events` | pub/sub channel | each event's JSON, published by the same script that appended it |
 //! | `P:guests` | string | the guest counter (`游客N`) |
@@ -17,7 +19,9 @@
 //! # One global order
 //!
 //! `PUBLISH` is a Lua script, so Redis runs it alone: `INCR P:seq`, stamp `clientcount` (`ZCARD P:leases`) and
-//! `ts` (Redis `TIME`, one clock for the whole room), `XADD P:history MAXLEN <history> <seq>-0`, `PUBLISH`. No
+//! `ts` (Redis `TIME`, one clock for the whole room), `XADD P:history MAXLEN <history> <seq>-0`, the trim of
+//! `P:sent` to the retained events, `PUBLISH`; a send with a key first looks the key up in `P:sent` and, if it is
+//! there, appends nothing and answers the `seq` it holds (so racing processes publish a key once). No
 //! other command runs between the increment and the append, so sequence numbers have no holes, the history is
 //! in sequence order, and pub/sub messages leave Redis in sequence order too. The JSON is built by the script from
 //! a prefix serialised here (`{"type":..,"id":..,"nickname":..,"message":..,"clientcount":`), so the bytes are
@@ -57,7 +61,7 @@ use redis::streams::StreamRangeReply;
 use redis::{Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value};
 use tokio::sync::mpsc;
 
-use super::{Backlog, Broker, BrokerError, FeedItem, Visit};
+use super::{Backlog, Broker, BrokerError, Epoch, FeedItem, Published, SendKey, Visit};
 use crate::core::event::{Draft, RoomEvent, Seq};
 use crate::core::session::{SessionRecord, Transport};
 
@@ -74,22 +78,54 @@ const EXPIRE_BATCH: usize = 1000;
 /// Most tokens renewed by one `ZADD`.
 const RENEW_BATCH: usize = 1000;
 
-/// Appends an event. KEYS: seq, history, leases. ARGV: JSON prefix (up to `"clientcount":`), history bound,
-/// pub/sub channel. Returns the event's JSON.
+/// Reads the room's epoch, making one first when there is none: a room whose keys were wiped (FLUSHALL, a Redis
+/// restarted without persistence) has lost its sequence counter and its epoch together, and gets a new epoch the
+/// first time any script touches it. The epoch is the Redis clock at that moment, in microseconds (hex).
+const EPOCH_LUA: &str = r#"
+local function new_epoch()
+  local now = redis.call('TIME')
+  return string.format('%08x%05x', tonumber(now[1]), tonumber(now[2]))
+end
+local function room_epoch(key)
+  local epoch = redis.call('GET', key)
+  if not epoch then
+    epoch = new_epoch()
+    redis.call('SET', key, epoch)
+  end
+  return epoch
+end
+"#;
+
+/// Appends an event. KEYS: seq, history, leases, epoch, sent. ARGV: JSON prefix (up to `"clientcount":`), history
+/// bound, pub/sub channel, the send's key (empty for none). Returns the event's JSON; or, when the key was used
+/// before, the `seq` it got then (an integer), having appended nothing. The first event of a sequence (number 1:
+/// a new room, or a wiped one) makes the epoch if no reader has yet; later ones leave it alone, so the epoch
+/// costs a publish nothing.
 static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{EPOCH_LUA}
+local key = ARGV[4]
+if key ~= '' then
+  local first = redis.call('ZSCORE', KEYS[5], key)
+  if first then return tonumber(first) end
+end
 local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then redis.call('SET', KEYS[4], new_epoch(), 'NX') end
 local online = redis.call('ZCARD', KEYS[3])
 local now = redis.call('TIME')
 local ts = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local json = ARGV[1] .. string.format('%d,"seq":%d,"ts":%d}', online, seq, ts)
+local json = ARGV[1] .. string.format('%d,"seq":%d,"ts":%d}}', online, seq, ts)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', seq), 'e', json)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', seq - tonumber(ARGV[2]))
+if key ~= '' then redis.call('ZADD', KEYS[5], seq, key) end
 redis.call('PUBLISH', ARGV[3], json)
 return json
-"#,
-    )
+"#
+    ))
 });
+
+/// The room's epoch, made if there is none. KEYS: epoch.
+static EPOCH: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{EPOCH_LUA}\nreturn room_epoch(KEYS[1])")));
 
 /// Creates a session unless the room is full. KEYS: leases, session hash, joined. ARGV: token, lease end, max,
 /// guest number, then the hash's field/value pairs. Returns 1, or 0 when full.
@@ -120,13 +156,13 @@ return 1
 
 /// A client showed up: [`Broker::open`] and [`Broker::poll`] in one round trip. Renews the lease (never shortening
 /// it), records the transport, and reads the history after the given cursor or, when ARGV[4] is empty, after the
-/// session's saved one. KEYS: leases, session hash, seq, history. ARGV: token, lease end, transport, first stream
-/// id to read (`<seq>-0`, or empty), count, `record` for the record's fields (else only the saved cursor).
-/// Returns the record's fields (or the cursor), the head, the oldest entry and the entries read; nil when the
-/// session is gone.
+/// session's saved one. KEYS: leases, session hash, seq, history, epoch. ARGV: token, lease end, transport, first
+/// stream id to read (`<seq>-0`, or empty), count, `record` for the record's fields (else only the saved cursor).
+/// Returns the record's fields (or the cursor), the head, the oldest entry, the entries read and the epoch; nil
+/// when the session is gone.
 static VISIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+    Script::new(&format!(
+        r#"{EPOCH_LUA}
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
 redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[2], 'transport', ARGV[3])
@@ -137,9 +173,10 @@ local session = cursor
 if ARGV[6] == 'record' then session = redis.call('HGETALL', KEYS[2]) end
 local head = redis.call('GET', KEYS[3]) or '0'
 local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
-return {session, head, oldest, redis.call('XRANGE', KEYS[4], start, '+', 'COUNT', ARGV[5])}
-"#,
-    )
+local range = redis.call('XRANGE', KEYS[4], start, '+', 'COUNT', ARGV[5])
+return {{session, head, oldest, range, room_epoch(KEYS[5])}}
+"#
+    ))
 });
 
 /// Moves a live session's cursor forward. KEYS: leases, session hash. ARGV: token, cursor, lease end.
@@ -205,10 +242,36 @@ return {redis.call('ZCARD', KEYS[1]), out}
     )
 });
 
+/// How many are online and a page of the sessions in join order after a guest number. KEYS: leases, joined.
+/// ARGV: the guest number to start after, how many, session key prefix. Returns the count and `{token, fields}`
+/// pairs; a token whose record is gone is dropped from the order, and the page is filled from further on.
+static PAGE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local out = {}
+local after = ARGV[1]
+local want = tonumber(ARGV[2])
+while #out < want do
+  local batch = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. after, '+inf', 'WITHSCORES', 'LIMIT', 0, want - #out)
+  if #batch == 0 then break end
+  for i = 1, #batch, 2 do
+    local token = batch[i]
+    after = batch[i + 1]
+    local fields = redis.call('HGETALL', ARGV[3] .. token)
+    if #fields == 0 then redis.call('ZREM', KEYS[2], token) else out[#out + 1] = {token, fields} end
+  end
+end
+return {redis.call('ZCARD', KEYS[1]), out}
+"#,
+    )
+});
+
 /// The names of the room's keys.
 #[derive(Debug, Clone)]
 struct Keys {
     seq: String,
+    epoch: String,
+    sent: String,
     history: String,
     channel: String,
     guests: String,
@@ -222,6 +285,8 @@ impl Keys {
     fn new(prefix: &str) -> Self {
         Keys {
             seq: format!("{prefix}:seq"),
+            epoch: format!("{prefix}:epoch"),
+            sent: format!("{prefix}:sent"),
             history: format!("{prefix}:history"),
             channel: format!("{prefix}:events"),
             guests: format!("{prefix}:guests"),
@@ -248,8 +313,8 @@ pub struct RedisBroker {
 }
 
 /// What [`VISIT`] answers: the session (its record's fields, or its saved cursor), the head, the oldest retained
-/// entry and the entries read.
-type Visited<T> = Option<(T, Seq, StreamRangeReply, StreamRangeReply)>;
+/// entry, the entries read and the epoch.
+type Visited<T> = Option<(T, Seq, StreamRangeReply, StreamRangeReply, String)>;
 
 impl RedisBroker {
     /// Runs [`VISIT`]: with `record`, the session comes back as its record's fields (`T` a map), else as its
@@ -258,11 +323,34 @@ impl RedisBroker {
         let mut conn = self.conn.clone();
         let mut invocation = VISIT.prepare_invoke();
         let keys = &self.keys;
-        invocation.key(&keys.leases).key(keys.session(visit.token)).key(&keys.seq).key(&keys.history);
+        invocation.key(&keys.leases).key(keys.session(visit.token)).key(&keys.seq).key(&keys.history).key(&keys.epoch);
         invocation.arg(visit.token).arg(visit.lease_until_ms).arg(visit.transport.as_str());
         invocation.arg(visit.since.map(first_id).unwrap_or_default()).arg(self.count(visit.max));
         invocation.arg(if record { "record" } else { "cursor" });
         within(invocation.invoke_async(&mut conn)).await
+    }
+
+    /// Runs [`PUBLISH`], with the send's key if it has one.
+    async fn append(&self, draft: Draft, key: Option<SendKey<'_>>) -> Result<Published, BrokerError> {
+        let mut prefix = serde_json::to_string(&draft).expect("a draft always serialises");
+        prefix.pop(); // the closing brace: the script appends the stamped fields
+        prefix.push_str(",\"clientcount\":");
+        let mut conn = self.conn.clone();
+        let keys = &self.keys;
+        let mut invocation = PUBLISH.prepare_invoke();
+        invocation.key(&keys.seq).key(&keys.history).key(&keys.leases).key(&keys.epoch).key(&keys.sent);
+        invocation
+            .arg(prefix)
+            .arg(self.history)
+            .arg(&keys.channel)
+            .arg(key.map(|key| key.stored()).unwrap_or_default());
+        match within(invocation.invoke_async::<Value>(&mut conn)).await? {
+            Value::Int(seq) => Ok(Published::Repeated(seq as Seq)),
+            Value::BulkString(json) => RoomEvent::from_json(Bytes::from(json))
+                .map(|event| Published::Fresh(Arc::new(event)))
+                .map_err(|error| BrokerError::Unavailable(format!("redis: the publish script returned {error}"))),
+            other => Err(BrokerError::Unavailable(format!("redis: the publish script returned {other:?}"))),
+        }
     }
 
     /// The `COUNT` of a read of at most `max` events: at most `history` entries exist, so that bounds it (it
@@ -354,6 +442,7 @@ fn first_id(cursor: Seq) -> String {
 
 /// The backlog after `cursor`, from the head, the oldest retained entry and the entries read after the cursor.
 fn backlog(
+    epoch: Epoch,
     cursor: Seq,
     head: Seq,
     oldest: &StreamRangeReply,
@@ -362,7 +451,7 @@ fn backlog(
 ) -> Result<Backlog, BrokerError> {
     let oldest = oldest.ids.first().and_then(|entry| entry_seq(&entry.id));
     let events = range.ids.iter().take(max).map(entry_event).collect::<Result<Vec<_>, _>>()?;
-    Ok(Backlog::read(cursor, head, oldest, events))
+    Ok(Backlog::read(epoch, cursor, head, oldest, events))
 }
 
 /// A history entry's event.
@@ -379,24 +468,27 @@ fn entry_event(entry: &redis::streams::StreamId) -> Result<Arc<RoomEvent>, Broke
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
-        let mut prefix = serde_json::to_string(&draft).expect("a draft always serialises");
-        prefix.pop(); // the closing brace: the script appends the stamped fields
-        prefix.push_str(",\"clientcount\":");
+        match self.append(draft, None).await? {
+            Published::Fresh(event) => Ok(event),
+            Published::Repeated(_) => Err(BrokerError::Unavailable("redis: a send without a key was repeated".into())),
+        }
+    }
+
+    async fn publish_once(&self, draft: Draft, key: SendKey<'_>) -> Result<Published, BrokerError> {
+        self.append(draft, Some(key)).await
+    }
+
+    async fn published(&self, key: SendKey<'_>) -> Result<Option<Seq>, BrokerError> {
         let mut conn = self.conn.clone();
-        let json: Vec<u8> = within(
-            PUBLISH
-                .key(&self.keys.seq)
-                .key(&self.keys.history)
-                .key(&self.keys.leases)
-                .arg(prefix)
-                .arg(self.history)
-                .arg(&self.keys.channel)
-                .invoke_async(&mut conn),
-        )
-        .await?;
-        RoomEvent::from_json(Bytes::from(json))
-            .map(Arc::new)
-            .map_err(|error| BrokerError::Unavailable(format!("redis: the publish script returned {error}")))
+        let score: Option<f64> =
+            within(redis::cmd("ZSCORE").arg(&self.keys.sent).arg(key.stored()).query_async(&mut conn)).await?;
+        Ok(score.map(|seq| seq as Seq))
+    }
+
+    async fn epoch(&self) -> Result<Epoch, BrokerError> {
+        let mut conn = self.conn.clone();
+        let epoch: String = within(EPOCH.key(&self.keys.epoch).invoke_async(&mut conn)).await?;
+        Ok(Epoch::from(epoch))
     }
 
     async fn since(&self, cursor: Seq, max: usize) -> Result<Backlog, BrokerError> {
@@ -404,6 +496,7 @@ impl Broker for RedisBroker {
         let start = first_id(cursor);
         let mut pipe = redis::pipe();
         pipe.atomic()
+            .get(&self.keys.epoch)
             .get(&self.keys.seq)
             .cmd("XRANGE")
             .arg(&self.keys.history)
@@ -418,9 +511,14 @@ impl Broker for RedisBroker {
             .arg("COUNT")
             .arg(count);
         let mut conn = self.conn.clone();
-        let (head, oldest, range): (Option<Seq>, StreamRangeReply, StreamRangeReply) =
+        let (epoch, head, oldest, range): (Option<String>, Option<Seq>, StreamRangeReply, StreamRangeReply) =
             within(pipe.query_async(&mut conn)).await?;
-        backlog(cursor, head.unwrap_or(0), &oldest, &range, max)
+        // A room that has no epoch yet (wiped, and untouched since) gets one now.
+        let epoch = match epoch {
+            Some(epoch) => Epoch::from(epoch),
+            None => self.epoch().await?,
+        };
+        backlog(epoch, cursor, head.unwrap_or(0), &oldest, &range, max)
     }
 
     async fn subscribe(&self) -> Result<mpsc::UnboundedReceiver<FeedItem>, BrokerError> {
@@ -478,21 +576,22 @@ impl Broker for RedisBroker {
     }
 
     async fn open(&self, visit: Visit<'_>) -> Result<Option<(SessionRecord, Backlog)>, BrokerError> {
-        let Some((fields, head, oldest, range)) = self.visit::<HashMap<String, String>>(visit, true).await? else {
+        let Some((fields, head, oldest, range, epoch)) = self.visit::<HashMap<String, String>>(visit, true).await?
+        else {
             return Ok(None);
         };
         let Some(record) = record(visit.token, fields) else {
             return Ok(None);
         };
-        let backlog = backlog(visit.after(record.cursor), head, &oldest, &range, visit.max)?;
+        let backlog = backlog(epoch.into(), visit.after(record.cursor), head, &oldest, &range, visit.max)?;
         Ok(Some((record, backlog)))
     }
 
     async fn poll(&self, visit: Visit<'_>) -> Result<Option<(Seq, Backlog)>, BrokerError> {
-        let Some((cursor, head, oldest, range)) = self.visit::<Seq>(visit, false).await? else {
+        let Some((cursor, head, oldest, range, epoch)) = self.visit::<Seq>(visit, false).await? else {
             return Ok(None);
         };
-        Ok(Some((cursor, backlog(visit.after(cursor), head, &oldest, &range, visit.max)?)))
+        Ok(Some((cursor, backlog(epoch.into(), visit.after(cursor), head, &oldest, &range, visit.max)?)))
     }
 
     async fn save_cursor(&self, token: &str, cursor: Seq, lease_until_ms: u64) -> Result<(), BrokerError> {
@@ -581,6 +680,35 @@ impl Broker for RedisBroker {
         )
         .await?;
         Ok((online, oldest.into_iter().filter_map(|(token, hash)| record(&token, hash)).collect()))
+    }
+
+    async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for token in tokens {
+            pipe.cmd("EXISTS").arg(self.keys.session(token));
+        }
+        within(pipe.query_async(&mut conn)).await
+    }
+
+    async fn page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), BrokerError> {
+        if max == 0 {
+            return Ok((self.online().await?, Vec::new()));
+        }
+        let mut conn = self.conn.clone();
+        let (online, page): (u64, Vec<(String, HashMap<String, String>)>) = within(
+            PAGE.key(&self.keys.leases)
+                .key(&self.keys.joined)
+                .arg(after)
+                .arg(max)
+                .arg(&self.keys.session)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        Ok((online, page.into_iter().filter_map(|(token, hash)| record(&token, hash)).collect()))
     }
 
     async fn online(&self) -> Result<u64, BrokerError> {

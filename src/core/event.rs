@@ -232,11 +232,36 @@ pub mod control {
     use super::Seq;
     use crate::core::session::Presence;
 
-    /// The first frame of a `/ws` connection and of an SSE stream: who you are, where your cursor is, and who is
-    /// online now.
-    pub fn welcome(id: &str, nickname: &str, session: &str, seq: Seq, presence: &Presence) -> String {
-        json!({"type": "welcome", "id": id, "nickname": nickname, "session": session, "seq": seq, "presence": presence})
+    /// The first frame of a `/ws` connection and of an SSE stream: who you are, where your cursor is, in which
+    /// epoch of the room, and who is online now.
+    pub fn welcome(id: &str, nickname: &str, session: &str, seq: Seq, epoch: &str, presence: &Presence) -> String {
+        json!({"type": "welcome", "id": id, "nickname": nickname, "session": session, "seq": seq, "epoch": epoch,
+            "presence": presence})
+        .to_string()
+    }
+
+    /// The cursor `since` is from another epoch: the room started over since, and what follows is the current
+    /// room from its oldest retained event, the first after `to`.
+    pub fn epoch_gap(since: Seq, to: Seq, epoch: &str) -> String {
+        let message = format!(
+            "cursor {since} is from another epoch of the room, which has started over (epoch {epoch}); \
+             what follows is the room from its oldest retained event"
+        );
+        json!({"type": "gap", "reason": "epoch", "from": since + 1, "to": to, "epoch": epoch, "message": message})
             .to_string()
+    }
+
+    /// A `/ws?ack=1` text is sequenced: its event's `seq` (or, for a repeated `ref`, the first send's).
+    pub fn ack(reference: &str, seq: Seq) -> String {
+        json!({"type": "ack", "ref": reference, "seq": seq}).to_string()
+    }
+
+    /// A refused `/ws?ack=1` frame: as [`error`], naming the frame's `ref` when one could be read.
+    pub fn refused(reference: Option<&str>, code: &str, message: &str) -> String {
+        match reference {
+            Some(reference) => json!({"type": "error", "ref": reference, "code": code, "message": message}).to_string(),
+            None => error(code, message),
+        }
     }
 
     /// Events `from..=to` are no longer retained (or never existed here): the client missed them.

@@ -8,6 +8,7 @@
 //! socket is written.
 
 use std::collections::VecDeque;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
@@ -18,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::broker::{Backlog, Broker, FeedItem, Missed, Visit};
+use crate::broker::{Backlog, Broker, BrokerError, Epoch, FeedItem, Missed, Published, SendKey, Visit};
 use crate::config::Config;
+use crate::core::clients::Clients;
 use crate::core::event::{control, now_ms, Draft, RoomEvent, Seq};
 use crate::core::session::{
     clean_nickname, guest_number, Participant, Presence, SessionRecord, Transport, PRESENCE_MAX,
@@ -61,6 +63,8 @@ struct Shared {
     crowd: Crowd,
     /// The cursor saves of closed channels still running: [`Room::flush`] waits for them.
     saves: TaskTracker,
+    /// The per-client limits (`--max-sessions-per-client`, `--client-rate-limit`).
+    clients: Clients,
 }
 
 /// What live channels watch besides events, in one `watch` so that waiting costs one registration.
@@ -104,6 +108,10 @@ impl Recent {
             .map(|(event, _)| event)
     }
 }
+
+/// Most sessions holding client seats the reaper checks at one tick (one broker round trip): a session that
+/// ended through another process frees its seat here within about `sessions / CHECK_SEATS` ticks.
+const CHECK_SEATS: usize = 1024;
 
 /// How often a big room hears who came and went.
 const CROWD_EVERY: Duration = Duration::from_secs(1);
@@ -150,6 +158,7 @@ impl Room {
                 fanout_order: Mutex::new(()),
                 pulse: watch::Sender::new(Pulse::default()),
                 live: Arc::new(Semaphore::new(config.max_connections)),
+                clients: Clients::new(&config, metering.clone()),
                 config,
                 local: Mutex::new(Local::default()),
                 shutdown: CancellationToken::new(),
@@ -162,6 +171,8 @@ impl Room {
         tokio::spawn(room.clone().reap());
         tokio::spawn(room.clone().announce_crowd());
         tokio::spawn(room.clone().beat());
+        let busy = room.shared.metering.busy().clone();
+        tokio::spawn(busy.watch(room.shared.config.pace_when_busy, room.shared.shutdown.clone()));
         Ok(room)
     }
 
@@ -295,13 +306,48 @@ impl Room {
         Ok(event)
     }
 
-    /// Publishes `drafts` in this order ([`Broker::publish_all`]) and fans each out as [`Room::publish`] does.
-    async fn publish_all(&self, drafts: Vec<Draft>) -> Result<Vec<Arc<RoomEvent>>, crate::broker::BrokerError> {
-        let events = self.shared.broker.publish_all(drafts).await?;
-        for event in &events {
-            self.fan_out(event.clone(), true);
+    /// Publishes `sends` in this order ([`Broker::publish_all`]) and fans each new event out as
+    /// [`Room::publish`] does.
+    async fn publish_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Vec<Published>, BrokerError> {
+        let published = self.shared.broker.publish_all(sends).await?;
+        for published in &published {
+            if let Published::Fresh(event) = published {
+                self.fan_out(event.clone(), true);
+            }
         }
-        Ok(events)
+        Ok(published)
+    }
+
+    /// [`Room::publish`] under a send's key: a repeated key publishes nothing and answers the first `seq`.
+    async fn publish_once(&self, draft: Draft, key: SendKey<'_>) -> Result<Seq, BrokerError> {
+        match self.shared.broker.publish_once(draft, key).await? {
+            Published::Fresh(event) => {
+                self.fan_out(event.clone(), true);
+                Ok(event.seq)
+            }
+            Published::Repeated(seq) => Ok(seq),
+        }
+    }
+
+    /// The room's epoch now (see [`Epoch`]): what a join's answer names, so a client can tell this room's
+    /// numbering from that of a room that started over.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`].
+    pub async fn epoch(&self) -> Result<Epoch, AppError> {
+        Ok(self.shared.broker.epoch().await?)
+    }
+
+    /// What to read for a client that gave `epoch=`: the backlog as read, or, when the client's cursor is from
+    /// another epoch, the room from its oldest retained event after a [`Missed::Epoch`] notice.
+    async fn in_epoch(&self, backlog: Backlog, theirs: Option<&str>, max: usize) -> Result<Backlog, AppError> {
+        match theirs {
+            Some(theirs) if theirs != &*backlog.epoch => {
+                let since = backlog.after;
+                Ok(self.shared.broker.since(0, max).await?.restarted(since))
+            }
+            _ => Ok(backlog),
+        }
     }
 
     /// Renews the leases of sessions with a live channel here, and announces sessions whose lease ran out.
@@ -348,6 +394,22 @@ impl Room {
             // Rate buckets of sessions quiet for two leases are forgotten (a full bucket is the default anyway).
             if let Some(horizon) = Instant::now().checked_sub(2 * lease) {
                 self.local().buckets.retain(|_, bucket| bucket.last > horizon);
+            }
+            // And clients with no session whose text budget is full again.
+            self.shared.clients.sweep();
+            // Seats of sessions that ended through another process of a cluster are given back here.
+            let due = self.shared.clients.due(CHECK_SEATS, lease);
+            if !due.is_empty() {
+                match self.shared.broker.alive(&due).await {
+                    Ok(alive) => {
+                        for (token, alive) in due.iter().zip(alive) {
+                            if !alive {
+                                self.shared.clients.release(token);
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "could not check the sessions holding client seats"),
+                }
             }
             // So are the wire counters of sessions that ended on another process of a cluster (a session whose
             // channel is here is not idle, however long ago it made its last request).
@@ -406,6 +468,7 @@ impl Room {
     fn forget(&self, token: &str) {
         self.end_channel(token);
         self.local().buckets.remove(token);
+        self.shared.clients.release(token);
         self.shared.metering.sessions().forget(token);
     }
 
@@ -486,6 +549,43 @@ impl Room {
         Ok((record.clone(), cursor))
     }
 
+    /// [`Room::join`] for a request from `client` (its IP address; `None` when unknown, which no per-client limit
+    /// applies to): the session counts against the client until it leaves or its lease runs out.
+    ///
+    /// # Errors
+    /// [`AppError::TooManySessions`] when the client holds `--max-sessions-per-client` sessions, and those of
+    /// [`Room::join`].
+    pub async fn join_from(
+        &self,
+        client: Option<IpAddr>,
+        transport: Transport,
+        nickname: Option<&str>,
+        seed: bool,
+    ) -> Result<(SessionRecord, Seq), AppError> {
+        // The seat is taken before the join, so joins racing from one client cannot pass the limit together;
+        // it is given back if the join fails.
+        let seat = self.shared.clients.seat(client)?;
+        let joined = self.join(transport, nickname, seed).await?;
+        seat.bind(&joined.0.token);
+        Ok(joined)
+    }
+
+    /// [`Room::send`] for a request from `client`: the text counts against the client's budget
+    /// (`--client-rate-limit`), whichever of its sessions it speaks for.
+    ///
+    /// # Errors
+    /// [`AppError::ClientRateLimited`], and those of [`Room::post`].
+    pub async fn send_from(
+        &self,
+        client: Option<IpAddr>,
+        token: &str,
+        text: &str,
+        key: Option<&str>,
+    ) -> Result<(Seq, Transport), AppError> {
+        self.shared.clients.text(client)?;
+        self.send(token, text, key).await
+    }
+
     /// Looks a session up.
     ///
     /// # Errors
@@ -502,20 +602,43 @@ impl Room {
     /// [`AppError::NicknameTaken`], [`AppError::UnknownSession`], [`AppError::Unavailable`],
     /// [`AppError::ShuttingDown`].
     pub async fn post(&self, token: &str, text: &str) -> Result<(Seq, Transport), AppError> {
+        self.send(token, text, None).await
+    }
+
+    /// [`Room::post`], with the client's key for this send (a `/ws?ack=1` frame's `ref`, a POST's
+    /// `Idempotency-Key`): a key the session already used, within the retained history, publishes nothing again
+    /// and answers the first send's `seq`, whatever process the first send reached. A repeated `/nick` renames
+    /// nothing again either (the session's nickname may have changed since).
+    ///
+    /// # Errors
+    /// As [`Room::post`].
+    pub async fn send(&self, token: &str, text: &str, key: Option<&str>) -> Result<(Seq, Transport), AppError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(AppError::ShuttingDown);
         }
         let mut record = self.session(token).await?;
         let transport = record.transport;
-        let draft = self.draft(&mut record, text).await?;
-        Ok((self.publish(draft).await?.seq, transport))
+        let key = key.map(|key| SendKey { session: token, key });
+        let published = match self.draft(&mut record, text, key).await? {
+            Err(seq) => return Ok((seq, transport)),
+            Ok(draft) => match key {
+                Some(key) => self.publish_once(draft, key).await?,
+                None => self.publish(draft).await?.seq,
+            },
+        };
+        Ok((published, transport))
     }
 
-    /// Several texts of one participant, in order, as [`Room::post`] each (the same checks, limits and errors,
-    /// text by text), published together: one step for the broker (with the durable broker, one commit), so
-    /// that a sender whose texts arrive faster than one sync each is not held to one text per sync. Returns
-    /// each text's outcome, in order.
-    pub async fn post_all(&self, token: &str, texts: &[String]) -> Vec<Result<Seq, AppError>> {
+    /// Several texts of one participant from `client`, in order, each with its key if any, as
+    /// [`Room::send_from`] each (the same checks, limits, keys and errors, text by text), published together: one
+    /// step for the broker (with the durable broker, one commit), so that a sender whose texts arrive faster than
+    /// one sync each is not held to one text per sync. Returns each text's outcome, in order.
+    pub async fn post_all(
+        &self,
+        client: Option<IpAddr>,
+        token: &str,
+        texts: &[(String, Option<String>)],
+    ) -> Vec<Result<Seq, AppError>> {
         if self.shared.shutdown.is_cancelled() {
             return texts.iter().map(|_| Err(AppError::ShuttingDown)).collect();
         }
@@ -526,40 +649,57 @@ impl Room {
             Err(error) => return texts.iter().map(|_| Err(AppError::Unavailable(error.to_string()))).collect(),
         };
         let mut outcomes = Vec::with_capacity(texts.len());
-        let mut drafts = Vec::with_capacity(texts.len());
-        for text in texts {
-            match self.draft(&mut record, text).await {
-                Ok(draft) => {
-                    drafts.push(draft);
-                    outcomes.push(Ok(0));
+        let mut sends = Vec::with_capacity(texts.len());
+        for (text, key) in texts {
+            let key = key.as_deref().map(|key| SendKey { session: token, key });
+            let drafted = match self.shared.clients.text(client) {
+                Ok(()) => self.draft(&mut record, text, key).await,
+                Err(error) => Err(error),
+            };
+            match drafted {
+                Ok(Ok(draft)) => {
+                    sends.push((draft, key));
+                    outcomes.push(None);
                 }
-                Err(error) => outcomes.push(Err(error)),
+                Ok(Err(seq)) => outcomes.push(Some(Ok(seq))),
+                Err(error) => outcomes.push(Some(Err(error))),
             }
         }
-        match self.publish_all(drafts).await {
-            Ok(events) => {
-                let mut seqs = events.iter().map(|event| event.seq);
-                for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
-                    *outcome = Ok(seqs.next().unwrap_or_default());
-                }
-            }
-            Err(error) => {
-                for outcome in outcomes.iter_mut().filter(|outcome| outcome.is_ok()) {
-                    *outcome = Err(AppError::from(error.clone()));
-                }
-            }
-        }
+        // Each text drafted waits for its place in the batch published, in order.
+        let published = self.publish_all(sends).await;
+        let mut fresh = published.as_ref().map(|published| published.iter().map(Published::seq)).ok();
         outcomes
+            .into_iter()
+            .map(|outcome| match (outcome, &published, fresh.as_mut()) {
+                (Some(outcome), _, _) => outcome,
+                (None, Err(error), _) => Err(AppError::from(error.clone())),
+                (None, Ok(_), Some(seqs)) => seqs.next().ok_or_else(|| AppError::Unavailable("no answer".into())),
+                (None, Ok(_), None) => Err(AppError::Unavailable("no answer".into())),
+            })
+            .collect()
     }
 
     /// The event a participant's text makes: a chat message, or for `/nick NAME` a rename (saved in `record` and
-    /// in the broker now, before the event is published).
-    async fn draft(&self, record: &mut SessionRecord, text: &str) -> Result<Draft, AppError> {
+    /// in the broker now, before the event is published). `Ok(Err(seq))`: a rename under a `key` already used,
+    /// whose event is `seq` (nothing is renamed again).
+    async fn draft(
+        &self,
+        record: &mut SessionRecord,
+        text: &str,
+        key: Option<SendKey<'_>>,
+    ) -> Result<Result<Draft, Seq>, AppError> {
         let token = record.token.clone();
         let token = token.as_str();
         let transport = record.transport;
         self.take_rate_token(token)?;
         let draft = if let Some(name) = text.strip_prefix("/nick ") {
+            // A rename is saved before it is published: a repeat must be caught before that, or a resent old
+            // `/nick` would quietly rename back. (Renames are rare: the extra read costs nothing that matters.)
+            if let Some(key) = key {
+                if let Some(seq) = self.shared.broker.published(key).await? {
+                    return Ok(Err(seq));
+                }
+            }
             let new = clean_nickname(name, self.shared.config.max_nickname_chars)?;
             if guest_number(&new).is_some() && new != format!("游客{}", record.guest) {
                 return Err(AppError::BadNickname(format!(
@@ -594,7 +734,7 @@ impl Room {
             }
             Draft::message(record.id.clone(), record.nickname.clone(), text.to_owned(), transport)
         };
-        Ok(draft)
+        Ok(Ok(draft))
     }
 
     /// Takes one token from the session's bucket.
@@ -654,6 +794,15 @@ impl Room {
         Ok(Presence { more: clientcount > participants.len() as u64, clientcount, participants })
     }
 
+    /// One page of who is online, in join order: how many are online, and at most `max` of them whose guest
+    /// number is above `after` (0: from the first). The next page starts after the last one's guest number.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`].
+    pub async fn presence_page(&self, after: u64, max: usize) -> Result<(u64, Vec<SessionRecord>), AppError> {
+        Ok(self.shared.broker.page(after, max).await?)
+    }
+
     /// How many participants are online.
     ///
     /// # Errors
@@ -672,9 +821,16 @@ impl Room {
     /// [`Broker::poll`]: a long poll answered at once is rarely live at a reaper tick, so without it an active long
     /// poller would be announced as gone). Returns the record, what was retained after `since` (default: the
     /// session's cursor), the channel's generation and the token cancelled when this channel is replaced.
-    async fn claim(&self, token: &str, transport: Transport, since: Option<Seq>) -> Result<Claimed, AppError> {
+    async fn claim(
+        &self,
+        token: &str,
+        transport: Transport,
+        since: Option<Seq>,
+        epoch: Option<&str>,
+    ) -> Result<Claimed, AppError> {
         let visit = Visit { token, transport, lease_until_ms: self.lease_end(), since, max: usize::MAX };
         let (record, backlog) = self.shared.broker.open(visit).await?.ok_or(AppError::UnknownSession)?;
+        let backlog = self.in_epoch(backlog, epoch, usize::MAX).await?;
         let ended = self.shared.shutdown.child_token();
         let mut local = self.local();
         local.generation += 1;
@@ -696,7 +852,9 @@ impl Room {
     }
 
     /// Opens a live receiving channel for a session (WebSocket, SSE stream, held long poll), resuming after
-    /// `since` (default: where the session's last channel stopped). Any older channel of the session ends.
+    /// `since` (default: where the session's last channel stopped). Any older channel of the session ends. With
+    /// `epoch` (the epoch the client's cursor is from), a cursor of another epoch gets a `gap` with
+    /// `"reason":"epoch"`, then the room from its oldest retained event.
     ///
     /// Returns the channel and the session's record (for a welcome frame; the channel keeps only the token).
     ///
@@ -708,6 +866,7 @@ impl Room {
         token: &str,
         transport: Transport,
         since: Option<Seq>,
+        epoch: Option<&str>,
     ) -> Result<(Channel, SessionRecord), AppError> {
         if self.shared.shutdown.is_cancelled() {
             return Err(AppError::ShuttingDown);
@@ -715,7 +874,7 @@ impl Room {
         let permit = self.shared.live.clone().try_acquire_owned().map_err(|_| AppError::TooManyConnections)?;
         // Events published while history is read are in the ring too, where the channel finds them after it.
         let added = self.shared.added.subscribe();
-        let Claimed { record, backlog, generation, ended } = self.claim(token, transport, since).await?;
+        let Claimed { record, backlog, generation, ended } = self.claim(token, transport, since, epoch).await?;
         // A cursor ahead of the room starts over at the head (after the `gap` event that says so): the channel's
         // cursor, which a long poll answers as `next` and a closing channel saves, must be one the room will reach.
         let start = match backlog.missed {
@@ -725,6 +884,7 @@ impl Room {
         let mut channel = Channel {
             room: self.clone(),
             token: record.token.clone(),
+            epoch: backlog.epoch.clone(),
             transport,
             generation,
             added,
@@ -748,6 +908,9 @@ impl Room {
     /// has moved to polling). A long poll that has something to answer at once is served here too, without
     /// opening a channel.
     ///
+    /// `epoch`: as for [`Room::open`]. Returns the deliveries, the cursor after them (the answer's `next`) and the
+    /// room's epoch.
+    ///
     /// # Errors
     /// [`AppError::UnknownSession`], [`AppError::Unavailable`].
     pub async fn poll(
@@ -755,10 +918,13 @@ impl Room {
         token: &str,
         transport: Transport,
         since: Option<Seq>,
-    ) -> Result<(Vec<Delivery>, Seq), AppError> {
+        epoch: Option<&str>,
+    ) -> Result<Polled, AppError> {
         let max = self.shared.config.poll_batch as usize;
         let visit = Visit { token, transport, lease_until_ms: self.lease_end(), since, max };
         let (cursor, backlog) = self.shared.broker.poll(visit).await?.ok_or(AppError::UnknownSession)?;
+        let backlog = self.in_epoch(backlog, epoch, max).await?;
+        let epoch = backlog.epoch.clone();
         self.end_channel(token);
         // Sized exactly: an empty answer, the commonest poll, allocates nothing.
         let mut items = Vec::with_capacity(backlog.events.len() + usize::from(backlog.missed.is_some()));
@@ -771,7 +937,7 @@ impl Room {
         if !items.is_empty() {
             self.metering().load().add(Instant::now(), items.len() as u64);
         }
-        Ok((items, next))
+        Ok(Polled { deliveries: items, next, epoch })
     }
 
     /// Ends this process's hold on a session's channel, unless a newer channel has taken it over.
@@ -781,6 +947,17 @@ impl Room {
             local.channels.remove(token);
         }
     }
+}
+
+/// A poll's answer ([`Room::poll`]).
+#[derive(Debug)]
+pub struct Polled {
+    /// What to deliver, in order.
+    pub deliveries: Vec<Delivery>,
+    /// The cursor after them: the answer's `next`.
+    pub next: Seq,
+    /// The room's epoch: the answer's `epoch`, the numbering `next` belongs to.
+    pub epoch: Epoch,
 }
 
 /// What [`Room::claim`] gives a channel being opened.
@@ -855,6 +1032,8 @@ pub struct Channel {
     room: Room,
     /// The session's token: all a channel needs to know of its session once open.
     token: String,
+    /// The room's epoch when the channel opened (or last caught up from history).
+    epoch: Epoch,
     transport: Transport,
     generation: u64,
     /// Wakes the channel when an event enters the ring.
@@ -888,6 +1067,26 @@ impl Channel {
     /// The cursor: the newest sequence number handed out by this channel.
     pub fn cursor(&self) -> Seq {
         self.delivered
+    }
+
+    /// The room's epoch: the numbering [`Channel::cursor`] belongs to.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Reads history after the channel's mark to catch up (after an outage, or to fill a hole in the feed). A
+    /// store that came back as another epoch (a wiped Redis) is told to the client as such, and the channel goes
+    /// on from the new room's oldest retained event.
+    async fn catch_up(&mut self) -> Result<Backlog, BrokerError> {
+        let backlog = self.room.shared.broker.since(self.last, usize::MAX).await?;
+        if backlog.epoch == self.epoch {
+            return Ok(backlog);
+        }
+        self.epoch = backlog.epoch.clone();
+        let restarted = self.room.shared.broker.since(0, usize::MAX).await?.restarted(self.last);
+        // The cursor is a position in the new numbering from now on (it is never moved back otherwise).
+        self.delivered = restarted.after;
+        Ok(restarted)
     }
 
     /// The room this channel belongs to.
@@ -947,7 +1146,7 @@ impl Channel {
             }
             if self.stale {
                 // Events published while the feed was down never reached the fan-out: read them from history.
-                match self.room.shared.broker.since(self.last, usize::MAX).await {
+                match self.catch_up().await {
                     Ok(backlog) => {
                         self.stale = false;
                         self.queue_backlog(backlog);
@@ -1106,7 +1305,7 @@ impl Channel {
             self.last = event.seq;
             return Some(self.hand_out(Delivery::Event(event)));
         }
-        match self.room.shared.broker.since(self.last, usize::MAX).await {
+        match self.catch_up().await {
             Ok(backlog) => {
                 self.queue_backlog(backlog);
                 if self.last + 1 < event.seq {
@@ -1152,6 +1351,10 @@ fn push_backlog(items: &mut Vec<Delivery>, backlog: Backlog) -> Seq {
         Some(Missed::Ahead) => {
             items.push(Delivery::Control { json: control::reset(last, backlog.head), resume_after: backlog.head });
             last = backlog.head;
+        }
+        Some(Missed::Epoch { since, to }) => {
+            items.push(Delivery::Control { json: control::epoch_gap(since, to, &backlog.epoch), resume_after: to });
+            last = to;
         }
         None => {}
     }

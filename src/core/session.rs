@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::event::Seq;
 use crate::error::AppError;
 
-/// The four techniques, as named on the wire (`/api/presence`, `/api/stats`, `POST /api/sessions`).
+/// The six techniques, as named on the wire (`/api/presence`, `/api/stats`, `POST /api/sessions`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
@@ -23,11 +23,16 @@ pub enum Transport {
     LongPoll,
     /// Short (interval) polling plus `POST /api/messages`.
     Poll,
+    /// HTTP streaming: one chunked NDJSON response plus `POST /api/messages`.
+    Stream,
+    /// The forever iframe: one chunked HTML response of `<script>` chunks plus `POST /api/messages`.
+    Iframe,
 }
 
 impl Transport {
     /// Every technique, in the order tables show them.
-    pub const ALL: [Transport; 4] = [Transport::Ws, Transport::Sse, Transport::LongPoll, Transport::Poll];
+    pub const ALL: [Transport; 6] =
+        [Transport::Ws, Transport::Sse, Transport::Stream, Transport::Iframe, Transport::LongPoll, Transport::Poll];
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +41,8 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::LongPoll => "longpoll",
             Transport::Poll => "poll",
+            Transport::Stream => "stream",
+            Transport::Iframe => "iframe",
         }
     }
 }
@@ -141,4 +148,73 @@ fn invisible(c: char) -> bool {
         | 0x202A..=0x202E | 0x2060..=0x206F | 0x2800 | 0x3164 | 0xFE00..=0xFE0F | 0xFEFF | 0xFFA0 | 0xFFF9..=0xFFFB
         | 0x0600..=0x0605 | 0x06DD | 0x070F | 0x08E2 | 0x110BD | 0x110CD | 0x13430..=0x1343F | 0x1BCA0..=0x1BCA3
         | 0x1D173..=0x1D17A | 0xE0000..=0xE0FFF)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{clean_nickname, invisible};
+
+    /// Nickname-ish text: mostly letters and spaces, with the characters the rules are about (controls, zero-width
+    /// and bidi characters, fillers, surrogates' neighbours, astral tags) mixed in, and any character at all.
+    fn raw_name() -> impl Strategy<Value = String> {
+        let special = prop::sample::select(vec![
+            ' ',
+            '\t',
+            '\n',
+            '\u{0}',
+            '\u{7f}',
+            '\u{85}',
+            '\u{a0}',
+            '\u{ad}',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{202e}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{3000}',
+            '\u{3164}',
+            '\u{feff}',
+            '\u{fe0f}',
+            '\u{e0041}',
+            '游',
+            '客',
+            '7',
+            'é',
+            'ß',
+            '\u{1f600}',
+        ]);
+        let piece = prop_oneof![4 => prop::char::range('a', 'z'), 3 => special, 1 => any::<char>()];
+        prop::collection::vec(piece, 0..48).prop_map(|chars| chars.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever is asked for, cleaning never panics, and what it accepts is the trimmed request, not empty, at
+        /// most `max` characters, with no control, invisible or direction-changing character; cleaning it again
+        /// gives it back unchanged.
+        #[test]
+        fn a_clean_nickname_is_trimmed_bounded_visible_and_stable(raw in raw_name(), max in 0usize..40) {
+            match clean_nickname(&raw, max) {
+                Ok(name) => {
+                    prop_assert_eq!(name.as_str(), raw.trim());
+                    prop_assert!(!name.is_empty());
+                    prop_assert!(name.chars().count() <= max);
+                    prop_assert!(!name.chars().any(|c| c.is_control() || invisible(c)), "{:?}", name);
+                    prop_assert_eq!(clean_nickname(&name, max).ok(), Some(name.clone()), "idempotent");
+                }
+                Err(error) => prop_assert_eq!(error.code(), "bad_nickname"),
+            }
+        }
+
+        /// A name made only of visible characters within the bound is accepted as it is (trimmed).
+        #[test]
+        fn a_visible_name_within_the_bound_is_kept(name in "[a-zA-Z0-9游客é ]{1,32}") {
+            prop_assume!(!name.trim().is_empty());
+            prop_assert_eq!(clean_nickname(&format!("  {name} "), 32).ok(), Some(name.trim().to_owned()));
+        }
+    }
 }

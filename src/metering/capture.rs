@@ -39,6 +39,10 @@ pub(crate) enum Kind {
     Plain,
     /// `text/event-stream`: reported once the head is out; the body as `sse` records.
     Sse,
+    /// HTTP streaming's NDJSON: reported once the head is out; the body as `ndjson` records.
+    Ndjson,
+    /// The forever iframe's document: reported once the head is out; the body as `script` records.
+    Script,
     /// `101 Switching Protocols` to a WebSocket: reported once the head is out; then frames.
     Upgrade,
 }
@@ -234,7 +238,7 @@ impl Log {
                         if done {
                             self.out = match kind {
                                 Kind::Plain => Out::Body,
-                                Kind::Sse => Out::Sse(SseCutter::default()),
+                                Kind::Sse | Kind::Ndjson | Kind::Script => Out::Sse(SseCutter::new(kind)),
                                 Kind::Upgrade => Out::Frames(FrameCutter::default()),
                             };
                             if kind != Kind::Plain {
@@ -470,8 +474,10 @@ impl FrameCutter {
 
 /// Cuts an SSE response body into its chunks (`Transfer-Encoding: chunked`), and the chunks' data into events
 /// while watched.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct SseCutter {
+    /// How the chunks' text is framed: SSE fields, NDJSON lines or `<script>` lines.
+    kind: Kind,
     chunk: Chunk,
     /// Reading events: set at a chunk's start while watched (chunks hold whole events).
     reading: bool,
@@ -494,30 +500,61 @@ enum Chunk {
 }
 
 /// One event being read: its id, field bytes, data bytes, and the line under way.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct EventScan {
     id: Option<u64>,
     field_bytes: u64,
     data_bytes: u64,
     comment: bool,
-    /// The current line's first bytes (enough for its field name and an id), and its length.
-    line: [u8; 32],
+    /// The current line's first bytes (enough for its field name and an id, or a script's opening tag and
+    /// its event's `seq`), and its length.
+    line: [u8; 96],
     line_len: u64,
+    /// The current line's last bytes (NDJSON and scripts: where an event's `"seq":N` is, near its end).
+    tail: [u8; 48],
+    tail_len: usize,
 }
 
-/// What one write of an SSE stream carried.
-#[derive(Debug, Default)]
+impl Default for EventScan {
+    fn default() -> Self {
+        EventScan {
+            id: None,
+            field_bytes: 0,
+            data_bytes: 0,
+            comment: false,
+            line: [0; 96],
+            line_len: 0,
+            tail: [0; 48],
+            tail_len: 0,
+        }
+    }
+}
+
+/// What one write of a streaming response carried.
+#[derive(Debug)]
 struct SseWrite {
+    kind: Kind,
     bytes: u64,
     chunk_bytes: u64,
     events: Vec<Value>,
     comment: bool,
 }
 
+impl Default for SseWrite {
+    fn default() -> Self {
+        SseWrite { kind: Kind::Sse, bytes: 0, chunk_bytes: 0, events: Vec::new(), comment: false }
+    }
+}
+
 impl SseWrite {
     fn report(self, session: &SessionWire) {
+        let kind = match self.kind {
+            Kind::Ndjson => "ndjson",
+            Kind::Script => "script",
+            Kind::Sse | Kind::Plain | Kind::Upgrade => "sse",
+        };
         let record = json!({
-            "type": "sse",
+            "type": kind,
             "at": now_ms(),
             "bytes": self.bytes,
             "chunk_bytes": self.chunk_bytes,
@@ -530,15 +567,26 @@ impl SseWrite {
     }
 }
 
+impl Default for SseCutter {
+    fn default() -> Self {
+        SseCutter::new(Kind::Sse)
+    }
+}
+
 impl SseCutter {
+    fn new(kind: Kind) -> Self {
+        SseCutter { kind, chunk: Chunk::default(), reading: false, event: EventScan::default() }
+    }
+
     fn feed(&mut self, mut data: &[u8], watched: bool, write: &mut SseWrite) {
+        write.kind = self.kind;
         write.bytes += data.len() as u64;
         while let Some((&byte, rest)) = data.split_first() {
             match self.chunk {
                 Chunk::Data(left) => {
                     let take = left.min(data.len() as u64) as usize;
                     if self.reading {
-                        self.event.feed(&data[..take], write);
+                        self.event.feed(&data[..take], self.kind, write);
                     }
                     data = &data[take..];
                     self.chunk = if left == take as u64 { Chunk::DataCr } else { Chunk::Data(left - take as u64) };
@@ -547,7 +595,7 @@ impl SseCutter {
                 Chunk::Start | Chunk::Size(_) => {
                     let size = if let Chunk::Size(size) = self.chunk { size } else { 0 };
                     self.chunk = match (byte as char).to_digit(16) {
-                        Some(digit) => Chunk::Size(size * 16 + digit as u64),
+                        Some(digit) => Chunk::Size(size.saturating_mul(16).saturating_add(digit as u64)),
                         None if byte == b'\r' => Chunk::SizeLf(size),
                         None => Chunk::Size(size), // a chunk extension: not written by this server
                     };
@@ -571,7 +619,7 @@ impl SseCutter {
 }
 
 impl EventScan {
-    fn feed(&mut self, mut data: &[u8], write: &mut SseWrite) {
+    fn feed(&mut self, mut data: &[u8], kind: Kind, write: &mut SseWrite) {
         while !data.is_empty() {
             let (line, ended) = match memchr::memchr(b'\n', data) {
                 Some(at) => (&data[..at], true),
@@ -583,11 +631,55 @@ impl EventScan {
                 self.line[start..start + take].copy_from_slice(&line[..take]);
             }
             self.line_len += line.len() as u64;
+            if kind != Kind::Sse {
+                self.keep_tail(line);
+            }
             data = &data[line.len() + usize::from(ended)..];
             if ended {
-                self.end_line(write);
+                match kind {
+                    Kind::Ndjson | Kind::Script => self.end_event_line(kind, write),
+                    Kind::Sse | Kind::Plain | Kind::Upgrade => self.end_line(write),
+                }
             }
         }
+    }
+
+    /// Keeps the last bytes of the line under way, `piece` being its next bytes.
+    fn keep_tail(&mut self, piece: &[u8]) {
+        let cap = self.tail.len();
+        if piece.len() >= cap {
+            self.tail.copy_from_slice(&piece[piece.len() - cap..]);
+            self.tail_len = cap;
+            return;
+        }
+        let keep = (cap - piece.len()).min(self.tail_len);
+        self.tail.copy_within(self.tail_len - keep..self.tail_len, 0);
+        self.tail[keep..keep + piece.len()].copy_from_slice(piece);
+        self.tail_len = keep + piece.len();
+    }
+
+    /// A line of NDJSON or of the iframe's document ended: one event per line (a `<script>` one for the
+    /// iframe), its framing counted as field bytes; any other line (a keep-alive, the document's start) is
+    /// framing alone.
+    fn end_event_line(&mut self, kind: Kind, write: &mut SseWrite) {
+        let len = self.line_len;
+        let shown = &self.line[..(len as usize).min(self.line.len())];
+        let framing = match kind {
+            Kind::Script if shown.starts_with(b"<script") => {
+                // `<script nonce=..>parent.chatlab(` + JSON + `)</script>`, then the newline.
+                memchr::memchr(b'(', shown).map(|open| open as u64 + 1 + 10)
+            }
+            Kind::Ndjson if len > 0 => Some(0),
+            _ => None,
+        };
+        match framing {
+            Some(framing) if framing <= len => {
+                let seq = seq_of(shown).or_else(|| seq_of(&self.tail[..self.tail_len]));
+                write.events.push(json!({"id": seq, "field_bytes": framing + 1, "data_bytes": len - framing}));
+            }
+            _ => write.comment = true,
+        }
+        *self = EventScan::default();
     }
 
     /// A line ended (its `\n` seen): a blank one ends the event.
@@ -622,6 +714,18 @@ impl EventScan {
             self.field_bytes += len + 1;
         }
     }
+}
+
+/// The `seq` of a room event's JSON, if `shown` (the first or the last bytes of its line) holds `"seq":N` whole.
+fn seq_of(shown: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"seq\":";
+    let at = memchr::memmem::find(shown, KEY)? + KEY.len();
+    let digits = shown[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    // Digits that run to the end of what was kept may be cut short.
+    if digits == 0 || at + digits == shown.len() {
+        return None;
+    }
+    std::str::from_utf8(&shown[at..at + digits]).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -667,6 +771,31 @@ mod tests {
             let after = session.frames_out.load(std::sync::atomic::Ordering::Relaxed);
             assert_eq!(after - before, 7, "write size {step}");
             assert!(cutter.left.is_none() && cutter.have == 0, "ends between frames");
+        }
+    }
+
+    /// NDJSON lines and the iframe's scripts are read back as events (JSON as data, the rest as fields), with
+    /// their `seq`; a blank keep-alive line and the document's start are no event.
+    #[test]
+    fn ndjson_and_script_lines_are_read_back() {
+        let json = format!("{{\"type\":\"message\",\"message\":\"{}\",\"seq\":42,\"ts\":1}}", "x".repeat(300));
+        let script_open = "<script nonce=\"IeGM1h4DZz4KPNBbiMvCDB\">parent.chatlab(";
+        for (kind, body, framing) in [
+            (Kind::Ndjson, format!("{json}\n\n"), 1),
+            (Kind::Script, format!("<!doctype html>\n{script_open}{json})</script>\n"), script_open.len() + 11),
+        ] {
+            let mut bytes = format!("{:X}\r\n", body.len()).into_bytes();
+            bytes.extend_from_slice(body.as_bytes());
+            bytes.extend_from_slice(b"\r\n");
+            let mut cutter = SseCutter::new(kind);
+            let mut write = SseWrite::default();
+            for piece in bytes.chunks(5) {
+                cutter.feed(piece, true, &mut write);
+            }
+            assert_eq!(write.kind, kind);
+            let expected = json!({"id": 42, "field_bytes": framing, "data_bytes": json.len()});
+            assert_eq!(write.events, vec![expected], "{kind:?}");
+            assert!(write.comment, "{kind:?}: the keep-alive line or the document's start");
         }
     }
 

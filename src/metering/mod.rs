@@ -7,11 +7,13 @@
 //! | file | what |
 //! |---|---|
 //! | `mod.rs` | the counters, the latency histogram, the `/api/stats` document |
+//! | [`busy`] | whether the server is behind, which paces streams (`--pace-when-busy`) |
 //! | [`wire`] | the byte-counting listener and how a connection's bytes are given to a technique and a session |
 //! | [`session`] | per-session wire counters, and the watchers of the live wire log |
 //! | [`capture`] | how a connection's bytes are read back as HTTP heads, WebSocket frames and SSE writes |
 //! | [`prometheus`] | `/metrics`: the same counters in the Prometheus text format |
 
+pub mod busy;
 pub mod capture;
 pub mod prometheus;
 pub mod session;
@@ -31,7 +33,7 @@ use crate::core::Delivery;
 /// Counters for one technique.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Live receiving channels now (WebSockets, SSE streams, held long polls).
+    /// Live receiving channels now (WebSockets, SSE, NDJSON and iframe streams, held long polls).
     pub connections_open: AtomicU64,
     /// Receiving channels ever opened.
     pub connections_total: AtomicU64,
@@ -58,13 +60,14 @@ pub struct Counters {
 /// Per-technique counters for the whole server. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Metering {
-    transports: Arc<[Counters; 4]>,
+    transports: Arc<[Counters; Transport::ALL.len()]>,
     others: Arc<Others>,
     load: Arc<Load>,
+    busy: Arc<busy::Busy>,
     sessions: Arc<session::Sessions>,
 }
 
-/// What counts under none of the four techniques.
+/// What counts under none of the techniques.
 #[derive(Debug, Default)]
 pub struct Others {
     /// TCP connections accepted now.
@@ -81,6 +84,18 @@ pub struct Others {
     /// Connections closed because a request head (or a keep-alive connection's next one) did not arrive within
     /// `--header-timeout`.
     pub header_timeouts: AtomicU64,
+    /// Joins refused because their client held `--max-sessions-per-client` sessions (or `--max-clients` clients
+    /// held sessions).
+    pub client_sessions_refused: AtomicU64,
+    /// Texts refused because their client was over `--client-rate-limit`, across its sessions.
+    pub client_texts_refused: AtomicU64,
+    /// Clients the per-client limits track now (a gauge).
+    pub clients_tracked: AtomicU64,
+    /// Idle sockets (no request in flight, no open channel) closed to make room for a new one at `--max-sockets`.
+    pub idle_evictions: AtomicU64,
+    /// Request heads refused at the socket (malformed, a request line or a head too long): answered 400, 414 or
+    /// 431 with a JSON body, then closed.
+    pub bad_heads: AtomicU64,
 }
 
 impl Metering {
@@ -119,6 +134,11 @@ impl Metering {
     /// How busy the process is: deliveries per second (see [`Load`]).
     pub fn load(&self) -> &Load {
         &self.load
+    }
+
+    /// Whether the server is behind, and so paces its streams (see [`busy::Busy`]).
+    pub fn busy(&self) -> &Arc<busy::Busy> {
+        &self.busy
     }
 
     /// Counts the room events among `deliveries`, handed to the socket writer together just now (every
@@ -196,7 +216,15 @@ impl Metering {
                 "wire_bytes_out": get(&o.wire_bytes_out),
                 "write_timeouts": get(&o.write_timeouts),
                 "header_timeouts": get(&o.header_timeouts),
+                "client_sessions_refused": get(&o.client_sessions_refused),
+                "client_texts_refused": get(&o.client_texts_refused),
+                "clients_tracked": get(&o.clients_tracked),
+                "idle_evictions": get(&o.idle_evictions),
+                "bad_heads": get(&o.bad_heads),
                 "deliveries_per_second": self.load.per_second(Instant::now()),
+                "busy_percent": self.busy.percent(),
+                "paced": self.busy.paced(),
+                "paced_seconds": self.busy.paced_seconds(),
                 "wire_view": {
                     "requests": get(&v.requests),
                     "connections_open": get(&v.connections_open),
@@ -210,7 +238,7 @@ impl Metering {
                 },
             },
             "units": {
-                "connections_open": "live receiving channels (WebSockets, SSE streams, held long polls)",
+                "connections_open": "live receiving channels (WebSockets, SSE, NDJSON and iframe streams, held long polls)",
                 "requests": "HTTP requests, POSTs included; a WebSocket counts its upgrade",
                 "wire_bytes_in": "bytes read from sockets, headers and framing included",
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",
@@ -219,11 +247,23 @@ impl Metering {
                                    read (under other: those carrying no technique's request)",
                 "header_timeouts": "connections closed because no complete request head arrived within \
                                     --header-timeout of the accept or of the previous response",
+                "client_sessions_refused": "joins refused 429 too_many_sessions: their client (IP address) held \
+                                            --max-sessions-per-client sessions",
+                "client_texts_refused": "texts refused 429 client_rate_limited: their client was over \
+                                         --client-rate-limit across all its sessions",
+                "clients_tracked": "clients (IP addresses) the per-client limits remember now",
+                "idle_evictions": "idle sockets (no request in flight, no open channel) closed, oldest idle first, to \
+                                   make room for a new one at --max-sockets",
+                "bad_heads": "request heads refused before any handler (malformed: 400 bad_request; request line too \
+                              long: 414 uri_too_long; head over --max-head-bytes: 431 head_too_large), then closed",
                 "latency_ms": "publish (event entering this process) to socket write, milliseconds; buckets: [upper bound \
                                in ms, count] of the non-empty histogram buckets, since the server started",
                 "other": "TCP connections of the whole server, wire bytes of requests of no technique, and deliveries per \
                           second (events times the live channels each went to, plus events answered to polls from \
                           history; the last quarter second)",
+                "busy_percent": "percent of the runtime workers' time spent running tasks over the last 100 ms",
+                "paced": "whether streams and long polls pace their writes now (--pace-when-busy)",
+                "paced_seconds": "seconds spent paced since the server started",
                 "wire_view": "what the wire view itself costs (GET /api/wire and /api/sessions/{session}/wire): its \
                               requests, connections and wire bytes, counted under no technique and no session; records \
                               sent to watchers, dropped for a full queue (--wire-view-queue), queued now; sessions with \
@@ -266,8 +306,8 @@ impl Delivering<'_> {
     }
 }
 
-/// How busy the process is: deliveries per second, in windows of [`Load::WINDOW`]. This is what `--pace-above`
-/// compares with. An event counts once per live channel (WebSocket, SSE stream, held long poll) it is fanned out
+/// How much the process delivers: deliveries per second, in windows of [`Load::WINDOW`] (`/api/stats`'
+/// `deliveries_per_second`). An event counts once per live channel (WebSocket, SSE stream, held long poll) it is fanned out
 /// to, when it is fanned out (not when it is written, so pacing the writes does not change the figure), and once
 /// per poll that answers it from history (a short poll, a long poll that did not wait). Lock-free: one atomic
 /// addition per event or poll, and one compare-and-swap per window to roll it over.

@@ -55,9 +55,12 @@ struct MeteringCollector(Metering);
 type CounterSpec = (&'static str, &'static str, Option<Unit>, fn(&Counters) -> &AtomicU64);
 
 const COUNTERS: [CounterSpec; 9] = [
-    ("chatlab_connections", "Receiving channels ever opened (WebSockets, SSE streams, held long polls).", None, |c| {
-        &c.connections_total
-    }),
+    (
+        "chatlab_connections",
+        "Receiving channels ever opened (WebSockets, SSE, NDJSON and iframe streams, held long polls).",
+        None,
+        |c| &c.connections_total,
+    ),
     ("chatlab_requests", "HTTP requests (POSTs included; a WebSocket counts its upgrade).", None, |c| &c.requests),
     (
         "chatlab_wire_in",
@@ -101,7 +104,7 @@ impl Collector for MeteringCollector {
 
         let mut family = encoder.encode_descriptor(
             "chatlab_connections_open",
-            "Live receiving channels now (WebSockets, SSE streams, held long polls).",
+            "Live receiving channels now (WebSockets, SSE, NDJSON and iframe streams, held long polls).",
             None,
             MetricType::Gauge,
         )?;
@@ -152,19 +155,19 @@ impl Collector for MeteringCollector {
         )?)?;
         ConstCounter::new(get(&others.wire_bytes_in)).encode(encoder.encode_descriptor(
             "chatlab_untracked_wire_in",
-            "Wire bytes read for requests of none of the four techniques (stats, metrics, health, static files).",
+            "Wire bytes read for requests of none of the techniques (stats, metrics, health, static files).",
             Some(&Unit::Bytes),
             MetricType::Counter,
         )?)?;
         ConstCounter::new(get(&others.wire_bytes_out)).encode(encoder.encode_descriptor(
             "chatlab_untracked_wire_out",
-            "Wire bytes written for requests of none of the four techniques.",
+            "Wire bytes written for requests of none of the techniques.",
             Some(&Unit::Bytes),
             MetricType::Counter,
         )?)?;
         ConstCounter::new(get(&others.write_timeouts)).encode(encoder.encode_descriptor(
             "chatlab_untracked_write_timeouts",
-            "Connections of none of the four techniques closed because a write waited --write-timeout.",
+            "Connections of none of the techniques closed because a write waited --write-timeout.",
             None,
             MetricType::Counter,
         )?)?;
@@ -173,6 +176,37 @@ impl Collector for MeteringCollector {
             "Connections closed because no complete request head arrived within --header-timeout.",
             None,
             MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.idle_evictions)).encode(encoder.encode_descriptor(
+            "chatlab_idle_evictions",
+            "Idle sockets closed, oldest idle first, to make room for a new one at --max-sockets.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.bad_heads)).encode(encoder.encode_descriptor(
+            "chatlab_bad_heads",
+            "Request heads refused before any handler (400, 414 or 431 with a JSON body), then closed.",
+            None,
+            MetricType::Counter,
+        )?)?;
+
+        ConstCounter::new(get(&others.client_sessions_refused)).encode(encoder.encode_descriptor(
+            "chatlab_client_sessions_refused",
+            "Joins refused because their client held --max-sessions-per-client sessions.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(get(&others.client_texts_refused)).encode(encoder.encode_descriptor(
+            "chatlab_client_texts_refused",
+            "Texts refused because their client was over --client-rate-limit across its sessions.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstGauge::new(get(&others.clients_tracked) as i64).encode(encoder.encode_descriptor(
+            "chatlab_clients_tracked",
+            "Clients (IP addresses) the per-client limits remember now.",
+            None,
+            MetricType::Gauge,
         )?)?;
 
         let view = &metering.sessions().wire_view;

@@ -12,7 +12,7 @@
 //! 1. Bytes read while no technique is known (a request's head and body) wait in the cell.
 //! 2. The handler names the technique when it calls [`crate::metering::Metering::request`]; the connection's
 //!    [`Metered`] service, which runs every request, reads that choice when the response head is ready and gives
-//!    the waiting bytes to it (or to "none of the four" when no technique was named: `/api/stats`, `/metrics`,
+//!    the waiting bytes to it (or to "none of the techniques" when no technique was named: `/api/stats`, `/metrics`,
 //!    `/healthz`, the demo's files, refused requests).
 //! 3. Every byte written from then on (the response head and its whole body, however long it streams) and read
 //!    until the next request belongs to the same technique.
@@ -28,7 +28,7 @@
 //!
 //! The choice travels from the handler to the service through a task-local slot (`chosen`): the handler
 //! future runs inside the service's scope, so no transport needs to carry a handle. The service is made per
-//! connection ([`MakeMetered`]) and holds the connection's cell, so a request carries nothing extra.
+//! connection ([`Metered::new`]) and holds the connection's cell, so a request carries nothing extra.
 //!
 //! # Where it is not exact
 //!
@@ -42,23 +42,25 @@
 //! the frame or chunk headers in the write), never held across an `.await`.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::{ready, Future, Ready};
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, StatusCode};
 use axum::response::Response;
 use axum::routing::future::RouteFuture;
-use axum::serve::{IncomingStream, Listener};
+use axum::serve::Listener;
 use axum::Router;
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -71,6 +73,7 @@ use super::capture::{Kind, Log};
 use super::session::SessionWire;
 use super::Metering;
 use crate::core::session::Transport;
+use crate::error::AppError;
 
 /// A `TcpListener` whose connections count their bytes into a [`Metering`].
 ///
@@ -82,8 +85,13 @@ pub struct MeteredListener {
     metering: Metering,
     /// One permit per open socket (`--max-sockets`); unlimited unless [`MeteredListener::with_limit`] sets it.
     slots: Option<Arc<Semaphore>>,
+    /// The open sockets, for closing the oldest idle one at the limit.
+    sockets: Arc<Sockets>,
     /// The edge's deadlines (none unless [`MeteredListener::with_deadlines`] sets them).
     deadlines: Deadlines,
+    /// The longest request head, in bytes (`--max-head-bytes`); only used to word the 431 refusal, as the HTTP
+    /// server enforces it.
+    max_head: usize,
 }
 
 /// How long a connection may keep the server waiting on it (`--write-timeout`, `--header-timeout`).
@@ -95,6 +103,10 @@ pub struct Deadlines {
     pub header: Option<Duration>,
 }
 
+/// At `--max-sockets` with no idle socket to close, how often the listener looks again (sockets become idle when
+/// a held long poll is answered, for instance) while it waits for one to close.
+const SLOT_RECHECK: Duration = Duration::from_millis(100);
+
 /// How often the kernel probes an idle accepted socket (TCP keep-alive), so that a peer that vanished without a
 /// FIN or RST (a dead host, a dropped NAT mapping) frees its socket even when no write is pending.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
@@ -102,7 +114,20 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 impl MeteredListener {
     /// Wraps `inner`; bytes are counted into `metering`.
     pub fn new(inner: TcpListener, metering: Metering) -> Self {
-        MeteredListener { inner, metering, slots: None, deadlines: Deadlines::default() }
+        MeteredListener {
+            inner,
+            metering,
+            slots: None,
+            sockets: Arc::default(),
+            deadlines: Deadlines::default(),
+            max_head: usize::MAX,
+        }
+    }
+
+    /// Names the head limit the HTTP server enforces (`--max-head-bytes`) in the 431 refusal's message.
+    pub fn with_max_head(mut self, bytes: usize) -> Self {
+        self.max_head = bytes;
+        self
     }
 
     /// Applies `deadlines` to every accepted socket: a write blocked longer than `deadlines.write`, or a request
@@ -113,24 +138,26 @@ impl MeteredListener {
         self
     }
 
-    /// At most `max` sockets open at once: at the limit the listener stops accepting until one closes, and new
-    /// clients wait in the kernel's backlog instead of costing the server memory (as mini-redis does).
+    /// At most `max` sockets served at once. At the limit the listener takes the next connection and closes the
+    /// socket that has been idle longest (no request in flight and no open channel: a keep-alive connection
+    /// between requests, one that never finished a head) to make room, counted as `idle_evictions`; when every
+    /// socket is busy (held long polls, streams, WebSockets), that connection waits for a slot and the ones after
+    /// it wait in the kernel's backlog instead of costing the server memory (as mini-redis does).
     pub fn with_limit(mut self, max: usize) -> Self {
         self.slots = Some(Arc::new(Semaphore::new(max.max(1))));
         self
     }
 }
 
-impl Listener for MeteredListener {
-    type Io = MeteredStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let slot = match &self.slots {
-            Some(slots) => Some(slots.clone().acquire_owned().await.expect("the socket semaphore is never closed")),
+impl MeteredListener {
+    /// The next connection, once it has a slot under `--max-sockets`. Accept errors (a client that hung up in
+    /// the backlog, too many open files) are waited out, never returned.
+    pub async fn accept(&mut self) -> (MeteredStream, SocketAddr) {
+        let (stream, addr) = Listener::accept(&mut self.inner).await;
+        let slot = match self.slots.clone() {
+            Some(slots) => Some(self.slot(slots).await),
             None => None,
         };
-        let (stream, addr) = Listener::accept(&mut self.inner).await;
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "could not set TCP_NODELAY");
         }
@@ -138,11 +165,59 @@ impl Listener for MeteredListener {
         if let Err(error) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(%error, "could not set SO_KEEPALIVE");
         }
-        (Counted::new(stream, Connection::new(self.metering.clone(), slot, self.deadlines)), addr)
+        let connection = Connection::new(self.metering.clone(), slot, self.deadlines, &self.sockets, self.max_head);
+        (Counted::new(stream, connection), addr)
     }
 
-    fn local_addr(&self) -> io::Result<Self::Addr> {
+    /// A slot under `--max-sockets`: a free one, or the one the oldest idle socket gives back once closed.
+    async fn slot(&self, slots: Arc<Semaphore>) -> OwnedSemaphorePermit {
+        loop {
+            if let Ok(slot) = slots.clone().try_acquire_owned() {
+                return slot;
+            }
+            if let Some(idle) = self.sockets.oldest_idle() {
+                if idle.evict() {
+                    self.metering.others().idle_evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            tokio::select! {
+                slot = slots.clone().acquire_owned() => return slot.expect("the socket semaphore is never closed"),
+                () = tokio::time::sleep(SLOT_RECHECK) => {}
+            }
+        }
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    /// The socket's error, if any.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
+    }
+}
+
+/// The open sockets of a listener, so that the oldest idle one can be closed at `--max-sockets`.
+#[derive(Debug, Default)]
+struct Sockets {
+    next_id: AtomicU64,
+    /// A std mutex: one insert at an accept, one remove at a close, one scan at the limit; never held across an
+    /// `.await`, nor while a connection is dropped (its `Drop` takes this lock).
+    open: Mutex<HashMap<u64, Weak<Connection>>>,
+}
+
+impl Sockets {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Weak<Connection>>> {
+        self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The socket idle the longest, if any is idle.
+    fn oldest_idle(&self) -> Option<Arc<Connection>> {
+        // Taken out of the lock first: the last handle of a closing connection may be dropped here.
+        let open: Vec<Arc<Connection>> = self.lock().values().filter_map(Weak::upgrade).collect();
+        open.into_iter()
+            .filter_map(|c| c.idle_since().map(|since| (since, c)))
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, c)| c)
     }
 }
 
@@ -172,12 +247,31 @@ pub trait Tally {
     fn write_timeout(&self) -> Option<Duration> {
         None
     }
-    /// When a read still `Pending` fails with `TimedOut` (a request head is awaited); `None`: never.
-    fn read_deadline(&self) -> Option<Instant> {
+    /// A read found nothing to read, for the task of `cx`: how long it may wait.
+    fn read_blocked(&self, _cx: &Context<'_>) -> ReadWait {
+        ReadWait::Forever
+    }
+    /// A write stayed `Pending` (the peer's window is full).
+    fn write_blocked(&self) {}
+    /// A write is about to start with `head`, the status line of an error response the HTTP server made up
+    /// itself for a request head it could not parse (`HTTP/1.1 4..`): the response to send instead, if any. The
+    /// stream sends it in place of everything written after.
+    fn rewrite(&self, _head: &[u8]) -> Option<Bytes> {
         None
     }
     /// A deadline passed (`writing`: the write deadline, else the read one); the stream now fails every call.
     fn timed_out(&self, _writing: bool) {}
+}
+
+/// How long a blocked read may wait ([`Tally::read_blocked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadWait {
+    /// As long as it takes.
+    Forever,
+    /// Until then; it fails with `TimedOut` after (a request head is awaited).
+    Until(Instant),
+    /// Not at all: the socket was closed to make room for another one (`--max-sockets`).
+    Evicted,
 }
 
 /// A deadline for one direction of a [`Counted`] stream: its timer is allocated once and reset, never remade.
@@ -225,16 +319,28 @@ pub struct Counted<S, T> {
     tally: T,
     /// Runs while a write is blocked ([`Tally::write_timeout`]).
     writing: Timer,
-    /// Runs while a read is blocked and a request head is awaited ([`Tally::read_deadline`]).
+    /// Runs while a read is blocked and a request head is awaited ([`Tally::read_blocked`]).
     reading: Timer,
     /// A deadline passed: every later call fails with `TimedOut` (a close frame must not wait again).
     expired: Option<bool>,
+    /// A response sent instead of what the HTTP server writes ([`Tally::rewrite`]), and how much of it is out.
+    replacement: Option<(Bytes, usize)>,
+    /// After a replacement, with the write side shut: until when, and how many bytes it has dropped.
+    lingering: Option<(Instant, usize)>,
 }
 
 impl<S, T> Counted<S, T> {
     /// Wraps `inner`, counting into `tally`.
     pub fn new(inner: S, tally: T) -> Self {
-        Counted { inner, tally, writing: Timer::default(), reading: Timer::default(), expired: None }
+        Counted {
+            inner,
+            tally,
+            writing: Timer::default(),
+            reading: Timer::default(),
+            expired: None,
+            replacement: None,
+            lingering: None,
+        }
     }
 
     /// Where the bytes are counted.
@@ -248,6 +354,7 @@ impl<S, T: Tally> Counted<S, T> {
     fn after_write(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match result {
             Poll::Pending => {
+                self.tally.write_blocked();
                 let Some(limit) = self.tally.write_timeout() else { return Poll::Pending };
                 let deadline = self.writing.deadline().unwrap_or_else(|| Instant::now() + limit);
                 if self.writing.passed(cx, deadline) {
@@ -259,6 +366,47 @@ impl<S, T: Tally> Counted<S, T> {
                 self.writing.armed = false;
                 done
             }
+        }
+    }
+
+    /// Writes what is left of the replacement response, if there is one.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        while let Some((bytes, sent)) = &self.replacement {
+            let (bytes, sent) = (bytes.clone(), *sent);
+            if sent == bytes.len() {
+                break;
+            }
+            let result = Pin::new(&mut self.inner).poll_write(cx, &bytes[sent..]);
+            if let Poll::Ready(Ok(written)) = result {
+                self.tally.wrote(&bytes[sent..sent + written]);
+                if written == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.replacement = Some((bytes, sent + written));
+            }
+            ready!(self.after_write(cx, result))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A write of `first` (its first bytes) begins: true when a replacement response is or has just been put
+    /// in its place ([`Tally::rewrite`]).
+    fn replaced(&mut self, first: &[u8]) -> bool {
+        if self.replacement.is_some() {
+            return true;
+        }
+        if !first.starts_with(b"HTTP/1.1 4") {
+            return false;
+        }
+        match self.tally.rewrite(first) {
+            Some(response) => {
+                self.replacement = Some((response, 0));
+                true
+            }
+            None => false,
         }
     }
 
@@ -283,23 +431,32 @@ impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for Counted<S, T> {
                 self.reading.armed = false;
                 self.tally.read(&buf.filled()[before..]);
             }
-            Poll::Pending => {
-                if let Some(deadline) = self.tally.read_deadline() {
+            Poll::Pending => match self.tally.read_blocked(cx) {
+                ReadWait::Forever => {}
+                ReadWait::Until(deadline) => {
                     if self.reading.passed(cx, deadline) {
                         return Poll::Ready(Err(self.expire(false)));
                     }
                 }
-            }
+                ReadWait::Evicted => {
+                    let why = "closed to make room for a new connection (--max-sockets)";
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::ConnectionAborted, why)));
+                }
+            },
             Poll::Ready(Err(_)) => {}
         }
         result
     }
 }
 
-impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
+impl<S: AsyncRead + AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if let Some(writing) = self.expired {
             return Poll::Ready(Err(timed_out_error(writing)));
+        }
+        if self.replaced(data) {
+            ready!(self.poll_replacement(cx))?;
+            return Poll::Ready(Ok(data.len()));
         }
         let result = Pin::new(&mut self.inner).poll_write(cx, data);
         if let Poll::Ready(Ok(written)) = result {
@@ -316,6 +473,11 @@ impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
         if let Some(writing) = self.expired {
             return Poll::Ready(Err(timed_out_error(writing)));
         }
+        let first = data.iter().find(|slice| !slice.is_empty()).map_or(&[][..], |slice| &slice[..]);
+        if self.replaced(first) {
+            ready!(self.poll_replacement(cx))?;
+            return Poll::Ready(Ok(data.iter().map(|slice| slice.len()).sum()));
+        }
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, data);
         if let Poll::Ready(Ok(written)) = result {
             self.tally.wrote_vectored(data, written);
@@ -329,11 +491,56 @@ impl<S: AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.replacement.is_none() {
+            return Pin::new(&mut self.inner).poll_shutdown(cx);
+        }
+        ready!(self.poll_replacement(cx))?;
+        if self.lingering.is_none() {
+            ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            self.lingering = Some((Instant::now() + LINGER, 0));
+        }
+        self.poll_linger(cx)
+    }
+}
+
+/// How long a refused head's socket keeps reading (and dropping) what its client still sends after the refusal,
+/// and how much at most: closing with unread bytes would reset the connection, and the client could lose the
+/// refusal before reading it.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+impl<S: AsyncRead + Unpin, T: Tally> Counted<S, T> {
+    /// After a refusal, with the write side shut: reads until the client closes, [`LINGER`] passes or
+    /// [`LINGER_BYTES`] have come, counting what it drops.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut scratch = [0u8; 8192];
+        while let Some((until, read)) = self.lingering {
+            if read >= LINGER_BYTES {
+                break;
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.tally.read(buf.filled());
+                    self.lingering = Some((until, read + buf.filled().len()));
+                }
+                Poll::Ready(_) => break,
+                Poll::Pending => {
+                    if self.reading.passed(cx, until) {
+                        break;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        self.lingering = None;
+        self.replacement = None;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -344,7 +551,7 @@ enum Owner {
     Undecided,
     /// A request of this technique, its response, or (after an upgrade) everything.
     Technique(Transport),
-    /// A request of none of the four.
+    /// A request of none of the techniques.
     Nobody,
     /// A wire view's request or connection (`/api/wire`, `/api/sessions/{session}/wire`).
     WireView,
@@ -373,6 +580,31 @@ struct Attribution {
     /// Bytes were written while a head is awaited (the previous response still going out): the deadline is
     /// counted again from the next blocked read, so a large answer to a slow reader is not cut by it.
     wrote_while_awaiting: bool,
+    /// The connection waits for a request head: from the accept and the end of each plain response until a head
+    /// is parsed; never once it carries a stream.
+    awaiting_head: bool,
+    /// The current request's head was handed to the router (so the HTTP server parsed it).
+    dispatched: bool,
+    /// The current request's first line has ended (a line feed was read): a head refused as too large then has
+    /// too many or too long header lines, not too long a request line.
+    line_done: bool,
+    /// A write is blocked on the peer.
+    write_stuck: bool,
+    /// Its task waits to read (its last read found nothing).
+    read_waiting: bool,
+    /// When a byte last crossed the socket.
+    active_at: Instant,
+    /// The task waiting to read, woken to close the socket when it is evicted.
+    reader: Option<Waker>,
+    /// Closed to make room at `--max-sockets`: the next blocked read fails.
+    evicted: bool,
+}
+
+impl Attribution {
+    /// See [`Connection::idle_since`].
+    fn idle_since(&self) -> Option<Instant> {
+        (self.awaiting_head && self.read_waiting && !self.write_stuck && !self.evicted).then_some(self.active_at)
+    }
 }
 
 /// The shared per-connection cell: the socket counts into it, the connection's [`Metered`] service tells it whose
@@ -384,14 +616,26 @@ pub struct Connection {
     /// This socket's place under `--max-sockets`, given back when the socket closes.
     _slot: Option<OwnedSemaphorePermit>,
     deadlines: Deadlines,
+    /// Its key among the listener's open sockets, and those.
+    id: u64,
+    sockets: Arc<Sockets>,
+    /// `--max-head-bytes`, for the 431 refusal's message.
+    max_head: usize,
 }
 
 impl Connection {
-    fn new(metering: Metering, slot: Option<OwnedSemaphorePermit>, deadlines: Deadlines) -> Arc<Self> {
+    fn new(
+        metering: Metering,
+        slot: Option<OwnedSemaphorePermit>,
+        deadlines: Deadlines,
+        sockets: &Arc<Sockets>,
+        max_head: usize,
+    ) -> Arc<Self> {
         let others = metering.others();
         others.tcp_connections_open.fetch_add(1, Ordering::Relaxed);
         others.tcp_connections_total.fetch_add(1, Ordering::Relaxed);
-        Arc::new(Connection {
+        let id = sockets.next_id.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(Connection {
             metering,
             state: Mutex::new(Attribution {
                 owner: Owner::Undecided,
@@ -404,17 +648,70 @@ impl Connection {
                 log: Log::default(),
                 head_deadline: deadlines.header.map(|limit| Instant::now() + limit),
                 wrote_while_awaiting: false,
+                awaiting_head: true,
+                dispatched: false,
+                line_done: false,
+                write_stuck: false,
+                read_waiting: false,
+                active_at: Instant::now(),
+                reader: None,
+                evicted: false,
             }),
             _slot: slot,
             deadlines,
-        })
+            id,
+            sockets: sockets.clone(),
+            max_head,
+        });
+        sockets.lock().insert(id, Arc::downgrade(&connection));
+        connection
     }
 
-    /// A request head was parsed: no deadline until its response is out.
+    /// A request head was parsed: no deadline until its response is out, and the connection is busy.
     fn head_complete(&self) {
-        if self.deadlines.header.is_some() {
-            self.state().head_deadline = None;
+        let mut state = self.state();
+        state.head_deadline = None;
+        state.awaiting_head = false;
+        state.dispatched = true;
+    }
+
+    /// Since when the connection has been idle, if it is (and not evicted yet): a head is awaited, its task waits
+    /// to read, and no write is blocked.
+    fn idle_since(&self) -> Option<Instant> {
+        self.state().idle_since()
+    }
+
+    /// Closes the connection to make room, if it is still idle: its waiting read fails at once. True if it was.
+    fn evict(&self) -> bool {
+        let mut state = self.state();
+        if state.idle_since().is_none() {
+            return false;
         }
+        state.evicted = true;
+        if let Some(reader) = state.reader.take() {
+            reader.wake();
+        }
+        true
+    }
+
+    /// The JSON refusal that replaces the HTTP server's own (empty-bodied) answer to a head it could not parse,
+    /// whose status line starts `head`; `None` when the write is anything else.
+    fn refusal(&self, head: &[u8]) -> Option<Bytes> {
+        let error = {
+            let state = self.state();
+            if state.upgraded || !state.started || state.dispatched {
+                return None;
+            }
+            match head.get(9..13)? {
+                b"400 " => AppError::BadRequest("the request head is malformed".into()),
+                b"414 " => AppError::UriTooLong,
+                b"431 " if !state.line_done => AppError::UriTooLong,
+                b"431 " => AppError::HeadTooLarge(self.max_head),
+                _ => return None,
+            }
+        };
+        self.metering.others().bad_heads.fetch_add(1, Ordering::Relaxed);
+        Some(raw_response(&error))
     }
 
     fn state(&self) -> MutexGuard<'_, Attribution> {
@@ -432,9 +729,16 @@ impl Tally for Arc<Connection> {
             state.owner = Owner::Undecided;
             state.answered = false;
             state.started = true;
+            state.dispatched = false;
+            state.line_done = false;
             let previous = state.session.take();
             state.log.request_starts(self.metering.sessions().capturing(), previous.as_deref());
         }
+        if !state.line_done && !state.dispatched {
+            state.line_done = memchr::memchr(b'\n', data).is_some();
+        }
+        state.read_waiting = false;
+        state.active_at = Instant::now();
         self.add(&mut state, data.len() as u64, 0);
         if state.log.follows_reads() {
             let Attribution { log, session, .. } = &mut *state;
@@ -460,14 +764,33 @@ impl Tally for Arc<Connection> {
         self.deadlines.write
     }
 
-    fn read_deadline(&self) -> Option<Instant> {
-        let limit = self.deadlines.header?;
+    fn read_blocked(&self, cx: &Context<'_>) -> ReadWait {
         let mut state = self.state();
+        if state.evicted {
+            return ReadWait::Evicted;
+        }
+        state.read_waiting = true;
+        if state.awaiting_head {
+            match &state.reader {
+                Some(reader) if reader.will_wake(cx.waker()) => {}
+                _ => state.reader = Some(cx.waker().clone()),
+            }
+        }
+        let Some(limit) = self.deadlines.header else { return ReadWait::Forever };
         if state.wrote_while_awaiting {
             state.wrote_while_awaiting = false;
             state.head_deadline = Some(Instant::now() + limit);
         }
-        state.head_deadline
+        state.head_deadline.map_or(ReadWait::Forever, ReadWait::Until)
+    }
+
+    fn write_blocked(&self) {
+        let mut state = self.state();
+        state.write_stuck = true;
+    }
+
+    fn rewrite(&self, head: &[u8]) -> Option<Bytes> {
+        self.refusal(head)
     }
 
     fn timed_out(&self, writing: bool) {
@@ -488,6 +811,8 @@ impl Connection {
     /// One write's bytes, `written` of them, as `parts`: counted, then read back if a wire view needs them.
     fn wrote_slices(&self, parts: &mut dyn Iterator<Item = &[u8]>, written: usize) {
         let mut state = self.state();
+        state.write_stuck = false;
+        state.active_at = Instant::now();
         self.add(&mut state, 0, written as u64);
         if state.log.follows_writes() {
             let Attribution { log, session, .. } = &mut *state;
@@ -549,8 +874,24 @@ impl Connection {
         if plain {
             state.head_deadline = self.deadlines.header.map(|limit| Instant::now() + limit);
             state.wrote_while_awaiting = false;
+            state.awaiting_head = true;
         }
     }
+}
+
+/// `error` as a whole HTTP/1.1 response that closes the connection, for a socket whose request never reached
+/// the router: the same JSON body and headers as [`AppError`]'s own response.
+fn raw_response(error: &AppError) -> Bytes {
+    let body = serde_json::json!({"error": error.to_string(), "code": error.code()}).to_string();
+    let status = error.status();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\
+         x-content-type-options: nosniff\r\nreferrer-policy: no-referrer\r\n\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    Bytes::from(head + &body)
 }
 
 impl Drop for Connection {
@@ -562,34 +903,7 @@ impl Drop for Connection {
         others.wire_bytes_in.fetch_add(state.pending_in, Ordering::Relaxed);
         others.wire_bytes_out.fetch_add(state.pending_out, Ordering::Relaxed);
         others.tcp_connections_open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// What `axum::serve` calls once per accepted [`MeteredListener`] connection: it makes that connection's
-/// [`Metered`] service around the router.
-#[derive(Debug, Clone)]
-pub struct MakeMetered {
-    router: Router,
-}
-
-impl MakeMetered {
-    /// Serves `router`, attributing each connection's bytes request by request.
-    pub fn new(router: Router) -> Self {
-        MakeMetered { router }
-    }
-}
-
-impl Service<IncomingStream<'_, MeteredListener>> for MakeMetered {
-    type Response = Metered;
-    type Error = Infallible;
-    type Future = Ready<Result<Metered, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'_, MeteredListener>) -> Self::Future {
-        ready(Ok(Metered { router: self.router.clone(), connection: stream.io().tally().clone() }))
+        self.sockets.lock().remove(&self.id);
     }
 }
 
@@ -599,6 +913,16 @@ impl Service<IncomingStream<'_, MeteredListener>> for MakeMetered {
 pub struct Metered {
     router: Router,
     connection: Arc<Connection>,
+    /// The peer's address, given to each request as axum's `ConnectInfo` (the per-client limits read it).
+    peer: SocketAddr,
+}
+
+impl Metered {
+    /// The service of one accepted socket: runs `router` for each of its requests, attributing their bytes.
+    /// `peer` is given to each request as axum's `ConnectInfo`.
+    pub fn new(router: Router, stream: &MeteredStream, peer: SocketAddr) -> Self {
+        Metered { router, connection: stream.tally().clone(), peer }
+    }
 }
 
 impl Service<Request> for Metered {
@@ -610,8 +934,9 @@ impl Service<Request> for Metered {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         self.connection.head_complete();
+        request.extensions_mut().insert(ConnectInfo(self.peer));
         // A body that stops arriving is given up after `--header-timeout` between its pieces; a request without
         // one (every GET) is not wrapped.
         let request = match self.connection.deadlines.header {
@@ -650,20 +975,36 @@ impl Future for Answered {
             None => Owner::Nobody,
         };
         let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let stream = response
+        let sse = response
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
-        let kind = if upgrade {
-            Kind::Upgrade
-        } else if session.is_some() && stream {
-            Kind::Sse
-        } else {
-            Kind::Plain
+        let streamed = match response.extensions().get::<Streaming>() {
+            Some(Streaming::Ndjson) => Some(Kind::Ndjson),
+            Some(Streaming::Script) => Some(Kind::Script),
+            None if sse => Some(Kind::Sse),
+            None => None,
+        };
+        let stream = streamed.is_some();
+        let kind = match streamed {
+            _ if upgrade => Kind::Upgrade,
+            Some(kind) if session.is_some() => kind,
+            _ => Kind::Plain,
         };
         self.connection.answer(owner, session, kind, !upgrade && !stream);
         Poll::Ready(Ok(response))
     }
+}
+
+/// Marks a response (in its extensions) whose body is a long stream of events other than SSE, which is known
+/// by its type: the connection reads its body back as events for a wire view, and sets no request-head
+/// deadline while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streaming {
+    /// HTTP streaming's NDJSON lines.
+    Ndjson,
+    /// The forever iframe's `<script>` chunks.
+    Script,
 }
 
 /// No technique chosen (yet).

@@ -10,17 +10,18 @@ use crate::core::event::control;
 use crate::core::{Delivery, Item, Room, Transport};
 use crate::error::AppError;
 
-/// Answers `200 {"events":[...],"next":N}` as soon as at least one event after `since` exists (with every
+/// Answers `200 {"events":[...],"next":N,"epoch":"E"}` as soon as at least one event after `since` exists (with every
 /// other event ready at that moment, up to `--poll-batch`), or with no events after `timeout` seconds
 /// (default `--longpoll-default`, at most `--longpoll-max`). A held poll is the session's live channel: a newer
-/// channel of the session, or the server stopping, answers it at once. While the server is busy
-/// (`--pace-above`), a poll is answered with events only at a `--flush-interval-ms` tick, with everything that
+/// channel of the session, or the server stopping, answers it at once. While the server is behind
+/// (`--pace-when-busy`), a poll is answered with events only at a `--flush-interval-ms` tick, with everything that
 /// arrived until then: one answer per tick at most, as a paced stream writes.
 pub async fn handler(State(room): State<Room>, params: Params) -> Result<Response, AppError> {
     let token = params.require_session()?;
     let mut since = params.since()?;
     let hold = timeout(&params, &room)?;
     let with_presence = params.presence()?;
+    let mut epoch = params.epoch();
     room.metering().request(Transport::LongPoll);
     // The session's counters, once the room has found the session (a poll that fell through to waiting has).
     let mut named = None;
@@ -31,16 +32,27 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
             // Behind a busy room: answer at the pacing tick, with what arrived meanwhile.
             Pacer::tick(&room).await;
         }
-        let (deliveries, next) = room.poll(token, Transport::LongPoll, since).await?;
+        let polled = room.poll(token, Transport::LongPoll, since, epoch).await?;
         let wire = room.metering().session(token);
-        if !deliveries.is_empty() || hold.is_zero() {
+        if !polled.deliveries.is_empty() || hold.is_zero() {
             let presence = short_poll::presence_if(&room, with_presence).await?;
-            return Ok(short_poll::respond(&room, Transport::LongPoll, &wire, &deliveries, next, presence.as_ref()));
+            let (deliveries, next, epoch) = (&polled.deliveries, polled.next, &polled.epoch);
+            return Ok(short_poll::respond(
+                &room,
+                Transport::LongPoll,
+                &wire,
+                deliveries,
+                next,
+                epoch,
+                presence.as_ref(),
+            ));
         }
-        since = Some(next);
+        since = Some(polled.next);
+        // Nothing to answer: the cursor is this epoch's now (a cursor of another epoch was answered at once).
+        epoch = None;
         named = Some(wire);
     }
-    let (mut channel, _) = room.open(token, Transport::LongPoll, since).await?;
+    let (mut channel, _) = room.open(token, Transport::LongPoll, since, epoch).await?;
     let wire = match named {
         Some(wire) => wire,
         None => room.metering().session(token),
@@ -67,10 +79,11 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
         }
     }
     let next = channel.cursor();
+    let epoch = channel.epoch().to_owned();
     drop(channel);
     // Who is online when the answer goes, not when the poll came: a held poll may have waited for a join.
     let presence = short_poll::presence_if(&room, with_presence).await?;
-    Ok(short_poll::respond(&room, Transport::LongPoll, &wire, &deliveries, next, presence.as_ref()))
+    Ok(short_poll::respond(&room, Transport::LongPoll, &wire, &deliveries, next, &epoch, presence.as_ref()))
 }
 
 /// `timeout=` in seconds (decimals allowed), clamped to `--longpoll-max`.

@@ -1,4 +1,4 @@
-//! The four doors into the room, one file each, plus what they share.
+//! The six doors into the room, one file each, plus what they share.
 //!
 //! | file | technique |
 //! |---|---|
@@ -6,9 +6,12 @@
 //! | [`ws`] | WebSocket on `/ws`, with sessions and resume |
 //! | [`echo`] | `/echo` (`--echo`): a WebSocket echo for conformance suites |
 //! | [`sse`] | Server-Sent Events on `/api/sse` |
+//! | [`stream`] | HTTP streaming (NDJSON) on `/api/stream` |
+//! | [`iframe`] | the forever iframe on `/api/iframe` |
+//! | [`streaming`] | the delivery writer the three streaming responses share |
 //! | [`long_poll`] | long polling on `/api/longpoll` |
 //! | [`short_poll`] | short polling on `/api/poll` |
-//! | [`post`] | `POST /api/messages`, the upstream of the three HTTP techniques |
+//! | [`post`] | `POST /api/messages`, the upstream of the five HTTP techniques |
 //! | [`sessions`] | join, leave and presence over HTTP |
 //! | [`assets`] | the demo page and its files |
 //! | [`docs`] | the docs, rendered for the demo's readers |
@@ -18,12 +21,15 @@
 pub mod assets;
 pub mod docs;
 pub mod echo;
+pub mod iframe;
 pub mod long_poll;
 pub mod post;
 pub mod seed;
 pub mod sessions;
 pub mod short_poll;
 pub mod sse;
+pub mod stream;
+pub mod streaming;
 pub mod websocket;
 pub mod wire_view;
 pub mod ws;
@@ -42,8 +48,9 @@ use crate::core::{Delivery, Presence, Room, Seq};
 use crate::error::AppError;
 
 /// What the transports take from a request: `session=` (or the `X-Session` header), the cursor (the
-/// `Last-Event-ID` header, else `since=`), `timeout=`, `nickname=` (a `/ws` join) and `presence=` (a poll that
-/// asks who is online), read once from the query string and the headers; other query parameters are ignored.
+/// `Last-Event-ID` header, else `since=`) and the epoch it is from (`epoch=`), `timeout=`, `nickname=` (a `/ws`
+/// join), `presence=` (a poll that asks who is online) and `ack=` (acknowledged `/ws` sends), read once from the
+/// query string and the headers; other query parameters are ignored.
 /// One of them given twice is refused (`400`): which one the client meant cannot be known, and taking either
 /// would read from the wrong place without a word.
 #[derive(Debug, Default)]
@@ -54,6 +61,8 @@ pub struct Params {
     timeout: Option<String>,
     nickname: Option<String>,
     presence: Option<String>,
+    epoch: Option<String>,
+    ack: Option<String>,
 }
 
 /// The two headers [`Params`] reads.
@@ -72,6 +81,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
                 "timeout" => params.timeout.replace(value.into_owned()).is_some(),
                 "nickname" => params.nickname.replace(value.into_owned()).is_some(),
                 "presence" => params.presence.replace(value.into_owned()).is_some(),
+                "epoch" => params.epoch.replace(value.into_owned()).is_some(),
+                "ack" => params.ack.replace(value.into_owned()).is_some(),
                 _ => false,
             };
             if given_before {
@@ -160,11 +171,44 @@ impl Params {
     /// # Errors
     /// [`AppError::BadRequest`] for any other value.
     pub fn presence(&self) -> Result<bool, AppError> {
-        match self.presence.as_deref() {
-            None | Some("0") => Ok(false),
-            Some("1") => Ok(true),
-            Some(other) => Err(AppError::BadRequest(format!("presence must be 1 or 0, got {other:?}"))),
-        }
+        flag("presence", self.presence.as_deref())
+    }
+
+    /// Whether `ack=1` asks for acknowledged sends on `/ws` (`ack=0` or none: plain text frames).
+    ///
+    /// # Errors
+    /// [`AppError::BadRequest`] for any other value.
+    pub fn ack(&self) -> Result<bool, AppError> {
+        flag("ack", self.ack.as_deref())
+    }
+
+    /// `epoch=`: the epoch of the room the cursor (`since=`) is from (never empty).
+    pub fn epoch(&self) -> Option<&str> {
+        self.epoch.as_deref().filter(|epoch| !epoch.is_empty())
+    }
+}
+
+/// Checks a client's key for one send (a `/ws?ack=1` frame's `ref`, a POST's `Idempotency-Key`): 1 to `max`
+/// bytes of printable ASCII (space to `~`).
+///
+/// # Errors
+/// [`AppError::BadRequest`], naming `what`.
+pub fn send_key<'a>(what: &str, raw: &'a str, max: u64) -> Result<&'a str, AppError> {
+    if raw.is_empty() || raw.len() as u64 > max {
+        return Err(AppError::BadRequest(format!("{what} must be 1 to {max} bytes, got {}", raw.len())));
+    }
+    if !raw.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return Err(AppError::BadRequest(format!("{what} must be printable ASCII (space to ~)")));
+    }
+    Ok(raw)
+}
+
+/// A `1`/`0` query flag; absent is `0`.
+fn flag(name: &str, value: Option<&str>) -> Result<bool, AppError> {
+    match value {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(other) => Err(AppError::BadRequest(format!("{name} must be 1 or 0, got {other:?}"))),
     }
 }
 
@@ -203,6 +247,33 @@ pub fn check_origin(headers: &HeaderMap, allowed: &[String]) -> Result<(), AppEr
     } else {
         Err(AppError::ForbiddenOrigin(origin.to_owned()))
     }
+}
+
+/// The client a request comes from, as an extractor, for the per-client limits ([`crate::core::clients`]): the
+/// peer's IP address, or the `X-Forwarded-For` client when the peer is a `--trust-proxy`
+/// ([`crate::core::client_of`]). `None` when the server does not know the peer (a router served without the
+/// address of each connection): no per-client limit applies then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub Option<std::net::IpAddr>);
+
+impl FromRequestParts<Room> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, room: &Room) -> Result<Self, Self::Rejection> {
+        Ok(client_addr(parts, room))
+    }
+}
+
+/// See [`ClientAddr`].
+pub(crate) fn client_addr(parts: &Parts, room: &Room) -> ClientAddr {
+    use axum::extract::ConnectInfo;
+    let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>() else {
+        return ClientAddr(None);
+    };
+    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let trusted = &room.config().trusted_proxies;
+    let forwarded = parts.headers.get_all(&X_FORWARDED_FOR).iter().map(|v| v.to_str().unwrap_or("?"));
+    ClientAddr(Some(crate::core::client_of(peer.ip(), forwarded, trusted)))
 }
 
 /// The DNS-rebinding check, for every request (a layer in [`crate::app`]): a browser request whose `Host`
@@ -274,8 +345,8 @@ const BATCH: usize = 64;
 /// Where the pacing ticks of every stream are counted from.
 static TICKS: LazyLock<tokio::time::Instant> = LazyLock::new(tokio::time::Instant::now);
 
-/// `--flush-interval-ms` for one stream (a WebSocket or an SSE response) while the server is busy
-/// (`--pace-above`), and for long polls ([`Pacer::tick`]): after a write, the stream sleeps for the interval and
+/// `--flush-interval-ms` for one stream (a WebSocket or an SSE response) while the server is behind
+/// (`--pace-when-busy`), and for long polls ([`Pacer::tick`]): after a write, the stream sleeps for the interval and
 /// then writes whatever arrived meanwhile in one go, instead of waking for every event. When nothing arrived it
 /// goes back to waiting for the next event, which is written at once: a quiet room pays no delay and no timer.
 #[derive(Debug, Default)]
@@ -285,14 +356,11 @@ pub(crate) struct Pacer {
 }
 
 impl Pacer {
-    /// The interval a stream of `room` waits after a write now: `--flush-interval-ms` when the process delivers
-    /// more than `--pace-above` events a second (see [`crate::metering::Load`]), else zero.
+    /// The interval a stream of `room` waits after a write now: `--flush-interval-ms` while the server is behind
+    /// (see [`crate::metering::busy::Busy`]), else zero.
     fn interval(room: &Room) -> std::time::Duration {
-        let config = room.config();
-        let busy =
-            config.pace_above == 0 || room.metering().load().per_second(std::time::Instant::now()) > config.pace_above;
-        if busy {
-            config.flush_interval()
+        if room.metering().busy().paced() {
+            room.config().flush_interval()
         } else {
             std::time::Duration::ZERO
         }
@@ -350,11 +418,12 @@ impl Pacer {
     }
 }
 
-/// Builds a poll response body `{"events":[...],"next":N}` from pre-serialised events without re-encoding them;
-/// with `presence` (a poll asked with `presence=1`), `{"events":[...],"next":N,"presence":{...}}`.
-pub fn poll_body(deliveries: &[Delivery], next: Seq, presence: Option<&Presence>) -> Vec<u8> {
+/// Builds a poll response body `{"events":[...],"next":N,"epoch":"E"}` from pre-serialised events without
+/// re-encoding them; with `presence` (a poll asked with `presence=1`), `{"events":[...],"next":N,"epoch":"E",
+/// "presence":{...}}`. The epoch is the room's (a few hex digits, never escaped).
+pub fn poll_body(deliveries: &[Delivery], next: Seq, epoch: &str, presence: Option<&Presence>) -> Vec<u8> {
     let size: usize = deliveries.iter().map(|d| d.json().len() + 1).sum();
-    let mut body = Vec::with_capacity(size + 40);
+    let mut body = Vec::with_capacity(size + 60);
     body.extend_from_slice(b"{\"events\":[");
     for (i, delivery) in deliveries.iter().enumerate() {
         if i > 0 {
@@ -365,6 +434,14 @@ pub fn poll_body(deliveries: &[Delivery], next: Seq, presence: Option<&Presence>
     body.extend_from_slice(b"],\"next\":");
     // itoa rather than `write!`: the formatting machinery costs more than the rest of an empty answer's body.
     body.extend_from_slice(itoa::Buffer::new().format(next).as_bytes());
+    body.extend_from_slice(b",\"epoch\":");
+    if epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        body.push(b'"');
+        body.extend_from_slice(epoch.as_bytes());
+        body.push(b'"');
+    } else {
+        serde_json::to_writer(&mut body, epoch).expect("a string always serialises");
+    }
     if let Some(presence) = presence {
         body.extend_from_slice(b",\"presence\":");
         serde_json::to_writer(&mut body, presence).expect("presence always serialises");
@@ -408,5 +485,110 @@ mod tests {
         }
         assert_eq!(query_pair("session=a%20b").1, "a b");
         assert!(matches!(query_pair("session=abc").1, std::borrow::Cow::Borrowed("abc")));
+    }
+
+    mod properties {
+        use axum::extract::FromRequestParts;
+        use axum::http::Request;
+        use proptest::prelude::*;
+
+        use super::super::{query_pair, Params};
+        use crate::error::AppError;
+
+        /// `Params` read from a request for `/?{query}` with `headers`; `None` when the text is not a URI at all
+        /// (the HTTP layer refuses those before any handler runs).
+        fn params(query: &str, headers: &[(&str, &str)]) -> Option<Result<Params, AppError>> {
+            let mut request = Request::builder().uri(format!("/x?{query}"));
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let (mut parts, ()) = request.body(()).ok()?.into_parts();
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            Some(runtime.block_on(Params::from_request_parts(&mut parts, &())))
+        }
+
+        /// Query-string text: the characters a query is made of, percent signs and escapes (valid or not),
+        /// separators, and the names `Params` reads.
+        fn query_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                3 => "[a-zA-Z0-9_.~-]{0,6}",
+                2 => prop::sample::select(vec!["&", "=", "+", "%", "%2", "%20", "%3D", "%26", "%ZZ", "%e6%b8%b8",
+                    "%ff", "%C3", "session", "since", "timeout", "nickname", "presence", "?", "/", ";", "!"])
+                    .prop_map(str::to_owned),
+                1 => "[!-~]{0,4}",
+            ];
+            prop::collection::vec(piece, 0..16).prop_map(|pieces| pieces.concat())
+        }
+
+        /// The names `Params` reads, each of which may be given at most once.
+        const READ: [&str; 5] = ["session", "since", "timeout", "nickname", "presence"];
+
+        fn encode(text: &str) -> String {
+            form_urlencoded::byte_serialize(text.as_bytes()).collect()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Any query string is read without a panic: parameters, or a `400 bad_request`.
+            #[test]
+            fn any_query_is_read_or_refused(query in query_text()) {
+                if let Some(Err(error)) = params(&query, &[]) {
+                    prop_assert_eq!(error.code(), "bad_request");
+                }
+            }
+
+            /// The fast path of a pair agrees with a general form decoding of it, whatever the pair.
+            #[test]
+            fn a_pair_decodes_like_a_form(pair in query_text()) {
+                prop_assume!(!pair.contains('&'));
+                let general = form_urlencoded::parse(pair.as_bytes()).next().unwrap_or_default();
+                prop_assert_eq!(query_pair(&pair), general);
+            }
+
+            /// Any text, percent-encoded as a form does it, reads back as itself: session, nickname, timeout.
+            #[test]
+            fn encoded_values_decode_to_the_original(
+                session in "\\PC{1,24}", nickname in any::<String>(), timeout in "[ -~]{0,8}", noise in "[a-z]{1,6}"
+            ) {
+                prop_assume!(!READ.contains(&noise.as_str()));
+                let query = format!("{noise}=1&session={}&nickname={}&timeout={}", encode(&session), encode(&nickname),
+                    encode(&timeout));
+                let read = params(&query, &[]).expect("an encoded query is a URI").expect("read");
+                prop_assert_eq!(read.session(), Some(session.as_str()));
+                prop_assert_eq!(read.nickname(), Some(nickname.as_str()));
+                prop_assert_eq!(read.timeout(), Some(timeout.as_str()));
+            }
+
+            /// A read name given twice, wherever the two are among other pairs, is refused; an unread name given
+            /// any number of times is ignored.
+            #[test]
+            fn a_read_name_given_twice_is_refused(
+                name in prop::sample::select(READ.to_vec()), before in 0usize..3, between in 0usize..3,
+                (a, b) in ("[a-z0-9]{0,5}", "[a-z0-9]{0,5}")
+            ) {
+                let other = |n: usize, tag: &str| (0..n).map(|i| format!("x{tag}{i}=1&x{tag}{i}=2&")).collect::<String>();
+                let query = format!("{}{name}={a}&{}{name}={b}", other(before, "a"), other(between, "b"));
+                match params(&query, &[]).expect("a URI") {
+                    Err(error) => prop_assert!(error.to_string().contains("given twice"), "{}", error),
+                    Ok(_) => prop_assert!(false, "{} accepted", query),
+                }
+                let ignored = format!("{}session=s", other(before + between + 1, "c"));
+                let read = params(&ignored, &[]).expect("a URI").expect("read");
+                prop_assert_eq!(read.session(), Some("s"));
+            }
+
+            /// `since=` is any non-negative number; anything else is refused, and `Last-Event-ID` wins over it.
+            #[test]
+            fn since_is_a_number_and_last_event_id_wins(number in any::<u64>(), junk in "[a-z+-]{1,5}", header in any::<u64>()) {
+                let read = params(&format!("since={number}"), &[]).unwrap().unwrap();
+                prop_assert_eq!(read.since().ok(), Some(Some(number)));
+                let bad = params(&format!("since={junk}"), &[]).unwrap().unwrap();
+                prop_assert!(bad.since().is_err());
+                let header = header.to_string();
+                let both = params(&format!("since={number}"), &[("last-event-id", header.as_str())]).unwrap().unwrap();
+                prop_assert_eq!(both.since().ok(), Some(Some(header.parse().unwrap())));
+            }
+        }
     }
 }

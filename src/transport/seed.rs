@@ -10,8 +10,8 @@ use axum::http::header;
 use axum::response::Response;
 
 use super::websocket::Upgrade;
-use super::ws::{serve, OnClose};
-use super::{assets, check_origin};
+use super::ws::{serve, OnClose, Sends};
+use super::{assets, check_origin, client_addr};
 use crate::core::{Room, Transport};
 use crate::error::AppError;
 
@@ -29,14 +29,17 @@ pub async fn root(State(room): State<Room>, request: Request) -> Result<Response
     check_origin(&parts.headers, &room.config().allowed_origins)?;
     let upgrade = Upgrade::from_request_parts(&mut parts, &room).await?;
     room.metering().request(Transport::Ws);
-    let (record, cursor) = room.join(Transport::Ws, None, true).await?;
+    let client = client_addr(&parts, &room).0;
+    let (record, cursor) = room.join_from(client, Transport::Ws, None, true).await?;
     let wire = room.metering().session(&record.token);
-    let channel = match room.open(&record.token, Transport::Ws, Some(cursor)).await {
+    let channel = match room.open(&record.token, Transport::Ws, Some(cursor), None).await {
         Ok((channel, _)) => Box::new(channel),
         Err(error) => {
             let _ = room.leave(&record.token).await;
             return Err(error);
         }
     };
-    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, None, OnClose::Leave)))
+    Ok(upgrade.on_upgrade(room.config(), move |socket| {
+        serve(socket, channel, wire, client, None, OnClose::Leave, Sends::Plain)
+    }))
 }

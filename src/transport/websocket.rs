@@ -590,6 +590,108 @@ mod tests {
         assert!(!has_token(&headers, header::CONNECTION, "upgrade"), "a token, not a substring");
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::ReadOnly;
+
+        /// A payload length, mostly at and around the edges of the three length forms (125/126, 65,535/65,536).
+        fn length() -> impl Strategy<Value = usize> {
+            prop_oneof![
+                0usize..=130,
+                0xFFFF - 4..=0xFFFF + 4usize,
+                prop::sample::select(vec![0usize, 125, 126, 127, 0xFFFF, 0x10000]),
+                0usize..200_000,
+            ]
+        }
+
+        /// A text of `len` bytes (ASCII, with a two-byte character where there is room for one).
+        fn text(len: usize, fill: u8) -> String {
+            let mut text = String::with_capacity(len);
+            if len >= 2 {
+                text.push('é');
+            }
+            text.extend(std::iter::repeat_n(char::from(b'a' + fill % 26), len - text.len()));
+            text
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+
+            /// Any run of text frames the server writes is read back by tungstenite's client, frame for frame, and
+            /// each frame's header is the shortest form for its length (RFC 6455 5.2: 7-bit to 125, 16-bit to
+            /// 65,535, 64-bit beyond), so its size is the payload's plus 2, 4 or 10 bytes.
+            #[test]
+            fn text_frames_read_back_in_the_shortest_form(lens in prop::collection::vec(length(), 1..4), fill in any::<u8>()) {
+                let texts: Vec<String> = lens.iter().map(|&len| text(len, fill)).collect();
+                let mut out = Vec::new();
+                for text in &texts {
+                    let before = out.len();
+                    push_text_frame(&mut out, text.as_bytes());
+                    let header = match text.len() {
+                        0..=125 => 2,
+                        126..=0xFFFF => 4,
+                        _ => 10,
+                    };
+                    prop_assert_eq!(out.len() - before, header + text.len(), "length {}", text.len());
+                    prop_assert!(header <= MAX_HEADER);
+                }
+                let mut context = WebSocketContext::new(Role::Client, None);
+                let mut input = io::Cursor::new(out);
+                let mut stream = ReadOnly(&mut input);
+                for text in texts {
+                    prop_assert_eq!(context.read(&mut stream).unwrap(), Message::Text(text.into()));
+                }
+                prop_assert_eq!(input.position() as usize, input.get_ref().len(), "nothing left over");
+            }
+
+            /// The frame follower counts the frames of a message like a reference count, whatever the frames
+            /// (any opcode, length form and mask) and however the bytes are split into reads.
+            #[test]
+            fn fragments_count_like_a_reference(
+                frames in prop::collection::vec((0u8..16, length().prop_map(|len| len.min(70_000)), any::<bool>()), 1..12),
+                split in 1usize..4096,
+                max in 1u32..6,
+            ) {
+                let mut bytes = Vec::new();
+                let mut count = 0u32;
+                let mut over = false;
+                for &(opcode, len, masked) in &frames {
+                    bytes.push(0x80 | opcode);
+                    let mask_bit = if masked { 0x80 } else { 0 };
+                    match len {
+                        0..=125 => bytes.push(mask_bit | len as u8),
+                        126..=0xFFFF => {
+                            bytes.push(mask_bit | 126);
+                            bytes.extend_from_slice(&(len as u16).to_be_bytes());
+                        }
+                        _ => {
+                            bytes.push(mask_bit | 127);
+                            bytes.extend_from_slice(&(len as u64).to_be_bytes());
+                        }
+                    }
+                    if masked {
+                        bytes.extend_from_slice(&[9, 8, 7, 6]);
+                    }
+                    bytes.extend(std::iter::repeat_n(0x41, len));
+                    match opcode {
+                        0x0 => count = count.saturating_add(1),
+                        opcode if opcode < 0x8 => count = 1,
+                        _ => {}
+                    }
+                    over |= count > max;
+                    if over {
+                        break;
+                    }
+                }
+                let mut fragments = Fragments::new(max);
+                let refused = bytes.chunks(split).any(|read| fragments.feed(read).is_err());
+                prop_assert_eq!(refused, over);
+            }
+        }
+    }
+
     struct ReadOnly<'a>(&'a mut io::Cursor<Vec<u8>>);
 
     impl Read for ReadOnly<'_> {

@@ -2,9 +2,11 @@
 //!
 //! Without `session=` the connection joins as a new participant; with it, it takes that participant over
 //! (no join or leave notice) and resumes after `since` (default: where the session's last channel stopped).
-//! The first frame is `welcome {id, nickname, session, seq}`; then room events and control events as text frames.
-//! The client sends plain text frames (`hello`, `/nick NAME`); a refused text gets an `error` event and the
-//! connection stays open.
+//! The first frame is `welcome {id, nickname, session, seq, epoch}`; then room events and control events as text
+//! frames. The client sends plain text frames (`hello`, `/nick NAME`); a refused text gets an `error` event and the
+//! connection stays open. With `ack=1` each client frame is `{"ref": "<client id>", "text": "hello"}` instead, and
+//! is answered `{"type":"ack","ref","seq"}` once sequenced (or an `error` naming the `ref`): a `ref` the session
+//! used before is not published again, so a client that lost its connection resends what was not acknowledged.
 //!
 //! Every `--keepalive` seconds the server pings; a peer that answers nothing for two pings is dropped, so a client
 //! that vanished without closing is noticed (and announced as gone when its lease runs out).
@@ -15,15 +17,17 @@
 //! before closing TCP, at most `--ws-close-timeout-ms` (`Socket::close`).
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::Response;
+use serde::Deserialize;
 use tungstenite::{Bytes, Message};
 
 use super::websocket::{is_too_many_fragments, Socket, Upgrade};
-use super::{Pacer, Params, SameOrigin};
+use super::{send_key, ClientAddr, Pacer, Params, SameOrigin};
 use crate::core::event::{control, Seq};
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
@@ -36,14 +40,17 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// Upgrades `/ws`. Joins (as `nickname=`, else as a guest) or takes over `session=` before upgrading, so a
 /// refusal is a plain HTTP error: `403` cross-site origin, `404` unknown session, `400` malformed `since`, a
-/// refused nickname or both `session=` and `nickname=`, `503` too many connections.
+/// refused nickname or both `session=` and `nickname=`, `429` a client holding `--max-sessions-per-client`
+/// sessions (a join), `503` too many connections.
 pub async fn handler(
     State(room): State<Room>,
     _: SameOrigin,
+    ClientAddr(client): ClientAddr,
     params: Params,
     upgrade: Upgrade,
 ) -> Result<Response, AppError> {
     let since = params.since()?;
+    let sends = if params.ack()? { Sends::Acked } else { Sends::Plain };
     room.metering().request(Transport::Ws);
     let (token, since, joined) = match (params.session(), params.nickname()) {
         (Some(_), Some(_)) => {
@@ -53,11 +60,11 @@ pub async fn handler(
         }
         (Some(token), None) => (token.to_owned(), since, false),
         (None, nickname) => {
-            let (record, cursor) = room.join(Transport::Ws, nickname, false).await?;
+            let (record, cursor) = room.join_from(client, Transport::Ws, nickname, false).await?;
             (record.token, Some(since.unwrap_or(cursor)), true)
         }
     };
-    let opened = match room.open(&token, Transport::Ws, since).await {
+    let opened = match room.open(&token, Transport::Ws, since, params.epoch()).await {
         Ok((channel, record)) => room.presence_now().await.map(|presence| (channel, record, presence)),
         Err(error) => Err(error),
     };
@@ -71,10 +78,73 @@ pub async fn handler(
             return Err(error);
         }
     };
-    let welcome = control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), &presence);
+    let welcome =
+        control::welcome(&record.id, &record.nickname, &record.token, channel.cursor(), channel.epoch(), &presence);
     let wire = room.metering().session(&token);
     let channel = Box::new(channel);
-    Ok(upgrade.on_upgrade(room.config(), move |socket| serve(socket, channel, wire, Some(welcome), OnClose::Stay)))
+    Ok(upgrade.on_upgrade(room.config(), move |socket| {
+        serve(socket, channel, wire, client, Some(welcome), OnClose::Stay, sends)
+    }))
+}
+
+/// What a client's text frames are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sends {
+    /// The text itself (`hello`, `/nick NAME`); only a refusal is answered (the seed protocol, `/ws`).
+    Plain,
+    /// `{"ref", "text"}`, each answered with an `ack` or an `error` naming the `ref` (`/ws?ack=1`).
+    Acked,
+}
+
+/// A `/ws?ack=1` client frame.
+#[derive(Debug, Deserialize)]
+struct AckedText {
+    #[serde(rename = "ref")]
+    reference: String,
+    text: String,
+}
+
+/// Reads one text frame from the client: what to post, or, for a frame that cannot be posted, its refusal.
+fn receive(room: &Room, frame: &str, sends: Sends) -> Entry {
+    if sends == Sends::Plain {
+        return Entry::Post { text: frame.to_owned(), reference: None };
+    }
+    let sent: AckedText = match serde_json::from_str(frame) {
+        Ok(sent) => sent,
+        Err(error) => {
+            // Name the `ref` in the refusal when there is one to read, so the client knows which send it was.
+            let value: Option<serde_json::Value> = serde_json::from_str(frame).ok();
+            let reference = value.as_ref().and_then(|v| v.get("ref")).and_then(|r| r.as_str());
+            let error = AppError::BadRequest(format!(
+                "with ack=1 every frame is a JSON object {{\"ref\": \"<your id for it>\", \"text\": \"<a chat line or /nick NAME>\"}}: {error}"
+            ));
+            return Entry::Answer(control::refused(reference, error.code(), &error.to_string()));
+        }
+    };
+    match send_key("ref", &sent.reference, room.config().max_ref_bytes) {
+        Ok(_) => Entry::Post { text: sent.text, reference: Some(sent.reference) },
+        Err(error) => Entry::Answer(control::refused(Some(&sent.reference), error.code(), &error.to_string())),
+    }
+}
+
+/// A text frame waiting in the [`Outbox`].
+enum Entry {
+    /// A text to post, with the `ref` it was sent with (`/ws?ack=1`), which is also its key.
+    Post { text: String, reference: Option<String> },
+    /// The answer to a frame refused as it was read, sent in its turn.
+    Answer(String),
+}
+
+/// What to answer for a posted text: an `ack` or a refusal naming its `ref`; without one, only a refusal.
+fn answer(reference: Option<&str>, outcome: Result<Seq, AppError>) -> Option<String> {
+    match (reference, outcome) {
+        (Some(reference), Ok(seq)) => Some(control::ack(reference, seq)),
+        (None, Ok(_)) => None,
+        (reference, Err(error)) => Some(match reference {
+            Some(reference) => control::refused(Some(reference), error.code(), &error.to_string()),
+            None => error.to_event(),
+        }),
+    }
 }
 
 /// What becomes of the participant when its socket ends.
@@ -112,14 +182,16 @@ pub(crate) fn serve(
     mut socket: Socket,
     mut channel: Box<Channel>,
     wire: Arc<SessionWire>,
+    client: Option<IpAddr>,
     welcome: Option<String>,
     on_close: OnClose,
+    sends: Sends,
 ) -> impl Future<Output = ()> + Send {
     // A plain function returning an `async move` block, not an `async fn`: an `async fn` moves its arguments
     // into locals and so holds the socket twice for the connection's whole life.
     async move {
         let room = channel.room().clone();
-        let ended = match exchange(&mut socket, &mut channel, &room, &wire, welcome).await {
+        let ended = match exchange(&mut socket, &mut channel, &room, &wire, client, welcome, sends).await {
             Ok(ended) => ended,
             Err(end) => Box::pin(finish(&mut socket, &room, end)).await,
         };
@@ -142,7 +214,9 @@ async fn exchange(
     channel: &mut Channel,
     room: &Room,
     wire: &SessionWire,
+    client: Option<IpAddr>,
     welcome: Option<String>,
+    sends: Sends,
 ) -> Exit {
     if let Some(welcome) = welcome {
         if socket.send(Message::Text(welcome.into())).await.is_err() {
@@ -181,13 +255,13 @@ async fn exchange(
                     return exit;
                 }
             }
-            outcomes = outbox.posted(), if outbox.busy() => {
-                for error in outcomes.into_iter().filter_map(Result::err) {
-                    if socket.send(Message::Text(error.to_event().into())).await.is_err() {
+            answers = outbox.posted(), if outbox.busy() => {
+                for answer in answers {
+                    if socket.send(Message::Text(answer.into())).await.is_err() {
                         return Ok(Ended::Client);
                     }
                 }
-                outbox.post(room, channel.token());
+                outbox.post(room, client, channel.token());
             }
             // A client whose texts wait beyond the outbox's bound is not read until they are posted.
             received = socket.recv(), if outbox.open() => {
@@ -202,8 +276,8 @@ async fn exchange(
                 };
                 match message {
                     Message::Text(text) => {
-                        outbox.waiting.push(text.as_str().to_owned());
-                        outbox.post(room, channel.token());
+                        outbox.waiting.push(receive(room, text.as_str(), sends));
+                        outbox.post(room, client, channel.token());
                     }
                     Message::Binary(_) => {
                         let error = AppError::BadRequest("binary frames are not supported: send text".into());
@@ -227,15 +301,16 @@ const OUTBOX_MAX: usize = 256;
 
 /// A connection's texts on their way into the room, in the order they arrived: one batch being posted
 /// ([`Room::post_all`]: with the durable broker, one commit) while the next gathers, so a client sending faster
-/// than one sync per text is not held to one text per sync, and its texts keep their order.
+/// than one sync per text is not held to one text per sync. Each frame's answer (an ack, a refusal) is written in
+/// the order the frames came.
 #[derive(Default)]
 struct Outbox {
     posting: Option<Posting>,
-    waiting: Vec<String>,
+    waiting: Vec<Entry>,
 }
 
-/// A batch being posted: each text's outcome, in order.
-type Posting = Pin<Box<dyn Future<Output = Vec<Result<Seq, AppError>>> + Send>>;
+/// A batch being posted: the answers to write, in order.
+type Posting = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
 
 impl Outbox {
     /// Whether a batch is being posted.
@@ -249,20 +324,41 @@ impl Outbox {
     }
 
     /// Starts posting the waiting texts, unless a batch is being posted (they go when it is done).
-    fn post(&mut self, room: &Room, token: &str) {
+    fn post(&mut self, room: &Room, client: Option<IpAddr>, token: &str) {
         if self.posting.is_some() || self.waiting.is_empty() {
             return;
         }
-        let (room, token, texts) = (room.clone(), token.to_owned(), std::mem::take(&mut self.waiting));
-        self.posting = Some(Box::pin(async move { room.post_all(&token, &texts).await }));
+        let (room, token, entries) = (room.clone(), token.to_owned(), std::mem::take(&mut self.waiting));
+        self.posting = Some(Box::pin(async move {
+            let mut texts = Vec::with_capacity(entries.len());
+            let mut shape = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match entry {
+                    Entry::Post { text, reference } => {
+                        texts.push((text, reference));
+                        shape.push(None);
+                    }
+                    Entry::Answer(answer) => shape.push(Some(answer)),
+                }
+            }
+            let outcomes = if texts.is_empty() { Vec::new() } else { room.post_all(client, &token, &texts).await };
+            let mut posted = texts.iter().zip(outcomes);
+            shape
+                .into_iter()
+                .filter_map(|known| match known {
+                    Some(answer) => Some(answer),
+                    None => posted.next().and_then(|((_, reference), outcome)| answer(reference.as_deref(), outcome)),
+                })
+                .collect()
+        }));
     }
 
-    /// The outcome of each text of the batch being posted, once it is done (cancel-safe: the batch stays).
-    async fn posted(&mut self) -> Vec<Result<Seq, AppError>> {
+    /// The answers of the batch being posted, once it is done (cancel-safe: the batch stays).
+    async fn posted(&mut self) -> Vec<String> {
         let Some(posting) = self.posting.as_mut() else { return std::future::pending().await };
-        let outcomes = posting.await;
+        let answers = posting.await;
         self.posting = None;
-        outcomes
+        answers
     }
 }
 

@@ -29,7 +29,8 @@ export async function readJson(response) {
 
 /**
  * Joins the room over HTTP: POST /api/sessions.
- * Resolves to {session, id, nickname, seq}; `seq` is the cursor to start from.
+ * Resolves to {session, id, nickname, seq, epoch, presence}; `seq` is the cursor to start from, `epoch` the
+ * room's numbering it belongs to.
  */
 export async function joinSession(transport, nickname) {
   const body = { transport };
@@ -42,11 +43,16 @@ export async function joinSession(transport, nickname) {
   return readJson(response);
 }
 
-/** Sends a text (or "/nick NAME") for a session: POST /api/messages -> {seq}. */
-export async function postMessage(session, text) {
+/**
+ * Sends a text (or "/nick NAME") for a session: POST /api/messages -> {seq}. With a `key` (Idempotency-Key),
+ * sending it again is harmless: the server publishes a key once and answers the first send's seq.
+ */
+export async function postMessage(session, text, key = null) {
+  const headers = { 'Content-Type': 'text/plain; charset=utf-8' };
+  if (key) headers['Idempotency-Key'] = key;
   const response = await fetch('/api/messages?session=' + encodeURIComponent(session), {
     method: 'POST',
-    headers: { 'Content-Type': 'text/plain; charset=utf-8' },
+    headers,
     body: text,
   });
   return readJson(response);
@@ -61,9 +67,24 @@ export function leaveSession(session, { keepalive = false } = {}) {
     .catch(() => {}); // leaving is best effort: the session lease cleans up anyway
 }
 
-/** GET /api/presence -> {clientcount, participants: [{id, nickname, transport, since}]} */
-export async function getPresence() {
-  return readJson(await fetch('/api/presence', { cache: 'no-store' }));
+/**
+ * GET /api/presence?after=&limit= -> {clientcount, participants: [{id, nickname, transport, since}], more, next}:
+ * one page, in join order; pass `next` as `after` for the next page while `more`.
+ */
+export async function getPresence({ after = 0, limit = 200 } = {}) {
+  const query = new URLSearchParams({ after: String(after), limit: String(limit) });
+  return readJson(await fetch('/api/presence?' + query, { cache: 'no-store' }));
+}
+
+/**
+ * Whether the server still knows a session: GET /api/sessions/{session}/wire answers 404 for one that left or
+ * whose lease ran out. One small request, whatever the number online (presence is paged).
+ */
+export async function sessionKnown(session) {
+  const response = await fetch('/api/sessions/' + encodeURIComponent(session) + '/wire', { cache: 'no-store' });
+  if (response.status === 404) return false;
+  await readJson(response); // any other refusal is an error, as for every call here
+  return true;
 }
 
 /** GET /api/stats -> {transports: {ws: {...}, sse: {...}, longpoll: {...}, poll: {...}}} */

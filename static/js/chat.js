@@ -17,7 +17,7 @@ const messages = $('messages');
 const input = $('message');
 const hint = $('hint');
 
-const TECHNIQUES = ['ws', 'sse', 'longpoll', 'poll'];
+const TECHNIQUES = ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll'];
 const techniqueName = (name) => (TECHNIQUES.includes(name) ? t(name) : String(name ?? ''));
 
 // ?transport=sse&interval=1.5&wire=1 picks the technique (and short-poll interval) at load, and opens the wire panel.
@@ -31,7 +31,9 @@ const client = new ChatClient({
   onevent: show,
   onstatus: showStatus,
 });
-window.chatlab = { client }; // for the curious (and the browser tests): try chatlab.client in the console
+// For the curious (and the browser tests): try chatlab.client in the console. `chatlab` itself is the function
+// the forever iframe's scripts call (./transports/iframe.js).
+window.chatlab.client = client;
 
 // ---- the conversation ----
 
@@ -50,8 +52,6 @@ function show(event) {
   // Our own line coming back is the delivery of a pending line: it takes that line's place.
   let replaces = null;
   if (event.type === 'message' && event.id === client.id) replaces = takePending(event);
-  if (event.type === 'error' && client.technique === 'ws' && SEND_ERRORS.has(event.code)
-    && failOldestSending(event)) return;
 
   const li = document.createElement('li');
   if (!render(li, event)) return; // unknown control event: nothing to show
@@ -103,8 +103,10 @@ function render(li, event) {
       break;
     case 'gap':
       li.className = 'notice gap';
-      // event.local: made up by client.js after a rejoin, not sent by the server.
-      li.textContent = t(event.local ? 'missed' : 'gap', { from: event.from, to: event.to });
+      // event.local: made up by client.js after a rejoin, not sent by the server. reason 'epoch': the room
+      // started over (a restarted server); what it still keeps follows.
+      if (event.reason === 'epoch') li.textContent = t('epochGap');
+      else li.textContent = t(event.local ? 'missed' : 'gap', { from: event.from, to: event.to });
       break;
     case 'error':
       li.className = 'notice error';
@@ -159,16 +161,13 @@ function span(className, text) {
 // ---- sending: a line shows at once, greyed, until the server has it ----
 
 // A pending line is an event {type: 'pending', text, state, reason: {code, message} | {local}, seq} shown at the bottom:
-//   'sending'  until acknowledged (HTTP: the 202 answer; WebSocket: the line back on the channel),
-//   'sent'     acknowledged over HTTP, waiting for the channel to bring it (a short poll can take seconds),
-//   'failed'   with the reason and a button that puts the text back in the input.
+//   'sending'  until acknowledged (HTTP: the 202 answer; WebSocket: the server's ack). A line typed while the
+//              connection is down stays here: the client's outbox sends it (again, with the same ref) once a
+//              channel is open, and the server publishes it once;
+//   'sent'     acknowledged, waiting for the channel to bring it (a short poll can take seconds),
+//   'failed'   refused by the server, with the reason and a button that puts the text back in the input.
 // When our own line arrives on the channel it replaces its pending line: one line, never two.
 const pending = []; // [{li, event}], oldest first
-
-// WebSocket sends are answered with an error event when the server refuses the text.
-const SEND_ERRORS = new Set(['empty_text', 'text_too_long', 'rate_limited', 'too_large', 'invalid_utf8', 'unavailable']);
-// A WebSocket line not back on the channel by then is said not to be confirmed.
-const CONFIRM_WITHIN_MS = 15_000;
 
 function addPending(text) {
   const event = { type: 'pending', text, state: 'sending', reason: null, seq: null };
@@ -222,22 +221,13 @@ function takePending(event) {
     || pending.find((p) => unnumbered(p) && p.event.state === 'sending')
     || pending.find(unnumbered);
   if (!entry) return null;
-  clearTimeout(entry.timer);
   pending.splice(pending.indexOf(entry), 1);
   return entry.li;
 }
 
 function failPending(entry, reason) {
   if (!pending.includes(entry)) return; // delivered meanwhile
-  clearTimeout(entry.timer);
   setPending(entry, { state: 'failed', reason });
-}
-
-function failOldestSending(reason) {
-  const entry = pending.find((p) => p.event.state === 'sending');
-  if (!entry) return false;
-  failPending(entry, reason);
-  return true;
 }
 
 let sending = 0; // sends not yet answered
@@ -258,16 +248,13 @@ $('chat-form').addEventListener('submit', async (e) => {
   sending += 1;
   const slow = client.technique === 'ws' ? null : setTimeout(() => limitHint('stillSending'), SLOW_AFTER_MS);
   try {
+    // Resolves once the server has the line (the ack or the 202), however many reconnects that takes.
     const answer = await client.send(text);
-    if (entry && pending.includes(entry)) {
-      if (typeof answer?.seq === 'number') {
-        setPending(entry, { state: 'sent', seq: answer.seq }); // the 202: the server has it
-      } else {
-        entry.timer = setTimeout(() => failPending(entry, { local: 'unconfirmed' }), CONFIRM_WITHIN_MS);
-      }
+    if (entry && pending.includes(entry) && typeof answer?.seq === 'number') {
+      setPending(entry, { state: 'sent', seq: answer.seq });
     }
   } catch (err) {
-    // The server's refusal has a code; anything else (a network error, a closed socket) means no connection.
+    // The server's refusal has a code; anything else would be a fault of the page.
     const reason = err instanceof ApiError ? { code: err.code, message: err.message } : { local: 'noConnection' };
     if (entry) failPending(entry, reason);
     else if (!input.value) input.value = text; // a failed rename: give the text back at once

@@ -10,27 +10,55 @@
 // When the server no longer knows the session (it restarted, or the lease ran
 // out while the page was away), the client joins again under the same nickname
 // and marks that welcome with `rejoin: {restarted}` so the page can say so.
+//
+// The cursor belongs to the room's epoch (`welcome.epoch`): every channel is
+// opened with since=<cursor>&epoch=<epoch>, and a room that started over answers
+// with a `gap` of reason `epoch`, from which the cursor counts again.
+//
+// The outbox: every line sent gets a `ref` (random) and stays in the outbox until
+// the server acknowledges it (the WebSocket's `ack`, the 202 of a POST, whose
+// Idempotency-Key is the ref) or refuses it. A line whose answer never came (the
+// connection dropped, the server died) is sent again, same ref, once a channel is
+// open again, on whatever technique is current: the server publishes a ref once,
+// so the line reaches the room exactly once.
 
 import { WsTransport } from './transports/ws.js';
 import { SseTransport } from './transports/sse.js';
+import { StreamTransport } from './transports/stream.js';
+import { IframeTransport } from './transports/iframe.js';
 import { LongPollTransport } from './transports/longpoll.js';
 import { PollTransport } from './transports/poll.js';
-import { getPresence } from './api.js';
+import { ApiError, sessionKnown } from './api.js';
 
 export const TRANSPORTS = {
   ws: WsTransport,
   sse: SseTransport,
+  stream: StreamTransport,
+  iframe: IframeTransport,
   longpoll: LongPollTransport,
   poll: PollTransport,
 };
 
 const BACKOFF_FIRST_MS = 500;
 const BACKOFF_MAX_MS = 15000;
+// A send that got no answer while its channel still looks open is tried again after this long.
+const RESEND_MS = 1000;
+// Refusals that are not about the text: the line stays in the outbox and is sent again later.
+const TRANSIENT = new Set(['unavailable', 'shutting_down', 'unknown_session', 'too_many_connections', '']);
+
+/** A random ref for one send (crypto.randomUUID where the page is a secure context, else random bytes). */
+export function newRef() {
+  if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
+  const bytes = new Uint8Array(16);
+  if (globalThis.crypto?.getRandomValues) crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
 
 export class ChatClient {
   /**
    * @param {object} options
-   * @param {string} options.transport  'ws' | 'sse' | 'longpoll' | 'poll'
+   * @param {string} options.transport  'ws' | 'sse' | 'stream' | 'iframe' | 'longpoll' | 'poll'
    * @param {number} options.pollInterval  short-poll interval in ms
    * @param {(event: object) => void} options.onevent  room and control events, each once
    * @param {(status: object) => void} options.onstatus  {transport, state, attempt, retryIn, reason}
@@ -45,6 +73,8 @@ export class ChatClient {
     this.nickname = null;
     this.rejoinAs = null; // the nickname to join again under, once the session is lost
     this.cursor = null; // seq of the last room event delivered
+    this.epoch = null; // the room's numbering the cursor belongs to
+    this.outbox = []; // [{ref, text, resolve, reject, on}]: sends not yet acknowledged, oldest first
     this.transport = null;
     this.failures = 0; // consecutive channels that ended before they proved healthy
     this.retryTimer = null;
@@ -63,10 +93,47 @@ export class ChatClient {
     this.open();
   }
 
-  /** Sends a text or "/nick NAME" through the current technique. */
-  async send(text) {
-    if (!this.transport) throw new Error('not connected');
-    return this.transport.send(text);
+  /**
+   * Sends a text or "/nick NAME" through the outbox: resolves with {seq} once the server has it (however many
+   * reconnects that takes), rejects with an ApiError if the server refuses it.
+   */
+  send(text) {
+    return new Promise((resolve, reject) => {
+      this.outbox.push({ ref: newRef(), text, resolve, reject, on: null });
+      this.flush();
+    });
+  }
+
+  /** Sends every outbox line not yet sent on the current channel, if it is open. */
+  flush() {
+    const transport = this.transport;
+    if (!transport || this.state !== 'open') return;
+    for (const entry of this.outbox) {
+      if (entry.on !== transport) this.sendOn(transport, entry);
+    }
+  }
+
+  async sendOn(transport, entry) {
+    entry.on = transport;
+    try {
+      const answer = await transport.send(entry.text, entry.ref);
+      this.settle(entry);
+      entry.resolve(answer);
+    } catch (err) {
+      if (err instanceof ApiError && !TRANSIENT.has(err.code)) {
+        this.settle(entry);
+        entry.reject(err);
+        return;
+      }
+      // No answer: kept, and sent again (same ref) once a channel is open.
+      if (entry.on === transport) entry.on = null;
+      setTimeout(() => this.flush(), RESEND_MS);
+    }
+  }
+
+  settle(entry) {
+    const at = this.outbox.indexOf(entry);
+    if (at >= 0) this.outbox.splice(at, 1);
   }
 
   setPollInterval(ms) {
@@ -92,6 +159,7 @@ export class ChatClient {
     const transport = new Transport({
       session: this.session,
       since: this.session ? this.cursor : null,
+      epoch: this.session ? this.epoch : null,
       nickname: this.session ? null : this.rejoinAs,
       interval: this.pollInterval,
     });
@@ -116,20 +184,24 @@ export class ChatClient {
       // A welcome on a resumed channel changes nothing the user needs to see, but
       // its presence is the freshest list of who is online.
       if (!fresh) {
+        this.epoch ??= event.epoch ?? null;
         if (event.presence) this.onevent({ type: 'presence', presence: event.presence });
         return;
       }
       // A fresh join starts at the server's cursor. After a rejoin (our old session
       // had expired) say plainly what happened and what we could not get back: a
-      // room whose cursor went backwards is a new room (the server restarted).
+      // room of another epoch (or, from a server that names none, whose cursor went
+      // backwards) is a new room (the server restarted).
+      const sameRoom = event.epoch && this.epoch ? event.epoch === this.epoch : !(event.seq < this.cursor);
       if (this.rejoinAs !== null) {
-        event = { ...event, rejoin: { restarted: this.cursor !== null && event.seq < this.cursor } };
+        event = { ...event, rejoin: { restarted: this.cursor !== null && !sameRoom } };
         this.rejoinAs = null;
       }
-      if (this.cursor !== null && event.seq > this.cursor) {
+      if (this.cursor !== null && sameRoom && event.seq > this.cursor) {
         this.onevent({ type: 'gap', from: this.cursor + 1, to: event.seq, local: true });
       }
       this.cursor = event.seq;
+      this.epoch = event.epoch ?? null;
       this.onevent(event);
       return;
     }
@@ -145,7 +217,11 @@ export class ChatClient {
       this.cursor = event.seq;
       if (event.type === 'nick_update' && event.id === this.id) this.nickname = event.nickname;
     }
-    if (event.type === 'gap' && typeof event.to === 'number') {
+    if (event.type === 'gap' && event.reason === 'epoch') {
+      // The room started over: the cursor counts in its new numbering from here.
+      this.cursor = event.to;
+      this.epoch = event.epoch;
+    } else if (event.type === 'gap' && typeof event.to === 'number') {
       this.cursor = Math.max(this.cursor ?? event.to, event.to);
     }
     if (event.type === 'error' && /session/i.test(event.code || '')) {
@@ -163,6 +239,7 @@ export class ChatClient {
     if (state !== 'open') this.openedAt = null;
     if (state !== 'closed') {
       this.status(state);
+      if (state === 'open') this.flush();
       return;
     }
     if (!info.retry) {
@@ -184,8 +261,7 @@ export class ChatClient {
     // transports cannot always tell: an EventSource hides the HTTP status).
     if (!this.expired && this.session && this.failures >= 3) {
       try {
-        const presence = await getPresence();
-        if (!presence.participants.some((p) => p.id === this.id)) this.expired = true;
+        if (!(await sessionKnown(this.session))) this.expired = true;
       } catch {
         // server unreachable: keep the session and keep backing off
       }

@@ -1,9 +1,9 @@
-// The comparison view: four participants in the same room, one per technique,
+// The comparison view: six participants in the same room, one per technique,
 // each with its own wire log (js/wire.js). The figures come from three places:
 //  - each participant's own counters, kept by the server per session, carried
 //    by every record of its wire log and read every second (requests, wire
 //    bytes up and down, frames, events delivered): exact, and only this view's
-//    four participants;
+//    six participants;
 //  - the server's latency histograms, GET /api/stats every second: the
 //    percentiles of the counts added since the last reset (the whole technique);
 //  - this page's timings: for every room event, receive time minus its `ts`.
@@ -17,19 +17,21 @@ import { drawBars, drawLines } from './chart.js';
 import { mountWireView, bytes } from './wire.js';
 
 const $ = (id) => document.getElementById(id);
-const TECHNIQUES = ['ws', 'sse', 'longpoll', 'poll'];
+const TECHNIQUES = ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll'];
 // Darker than the badges' colours so that text and thin lines keep a 4.5:1 contrast on white.
-const COLORS = { ws: '#1d4ed8', sse: '#15803d', longpoll: '#c2410c', poll: '#7e22ce' };
+const COLORS = { ws: '#1d4ed8', sse: '#15803d', stream: '#0f766e', iframe: '#854d0e', longpoll: '#c2410c', poll: '#7e22ce' };
 const FEED_LENGTH = 100;     // room events kept in each panel's list
 const HISTORY_LENGTH = 300;  // chart samples kept (one a second)
 const LATENCY_SAMPLES = 5000; // page latencies kept per technique
-const SETTLE_MS = 1500;      // after all four joined, wait this long for the join notices, then count from zero
+const SETTLE_MS = 1500;      // after all six joined, wait this long for the join notices, then count from zero
 
 /** Where docs/techniques.md explains each point (served at /docs/techniques, GitHub-style anchors). */
 const DOC = {
   poll: '/docs/techniques#1-short-interval-polling',
   longpoll: '/docs/techniques#2-long-polling',
   sse: '/docs/techniques#3-server-sent-events-sse',
+  stream: '/docs/techniques#8-http-streaming-ndjson',
+  iframe: '/docs/techniques#9-the-forever-iframe',
   ws: '/docs/techniques#4-websocket',
   side: '/docs/techniques#5-side-by-side',
 };

@@ -9,6 +9,8 @@
 //   http    one request and its response: both heads as sent, head and body bytes, timing
 //   frame   one WebSocket frame of the session's channel: direction, opcode, header and payload bytes
 //   sse     one write of the session's SSE stream: its events' field and data bytes, the chunk framing
+//   ndjson  the same for an HTTP stream (fields: the newline of each line)
+//   script  the same for a forever iframe (fields: each event's <script ...>parent.chatlab( and )</script>)
 //   lagged  records the server dropped because this view fell behind
 // Every record carries `totals`, so the figures shown are the server's counts,
 // never an estimate made here. The wire view's own socket is counted apart by
@@ -159,7 +161,7 @@ class WireView {
     if (record.type === 'totals') this.totals = pickTotals(record);
     this.showTotals();
     this.onrecord(record);
-    if (['http', 'frame', 'sse', 'lagged'].includes(record.type)) this.add(record);
+    if (['http', 'frame', 'sse', 'ndjson', 'script', 'lagged'].includes(record.type)) this.add(record);
   }
 
   add(record) {
@@ -329,7 +331,10 @@ class WireView {
     switch (record.type) {
       case 'http': return this.httpRow(li, record);
       case 'frame': return this.frameRow(li, record);
-      case 'sse': return this.sseRow(li, record);
+      case 'sse':
+      case 'ndjson':
+      case 'script':
+        return this.sseRow(li, record);
       case 'lagged':
         li.textContent = t('wire.lagged', { n: count(record.dropped || 0) });
         return li;
@@ -408,7 +413,8 @@ class WireView {
     const ids = events.map((e) => (e.id === null || e.id === undefined ? '–' : '#' + e.id)).join(' ');
     line.append(
       span('rec-dir', t('wire.received')),
-      span('rec-what', r.comment ? t('wire.sseComment') : t('wire.sseEvents', { n: count(events.length) })),
+      span('rec-what', events.length > 0 ? t('wire.sseEvents', { n: count(events.length) })
+        : t(r.type === 'sse' ? 'wire.sseComment' : 'wire.streamFiller')),
       span('rec-preview', ids),
     );
     const sizes = el('span', 'rec-sizes');

@@ -34,10 +34,11 @@ pub struct Server {
     pub task: JoinHandle<std::io::Result<()>>,
 }
 
-/// Defaults with rate limiting off unless a test asks for it (tests send quickly on purpose), in an in-memory
-/// room (each test makes its own; the durable room has tests of its own, each in a temporary directory).
+/// Defaults with rate limiting (per session and per client) off unless a test asks for it (tests send quickly on
+/// purpose, all from 127.0.0.1), in an in-memory room (each test makes its own; the durable room has tests of its
+/// own, each in a temporary directory).
 pub fn config() -> Config {
-    Config { rate_limit: 0.0, broker: "memory".into(), ..Config::default() }
+    Config { rate_limit: 0.0, client_rate_limit: 0.0, broker: "memory".into(), ..Config::default() }
 }
 
 /// Starts a server with the default test config.
@@ -76,6 +77,37 @@ impl Server {
 
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().timeout(Duration::from_secs(40)).build().unwrap()
+}
+
+/// An HTTP client whose connections come from `source` (another loopback address, such as 127.0.0.2: Linux routes
+/// all of 127.0.0.0/8 to the loopback interface), so the server sees another client.
+pub fn http_from(source: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(40)).local_address(source).build().unwrap()
+}
+
+/// A TCP connection to `addr` from `source` (see [`http_from`]).
+pub async fn tcp_from(source: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket = match source {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4().unwrap(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6().unwrap(),
+    };
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    tokio::time::timeout(WAIT, socket.connect(addr)).await.expect("connect in time").unwrap()
+}
+
+/// A WebSocket upgrade of `url` (`ws://` on the server at `addr`) over a connection from `source`: the open
+/// socket, or the refusal's HTTP status and JSON body.
+pub async fn ws_from(source: std::net::IpAddr, addr: SocketAddr, url: &str) -> Result<Ws, (u16, Value)> {
+    let stream = MaybeTlsStream::Plain(tcp_from(source, addr).await);
+    match tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream)).await.expect("upgrade in time") {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response.body().as_deref().map(|b| serde_json::from_slice(b).unwrap()).unwrap_or(Value::Null);
+            Err((status, body))
+        }
+        Err(other) => panic!("upgrade of {url}: {other}"),
+    }
 }
 
 /// A joined HTTP participant.
@@ -148,6 +180,18 @@ pub async fn ws_next(ws: &mut Ws) -> Value {
             Message::Text(text) => return serde_json::from_str(&text).unwrap(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Reads text frames (as JSON) until one satisfies `wanted`, which it returns; frames before it are dropped.
+pub async fn ws_until(ws: &mut Ws, what: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let frame =
+            tokio::time::timeout_at(deadline, ws_next(ws)).await.unwrap_or_else(|_| panic!("{what} within {WAIT:?}"));
+        if wanted(&frame) {
+            return frame;
         }
     }
 }
@@ -290,4 +334,88 @@ pub async fn raw_ws_upgrade_head(server: &Server) -> (TcpStream, String, Vec<u8>
     assert!(buffer.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&buffer));
     let rest = buffer.split_off(end);
     (stream, String::from_utf8_lossy(&buffer).into_owned(), rest)
+}
+
+/// How a streaming response of HTTP streaming or the forever iframe frames its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// `GET /api/stream`: one JSON event per line.
+    Ndjson,
+    /// `GET /api/iframe`: `<script nonce=..>parent.chatlab(EVENT)</script>` per event.
+    Script,
+}
+
+impl Framing {
+    /// Both, with their technique's name.
+    pub const ALL: [(Framing, &'static str); 2] = [(Framing::Ndjson, "stream"), (Framing::Script, "iframe")];
+}
+
+/// An NDJSON stream or a forever-iframe document read event by event (never collected).
+pub struct Streamed {
+    pub response: reqwest::Response,
+    pub framing: Framing,
+    buffer: Vec<u8>,
+    /// Every script's opening tag seen, for checking nonces.
+    pub tags: Vec<String>,
+}
+
+/// Opens `GET path` (an `/api/stream` or `/api/iframe` URL) and expects `200`.
+pub async fn streamed(server: &Server, path: &str) -> Streamed {
+    let framing = if path.starts_with("/api/iframe") { Framing::Script } else { Framing::Ndjson };
+    let response =
+        tokio::time::timeout(WAIT, http().get(server.url(path)).send()).await.expect("headers in time").unwrap();
+    assert_eq!(response.status(), 200, "{path}");
+    Streamed { response, framing, buffer: Vec::new(), tags: Vec::new() }
+}
+
+impl Streamed {
+    /// The next event; `None` when the response ended.
+    pub async fn next(&mut self) -> Option<Value> {
+        loop {
+            if let Some(event) = self.take() {
+                return Some(event);
+            }
+            match tokio::time::timeout(WAIT, self.response.chunk()).await.expect("stream data in time") {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+
+    /// An event from the buffer, if a whole one is there; keep-alives and the document's start are skipped.
+    fn take(&mut self) -> Option<Value> {
+        loop {
+            let end = self.buffer.iter().position(|b| *b == b'\n')?;
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = String::from_utf8(line).unwrap();
+            let line = line.trim_end_matches('\n');
+            match self.framing {
+                Framing::Ndjson if line.is_empty() => continue,
+                Framing::Ndjson => return Some(serde_json::from_str(line).unwrap()),
+                Framing::Script => {
+                    let Some(rest) = line.strip_prefix("<script") else { continue };
+                    let (tag, call) = rest.split_once('>').expect("a script's tag ends");
+                    self.tags.push(format!("<script{tag}>"));
+                    let json = call
+                        .strip_prefix("parent.chatlab(")
+                        .and_then(|c| c.strip_suffix(")</script>"))
+                        .unwrap_or_else(|| panic!("a script calls parent.chatlab: {line}"));
+                    assert!(!json.contains('<'), "no `<` inside a script: {json}");
+                    return Some(serde_json::from_str(json).unwrap());
+                }
+            }
+        }
+    }
+
+    /// The next event; panics if the response ends.
+    pub async fn data(&mut self) -> Value {
+        self.next().await.expect("stream still open")
+    }
+
+    /// Asserts no event arrives for a short while.
+    pub async fn quiet(&mut self) {
+        if let Ok(event) = tokio::time::timeout(QUIET, self.next()).await {
+            panic!("expected silence, got {event:?}");
+        }
+    }
 }

@@ -119,6 +119,27 @@ impl RedisServer {
         redis::cmd("PING").query::<String>(&mut connection).is_ok()
     }
 
+    /// Wipes every key (`FLUSHALL`), as an operator resetting the store would: the room starts over.
+    ///
+    /// # Panics
+    /// When the server does not answer.
+    pub fn flushall(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+        redis::cmd("FLUSHALL").query::<()>(&mut connection).unwrap();
+    }
+
+    /// Closes every pub/sub connection (`CLIENT KILL TYPE pubsub`): each chatlab process's feed drops, reports the
+    /// outage and resubscribes, as after a network blip.
+    ///
+    /// # Panics
+    /// When the server does not answer.
+    pub fn kill_pubsub_clients(&self) {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut connection = client.get_connection_with_timeout(Duration::from_secs(5)).unwrap();
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("pubsub").query::<i64>(&mut connection).unwrap();
+    }
+
     /// Stops the server as an operator would (SIGTERM: it flushes its append-only file and exits).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else { return };

@@ -22,7 +22,7 @@ type Socket = WebSocketStream<CountingStream>;
 pub(super) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Waits for the first frame of a fresh socket.
-pub(super) async fn first_frame(frames: &mut SplitStream<Socket>) -> anyhow::Result<Message> {
+pub(crate) async fn first_frame(frames: &mut SplitStream<Socket>) -> anyhow::Result<Message> {
     Ok(tokio::time::timeout(FIRST_FRAME_TIMEOUT, frames.next())
         .await
         .with_context(|| format!("no first frame within {} s", FIRST_FRAME_TIMEOUT.as_secs()))?
@@ -30,7 +30,7 @@ pub(super) async fn first_frame(frames: &mut SplitStream<Socket>) -> anyhow::Res
 }
 
 /// Opens a WebSocket to `url` over a counting socket to `authority`.
-pub(super) async fn open(
+pub(crate) async fn open(
     url: &str,
     authority: &str,
     context: &Context,

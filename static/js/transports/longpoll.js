@@ -1,6 +1,6 @@
 // Long polling + POST: a GET that the server holds open until there is news
 // (or the timeout), answered with every event after `since`; then ask again.
-//   GET /api/longpoll?session=S&since=N&timeout=25  ->  {"events": [...], "next": M}
+//   GET /api/longpoll?session=S&since=N&epoch=E&timeout=25  ->  {"events": [...], "next": M, "epoch": E}
 // The first request also asks who is online (&presence=1 -> "presence": {...});
 // join / leave / rename events keep that list afterwards. Texts go up as POST /api/messages.
 
@@ -23,7 +23,7 @@ export class LongPollTransport extends Transport {
       let presence = 1; // asked once, on this object's first request
       while (!this.closed) {
         this.abort = new AbortController();
-        const url = withQuery('/api/longpoll', { session: this.session, since: this.since, timeout: HOLD_SECONDS, presence });
+        const url = withQuery('/api/longpoll', { session: this.session, since: this.since, epoch: this.since === null ? null : this.epoch, timeout: HOLD_SECONDS, presence });
         const asked = Date.now();
         // A bad request (unknown session, ...) is answered at once; one that the
         // server is still holding after a second has been accepted: we are connected.
@@ -51,8 +51,8 @@ export class LongPollTransport extends Transport {
     }
   }
 
-  send(text) {
-    return postMessage(this.session, text);
+  send(text, ref) {
+    return postMessage(this.session, text, ref);
   }
 
   close() {

@@ -1,6 +1,6 @@
 // Short (interval) polling + POST: every N seconds a GET that is answered at
 // once with whatever happened after `since`, often nothing.
-//   GET /api/poll?session=S&since=N  ->  {"events": [...], "next": M}
+//   GET /api/poll?session=S&since=N&epoch=E  ->  {"events": [...], "next": M, "epoch": E}
 // The first request also asks who is online (&presence=1 -> "presence": {...});
 // join / leave / rename events keep that list afterwards.
 // The server forgets a session that has not polled for its lease (15 s by
@@ -36,7 +36,8 @@ export class PollTransport extends Transport {
       let first = true;
       while (!this.closed) {
         this.abort = new AbortController();
-        const url = withQuery('/api/poll', { session: this.session, since: this.since, presence: first ? 1 : null });
+        const epoch = this.since === null ? null : this.epoch;
+        const url = withQuery('/api/poll', { session: this.session, since: this.since, epoch, presence: first ? 1 : null });
         const body = await readJson(await fetch(url, { signal: this.abort.signal, cache: 'no-store' }));
         if (this.closed) return;
         if (first) { this.onstate('open'); first = false; }
@@ -58,8 +59,8 @@ export class PollTransport extends Transport {
     }).finally(() => { this.wakeUp = null; });
   }
 
-  send(text) {
-    return postMessage(this.session, text);
+  send(text, ref) {
+    return postMessage(this.session, text, ref);
   }
 
   close() {

@@ -24,7 +24,7 @@ export class SseTransport extends Transport {
     }
     if (this.closed) return;
 
-    this.source = new EventSource(withQuery('/api/sse', { session: this.session, since: this.since }));
+    this.source = new EventSource(withQuery('/api/sse', { session: this.session, since: this.since, epoch: this.since === null ? null : this.epoch }));
     this.source.onopen = () => this.onstate('open');
     this.source.onmessage = (e) => {
       const event = JSON.parse(e.data);
@@ -43,8 +43,8 @@ export class SseTransport extends Transport {
     };
   }
 
-  send(text) {
-    return postMessage(this.session, text);
+  send(text, ref) {
+    return postMessage(this.session, text, ref);
   }
 
   close() {

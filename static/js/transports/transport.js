@@ -4,7 +4,7 @@
 //   t.onevent = (event) => { ... };        // every JSON object the server sends
 //   t.onstate = (state, info) => { ... };  // 'connecting' | 'open' | 'closed'
 //   t.connect();
-//   await t.send('hello');                  // or '/nick NAME'
+//   await t.send('hello', ref);             // or '/nick NAME'; resolves {seq} once the server has it
 //   t.close();
 //
 // `session`, `since` and `nickname` are optional. Without a session the transport
@@ -14,7 +14,16 @@
 // object in the welcome (and in the first answer of a poll transport), handed
 // to onevent as {type: 'presence', presence} when it is not in a welcome.
 // With `session` and `since` it takes over that participant and delivers the
-// events after `since` (this is how switching technique and reconnecting work).
+// events after `since` (this is how switching technique and reconnecting work);
+// `epoch` is the room's numbering `since` belongs to: a room that started over
+// since (a restarted server) answers with a `gap` of reason `epoch` and the
+// room from its oldest retained event.
+//
+// `send(text, ref)` resolves with {seq} once the server has sequenced the text
+// (the WebSocket's `ack`, the 202 of a POST), rejects with an ApiError when the
+// server refuses it, and with any other error when it got no answer: the caller
+// (../client.js, the outbox) then sends it again, same `ref`, on the next channel,
+// and the server publishes a `ref` once.
 //
 // When the channel ends, onstate('closed', info) is called once, with
 //   info.reason: 'closed' (we closed it), 'replaced', 'shutdown', 'expired'
@@ -27,9 +36,10 @@
 import { joinSession } from '../api.js';
 
 export class Transport {
-  constructor({ session = null, since = null, nickname = null } = {}) {
+  constructor({ session = null, since = null, epoch = null, nickname = null } = {}) {
     this.session = session;
     this.since = since;
+    this.epoch = epoch;
     this.nickname = nickname;
     this.onevent = () => {};
     this.onstate = () => {};
@@ -44,7 +54,7 @@ export class Transport {
   }
 
   /**
-   * The HTTP techniques' join (SSE and the polls): without a session yet, joins
+   * The HTTP techniques' join (all but the WebSocket): without a session yet, joins
    * as a new participant with POST /api/sessions and reports the `welcome`.
    */
   async joinOverHttp(transport) {
@@ -52,6 +62,7 @@ export class Transport {
     const joined = await joinSession(transport, this.nickname);
     this.session = joined.session;
     this.since = joined.seq;
+    this.epoch = joined.epoch ?? null;
     this.deliver({ type: 'welcome', ...joined });
   }
 
@@ -70,13 +81,39 @@ export class Transport {
       this.deliver(event);
     }
     if (typeof body.next === 'number') this.since = body.next;
+    if (typeof body.epoch === 'string') this.epoch = body.epoch;
     if (body.presence) this.onevent({ type: 'presence', presence: body.presence });
     return true;
   }
 
-  /** Remembers the cursor of the last room event handed out (used to continue). */
+  /**
+   * One event of a streaming response (HTTP streaming, the forever iframe):
+   * hands it out, or ends the channel when the event says why the response
+   * stops (`replaced`, `slow_consumer`, the shutdown notice). Returns false
+   * once the channel has ended.
+   */
+  takeStreamed(event) {
+    if (event.type === 'error' && (event.code === 'replaced' || event.code === 'slow_consumer')) {
+      const replaced = event.code === 'replaced';
+      this.finish({ reason: replaced ? 'replaced' : 'slow', retry: !replaced, message: event.message });
+      return false;
+    }
+    this.deliver(event);
+    if (event.notice === 'shutdown') {
+      this.finish({ reason: 'shutdown', retry: true, message: event.message });
+      return false;
+    }
+    return true;
+  }
+
+  /** Remembers the cursor of the last room event handed out, and its epoch (used to continue). */
   deliver(event) {
     if (typeof event.seq === 'number' && event.type !== 'welcome') this.since = event.seq;
+    if (event.type === 'welcome' && event.epoch) this.epoch = event.epoch;
+    if (event.type === 'gap' && event.reason === 'epoch') {
+      this.since = event.to;
+      this.epoch = event.epoch;
+    }
     this.onevent(event);
   }
 }

@@ -63,15 +63,15 @@ test('every technique builds the online list from its channel', { timeout: 90_00
   const ids = {};
   // Each page joins after the previous ones: the first learns of the others from join events, the last from
   // its presence snapshot, the others from both.
-  for (const transport of ['ws', 'sse', 'longpoll', 'poll']) {
+  for (const transport of ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll']) {
     pages[transport] = await openRecorded(env.browser, env.server, transport);
     ids[transport] = (await identity(pages[transport])).id;
   }
   const expected = Object.fromEntries(Object.entries(ids).map(([transport, id]) => [id, transport]));
   for (const [transport, page] of Object.entries(pages)) {
-    await page.waitForFunction((n) => document.querySelectorAll('#online li[data-id]').length === n, 4);
+    await page.waitForFunction((n) => document.querySelectorAll('#online li[data-id]').length === n, 6);
     assert.deepEqual(await onlineList(page), expected, `the list on the ${transport} page`);
-    assert.equal(await page.textContent('#count'), '4');
+    assert.equal(await page.textContent('#count'), '6');
   }
   // The first request of a poll transport asks for the snapshot; none asks /api/presence.
   assert.ok(pages.poll.requests.some((r) => r.startsWith('GET /api/poll') && r.includes('presence=1')));
@@ -80,7 +80,7 @@ test('every technique builds the online list from its channel', { timeout: 90_00
   // A page that leaves goes from every list.
   await pages.longpoll.close({ runBeforeUnload: true });
   delete expected[ids.longpoll];
-  for (const transport of ['ws', 'sse', 'poll']) {
+  for (const transport of ['ws', 'sse', 'stream', 'iframe', 'poll']) {
     await pages[transport].waitForFunction((id) => !document.querySelector(`#online li[data-id="${id}"]`), ids.longpoll);
     assert.deepEqual(await onlineList(pages[transport]), expected);
   }

@@ -1,4 +1,4 @@
-// The comparison view: four participants (one per technique) receive the same
+// The comparison view: six participants (one per technique) receive the same
 // burst in the same order; every figure is the server's count for that
 // participant, up and down, whoever sent; "Reset everything" really resets
 // (every figure back to zero or "no data", then only the new burst counts);
@@ -14,17 +14,17 @@ import {
 
 const env = useServerAndBrowser({ before, after });
 env.pages = [];
-// A test that fails leaves its page open: close it, so its four participants do not count in the next test.
+// A test that fails leaves its page open: close it, so its six participants do not count in the next test.
 afterEach(async () => {
   for (const page of env.pages.splice(0)) await page.context().close().catch(() => {});
 });
-const TECHNIQUES = ['ws', 'sse', 'longpoll', 'poll'];
+const TECHNIQUES = ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll'];
 
 async function openCompare({ width = 1440, height = 900, lang = 'en' } = {}) {
   const page = await newPage(env.browser, { viewport: { width, height } });
   await page.addInitScript((l) => localStorage.setItem('chatlab.lang', l), lang);
   await page.goto(`${env.server.url}/compare.html`);
-  // All four connected, their wire logs live, and the view counting from zero.
+  // All six connected, their wire logs live, and the view counting from zero.
   await page.waitForFunction(
     (names) => names.every((n) => window.compare.panels[n].client.id
       && document.querySelector(`.tpanel[data-technique="${n}"] .status`).dataset.state === 'open'
@@ -59,11 +59,11 @@ async function burst(page, { size, sender = 'ws' }) {
   await page.waitForFunction((s) => document.querySelector('#burst-status').textContent === `${s}/${s}`, size, { timeout: 20_000 });
 }
 
-test('four panels get the same burst in the same order; figures up and down for every technique', { timeout: 120_000 }, async () => {
+test('six panels get the same burst in the same order; figures up and down for every technique', { timeout: 120_000 }, async () => {
   const page = await openCompare();
   env.pages.push(page);
   const ids = await page.evaluate((names) => names.map((n) => window.compare.panels[n].client.id), TECHNIQUES);
-  assert.equal(new Set(ids).size, 4);
+  assert.equal(new Set(ids).size, 6);
 
   // A fresh view is not contradictory: received and delivered count from the same moment.
   const fresh = await table(page);
@@ -88,12 +88,12 @@ test('four panels get the same burst in the same order; figures up and down for 
   // Every technique: the server delivered what the page received.
   await eventually(async () => {
     const now = await table(page);
-    // Up: the WebSocket sender's frames and the pollers' requests; an open SSE stream sends nothing up.
+    // Up: the WebSocket sender's frames and the pollers' requests; an open stream (SSE, NDJSON, iframe) sends nothing up.
     const ok = TECHNIQUES.every((n) => now[n].received.value === BURST && now[n].delivered.value === BURST
-      && now[n].bytesDown.value > 0 && (n === 'sse' ? now[n].bytesUp.value === 0 : now[n].bytesUp.value > 0));
+      && now[n].bytesDown.value > 0 && (['sse', 'stream', 'iframe'].includes(n) ? now[n].bytesUp.value === 0 : now[n].bytesUp.value > 0));
     if (!ok) throw new Error(TECHNIQUES.map((n) => `${n}: ${now[n].received.value}/${now[n].delivered.value}/${now[n].bytesUp.value}/${now[n].bytesDown.value}`).join(', '));
     return true;
-  }, { timeout: 15_000, message: 'received = delivered = the burst, bytes up and down in all four (received/delivered/up/down)' });
+  }, { timeout: 15_000, message: 'received = delivered = the burst, bytes up and down in all six (received/delivered/up/down)' });
   const after = await table(page);
   assert.equal(after.ws.requests.value, 0, 'a WebSocket makes no HTTP request for a burst');
   assert.ok(after.ws.frames.value >= 2 * BURST, 'the WebSocket sender: a frame up and a frame down per line');
@@ -122,7 +122,7 @@ test('four panels get the same burst in the same order; figures up and down for 
   // The logs paused (records that come meanwhile are held, and said so), then one short poll, one
   // WebSocket frame and one SSE write opened, each scrolled to the top of its log.
   for (const button of await page.locator('.wire-pause').all()) await button.click();
-  assert.equal(await page.locator('.wire-pause[aria-pressed="true"]').count(), 4);
+  assert.equal(await page.locator('.wire-pause[aria-pressed="true"]').count(), 6);
   for (const row of [
     page.locator('.tpanel[data-technique="poll"] .rec-http[data-request-line^="GET /api/poll"]').last(),
     page.locator('.tpanel[data-technique="ws"] .rec-frame[data-dir="down"]').last(),
@@ -162,8 +162,8 @@ test('reset resets everything shown, then counts only the new burst', { timeout:
   }
   assert.equal(shown.feeds, 0);
   assert.equal(shown.records, 0);
-  assert.deepEqual(shown.received, ['0', '0', '0', '0']);
-  assert.deepEqual(shown.totals, [0, 0, 0, 0]);
+  assert.deepEqual(shown.received, TECHNIQUES.map(() => '0'));
+  assert.deepEqual(shown.totals, TECHNIQUES.map(() => 0));
   assert.match(shown.verdicts, /back to zero/);
   for (const text of shown.bars) assert.match(text, /^(0|0 B|no data|n\/a)$/);
 

@@ -21,7 +21,7 @@ async function watchViolations(page) {
 }
 
 test('the chat page runs every technique under its CSP without a violation', { timeout: 90_000 }, async () => {
-  for (const transport of ['ws', 'sse', 'longpoll', 'poll']) {
+  for (const transport of ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll']) {
     const page = await newPage(env.browser);
     await watchViolations(page);
     const response = await page.goto(`${env.server.url}/?transport=${transport}&interval=0.5`);

@@ -17,27 +17,27 @@ test('arrow keys choose, a pause or Enter/Space switches', { timeout: 60_000 }, 
   // Two arrows in a row: the choice moves twice, nothing reconnects yet.
   await page.keyboard.press('ArrowDown');
   await page.keyboard.press('ArrowDown');
-  assert.equal(await page.evaluate(() => document.querySelector('input[name=technique]:checked').value), 'longpoll');
+  assert.equal(await page.evaluate(() => document.querySelector('input[name=technique]:checked').value), 'stream');
   assert.equal(await technique(page), 'ws', 'no switch on an arrow key');
-  assert.match(await page.textContent('#about'), /Switching to Long poll after a short pause/);
+  assert.match(await page.textContent('#about'), /Switching to HTTP stream \+ POST after a short pause/);
   await sleep(400);
   assert.equal(await technique(page), 'ws', 'still no switch 400 ms later');
   // After the pause: one switch, straight to the last choice.
-  await page.waitForFunction(() => window.chatlab.client.technique === 'longpoll', null, { timeout: 3000 });
+  await page.waitForFunction(() => window.chatlab.client.technique === 'stream', null, { timeout: 3000 });
   await waitConnected(page);
   assert.equal(await switches(page), 1, 'one switch for two arrow keys');
-  assert.equal(await page.textContent('#status-technique'), 'Long poll');
+  assert.equal(await page.textContent('#status-technique'), 'HTTP stream + POST');
 
   // An arrow then Enter: at once.
   await page.keyboard.press('ArrowDown');
   await page.keyboard.press('Enter');
-  assert.equal(await technique(page), 'poll', 'Enter switches at once');
+  assert.equal(await technique(page), 'iframe', 'Enter switches at once');
   await waitConnected(page);
 
   // An arrow then Space: at once.
-  await page.keyboard.press('ArrowDown'); // wraps to the first radio
+  await page.keyboard.press('ArrowDown');
   await page.keyboard.press(' ');
-  assert.equal(await technique(page), 'ws', 'Space switches at once');
+  assert.equal(await technique(page), 'longpoll', 'Space switches at once');
   await waitConnected(page);
   assert.equal(await switches(page), 3);
 

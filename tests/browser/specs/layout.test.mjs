@@ -74,10 +74,10 @@ test('the controls are labelled before any script runs', { timeout: 30_000 }, as
       send: 'Send',
       lang: '中文',
       legend: 'Technique',
-      radios: ['WebSocket', 'SSE + POST', 'Long poll', 'Short poll'],
+      radios: ['WebSocket', 'SSE + POST', 'HTTP stream + POST', 'Forever iframe + POST', 'Long poll', 'Short poll'],
       input: 'Message',
       placeholder: 'Type a message (/nick NAME renames you)',
-      compare: 'Compare the four techniques →',
+      compare: 'Compare the six techniques →',
       wire: 'Show the wire',
       status: 'connecting…',
     });

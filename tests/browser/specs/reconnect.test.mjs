@@ -13,7 +13,7 @@ import {
 } from '../lib/harness.mjs';
 import fs from 'node:fs';
 
-for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
+for (const technique of ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll']) {
   test(`${technique}: rejoins after an in-memory server restarts`, { timeout: 90_000 }, async () => {
     const port = await freePort();
     let server = await startServer({ port, args: ['--broker', 'memory'] });

@@ -1,6 +1,7 @@
 // A line shows at once as "sending…" (greyed) until the server has it, then as
-// the delivered line in its place, never twice; a send that fails says so and
-// gives the text back.
+// the delivered line in its place, never twice; a send the server refuses says
+// so and gives the text back (one that merely found no connection stays
+// "sending…" and goes once the page is connected again: see outbox.test.mjs).
 
 import { before, after, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -84,23 +85,24 @@ for (const transport of ['ws', 'poll']) {
   });
 }
 
-test('a send that fails says so and gives the text back', { timeout: 60_000 }, async () => {
-  const server = await startServer();
-  const browser = await launchBrowser();
-  try {
-    const page = await openChat(browser, server, { transport: 'longpoll' });
-    await server.stop();
-    await page.waitForFunction(() => document.querySelector('#status').dataset.state !== 'open');
-    await say(page, 'into the void');
-    await page.waitForSelector('#messages li.pending.failed', { timeout: WAIT });
-    assert.equal(await page.textContent('#messages li.pending.failed .state'), 'Not sent: no connection to the server');
-    assert.equal(await page.inputValue('#message'), '');
-    await page.click('#messages li.pending.failed button.put-back');
-    assert.equal(await page.inputValue('#message'), 'into the void', 'the text is back in the input');
-    assert.equal(await page.locator('#messages li.pending').count(), 0);
-    assert.deepEqual(page.errors, []);
-  } finally {
-    await browser.close().catch(() => {});
-    await server.stop();
-  }
-});
+for (const transport of ['longpoll', 'ws']) {
+  test(`${transport}: a send the server refuses says so and gives the text back`, { timeout: 60_000 }, async () => {
+    const server = await startServer({ args: ['--max-message-chars', '10'] });
+    const browser = await launchBrowser();
+    try {
+      const page = await openChat(browser, server, { transport });
+      await say(page, 'far too long for this room');
+      await page.waitForSelector('#messages li.pending.failed', { timeout: WAIT });
+      assert.equal(await page.textContent('#messages li.pending.failed .state'), 'Not sent: the text is too long');
+      assert.equal(await page.inputValue('#message'), '');
+      await page.click('#messages li.pending.failed button.put-back');
+      assert.equal(await page.inputValue('#message'), 'far too long for this room', 'the text is back in the input');
+      assert.equal(await page.locator('#messages li.pending').count(), 0);
+      assert.equal(await page.evaluate(() => window.chatlab.client.outbox.length), 0, 'a refused line is not sent again');
+      assert.deepEqual(page.errors, []);
+    } finally {
+      await browser.close().catch(() => {});
+      await server.stop();
+    }
+  });
+}

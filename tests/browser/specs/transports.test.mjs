@@ -7,7 +7,7 @@ import { useServerAndBrowser, openChat, say, waitForMessage, identity, getJson, 
 
 const env = useServerAndBrowser({ before, after });
 
-for (const technique of ['ws', 'sse', 'longpoll', 'poll']) {
+for (const technique of ['ws', 'sse', 'stream', 'iframe', 'longpoll', 'poll']) {
   test(`${technique}: sends and receives`, { timeout: 60_000 }, async () => {
     const page = await openChat(env.browser, env.server, { transport: technique, interval: 0.5 });
     const observer = await openChat(env.browser, env.server, { transport: 'ws' });
