@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use chatlab::config::Config;
-use common::{http, ws, ws_next, ws_quiet, ws_send, ws_until, Ws, QUIET};
+use common::{http, post_keyed, ws, ws_next, ws_quiet, ws_send, ws_until, Ws, QUIET};
 use redis_support::{Chatlab, RedisServer};
 
 /// Sends `{"ref", "text"}` on an `ack=1` socket and returns the answer naming that `ref` (an ack or an error).
@@ -43,17 +43,6 @@ async fn listen_for(socket: &mut Ws, kind: &str, text: &str) -> Vec<Value> {
         frames.push(serde_json::from_str(&frame).unwrap());
     }
     frames
-}
-
-/// `POST /api/messages` to `base` as `session`, with an `Idempotency-Key` when given.
-async fn post_keyed(base: &str, session: &str, key: Option<&str>, text: &str) -> (u16, Value) {
-    let mut request = http().post(format!("{base}/api/messages?session={session}")).body(text.to_owned());
-    if let Some(key) = key {
-        request = request.header("idempotency-key", key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// `POST /api/sessions` to `base`: the answer.

@@ -21,7 +21,7 @@ use chatlab::broker::{Broker, DurableBroker, Missed};
 use chatlab::core::event::{now_ms, Draft, EventKind};
 use chatlab::core::session::{SessionRecord, Transport};
 use common::temp::TempDir;
-use common::{http, ws, ws_next};
+use common::{http, post_keyed, ws, ws_next, ws_send};
 use redis_support::Chatlab;
 
 fn draft(message: &str) -> Draft {
@@ -214,7 +214,18 @@ async fn burst_then_restart(how: Stop) {
     let dir = TempDir::new(&format!("restart-{how:?}"));
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let args = ["--data-dir", data, "--rate-limit", "0", "--session-lease", "30"];
+    let args = [
+        "--data-dir",
+        data,
+        "--rate-limit",
+        "0",
+        "--client-rate-limit",
+        "0",
+        "--max-sessions-per-client",
+        "0",
+        "--session-lease",
+        "30",
+    ];
     let mut server = Chatlab::spawn(binary(), &args);
 
     let poller = join_at(&server, "poll").await;
@@ -233,6 +244,24 @@ async fn burst_then_restart(how: Stop) {
             ws_cursor = event["seq"].as_u64().unwrap();
         }
     }
+
+    // A keyed POST and a `/ws?ack=1` frame, acknowledged before the stop: their keys must survive it.
+    let (status, keyed) = post_keyed(&server.url(""), &poller_session, Some("crash-key"), "keyed once").await;
+    assert_eq!(status, 202, "{keyed}");
+    let keyed_seq = keyed["seq"].as_u64().unwrap();
+    let mut acking = ws(&server.ws_url("/ws?ack=1")).await;
+    let acking_welcome = ws_next(&mut acking).await;
+    let acking_session = acking_welcome["session"].as_str().unwrap().to_owned();
+    let epoch = acking_welcome["epoch"].clone();
+    ws_send(&mut acking, r#"{"ref":"r-crash","text":"acked once"}"#).await;
+    let ref_seq = loop {
+        let frame = ws_next(&mut acking).await;
+        if frame["type"] == "ack" {
+            assert_eq!(frame["ref"], "r-crash");
+            break frame["seq"].as_u64().unwrap();
+        }
+    };
+    drop(acking);
 
     let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
     let mut senders = Vec::new();
@@ -305,6 +334,27 @@ async fn burst_then_restart(how: Stop) {
         events.iter().filter_map(|e| e["message"].as_str()?.strip_prefix("w-")?.parse().ok()).collect();
     assert!(from_socket.windows(2).all(|pair| pair[1] == pair[0] + 1), "the socket's texts in their order");
     assert!(acked.iter().any(|(_, text)| text.starts_with("w-")), "some of the socket's texts were echoed");
+    // The same keys after the restart answer the first seq and publish nothing; the epoch is the same.
+    let (status, again) = post_keyed(&server.url(""), &poller_session, Some("crash-key"), "keyed once").await;
+    assert_eq!((status, again["seq"].as_u64()), (202, Some(keyed_seq)), "{again}");
+    let mut acking = ws(&server.ws_url(&format!("/ws?ack=1&session={acking_session}"))).await;
+    let acking_welcome = ws_next(&mut acking).await;
+    assert_eq!(acking_welcome["epoch"], epoch, "the epoch survives: {acking_welcome}");
+    ws_send(&mut acking, r#"{"ref":"r-crash","text":"acked once"}"#).await;
+    let resent = loop {
+        let frame = ws_next(&mut acking).await;
+        if frame["type"] == "ack" || frame["type"] == "error" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (&resent["type"], &resent["ref"], resent["seq"].as_u64()),
+        (&"ack".into(), &"r-crash".into(), Some(ref_seq))
+    );
+    drop(acking);
+    let events = everything(&server, &poller_session).await;
+    let count = |text: &str| events.iter().filter(|e| e["message"] == text).count();
+    assert_eq!((count("keyed once"), count("acked once")), (1, 1), "one event each");
     let head = *seqs.last().unwrap();
     let (status, seq) = post_at(&server.url(""), &poller_session, "after the restart").await.unwrap();
     assert_eq!((status, seq), (202, Some(head + 1)), "a new text gets the next seq: none is reused");

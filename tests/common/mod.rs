@@ -419,3 +419,14 @@ impl Streamed {
         }
     }
 }
+
+/// `POST /api/messages` to `base` as `session`, with an `Idempotency-Key` when given.
+pub async fn post_keyed(base: &str, session: &str, key: Option<&str>, text: &str) -> (u16, Value) {
+    let mut request = http().post(format!("{base}/api/messages?session={session}")).body(text.to_owned());
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
