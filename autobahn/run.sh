@@ -13,7 +13,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bin="${1:-$here/../target/release/chatlab}"
 export AUTOBAHN_OUT="${AUTOBAHN_OUT:-$here/../target/autobahn}" AUTOBAHN_STRICT_CLOSE=1 AUTOBAHN_TIMEOUT="${AUTOBAHN_TIMEOUT:-300}"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$bin" --bind "127.0.0.1:$port" --echo >"${TMPDIR:-/tmp}/chatlab-autobahn.log" 2>&1 &
+"$bin" --bind "127.0.0.1:$port" --echo --broker memory >"${TMPDIR:-/tmp}/chatlab-autobahn.log" 2>&1 &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 for _ in $(seq 50); do

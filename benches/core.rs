@@ -21,6 +21,7 @@ fn config() -> Config {
         coalesce_above: u64::MAX,
         max_connections: 10_000,
         send_queue: 65_536,
+        broker: "memory".into(),
         ..Config::default()
     }
 }

@@ -27,7 +27,7 @@ for port in 19201 19202 19203; do
   pids+=($!)
   eval "pid_$port=$!"
 done
-"$chatlab" --bind 127.0.0.1:19210 --rate-limit 0 --client-rate-limit 0 --max-sessions-per-client 0 >"$work/memory.log" 2>&1 &
+"$chatlab" --bind 127.0.0.1:19210 --broker memory --rate-limit 0 --client-rate-limit 0 --max-sessions-per-client 0 >"$work/memory.log" 2>&1 &
 pids+=($!)
 pid_memory=$!
 sleep 1

@@ -4,6 +4,7 @@
 //! and how to move it. Defaults are sized for a laptop demo that still survives a hostile client.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -41,9 +42,17 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:8180")]
     pub bind: SocketAddr,
 
-    /// Where the room lives: `memory` (this process only) or `redis://HOST:PORT[/DB]` (shared by processes).
-    #[arg(long, default_value = "memory")]
+    /// Where the room lives: `durable` (this process, kept on disk under `--data-dir`: history, sessions and the
+    /// sequence survive a restart and a crash), `memory` (this process only, gone when it stops) or
+    /// `redis://HOST:PORT[/DB]` (shared by processes).
+    #[arg(long, default_value = "durable")]
     pub broker: String,
+
+    /// The durable room's directory (`--broker durable`, the default), created if missing. One process at a
+    /// time: a second one on the same directory is refused at start. Copy it while the server is stopped to
+    /// back the room up.
+    #[arg(long, default_value = "./chatlab-data")]
+    pub data_dir: PathBuf,
 
     /// Room events retained for resume; a cursor older than this gets an explicit `gap` event.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]

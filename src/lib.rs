@@ -6,7 +6,7 @@
 //! | module | what lives there |
 //! |---|---|
 //! | [`core`] | the room: events (serialised once), sessions, the one fan-out point ([`core::Room`]) and the per-client limits |
-//! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: memory or Redis |
+//! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: on disk (the default), memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
 //! | [`metering`] | per-technique counters, exact wire bytes: `/api/stats` and `/metrics` |
 //! | [`bench`](mod@bench) | `chatlab bench`: real clients of every technique, and the side-by-side report |
@@ -42,7 +42,7 @@ use axum::{Json, Router};
 use tokio::net::TcpListener;
 use tower_http::set_header::SetResponseHeaderLayer;
 
-use crate::broker::{Broker, MemoryBroker, RedisBroker};
+use crate::broker::{Broker, DurableBroker, MemoryBroker, RedisBroker};
 use crate::config::Config;
 use crate::core::Room;
 use crate::error::AppError;
@@ -97,11 +97,15 @@ async fn stats(State(room): State<Room>) -> impl IntoResponse {
 /// An unknown broker URL, or a broker that cannot be reached.
 pub async fn build_room(config: Config) -> Result<Room, AppError> {
     let broker: Arc<dyn Broker> = match config.broker.as_str() {
+        "durable" => Arc::new(
+            DurableBroker::open(&config.data_dir, config.history as usize)
+                .map_err(|error| AppError::Unavailable(error.to_string()))?,
+        ),
         "memory" => Arc::new(MemoryBroker::new(config.history as usize)),
         url if url.starts_with("redis://") => Arc::new(RedisBroker::connect(url, config.history as usize).await?),
         other => {
             return Err(AppError::BadRequest(format!(
-                "unsupported --broker {other:?}: use \"memory\" or \"redis://HOST:PORT[/DB]\""
+                "unsupported --broker {other:?}: use \"durable\", \"memory\" or \"redis://HOST:PORT[/DB]\""
             )))
         }
     };
@@ -150,6 +154,10 @@ pub async fn run(
             let _ = tokio::time::timeout(grace, room.drained()).await;
         }
         _ = deadline => tracing::warn!("connections still open after the grace period; exiting anyway"),
+    }
+    // What the closed channels saved (their cursors) reaches the store before the process ends.
+    if let Err(error) = room.flush().await {
+        tracing::error!(%error, "could not write the room's last changes");
     }
     Ok(())
 }

@@ -36,8 +36,16 @@ fn main() -> anyhow::Result<()> {
 /// Binds, builds the room and serves until SIGINT or SIGTERM.
 async fn serve(config: chatlab::config::Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
-    tracing::info!("chatlab serving http://{} (broker: {})", listener.local_addr()?, config.broker);
-    let room = chatlab::build_room(config).await?;
+    // The room first: a store that cannot be used ends the process here, before it says it serves.
+    let room = chatlab::build_room(config.clone()).await?;
+    match config.broker.as_str() {
+        "durable" => tracing::info!(
+            "chatlab serving http://{} (broker: durable, --data-dir {})",
+            listener.local_addr()?,
+            config.data_dir.display()
+        ),
+        broker => tracing::info!("chatlab serving http://{} (broker: {broker})", listener.local_addr()?),
+    }
     chatlab::run(listener, room, shutdown_signal()).await?;
     Ok(())
 }

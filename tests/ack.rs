@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use chatlab::config::Config;
-use common::{http, ws, ws_next, ws_quiet, ws_send, ws_until, Ws, QUIET};
+use common::{http, post_keyed, ws, ws_next, ws_quiet, ws_send, ws_until, Ws, QUIET};
 use redis_support::{Chatlab, RedisServer};
 
 /// Sends `{"ref", "text"}` on an `ack=1` socket and returns the answer naming that `ref` (an ack or an error).
@@ -43,17 +43,6 @@ async fn listen_for(socket: &mut Ws, kind: &str, text: &str) -> Vec<Value> {
         frames.push(serde_json::from_str(&frame).unwrap());
     }
     frames
-}
-
-/// `POST /api/messages` to `base` as `session`, with an `Idempotency-Key` when given.
-async fn post_keyed(base: &str, session: &str, key: Option<&str>, text: &str) -> (u16, Value) {
-    let mut request = http().post(format!("{base}/api/messages?session={session}")).body(text.to_owned());
-    if let Some(key) = key {
-        request = request.header("idempotency-key", key);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
 }
 
 /// `POST /api/sessions` to `base`: the answer.
@@ -438,4 +427,69 @@ fn chatlab(redis: &RedisServer, extra: &[&str]) -> Chatlab {
     let mut args = vec!["--broker", url.as_str(), "--rate-limit", "0", "--shutdown-grace", "1"];
     args.extend_from_slice(extra);
     Chatlab::spawn(binary(), &args)
+}
+
+/// Frames sent without waiting (posted in batches, one commit each with the durable room) are each answered, in
+/// the order they were sent: acks with consecutive seqs, a repeated `ref` with its first seq, refusals (bad JSON,
+/// a bad `ref`, an empty text) naming their `ref` in their place.
+async fn frames_sent_at_once_are_answered_in_order(server: common::Server) {
+    let mut sender = ws(&server.ws_url("/ws?ack=1")).await;
+    ws_next(&mut sender).await;
+    let mut frames: Vec<(String, &str)> = Vec::new();
+    for i in 0..60 {
+        let reference = format!("b-{i}");
+        let frame = match i % 10 {
+            3 => "not json".to_owned(),
+            5 => json!({"ref": "", "text": "bad ref"}).to_string(),
+            7 => json!({"ref": reference, "text": "  "}).to_string(),
+            8 => json!({"ref": "b-0", "text": "line 0"}).to_string(),
+            _ => json!({"ref": reference, "text": format!("line {i}")}).to_string(),
+        };
+        let expected = match i % 10 {
+            3 | 5 | 7 => "error",
+            _ => "ack",
+        };
+        frames.push((frame, expected));
+    }
+    for (frame, _) in &frames {
+        ws_send(&mut sender, frame).await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < frames.len() {
+        let frame = ws_next(&mut sender).await;
+        if frame["type"] == "ack" || frame["type"] == "error" {
+            answers.push(frame);
+        }
+    }
+    let kinds: Vec<&str> = answers.iter().map(|a| a["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, frames.iter().map(|(_, kind)| *kind).collect::<Vec<_>>(), "{answers:#?}");
+    let mut last = 0;
+    for (i, answer) in answers.iter().enumerate() {
+        match i % 10 {
+            3 | 5 => {}
+            8 => assert_eq!(answer["seq"], answers[0]["seq"], "a repeated ref answers the first seq"),
+            _ => {
+                assert_eq!(answer["ref"], format!("b-{i}"), "{answer}");
+                if answer["type"] == "ack" {
+                    let seq = answer["seq"].as_u64().unwrap();
+                    assert!(seq > last, "acks in order: {answers:#?}");
+                    last = seq;
+                }
+            }
+        }
+    }
+    let history = retained(&server.url("")).await;
+    assert_eq!(count(&history, "message", "line 0"), 1, "the repeated ref published once");
+}
+
+#[tokio::test]
+async fn frames_sent_at_once_are_answered_in_order_in_memory() {
+    frames_sent_at_once_are_answered_in_order(common::start().await).await;
+}
+
+#[tokio::test]
+async fn frames_sent_at_once_are_answered_in_order_durable() {
+    let dir = common::temp::TempDir::new("ack-batch");
+    let config = Config { broker: "durable".into(), data_dir: dir.path().join("data"), ..common::config() };
+    frames_sent_at_once_are_answered_in_order(common::start_with(config).await).await;
 }

@@ -14,6 +14,7 @@ async fn start_server() -> (std::net::SocketAddr, oneshot::Sender<()>) {
         rate_limit: 0.0,
         client_rate_limit: 0.0,
         max_sessions_per_client: 0,
+        broker: "memory".into(),
         ..Config::default()
     })
     .await

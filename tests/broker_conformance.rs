@@ -1,10 +1,12 @@
-//! One suite, every broker: the memory broker and the Redis broker must behave the same behind the `Broker` trait.
+//! One suite, every broker: the durable, memory and Redis brokers must behave the same behind the `Broker` trait.
 //!
-//! Each behaviour is an `async fn(Fixture)`; the `conformance!` macro runs it once per broker (`memory::*` and
-//! `redis::*`). A fixture hands out "processes": for the memory broker every process is the same room (there is
-//! only one process), for Redis each is a new connection to the same room, as a second chatlab process would be.
-//! Redis tests start their own `redis-server` (see `redis_support`).
+//! Each behaviour is an `async fn(Fixture)`; the `conformance!` macro runs it once per broker (`durable::*`,
+//! `memory::*` and `redis::*`). A fixture hands out "processes": for the durable and memory brokers every process
+//! is the same room (there is only one process), for Redis each is a new connection to the same room, as a second
+//! chatlab process would be. Durable tests keep their store in a temporary directory of their own; Redis tests
+//! start their own `redis-server` (see `redis_support`).
 
+mod common;
 mod redis_support;
 
 use std::sync::{Arc, Mutex};
@@ -13,10 +15,11 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use chatlab::broker::{
-    Backlog, Broker, BrokerError, FeedItem, MemoryBroker, Missed, Published, RedisBroker, SendKey, Visit,
+    Backlog, Broker, BrokerError, DurableBroker, FeedItem, MemoryBroker, Missed, Published, RedisBroker, SendKey, Visit,
 };
 use chatlab::core::event::{now_ms, Draft, EventKind, RoomEvent, Seq};
 use chatlab::core::session::{SessionRecord, Transport};
+use common::temp::TempDir;
 use redis_support::RedisServer;
 
 /// How long any single receive may take.
@@ -25,20 +28,26 @@ const WAIT: Duration = Duration::from_secs(5);
 /// A room under test, and how to reach it from several "processes".
 struct Fixture {
     history: usize,
-    /// Memory: the one room every process shares.
+    /// Memory and durable: the one room every process shares (dropped before its directory).
     memory: Mutex<Option<Arc<dyn Broker>>>,
     /// Redis: the server, and a key prefix of this test's own.
     redis: Option<RedisServer>,
+    /// Durable: the store's directory.
+    dir: Option<TempDir>,
 }
 
 impl Fixture {
     fn memory(history: usize) -> Self {
-        Fixture { history, memory: Mutex::new(None), redis: None }
+        Fixture { history, memory: Mutex::new(None), redis: None, dir: None }
+    }
+
+    fn durable(test: &str, history: usize) -> Self {
+        Fixture { history, memory: Mutex::new(None), redis: None, dir: Some(TempDir::new(test)) }
     }
 
     fn redis(test: &str, history: usize) -> Option<Self> {
         let server = RedisServer::start_or_skip(test)?;
-        Some(Fixture { history, memory: Mutex::new(None), redis: Some(server) })
+        Some(Fixture { history, memory: Mutex::new(None), redis: Some(server), dir: None })
     }
 
     /// One process's view of the room.
@@ -49,7 +58,13 @@ impl Fixture {
             }
             None => {
                 let mut memory = self.memory.lock().unwrap();
-                memory.get_or_insert_with(|| Arc::new(MemoryBroker::new(self.history))).clone()
+                let make = || -> Arc<dyn Broker> {
+                    match &self.dir {
+                        Some(dir) => Arc::new(DurableBroker::open(dir.path(), self.history).expect("a store")),
+                        None => Arc::new(MemoryBroker::new(self.history)),
+                    }
+                };
+                memory.get_or_insert_with(make).clone()
             }
         }
     }
@@ -58,6 +73,14 @@ impl Fixture {
 /// Runs each behaviour against both brokers: `conformance!(history => name, ...)`.
 macro_rules! conformance {
     ($($name:ident($history:expr)),* $(,)?) => {
+        mod durable {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::Fixture::durable(stringify!($name), $history)).await;
+                }
+            )*
+        }
         mod memory {
             $(
                 #[tokio::test]
@@ -86,6 +109,8 @@ conformance! {
     a_cursor_ahead_of_the_room_is_reported(100),
     every_feed_delivers_every_event_once_in_order(100),
     concurrent_publishers_get_distinct_consecutive_numbers(1000),
+    publish_all_appends_in_order(100),
+    publish_all_publishes_each_key_once(100),
     guest_numbers_are_shared(100),
     sessions_are_shared_saved_and_removed_exactly_once(100),
     the_room_refuses_sessions_beyond_max(100),
@@ -271,6 +296,59 @@ async fn concurrent_publishers_get_distinct_consecutive_numbers(fixture: Fixture
             history.events.iter().map(|e| e.body().message).filter(|m| m.starts_with(&format!("t{task}-"))).collect();
         assert_eq!(mine, (0..EACH).map(|i| format!("t{task}-{i}")).collect::<Vec<_>>());
     }
+}
+
+/// `publish_all` appends a sender's drafts in their order, with consecutive numbers, fed and retained like single
+/// publishes; an empty list appends nothing.
+async fn publish_all_appends_in_order(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let mut feed = b.subscribe().await.unwrap();
+    a.publish(draft("first")).await.unwrap();
+    let published = a.publish_all((1..=5).map(|i| (draft(&format!("m{i}")), None)).collect()).await.unwrap();
+    let events: Vec<Arc<RoomEvent>> = published
+        .into_iter()
+        .map(|published| match published {
+            Published::Fresh(event) => event,
+            Published::Repeated(seq) => panic!("a send without a key repeated {seq}"),
+        })
+        .collect();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
+    assert!(a.publish_all(Vec::new()).await.unwrap().is_empty());
+    let history = b.since(0, 10).await.unwrap();
+    let messages: Vec<String> = history.events.iter().map(|e| e.body().message).collect();
+    assert_eq!(messages, ["first", "m1", "m2", "m3", "m4", "m5"]);
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event.json, history.events[i + 1].json, "returned as retained");
+    }
+    for seq in 1..=6 {
+        assert_eq!(next_event(&mut feed).await.seq, seq);
+    }
+    assert_eq!(a.publish(draft("next")).await.unwrap().seq, 7);
+}
+
+/// `publish_all` with keys: a key used before (by `publish_once` or earlier in the same batch) appends nothing and
+/// answers the first `seq`; the others are numbered consecutively, in order; `published` knows every key.
+async fn publish_all_publishes_each_key_once(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let key = |key| SendKey { session: "s1", key };
+    let first = a.publish_once(draft("k1"), key("k1")).await.unwrap().seq();
+    assert_eq!(first, 1);
+    let sends = vec![
+        (draft("again k1"), Some(key("k1"))),
+        (draft("k2"), Some(key("k2"))),
+        (draft("plain"), None),
+        (draft("again k2"), Some(key("k2"))),
+        (draft("k3"), Some(key("k3"))),
+    ];
+    let published = b.publish_all(sends).await.unwrap();
+    let answers: Vec<(bool, Seq)> = published.iter().map(|p| (matches!(p, Published::Fresh(_)), p.seq())).collect();
+    assert_eq!(answers, [(false, 1), (true, 2), (true, 3), (false, 2), (true, 4)]);
+    let messages: Vec<String> = a.since(0, 10).await.unwrap().events.iter().map(|e| e.body().message).collect();
+    assert_eq!(messages, ["k1", "k2", "plain", "k3"]);
+    for (name, seq) in [("k1", 1), ("k2", 2), ("k3", 4)] {
+        assert_eq!(a.published(key(name)).await.unwrap(), Some(seq), "{name}");
+    }
+    assert_eq!(a.published(SendKey { session: "s2", key: "k1" }).await.unwrap(), None, "another session's key");
 }
 
 /// Guest numbers count up across processes, never repeating.

@@ -16,7 +16,7 @@ use common::raw::{client_frame, get, post, Raw, UPGRADE};
 
 /// A server on 127.0.0.1:0; it stops when the returned sender drops.
 async fn start() -> (SocketAddr, Room, oneshot::Sender<()>) {
-    let room = chatlab::build_room(Config::default()).await.expect("room");
+    let room = chatlab::build_room(Config { broker: "memory".into(), ..Config::default() }).await.expect("room");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();

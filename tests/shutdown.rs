@@ -79,7 +79,7 @@ async fn serve_binary_with_a_stream(args: &[&str]) -> (tokio::process::Child, re
         probe.local_addr().unwrap().port()
     };
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatlab"))
-        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--bind", &format!("127.0.0.1:{port}"), "--broker", "memory"])
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

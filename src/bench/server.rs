@@ -1,6 +1,7 @@
 //! The servers under test: a chatlab the bench starts itself (a child process, so its CPU time is its own),
 //! or the ones given with `--url`; their `/api/stats` counters and their CPU time from `/proc/<pid>/stat`.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,19 +17,32 @@ use super::report::ServerCounters;
 /// kernel reports in this unit whatever its internal tick rate.
 const USER_HZ: f64 = 100.0;
 
-/// A chatlab the bench started; killed when dropped.
+/// A chatlab the bench started; killed when dropped, and its data directory (if the bench made one) removed.
 #[derive(Debug)]
 pub(crate) struct OwnServer {
     /// `127.0.0.1:PORT`.
     pub(crate) authority: String,
     /// The child's process id, for its CPU time.
     pub(crate) pid: u32,
-    _child: Child,
+    child: Child,
+    /// The temporary `--data-dir` of a durable room the bench made.
+    data_dir: Option<PathBuf>,
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 /// Starts `chatlab` (this very binary, without a subcommand) on a free loopback port, with the per-session and
 /// per-client limits off (the bench's senders would trip the rates, and all its participants come from
-/// 127.0.0.1) and `extra` flags; waits until `/healthz` answers.
+/// 127.0.0.1) and `extra` flags; waits until `/healthz` answers. Unless `extra` gives a `--data-dir`, a durable
+/// room (the default broker) is kept in a new temporary directory, removed afterwards: every run starts from an
+/// empty room, and never touches `./chatlab-data`.
 ///
 /// # Errors
 /// When the binary cannot be started or does not answer within 10 s.
@@ -40,8 +54,24 @@ pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
     };
     let authority = format!("127.0.0.1:{port}");
     let exe = std::env::current_exe().context("locating the chatlab binary")?;
-    let child = Command::new(exe)
-        .args(["--bind", &authority, "--rate-limit", "0", "--client-rate-limit", "0", "--max-sessions-per-client", "0"])
+    let data_dir = (!extra.iter().any(|arg| arg.starts_with("--data-dir")))
+        .then(|| std::env::temp_dir().join(format!("chatlab-bench-{}-{port}", std::process::id())));
+    let mut command = Command::new(exe);
+    command.args([
+        "--bind",
+        &authority,
+        "--rate-limit",
+        "0",
+        "--client-rate-limit",
+        "0",
+        "--max-sessions-per-client",
+        "0",
+    ]);
+    if let Some(dir) = &data_dir {
+        let _ = std::fs::remove_dir_all(dir);
+        command.arg("--data-dir").arg(dir);
+    }
+    let child = command
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -50,7 +80,7 @@ pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
         .spawn()
         .context("starting chatlab")?;
     let pid = child.id().context("the child has no pid")?;
-    let server = OwnServer { authority, pid, _child: child };
+    let server = OwnServer { authority, pid, child, data_dir };
     for _ in 0..100 {
         if let Ok(mut http) = Http::connect(&server.authority, Probe::new(), false).await {
             if let Ok((StatusCode::OK, _)) = http.call(Method::GET, "/healthz", None).await {

@@ -1,4 +1,6 @@
-//! The embedded broker: the room lives in this process (the default).
+//! The in-memory broker: the room lives in this process and is gone when it stops (`--broker memory`).
+//!
+//! It is also the durable broker's in-memory copy of the room ([`super::durable`]), which answers every read.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,6 +63,70 @@ impl MemoryBroker {
         }
     }
 
+    /// A room restored from a store: its head, guest counter, retained events (consecutive, oldest first) and
+    /// sessions with the time their lease ends; each event with the send key it was published with, if any.
+    pub(crate) fn restore(
+        history: usize,
+        epoch: Epoch,
+        head: Seq,
+        guests: u64,
+        events: Vec<(Arc<RoomEvent>, Option<String>)>,
+        sessions: Vec<(SessionRecord, u64)>,
+    ) -> Self {
+        let mut broker = MemoryBroker::new(history);
+        broker.epoch = epoch;
+        {
+            let mut state = broker.lock();
+            state.head = head;
+            state.guests = guests;
+            for (event, key) in events {
+                state.retain(event, key);
+            }
+            for (record, lease_until_ms) in sessions {
+                state.joined.insert((record.guest, record.token.clone()));
+                state.sessions.insert(record.token.clone(), Box::new((record, lease_until_ms)));
+            }
+        }
+        broker
+    }
+
+    /// The newest sequence number given out, and how many sessions are online: what stamps the next events.
+    pub(crate) fn head_and_online(&self) -> (Seq, u64) {
+        let state = self.lock();
+        (state.head, state.sessions.len() as u64)
+    }
+
+    /// The guest counter (the last number given out).
+    pub(crate) fn guests(&self) -> u64 {
+        self.lock().guests
+    }
+
+    /// Appends events sequenced and stamped elsewhere (the durable broker's writer), which follow the head with
+    /// no hole, and feeds them, in one section.
+    pub(crate) fn append(&self, events: &[(Arc<RoomEvent>, Option<String>)]) {
+        let mut state = self.lock();
+        for (event, key) in events {
+            debug_assert_eq!(event.seq, state.head + 1, "appended events follow the head");
+            state.head = event.seq;
+            state.retain(event.clone(), key.clone());
+            state.feed(event);
+        }
+    }
+
+    /// The `seq` of the event published with this stored key ([`SendKey::stored`]), while it is remembered.
+    pub(crate) fn sent(&self, stored: &str) -> Option<Seq> {
+        self.lock().sent.get(stored).copied()
+    }
+
+    /// The sessions of `tokens` as they are now, with the time their lease ends; `None` for those gone.
+    pub(crate) fn entries<'a>(
+        &self,
+        tokens: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<(&'a String, Option<(SessionRecord, u64)>)> {
+        let state = self.lock();
+        tokens.into_iter().map(|token| (token, state.sessions.get(token).map(|entry| (**entry).clone()))).collect()
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state half-written (each section is a few simple
         // updates), so a poisoned lock is still usable.
@@ -69,6 +135,34 @@ impl MemoryBroker {
 }
 
 impl State {
+    /// Keeps `event` in the bounded history, and its send key (if any) for as long as it is retained.
+    fn retain(&mut self, event: Arc<RoomEvent>, key: Option<String>) {
+        let seq = event.seq;
+        if self.history.len() == self.capacity {
+            self.history.pop_front();
+        }
+        self.history.push_back(event);
+        // Keys go with their events: one whose event left the history is forgotten (a cheap check when none is
+        // due, and sends without a key never add one).
+        let oldest = self.history.front().map_or(seq, |event| event.seq);
+        while self.sent_order.front().is_some_and(|(seq, _)| *seq < oldest) {
+            if let Some((_, gone)) = self.sent_order.pop_front() {
+                self.sent.remove(&gone);
+            }
+        }
+        if let Some(key) = key {
+            self.sent.insert(key.clone(), seq);
+            self.sent_order.push_back((seq, key));
+        }
+    }
+
+    /// Feeds `event` to every subscribed room. Called under the lock, which keeps the feed in sequence order; an
+    /// unbounded send never blocks, and the receiver (the room's pump) only forwards into the fan-out, so the
+    /// queue stays near empty.
+    fn feed(&mut self, event: &Arc<RoomEvent>) {
+        self.feeds.retain(|feed| feed.send(FeedItem::Event(event.clone())).is_ok());
+    }
+
     /// Removes a session and its place in the join order.
     fn remove(&mut self, token: &str) -> Option<SessionRecord> {
         let (record, _) = *self.sessions.remove(token)?;
@@ -98,25 +192,8 @@ impl State {
         self.head += 1;
         let body = EventBody::stamp(draft, self.head, self.sessions.len() as u64);
         let event = Arc::new(RoomEvent::new(&body));
-        if self.history.len() == self.capacity {
-            self.history.pop_front();
-        }
-        self.history.push_back(event.clone());
-        // Keys go with their events: one whose event left the history is forgotten (a cheap check when none is
-        // due, and sends without a key never add one).
-        let oldest = self.history.front().map_or(self.head, |event| event.seq);
-        while self.sent_order.front().is_some_and(|(seq, _)| *seq < oldest) {
-            if let Some((_, gone)) = self.sent_order.pop_front() {
-                self.sent.remove(&gone);
-            }
-        }
-        if let Some(key) = key {
-            self.sent.insert(key.clone(), self.head);
-            self.sent_order.push_back((self.head, key));
-        }
-        // Sending under the lock keeps the feed in sequence order; an unbounded send never blocks, and the
-        // receiver (the room's pump) only forwards into the fan-out, so the queue stays near empty.
-        self.feeds.retain(|feed| feed.send(FeedItem::Event(event.clone())).is_ok());
+        self.retain(event.clone(), key);
+        self.feed(&event);
         event
     }
 }

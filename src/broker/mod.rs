@@ -3,9 +3,11 @@
 //! A broker owns what must be agreed by every process serving the room: the sequence counter and the event
 //! history (appended atomically together), the sessions with their leases, and the guest counter. It feeds every
 //! event, in sequence order, to the one fan-out point of each process ([`crate::core::Room`]); transports never
-//! talk to it. [`memory::MemoryBroker`] keeps it all in this process; [`redis::RedisBroker`] keeps it in Redis,
-//! shared by every process pointed at it.
+//! talk to it. [`durable::DurableBroker`] (the default) keeps it in this process and in an embedded store on disk,
+//! so that it survives a restart or a crash; [`memory::MemoryBroker`] keeps it in this process only;
+//! [`redis::RedisBroker`] keeps it in Redis, shared by every process pointed at it.
 
+pub mod durable;
 pub mod memory;
 pub mod redis;
 
@@ -17,6 +19,7 @@ use tokio::sync::mpsc;
 use crate::core::event::{Draft, RoomEvent, Seq};
 use crate::core::session::{SessionRecord, Transport};
 
+pub use durable::DurableBroker;
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;
 
@@ -184,8 +187,8 @@ pub enum FeedItem {
     Up,
 }
 
-/// Where the room's shared state lives. Implementations: [`MemoryBroker`] (this process only) and [`RedisBroker`]
-/// (several processes).
+/// Where the room's shared state lives. Implementations: [`DurableBroker`] (this process, kept on disk),
+/// [`MemoryBroker`] (this process only) and [`RedisBroker`] (several processes).
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Appends a room event: assigns the next sequence number atomically with appending it to the history
@@ -216,6 +219,24 @@ pub trait Broker: Send + Sync + 'static {
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn epoch(&self) -> Result<Epoch, BrokerError>;
+
+    /// Appends `sends` as [`Broker::publish`] (or, with a key, [`Broker::publish_once`]) does, in this order, with
+    /// consecutive sequence numbers when nothing else is published meanwhile: one step for a sender's texts that
+    /// arrived together. Answers one [`Published`] per send, in order. By default one publish after another; the
+    /// durable broker writes them (and their keys) in one commit.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store is unreachable; the sends before the failure were appended.
+    async fn publish_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Vec<Published>, BrokerError> {
+        let mut published = Vec::with_capacity(sends.len());
+        for (draft, key) in sends {
+            published.push(match key {
+                Some(key) => self.publish_once(draft, key).await?,
+                None => Published::Fresh(self.publish(draft).await?),
+            });
+        }
+        Ok(published)
+    }
 
     /// Reads at most `max` retained events after `cursor`, with the hole (if any) the client must be told of.
     ///
@@ -353,4 +374,13 @@ pub trait Broker: Send + Sync + 'static {
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store is unreachable.
     async fn online(&self) -> Result<u64, BrokerError>;
+
+    /// Makes durable what is held only in this process (the durable broker's session changes not yet written);
+    /// called once the server has stopped serving. Nothing to do for the others.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when the store cannot be written.
+    async fn flush(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
 }

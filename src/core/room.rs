@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use foldhash::HashMap;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::broker::{Backlog, Broker, BrokerError, Epoch, FeedItem, Missed, Published, SendKey, Visit};
@@ -60,6 +61,8 @@ struct Shared {
     metering: Metering,
     /// Arrivals and departures not yet announced (rooms above `--coalesce-above`).
     crowd: Crowd,
+    /// The cursor saves of closed channels still running: [`Room::flush`] waits for them.
+    saves: TaskTracker,
     /// The per-client limits (`--max-sessions-per-client`, `--client-rate-limit`).
     clients: Clients,
 }
@@ -161,6 +164,7 @@ impl Room {
                 shutdown: CancellationToken::new(),
                 metering,
                 crowd: Crowd::default(),
+                saves: TaskTracker::new(),
             }),
         };
         tokio::spawn(room.clone().pump(feed));
@@ -196,6 +200,17 @@ impl Room {
     pub async fn drained(&self) {
         let all = self.shared.config.max_connections.min(u32::MAX as usize) as u32;
         let _ = self.shared.live.acquire_many(all).await;
+    }
+
+    /// Makes durable what the broker holds only in memory ([`Broker::flush`]), once the closed channels have saved
+    /// their cursors; the server calls it once it has stopped serving.
+    ///
+    /// # Errors
+    /// [`AppError::Unavailable`] when the store cannot be written.
+    pub async fn flush(&self) -> Result<(), AppError> {
+        self.shared.saves.close();
+        self.shared.saves.wait().await;
+        Ok(self.shared.broker.flush().await?)
     }
 
     /// The newest sequence number this process has fanned out.
@@ -289,6 +304,18 @@ impl Room {
         let event = self.shared.broker.publish(draft).await?;
         self.fan_out(event.clone(), true);
         Ok(event)
+    }
+
+    /// Publishes `sends` in this order ([`Broker::publish_all`]) and fans each new event out as
+    /// [`Room::publish`] does.
+    async fn publish_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Vec<Published>, BrokerError> {
+        let published = self.shared.broker.publish_all(sends).await?;
+        for published in &published {
+            if let Published::Fresh(event) = published {
+                self.fan_out(event.clone(), true);
+            }
+        }
+        Ok(published)
     }
 
     /// [`Room::publish`] under a send's key: a repeated key publishes nothing and answers the first `seq`.
@@ -592,13 +619,85 @@ impl Room {
         let mut record = self.session(token).await?;
         let transport = record.transport;
         let key = key.map(|key| SendKey { session: token, key });
+        let published = match self.draft(&mut record, text, key).await? {
+            Err(seq) => return Ok((seq, transport)),
+            Ok(draft) => match key {
+                Some(key) => self.publish_once(draft, key).await?,
+                None => self.publish(draft).await?.seq,
+            },
+        };
+        Ok((published, transport))
+    }
+
+    /// Several texts of one participant from `client`, in order, each with its key if any, as
+    /// [`Room::send_from`] each (the same checks, limits, keys and errors, text by text), published together: one
+    /// step for the broker (with the durable broker, one commit), so that a sender whose texts arrive faster than
+    /// one sync each is not held to one text per sync. Returns each text's outcome, in order.
+    pub async fn post_all(
+        &self,
+        client: Option<IpAddr>,
+        token: &str,
+        texts: &[(String, Option<String>)],
+    ) -> Vec<Result<Seq, AppError>> {
+        if self.shared.shutdown.is_cancelled() {
+            return texts.iter().map(|_| Err(AppError::ShuttingDown)).collect();
+        }
+        let mut record = match self.session(token).await {
+            Ok(record) => record,
+            // The lookup can only fail as an unknown session or an unavailable store: each text is told so.
+            Err(AppError::UnknownSession) => return texts.iter().map(|_| Err(AppError::UnknownSession)).collect(),
+            Err(error) => return texts.iter().map(|_| Err(AppError::Unavailable(error.to_string()))).collect(),
+        };
+        let mut outcomes = Vec::with_capacity(texts.len());
+        let mut sends = Vec::with_capacity(texts.len());
+        for (text, key) in texts {
+            let key = key.as_deref().map(|key| SendKey { session: token, key });
+            let drafted = match self.shared.clients.text(client) {
+                Ok(()) => self.draft(&mut record, text, key).await,
+                Err(error) => Err(error),
+            };
+            match drafted {
+                Ok(Ok(draft)) => {
+                    sends.push((draft, key));
+                    outcomes.push(None);
+                }
+                Ok(Err(seq)) => outcomes.push(Some(Ok(seq))),
+                Err(error) => outcomes.push(Some(Err(error))),
+            }
+        }
+        // Each text drafted waits for its place in the batch published, in order.
+        let published = self.publish_all(sends).await;
+        let mut fresh = published.as_ref().map(|published| published.iter().map(Published::seq)).ok();
+        outcomes
+            .into_iter()
+            .map(|outcome| match (outcome, &published, fresh.as_mut()) {
+                (Some(outcome), _, _) => outcome,
+                (None, Err(error), _) => Err(AppError::from(error.clone())),
+                (None, Ok(_), Some(seqs)) => seqs.next().ok_or_else(|| AppError::Unavailable("no answer".into())),
+                (None, Ok(_), None) => Err(AppError::Unavailable("no answer".into())),
+            })
+            .collect()
+    }
+
+    /// The event a participant's text makes: a chat message, or for `/nick NAME` a rename (saved in `record` and
+    /// in the broker now, before the event is published). `Ok(Err(seq))`: a rename under a `key` already used,
+    /// whose event is `seq` (nothing is renamed again).
+    async fn draft(
+        &self,
+        record: &mut SessionRecord,
+        text: &str,
+        key: Option<SendKey<'_>>,
+    ) -> Result<Result<Draft, Seq>, AppError> {
+        let token = record.token.clone();
+        let token = token.as_str();
+        let transport = record.transport;
         self.take_rate_token(token)?;
         let draft = if let Some(name) = text.strip_prefix("/nick ") {
             // A rename is saved before it is published: a repeat must be caught before that, or a resent old
             // `/nick` would quietly rename back. (Renames are rare: the extra read costs nothing that matters.)
             if let Some(key) = key {
                 if let Some(seq) = self.shared.broker.published(key).await? {
-                    return Ok((seq, transport));
+                    return Ok(Err(seq));
                 }
             }
             let new = clean_nickname(name, self.shared.config.max_nickname_chars)?;
@@ -621,10 +720,10 @@ impl Room {
                 return Err(AppError::NicknameTaken(new));
             }
             let old = std::mem::replace(&mut record.nickname, new.clone());
-            if !self.shared.broker.save_session(&record).await? {
+            if !self.shared.broker.save_session(record).await? {
                 return Err(AppError::UnknownSession);
             }
-            Draft::rename(record.id, old, new)
+            Draft::rename(record.id.clone(), old, new)
         } else {
             if text.trim().is_empty() {
                 return Err(AppError::EmptyText);
@@ -633,13 +732,9 @@ impl Room {
             if text.len() > max && text.chars().count() > max {
                 return Err(AppError::TextTooLong(max));
             }
-            Draft::message(record.id, record.nickname, text.to_owned(), transport)
+            Draft::message(record.id.clone(), record.nickname.clone(), text.to_owned(), transport)
         };
-        let seq = match key {
-            Some(key) => self.publish_once(draft, key).await?,
-            None => self.publish(draft).await?.seq,
-        };
-        Ok((seq, transport))
+        Ok(Ok(draft))
     }
 
     /// Takes one token from the session's bucket.
@@ -1280,10 +1375,11 @@ impl Drop for Channel {
         let token = std::mem::take(&mut self.token);
         let cursor = self.delivered;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
+            let saves = self.room.shared.saves.clone();
+            handle.spawn(saves.track_future(async move {
                 // The lease runs from when the channel closed, not from the reaper's last tick.
                 let _ = room.shared.broker.save_cursor(&token, cursor, room.lease_end()).await;
-            });
+            }));
         }
     }
 }

@@ -18,6 +18,7 @@
 
 use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -27,7 +28,7 @@ use tungstenite::{Bytes, Message};
 
 use super::websocket::{is_too_many_fragments, Socket, Upgrade};
 use super::{send_key, ClientAddr, Pacer, Params, SameOrigin};
-use crate::core::event::control;
+use crate::core::event::{control, Seq};
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
 use crate::metering::session::SessionWire;
@@ -103,10 +104,10 @@ struct AckedText {
     text: String,
 }
 
-/// Takes one text frame from the client: posts it, and returns what to answer, if anything.
-async fn receive(room: &Room, client: Option<IpAddr>, token: &str, frame: &str, sends: Sends) -> Option<String> {
+/// Reads one text frame from the client: what to post, or, for a frame that cannot be posted, its refusal.
+fn receive(room: &Room, frame: &str, sends: Sends) -> Entry {
     if sends == Sends::Plain {
-        return room.send_from(client, token, frame, None).await.err().map(|error| error.to_event());
+        return Entry::Post { text: frame.to_owned(), reference: None };
     }
     let sent: AckedText = match serde_json::from_str(frame) {
         Ok(sent) => sent,
@@ -117,18 +118,33 @@ async fn receive(room: &Room, client: Option<IpAddr>, token: &str, frame: &str, 
             let error = AppError::BadRequest(format!(
                 "with ack=1 every frame is a JSON object {{\"ref\": \"<your id for it>\", \"text\": \"<a chat line or /nick NAME>\"}}: {error}"
             ));
-            return Some(control::refused(reference, error.code(), &error.to_string()));
+            return Entry::Answer(control::refused(reference, error.code(), &error.to_string()));
         }
     };
-    let reference = sent.reference.as_str();
-    let answer = match send_key("ref", reference, room.config().max_ref_bytes) {
-        Ok(key) => room.send_from(client, token, &sent.text, Some(key)).await,
-        Err(error) => Err(error),
-    };
-    Some(match answer {
-        Ok((seq, _)) => control::ack(reference, seq),
-        Err(error) => control::refused(Some(reference), error.code(), &error.to_string()),
-    })
+    match send_key("ref", &sent.reference, room.config().max_ref_bytes) {
+        Ok(_) => Entry::Post { text: sent.text, reference: Some(sent.reference) },
+        Err(error) => Entry::Answer(control::refused(Some(&sent.reference), error.code(), &error.to_string())),
+    }
+}
+
+/// A text frame waiting in the [`Outbox`].
+enum Entry {
+    /// A text to post, with the `ref` it was sent with (`/ws?ack=1`), which is also its key.
+    Post { text: String, reference: Option<String> },
+    /// The answer to a frame refused as it was read, sent in its turn.
+    Answer(String),
+}
+
+/// What to answer for a posted text: an `ack` or a refusal naming its `ref`; without one, only a refusal.
+fn answer(reference: Option<&str>, outcome: Result<Seq, AppError>) -> Option<String> {
+    match (reference, outcome) {
+        (Some(reference), Ok(seq)) => Some(control::ack(reference, seq)),
+        (None, Ok(_)) => None,
+        (reference, Err(error)) => Some(match reference {
+            Some(reference) => control::refused(Some(reference), error.code(), &error.to_string()),
+            None => error.to_event(),
+        }),
+    }
 }
 
 /// What becomes of the participant when its socket ends.
@@ -210,6 +226,7 @@ async fn exchange(
     // Keep-alive beats since the peer last sent anything (a frame, or the pong to our ping).
     let mut unanswered = 0u8;
     let mut pacer = Pacer::default();
+    let mut outbox = Outbox::default();
     loop {
         // Biased towards delivery: a connection drains what it owes before reading more input, so a fast
         // sender cannot outrun its own echoes into a slow-consumer close.
@@ -238,7 +255,16 @@ async fn exchange(
                     return exit;
                 }
             }
-            received = socket.recv() => {
+            answers = outbox.posted(), if outbox.busy() => {
+                for answer in answers {
+                    if socket.send(Message::Text(answer.into())).await.is_err() {
+                        return Ok(Ended::Client);
+                    }
+                }
+                outbox.post(room, client, channel.token());
+            }
+            // A client whose texts wait beyond the outbox's bound is not read until they are posted.
+            received = socket.recv(), if outbox.open() => {
                 unanswered = 0;
                 let message = match received {
                     Some(Ok(message)) => message,
@@ -250,11 +276,8 @@ async fn exchange(
                 };
                 match message {
                     Message::Text(text) => {
-                        if let Some(answer) = Box::pin(receive(room, client, channel.token(), text.as_str(), sends)).await {
-                            if socket.send(Message::Text(answer.into())).await.is_err() {
-                                return Ok(Ended::Client);
-                            }
-                        }
+                        outbox.waiting.push(receive(room, text.as_str(), sends));
+                        outbox.post(room, client, channel.token());
                     }
                     Message::Binary(_) => {
                         let error = AppError::BadRequest("binary frames are not supported: send text".into());
@@ -269,6 +292,73 @@ async fn exchange(
                 }
             }
         }
+    }
+}
+
+/// Most texts of one connection waiting while its previous ones are posted; past it, the connection is not read
+/// until they are (its client's TCP window then fills).
+const OUTBOX_MAX: usize = 256;
+
+/// A connection's texts on their way into the room, in the order they arrived: one batch being posted
+/// ([`Room::post_all`]: with the durable broker, one commit) while the next gathers, so a client sending faster
+/// than one sync per text is not held to one text per sync. Each frame's answer (an ack, a refusal) is written in
+/// the order the frames came.
+#[derive(Default)]
+struct Outbox {
+    posting: Option<Posting>,
+    waiting: Vec<Entry>,
+}
+
+/// A batch being posted: the answers to write, in order.
+type Posting = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
+
+impl Outbox {
+    /// Whether a batch is being posted.
+    fn busy(&self) -> bool {
+        self.posting.is_some()
+    }
+
+    /// Whether more texts may be read.
+    fn open(&self) -> bool {
+        self.waiting.len() < OUTBOX_MAX
+    }
+
+    /// Starts posting the waiting texts, unless a batch is being posted (they go when it is done).
+    fn post(&mut self, room: &Room, client: Option<IpAddr>, token: &str) {
+        if self.posting.is_some() || self.waiting.is_empty() {
+            return;
+        }
+        let (room, token, entries) = (room.clone(), token.to_owned(), std::mem::take(&mut self.waiting));
+        self.posting = Some(Box::pin(async move {
+            let mut texts = Vec::with_capacity(entries.len());
+            let mut shape = Vec::with_capacity(entries.len());
+            for entry in entries {
+                match entry {
+                    Entry::Post { text, reference } => {
+                        texts.push((text, reference));
+                        shape.push(None);
+                    }
+                    Entry::Answer(answer) => shape.push(Some(answer)),
+                }
+            }
+            let outcomes = if texts.is_empty() { Vec::new() } else { room.post_all(client, &token, &texts).await };
+            let mut posted = texts.iter().zip(outcomes);
+            shape
+                .into_iter()
+                .filter_map(|known| match known {
+                    Some(answer) => Some(answer),
+                    None => posted.next().and_then(|((_, reference), outcome)| answer(reference.as_deref(), outcome)),
+                })
+                .collect()
+        }));
+    }
+
+    /// The answers of the batch being posted, once it is done (cancel-safe: the batch stays).
+    async fn posted(&mut self) -> Vec<String> {
+        let Some(posting) = self.posting.as_mut() else { return std::future::pending().await };
+        let answers = posting.await;
+        self.posting = None;
+        answers
     }
 }
 

@@ -17,6 +17,7 @@ use chatlab::config::Config;
 use chatlab::core::Room;
 
 pub mod raw;
+pub mod temp;
 
 pub use raw::masked;
 
@@ -34,9 +35,10 @@ pub struct Server {
 }
 
 /// Defaults with rate limiting (per session and per client) off unless a test asks for it (tests send quickly on
-/// purpose, all from 127.0.0.1).
+/// purpose, all from 127.0.0.1), in an in-memory room (each test makes its own; the durable room has tests of its
+/// own, each in a temporary directory).
 pub fn config() -> Config {
-    Config { rate_limit: 0.0, client_rate_limit: 0.0, ..Config::default() }
+    Config { rate_limit: 0.0, client_rate_limit: 0.0, broker: "memory".into(), ..Config::default() }
 }
 
 /// Starts a server with the default test config.
@@ -416,4 +418,15 @@ impl Streamed {
             panic!("expected silence, got {event:?}");
         }
     }
+}
+
+/// `POST /api/messages` to `base` as `session`, with an `Idempotency-Key` when given.
+pub async fn post_keyed(base: &str, session: &str, key: Option<&str>, text: &str) -> (u16, Value) {
+    let mut request = http().post(format!("{base}/api/messages?session={session}")).body(text.to_owned());
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }

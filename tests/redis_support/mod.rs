@@ -1,5 +1,6 @@
 //! Test harness for the Redis broker: a real `redis-server` on a free loopback port, with its own data directory,
-//! that a test can stop and start again; and chatlab processes spawned from the built binary.
+//! that a test can stop and start again; and chatlab processes spawned from the built binary (which a test can
+//! kill or stop with SIGTERM).
 //!
 //! When `redis-server` is not installed the Redis tests are skipped with a message, unless `CHATLAB_REQUIRE_REDIS`
 //! is set (CI sets it), in which case they fail.
@@ -226,6 +227,20 @@ impl Chatlab {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (at most 10 s) for the process to end; its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "chatlab exits within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether the process is still running.

@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -28,19 +29,27 @@ export function freePort() {
   });
 }
 
+/** A new empty directory under the system's temporary one (a durable room's --data-dir). */
+export function tempDataDir() {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'chatlab-browser-'));
+}
+
 /**
  * Spawns the chatlab binary (env CHATLAB_BIN, default target/release/chatlab
  * relative to the repo root) with `--bind 127.0.0.1:PORT`, and waits for
- * GET /healthz. Returns {url, port, stop(), output()}.
+ * GET /healthz. Returns {url, port, stop(), output()}. The room is the
+ * default durable one, in `dataDir` (give the same one to a restarted server
+ * to keep its room), else in a new temporary directory removed on stop.
  */
-export async function startServer({ port, args = [] } = {}) {
+export async function startServer({ port, args = [], dataDir } = {}) {
   const bin = path.resolve(REPO_ROOT, process.env.CHATLAB_BIN || 'target/release/chatlab');
   if (!fs.existsSync(bin)) {
     throw new Error(`chatlab binary not found at ${bin}: run \`cargo build --release\` first (or set CHATLAB_BIN)`);
   }
   port ??= await freePort();
+  const ownDir = dataDir ? null : tempDataDir();
   const lines = [];
-  const child = spawn(bin, ['--bind', `127.0.0.1:${port}`, ...args], {
+  const child = spawn(bin, ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir || ownDir, ...args], {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
@@ -75,14 +84,22 @@ export async function startServer({ port, args = [] } = {}) {
     url,
     port,
     output: () => lines.join('\n'),
+    /** SIGKILL (`kill -9`): the process dies without a word to anyone. */
+    async kill() {
+      if (!exited) child.kill('SIGKILL');
+      return Promise.race([exit, sleep(2000)]);
+    },
     /** SIGTERM, then SIGKILL if it has not exited within 5 s. */
     async stop() {
-      if (exited) return exited;
+      const removeOwnDir = () => { if (ownDir) fs.rmSync(ownDir, { recursive: true, force: true }); };
+      if (exited) return removeOwnDir(), exited;
       child.kill('SIGTERM');
       const done = await Promise.race([exit, sleep(5000).then(() => null)]);
-      if (done) return done;
+      if (done) return removeOwnDir(), done;
       child.kill('SIGKILL');
-      return Promise.race([exit, sleep(2000)]);
+      const killed = await Promise.race([exit, sleep(2000)]);
+      removeOwnDir();
+      return killed;
     },
   };
 }

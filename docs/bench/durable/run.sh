@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The durable room (the default broker) against the in-memory one (--broker memory), the same run, same machine:
+#
+#  1. WebSocket deliveries/s within 100 ms p99 (`--find-max`): 100 participants, 10 senders;
+#  2. the same with 100 senders (every participant sends): texts/s accepted at the best rate;
+#  3. SSE (texts sent by POST, answered 202 once durable), 100 participants, 100 senders;
+#  4. the durable room's syncs per second and bytes written per text under a steady load (io.sh).
+#
+# Every bench starts its own chatlab (a durable one in a temporary --data-dir). Results go to docs/bench/durable/.
+#   docs/bench/durable/run.sh                  # from the repository root, after cargo build --release
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+bin=${CHATLAB_BIN:-target/release/chatlab}
+out=docs/bench/durable
+round=${ROUND:-1}
+for broker in durable memory; do
+  extra=()
+  [ "$broker" = memory ] && extra=(--server-arg=--broker=memory)
+  "$bin" bench --techniques ws --participants 100 --senders 10 --find-max --rate 400 --duration 5 --warmup 3 \
+    "${extra[@]}" --format json --out "$out/ws-10-senders-$broker-$round.json" > /dev/null
+  "$bin" bench --techniques ws --participants 100 --senders 100 --find-max --rate 400 --duration 5 --warmup 3 \
+    "${extra[@]}" --format json --out "$out/ws-100-senders-$broker-$round.json" > /dev/null
+  "$bin" bench --techniques sse --participants 100 --senders 100 --find-max --rate 400 --duration 5 --warmup 3 \
+    "${extra[@]}" --format json --out "$out/sse-100-senders-$broker-$round.json" > /dev/null
+done

@@ -1,0 +1,456 @@
+//! The durable room (the default broker): what a restart or a crash keeps, and the data directories it refuses.
+//!
+//! Store-level tests close and reopen a `DurableBroker` in a temporary directory. Process-level tests spawn the
+//! built binary (`CARGO_BIN_EXE_chatlab`) on a temporary `--data-dir`, kill it (`kill -9`) or stop it (SIGTERM)
+//! in the middle of a burst of texts, and start it again on the same directory. Every receive has a timeout.
+
+mod common;
+mod redis_support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+use chatlab::broker::durable::StoreError;
+use chatlab::broker::{Broker, DurableBroker, Missed};
+use chatlab::core::event::{now_ms, Draft, EventKind};
+use chatlab::core::session::{SessionRecord, Transport};
+use common::temp::TempDir;
+use common::{http, post_keyed, ws, ws_next, ws_send};
+use redis_support::Chatlab;
+
+fn draft(message: &str) -> Draft {
+    Draft::new(EventKind::Message, "u1".into(), "游客1".into(), message.into())
+}
+
+fn session(token: &str, guest: u64) -> SessionRecord {
+    SessionRecord {
+        token: token.into(),
+        id: format!("id-{token}"),
+        nickname: format!("游客{guest}"),
+        guest,
+        transport: Transport::Sse,
+        since_ms: 1_000 + guest,
+        cursor: 0,
+        seed: false,
+    }
+}
+
+/// Closed and opened again, a store has the room as it was: the retained events byte for byte, the head, the
+/// sessions with their nicknames, cursors and leases, the guest counter and the epoch; numbering goes on.
+#[tokio::test]
+async fn a_reopened_store_has_the_room_as_it_was() {
+    let dir = TempDir::new("reopen");
+    let lease = now_ms() + 60_000;
+    let (stored, epoch) = {
+        let broker = DurableBroker::open(dir.path(), 5).unwrap();
+        for i in 1..=7 {
+            broker.publish(draft(&format!("m{i}"))).await.unwrap();
+        }
+        assert_eq!((broker.next_guest().await.unwrap(), broker.next_guest().await.unwrap()), (1, 2));
+        broker.create_session(&session("a", 1), lease, 100).await.unwrap();
+        broker.create_session(&session("b", 2), lease, 100).await.unwrap();
+        assert!(broker.save_session(&SessionRecord { nickname: "alice".into(), ..session("a", 1) }).await.unwrap());
+        broker.save_cursor("a", 6, lease + 5_000).await.unwrap();
+        broker.remove_session("b").await.unwrap();
+        let stored: Vec<_> = broker.since(0, 100).await.unwrap().events.iter().map(|e| e.json.clone()).collect();
+        (stored, broker.epoch().to_owned())
+        // Dropped here: the writer's last commit writes the cursor move it was holding.
+    };
+    let broker = DurableBroker::open(dir.path(), 5).unwrap();
+    assert_eq!(broker.epoch(), epoch, "the same room");
+    let backlog = broker.since(0, 100).await.unwrap();
+    assert_eq!((backlog.head, backlog.missed), (7, Some(Missed::Gap { from: 1, to: 2 })));
+    assert_eq!(backlog.events.iter().map(|e| e.json.clone()).collect::<Vec<_>>(), stored, "the same bytes");
+    assert_eq!(
+        broker.session("a").await.unwrap(),
+        Some(SessionRecord { nickname: "alice".into(), cursor: 6, ..session("a", 1) })
+    );
+    assert_eq!(broker.session("b").await.unwrap(), None, "a removed session stays removed");
+    assert!(broker.expire(lease + 4_000).await.unwrap().is_empty(), "the lease as it was renewed");
+    assert_eq!(broker.expire(lease + 5_001).await.unwrap().len(), 1);
+    assert_eq!(broker.next_guest().await.unwrap(), 3, "guest numbers go on");
+    assert_eq!(broker.publish(draft("m8")).await.unwrap().seq, 8, "and so does the sequence");
+}
+
+/// `--history` trims the store too: reopened with a smaller history, the older events are gone from disk, and a
+/// larger history later does not bring them back.
+#[tokio::test]
+async fn the_history_is_trimmed_on_disk() {
+    let dir = TempDir::new("trim");
+    async fn seqs(broker: &DurableBroker) -> Vec<u64> {
+        broker.since(0, 100).await.unwrap().events.iter().map(|e| e.seq).collect()
+    }
+    {
+        let broker = DurableBroker::open(dir.path(), 10).unwrap();
+        for i in 1..=10 {
+            broker.publish(draft(&format!("m{i}"))).await.unwrap();
+        }
+    }
+    {
+        let broker = DurableBroker::open(dir.path(), 3).unwrap();
+        assert_eq!(seqs(&broker).await, vec![8, 9, 10]);
+        broker.publish(draft("m11")).await.unwrap();
+        assert_eq!(seqs(&broker).await, vec![9, 10, 11]);
+    }
+    let broker = DurableBroker::open(dir.path(), 10).unwrap();
+    assert_eq!(seqs(&broker).await, vec![9, 10, 11], "what was trimmed is gone from the store");
+    assert_eq!(broker.since(0, 10).await.unwrap().missed, Some(Missed::Gap { from: 1, to: 8 }));
+}
+
+/// Every new store gets an epoch of its own; it stays with the store.
+#[tokio::test]
+async fn a_new_store_has_a_new_epoch() {
+    let (one, two) = (TempDir::new("epoch-a"), TempDir::new("epoch-b"));
+    let first = DurableBroker::open(one.path(), 10).unwrap().epoch().to_owned();
+    let second = DurableBroker::open(two.path(), 10).unwrap().epoch().to_owned();
+    assert!(!first.is_empty() && first != second, "{first} vs {second}");
+    assert_eq!(DurableBroker::open(one.path(), 10).unwrap().epoch(), first);
+}
+
+/// A directory in use is refused to a second opener until the first lets it go.
+#[tokio::test]
+async fn a_directory_in_use_is_refused_until_released() {
+    let dir = TempDir::new("locked");
+    let first = DurableBroker::open(dir.path(), 10).unwrap();
+    first.publish(draft("mine")).await.unwrap();
+    let second = DurableBroker::open(dir.path(), 10);
+    assert!(matches!(second, Err(StoreError::Locked(_))), "{:?}", second.err());
+    drop(first);
+    let third = DurableBroker::open(dir.path(), 10).unwrap();
+    assert_eq!(third.head().await.unwrap(), 1);
+}
+
+/// A file where the directory should be, a newer format, a directory of other files or a damaged `FORMAT` are
+/// refused, and left as they were.
+#[tokio::test]
+async fn unusable_directories_are_refused_and_left_alone() {
+    let dir = TempDir::new("unusable");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    assert!(matches!(DurableBroker::open(&file, 10), Err(StoreError::NotADirectory(_))));
+
+    let newer = dir.path().join("newer");
+    std::fs::create_dir(&newer).unwrap();
+    std::fs::write(newer.join("FORMAT"), "chatlab-store 99\n").unwrap();
+    assert!(matches!(DurableBroker::open(&newer, 10), Err(StoreError::Newer { found: 99, .. })));
+    assert!(!newer.join("room.redb").exists(), "nothing written");
+    assert_eq!(std::fs::read_to_string(newer.join("FORMAT")).unwrap(), "chatlab-store 99\n");
+
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    assert!(matches!(DurableBroker::open(&foreign, 10), Err(StoreError::Foreign(_))));
+    assert!(!foreign.join("room.redb").exists() && !foreign.join("FORMAT").exists(), "nothing written");
+
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir(&damaged).unwrap();
+    std::fs::write(damaged.join("FORMAT"), "something else").unwrap();
+    assert!(matches!(DurableBroker::open(&damaged, 10), Err(StoreError::Damaged { .. })));
+}
+
+// ---- the binary ----
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_chatlab"))
+}
+
+/// Joins over HTTP with `transport`; the `201` body.
+async fn join_at(server: &Chatlab, transport: &str) -> Value {
+    let body = format!(r#"{{"transport":"{transport}"}}"#);
+    let response = http().post(server.url("/api/sessions")).body(body).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+/// Posts a text; the status and, for a `202`, the seq.
+async fn post_at(server_url: &str, session: &str, text: &str) -> Result<(u16, Option<u64>), reqwest::Error> {
+    let response = http()
+        .post(format!("{server_url}/api/messages?session={session}"))
+        .header("content-type", "text/plain")
+        .body(text.to_owned())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    Ok((status, body["seq"].as_u64()))
+}
+
+/// Every retained event, read with `session`'s polls from the start (a page at a time).
+async fn everything(server: &Chatlab, session: &str) -> Vec<Value> {
+    let mut events = Vec::new();
+    let mut since = 0;
+    loop {
+        let url = server.url(&format!("/api/poll?session={session}&since={since}"));
+        let response = http().get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "the session is known");
+        let body: Value = response.json().await.unwrap();
+        let page = body["events"].as_array().unwrap().clone();
+        since = body["next"].as_u64().unwrap();
+        if page.is_empty() {
+            return events;
+        }
+        events.extend(page.into_iter().filter(|e| e["seq"].is_u64()));
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Kill,
+    Term,
+}
+
+/// Starts the binary on a fresh `--data-dir`, with a renamed poller, an open WebSocket and four senders posting
+/// as fast as they are answered; stops it `how` once some texts are acknowledged, with texts still in flight;
+/// starts it again on the same directory, and checks that every acknowledged text is there with its seq, that a
+/// new text gets a higher seq, and that the sessions resume (same id, nickname and cursor) with no second join
+/// notice.
+async fn burst_then_restart(how: Stop) {
+    let dir = TempDir::new(&format!("restart-{how:?}"));
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let args = [
+        "--data-dir",
+        data,
+        "--rate-limit",
+        "0",
+        "--client-rate-limit",
+        "0",
+        "--max-sessions-per-client",
+        "0",
+        "--session-lease",
+        "30",
+    ];
+    let mut server = Chatlab::spawn(binary(), &args);
+
+    let poller = join_at(&server, "poll").await;
+    let poller_session = poller["session"].as_str().unwrap().to_owned();
+    assert_eq!(post_at(&server.url(""), &poller_session, "/nick alice").await.unwrap().0, 202);
+    let mut socket = ws(&server.ws_url("/ws")).await;
+    let welcome = ws_next(&mut socket).await;
+    assert_eq!(welcome["type"], "welcome");
+    let ws_session = welcome["session"].as_str().unwrap().to_owned();
+    // The socket reads up to a text of its own sender, so its cursor is somewhere in the room.
+    assert_eq!(post_at(&server.url(""), &ws_session, "from the socket").await.unwrap().0, 202);
+    let mut ws_cursor = 0;
+    while ws_cursor == 0 {
+        let event = ws_next(&mut socket).await;
+        if event["message"] == "from the socket" {
+            ws_cursor = event["seq"].as_u64().unwrap();
+        }
+    }
+
+    // A keyed POST and a `/ws?ack=1` frame, acknowledged before the stop: their keys must survive it.
+    let (status, keyed) = post_keyed(&server.url(""), &poller_session, Some("crash-key"), "keyed once").await;
+    assert_eq!(status, 202, "{keyed}");
+    let keyed_seq = keyed["seq"].as_u64().unwrap();
+    let mut acking = ws(&server.ws_url("/ws?ack=1")).await;
+    let acking_welcome = ws_next(&mut acking).await;
+    let acking_session = acking_welcome["session"].as_str().unwrap().to_owned();
+    let epoch = acking_welcome["epoch"].clone();
+    ws_send(&mut acking, r#"{"ref":"r-crash","text":"acked once"}"#).await;
+    let ref_seq = loop {
+        let frame = ws_next(&mut acking).await;
+        if frame["type"] == "ack" {
+            assert_eq!(frame["ref"], "r-crash");
+            break frame["seq"].as_u64().unwrap();
+        }
+    };
+    drop(acking);
+
+    let acked = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
+    let mut senders = Vec::new();
+    for sender in 0..4 {
+        let session = join_at(&server, "longpoll").await["session"].as_str().unwrap().to_owned();
+        let (base, acked) = (server.url(""), acked.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0.. {
+                let text = format!("s{sender}-{i}");
+                match post_at(&base, &session, &text).await {
+                    Ok((202, Some(seq))) => acked.lock().unwrap().push((seq, text)),
+                    _ => return,
+                }
+            }
+        }));
+    }
+    // A WebSocket sender that does not wait: a text's echo is its acknowledgement (it is fanned out once durable).
+    let mut sender_socket = ws(&server.ws_url("/ws")).await;
+    let sender_id = ws_next(&mut sender_socket).await["id"].clone();
+    let socket_sender = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            let (mut sink, mut stream) = sender_socket.split();
+            let writer = tokio::spawn(async move {
+                for i in 0..50_000 {
+                    if sink.send(Message::Text(format!("w-{i}").into())).await.is_err() {
+                        return;
+                    }
+                    if i % 16 == 15 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            });
+            while let Ok(Some(Ok(Message::Text(frame)))) =
+                tokio::time::timeout(Duration::from_secs(20), stream.next()).await
+            {
+                let event: Value = serde_json::from_str(&frame).unwrap();
+                if event["id"] == sender_id && event["type"] == "message" {
+                    let text = event["message"].as_str().unwrap().to_owned();
+                    acked.lock().unwrap().push((event["seq"].as_u64().unwrap(), text));
+                }
+            }
+            writer.abort();
+        })
+    };
+    let started = Instant::now();
+    while acked.lock().unwrap().len() < 400 {
+        assert!(started.elapsed() < Duration::from_secs(20), "the senders are answered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    match how {
+        Stop::Kill => server.kill(),
+        Stop::Term => assert!(server.terminate().success(), "a clean exit"),
+    }
+    for sender in senders.into_iter().chain([socket_sender]) {
+        tokio::time::timeout(Duration::from_secs(45), sender).await.expect("senders stop").unwrap();
+    }
+    drop(socket);
+    let acked = acked.lock().unwrap().clone();
+
+    let server = Chatlab::spawn(binary(), &args);
+    let events = everything(&server, &poller_session).await;
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "the history has no hole");
+    for (seq, text) in &acked {
+        let event = &events[*seq as usize - 1];
+        assert_eq!(event["message"], text.as_str(), "acknowledged text {seq} is there with its seq");
+    }
+    let from_socket: Vec<u64> =
+        events.iter().filter_map(|e| e["message"].as_str()?.strip_prefix("w-")?.parse().ok()).collect();
+    assert!(from_socket.windows(2).all(|pair| pair[1] == pair[0] + 1), "the socket's texts in their order");
+    assert!(acked.iter().any(|(_, text)| text.starts_with("w-")), "some of the socket's texts were echoed");
+    // The same keys after the restart answer the first seq and publish nothing; the epoch is the same.
+    let (status, again) = post_keyed(&server.url(""), &poller_session, Some("crash-key"), "keyed once").await;
+    assert_eq!((status, again["seq"].as_u64()), (202, Some(keyed_seq)), "{again}");
+    let mut acking = ws(&server.ws_url(&format!("/ws?ack=1&session={acking_session}"))).await;
+    let acking_welcome = ws_next(&mut acking).await;
+    assert_eq!(acking_welcome["epoch"], epoch, "the epoch survives: {acking_welcome}");
+    ws_send(&mut acking, r#"{"ref":"r-crash","text":"acked once"}"#).await;
+    let resent = loop {
+        let frame = ws_next(&mut acking).await;
+        if frame["type"] == "ack" || frame["type"] == "error" {
+            break frame;
+        }
+    };
+    assert_eq!(
+        (&resent["type"], &resent["ref"], resent["seq"].as_u64()),
+        (&"ack".into(), &"r-crash".into(), Some(ref_seq))
+    );
+    drop(acking);
+    let events = everything(&server, &poller_session).await;
+    let count = |text: &str| events.iter().filter(|e| e["message"] == text).count();
+    assert_eq!((count("keyed once"), count("acked once")), (1, 1), "one event each");
+    let head = *seqs.last().unwrap();
+    let (status, seq) = post_at(&server.url(""), &poller_session, "after the restart").await.unwrap();
+    assert_eq!((status, seq), (202, Some(head + 1)), "a new text gets the next seq: none is reused");
+
+    // The poller is still alice, with the same id; the socket's session resumes where it read.
+    let presence: Value = http().get(server.url("/api/presence")).send().await.unwrap().json().await.unwrap();
+    let alice = presence["participants"].as_array().unwrap().iter().find(|p| p["id"] == poller["id"]).cloned();
+    assert_eq!(alice.map(|p| p["nickname"].clone()), Some(Value::from("alice")), "{presence}");
+    let mut socket = ws(&server.ws_url(&format!("/ws?session={ws_session}"))).await;
+    let again = ws_next(&mut socket).await;
+    assert_eq!(
+        (&again["type"], &again["id"], &again["nickname"]),
+        (&welcome["type"], &welcome["id"], &welcome["nickname"])
+    );
+    if let Stop::Term = how {
+        // A clean stop saves where the closed channel stopped; a kill keeps what was saved before it.
+        assert!(again["seq"].as_u64().unwrap() >= ws_cursor, "the cursor is kept: {again}");
+    }
+    // No one joined again or left: one join notice per participant, no leave notice.
+    let joins = |id: &Value| events.iter().filter(|e| e["notice"] == "join" && &e["id"] == id).count();
+    assert_eq!((joins(&poller["id"]), joins(&welcome["id"])), (1, 1));
+    let all = everything(&server, &poller_session).await;
+    let after: Vec<&Value> = all.iter().filter(|e| e["seq"].as_u64().unwrap() > head).collect();
+    assert!(!after.is_empty(), "the text after the restart");
+    assert!(
+        after.iter().all(|e| e["notice"] != "join" && e["notice"] != "leave"),
+        "no join or leave notice: {:?}",
+        after.iter().filter(|e| e["notice"].is_string()).collect::<Vec<_>>()
+    );
+}
+
+/// `kill -9` in the middle of a burst: after a restart on the same directory every acknowledged text is there
+/// with its seq, no seq is reused, and the sessions resume with their id and nickname and no join notice.
+#[tokio::test]
+async fn kill_9_in_a_burst_loses_no_acknowledged_text() {
+    burst_then_restart(Stop::Kill).await;
+}
+
+/// The same across a clean SIGTERM stop, which also keeps where each closed channel stopped.
+#[tokio::test]
+async fn a_sigterm_restart_keeps_the_room_and_its_sessions() {
+    burst_then_restart(Stop::Term).await;
+}
+
+/// Runs the binary on `data_dir` until it exits (at most 15 s): its status and what it wrote to stderr.
+fn run_to_exit(data_dir: &Path) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(binary())
+        .args(["--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chatlab on {} did not exit", data_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// A data directory that cannot be used ends the process at start with a non-zero exit and a message that
+/// says why: one in use by another chatlab, a file where the directory should be, a newer format, a directory
+/// of other files. (Tests run as root, for whom no permission is missing.)
+#[test]
+fn an_unusable_data_directory_is_a_clear_error_at_start() {
+    let dir = TempDir::new("exit");
+    let in_use = dir.path().join("in-use");
+    let first = Chatlab::spawn(binary(), &["--data-dir", in_use.to_str().unwrap()]);
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let newer = dir.path().join("newer");
+    std::fs::create_dir(&newer).unwrap();
+    std::fs::write(newer.join("FORMAT"), "chatlab-store 2\n").unwrap();
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    for (path, says) in [
+        (&in_use, "is in use by another chatlab process"),
+        (&file, "not a directory"),
+        (&newer, "holds a store of format 2, newer than this chatlab reads"),
+        (&foreign, "is not empty and holds no chatlab store"),
+    ] {
+        let (status, stderr) = run_to_exit(path);
+        assert!(!status.success(), "{}: {status:?}", path.display());
+        assert!(stderr.contains(says) && stderr.contains(path.to_str().unwrap()), "{}: {stderr}", path.display());
+    }
+    drop(first);
+}
