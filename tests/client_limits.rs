@@ -35,13 +35,7 @@ async fn join_from(server: &Server, source: IpAddr, headers: &[(&str, &str)]) ->
 
 /// `POST /api/messages` from `source`: the status, the `Retry-After` header and the JSON body.
 async fn post_from(server: &Server, source: IpAddr, session: &str, text: &str) -> (u16, Option<String>, Value) {
-    let response = http_from(source)
-        .post(server.url(&format!("/api/messages?session={session}")))
-        .header("content-type", "text/plain")
-        .body(text.to_owned())
-        .send()
-        .await
-        .unwrap();
+    let response = post_with(&http_from(source), server, session, text).await;
     let status = response.status().as_u16();
     let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     (status, retry, response.json().await.unwrap_or(Value::Null))

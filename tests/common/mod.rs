@@ -137,15 +137,20 @@ pub async fn join(server: &Server, transport: &str) -> Joined {
     }
 }
 
-/// `POST /api/messages` as `session`; returns the status and JSON body.
-pub async fn post(server: &Server, session: &str, text: &str) -> (u16, Value) {
-    let response = http()
+/// `POST /api/messages` as `session` through `client`; the response as it came.
+pub async fn post_with(client: &reqwest::Client, server: &Server, session: &str, text: &str) -> reqwest::Response {
+    client
         .post(server.url(&format!("/api/messages?session={session}")))
         .header("content-type", "text/plain")
         .body(text.to_owned())
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// `POST /api/messages` as `session`; returns the status and JSON body.
+pub async fn post(server: &Server, session: &str, text: &str) -> (u16, Value) {
+    let response = post_with(&http(), server, session, text).await;
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
