@@ -146,16 +146,7 @@ fn seqs(backlog: &Backlog) -> Vec<Seq> {
 }
 
 fn session(token: &str, since_ms: u64, guest: u64) -> SessionRecord {
-    SessionRecord {
-        token: token.into(),
-        id: format!("id-{token}"),
-        nickname: format!("游客{guest}"),
-        guest,
-        transport: Transport::Sse,
-        since_ms,
-        cursor: 0,
-        seed: false,
-    }
+    common::session_record(token, since_ms, guest)
 }
 
 /// The next room event on a feed (outage notices are not expected here).

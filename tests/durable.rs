@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use chatlab::broker::durable::StoreError;
 use chatlab::broker::{Broker, DurableBroker, Missed};
 use chatlab::core::event::{now_ms, Draft, EventKind};
-use chatlab::core::session::{SessionRecord, Transport};
+use chatlab::core::session::SessionRecord;
 use common::temp::TempDir;
 use common::{http, post_keyed, ws, ws_next, ws_send};
 use redis_support::Chatlab;
@@ -29,16 +29,7 @@ fn draft(message: &str) -> Draft {
 }
 
 fn session(token: &str, guest: u64) -> SessionRecord {
-    SessionRecord {
-        token: token.into(),
-        id: format!("id-{token}"),
-        nickname: format!("游客{guest}"),
-        guest,
-        transport: Transport::Sse,
-        since_ms: 1_000 + guest,
-        cursor: 0,
-        seed: false,
-    }
+    common::session_record(token, 1_000 + guest, guest)
 }
 
 /// Closed and opened again, a store has the room as it was: the retained events byte for byte, the head, the

@@ -435,3 +435,18 @@ pub async fn post_keyed(base: &str, session: &str, key: Option<&str>, text: &str
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// A stored session record as the brokers keep it: guest `guest` (nickname `游客N`), joined at `since_ms` over SSE,
+/// cursor 0.
+pub fn session_record(token: &str, since_ms: u64, guest: u64) -> chatlab::core::session::SessionRecord {
+    chatlab::core::session::SessionRecord {
+        token: token.into(),
+        id: format!("id-{token}"),
+        nickname: format!("游客{guest}"),
+        guest,
+        transport: chatlab::core::session::Transport::Sse,
+        since_ms,
+        cursor: 0,
+        seed: false,
+    }
+}
