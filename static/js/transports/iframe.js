@@ -11,7 +11,7 @@
 // reconnects with its backoff from the last `seq`.
 
 import { Transport, withQuery } from './transport.js';
-import { postMessage, sessionKnown } from '../api.js';
+import { sessionKnown } from '../api.js';
 
 /**
  * The live iframe channels (the comparison page runs several at once). Every
@@ -61,10 +61,6 @@ export class IframeTransport extends Transport {
     const known = await sessionKnown(this.session).catch(() => true);
     this.remove();
     this.finish({ reason: known ? 'error' : 'expired', retry: true, message: 'the document ended' });
-  }
-
-  send(text, ref) {
-    return postMessage(this.session, text, ref);
   }
 
   close() {

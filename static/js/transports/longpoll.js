@@ -5,7 +5,7 @@
 // join / leave / rename events keep that list afterwards. Texts go up as POST /api/messages.
 
 import { Transport, withQuery } from './transport.js';
-import { postMessage, readJson } from '../api.js';
+import { readJson } from '../api.js';
 
 const HOLD_SECONDS = 25; // how long the server may hold one request
 
@@ -45,14 +45,8 @@ export class LongPollTransport extends Transport {
         if (body.events.length === 0 && Date.now() - asked < 1000) await sleep(1000);
       }
     } catch (err) {
-      if (this.closed) return; // we aborted it ourselves
-      const expired = err.status === 404;
-      this.finish({ reason: expired ? 'expired' : 'error', retry: true, code: err.status, message: err.message });
+      this.requestFailed(err);
     }
-  }
-
-  send(text, ref) {
-    return postMessage(this.session, text, ref);
   }
 
   close() {

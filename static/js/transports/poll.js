@@ -7,7 +7,7 @@
 // default), so the interval is kept well below that.
 
 import { Transport, withQuery } from './transport.js';
-import { postMessage, readJson } from '../api.js';
+import { readJson } from '../api.js';
 
 export const MIN_INTERVAL_MS = 200;
 export const MAX_INTERVAL_MS = 10000; // below the server's default 15 s lease
@@ -45,9 +45,7 @@ export class PollTransport extends Transport {
         await this.wait();
       }
     } catch (err) {
-      if (this.closed) return;
-      const expired = err.status === 404;
-      this.finish({ reason: expired ? 'expired' : 'error', retry: true, code: err.status, message: err.message });
+      this.requestFailed(err);
     }
   }
 
@@ -57,10 +55,6 @@ export class PollTransport extends Transport {
       this.wakeUp = resolve;
       this.timer = setTimeout(resolve, this.interval);
     }).finally(() => { this.wakeUp = null; });
-  }
-
-  send(text, ref) {
-    return postMessage(this.session, text, ref);
   }
 
   close() {

@@ -9,7 +9,6 @@
 // behaviour is the same for every technique and visible on the page.
 
 import { Transport, withQuery } from './transport.js';
-import { postMessage } from '../api.js';
 
 export class SseTransport extends Transport {
   name = 'sse';
@@ -41,10 +40,6 @@ export class SseTransport extends Transport {
       this.source.close();
       this.finish({ reason: 'error', retry: true });
     };
-  }
-
-  send(text, ref) {
-    return postMessage(this.session, text, ref);
   }
 
   close() {

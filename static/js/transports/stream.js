@@ -8,7 +8,7 @@
 // client reconnects with its own backoff from the last `seq` it saw.
 
 import { Transport, withQuery } from './transport.js';
-import { postMessage, readJson } from '../api.js';
+import { readJson } from '../api.js';
 
 export class StreamTransport extends Transport {
   name = 'stream';
@@ -38,14 +38,8 @@ export class StreamTransport extends Transport {
       }
       this.finish({ reason: 'error', retry: true, message: 'the stream ended' });
     } catch (err) {
-      if (this.closed) return; // we aborted it ourselves
-      const expired = err.status === 404;
-      this.finish({ reason: expired ? 'expired' : 'error', retry: true, code: err.status, message: err.message });
+      this.requestFailed(err);
     }
-  }
-
-  send(text, ref) {
-    return postMessage(this.session, text, ref);
   }
 
   close() {

@@ -33,7 +33,7 @@
 // Deduplication, the cursor and the reconnect backoff live in ../client.js, not
 // here, so each transport file shows only its technique.
 
-import { joinSession } from '../api.js';
+import { joinSession, postMessage } from '../api.js';
 
 export class Transport {
   constructor({ session = null, since = null, epoch = null, nickname = null } = {}) {
@@ -51,6 +51,21 @@ export class Transport {
     if (this.closed) return;
     this.closed = true;
     this.onstate('closed', info);
+  }
+
+  /**
+   * A failed request of an HTTP technique's channel ends it: a 404 says the server
+   * no longer knows the session; anything else is worth a reconnect.
+   */
+  requestFailed(err) {
+    if (this.closed) return; // we aborted it ourselves
+    const expired = err.status === 404;
+    this.finish({ reason: expired ? 'expired' : 'error', retry: true, code: err.status, message: err.message });
+  }
+
+  /** The HTTP techniques' send (all but the WebSocket, which sends on its socket): POST /api/messages. */
+  send(text, ref) {
+    return postMessage(this.session, text, ref);
   }
 
   /**
