@@ -57,6 +57,19 @@ async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Duration {
     }
 }
 
+/// The server reset the socket (rather than closing it behind the bytes still queued for a client that does not
+/// read): the client learns of it at once, without reading, as the socket's pending error.
+async fn assert_reset(stream: &TcpStream) {
+    let started = Instant::now();
+    loop {
+        match socket2::SockRef::from(stream).take_error().unwrap() {
+            Some(error) => return assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset, "{error}"),
+            None if started.elapsed() < WAIT => tokio::time::sleep(Duration::from_millis(20)).await,
+            None => panic!("the let-go socket was not reset"),
+        }
+    }
+}
+
 /// The talk the stalled client does not read: `texts` lines of 1,900 characters posted by a polling participant
 /// as fast as it can (more than a loopback socket's largest send buffer, 4 MiB, when it counts), while `listener` must get
 /// every one of them, in order.
@@ -86,12 +99,13 @@ async fn talk(server: &Server, listener: &mut Ws, texts: usize) {
 }
 
 /// A WebSocket whose client never reads is closed within --write-timeout + 1 s of the talk filling its window,
-/// counted under `ws.write_timeouts`, its channel and socket freed, while the others get every event.
+/// counted under `ws.write_timeouts`, its channel and socket freed (reset, so the bytes queued for it go too), while
+/// the others get every event.
 #[tokio::test]
 async fn a_websocket_that_never_reads_is_let_go() {
     let server = start_with(edge_config()).await;
     let stalled = small_window(server.addr).await;
-    let (_stalled, _) = tokio_tungstenite::client_async(server.ws_url("/ws"), stalled).await.unwrap();
+    let (stalled, _) = tokio_tungstenite::client_async(server.ws_url("/ws"), stalled).await.unwrap();
     let mut listener = ws(&server.ws_url("/ws")).await;
     assert_eq!(ws_next(&mut listener).await["type"], "welcome");
     stats_until(&server, WAIT, |s| s["transports"]["ws"]["connections_open"] == 2).await;
@@ -105,6 +119,7 @@ async fn a_websocket_that_never_reads_is_let_go() {
     let stats = stats(&server).await;
     // Its socket is gone: what is left is the listener and this GET.
     assert_eq!(stats["other"]["tcp_connections_open"], 2, "{stats}");
+    assert_reset(stalled.get_ref()).await;
     // The others are still served.
     talk(&server, &mut listener, 3).await;
 }
@@ -132,6 +147,7 @@ async fn a_stream_that_never_reads_is_let_go() {
         .await;
         assert!(took <= Duration::from_secs(2), "{technique}: let go within write-timeout + 1 s of the talk: {took:?}");
         assert_eq!(stats(&server).await["transports"]["ws"]["write_timeouts"], 0, "the readers are not touched");
+        assert_reset(&stalled).await;
     }
 }
 

@@ -170,6 +170,9 @@ impl Tally for Arc<Probe> {
 /// counts its own sockets with).
 pub(crate) type CountingStream = Counted<Either<TcpStream, DuplexStream>, Arc<Probe>>;
 
+/// The bench's sockets have no write deadline, so they are never reset.
+impl crate::metering::wire::Reset for Either<TcpStream, DuplexStream> {}
+
 /// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay.
 pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
     let socket = TcpStream::connect(addr).await?;

@@ -14,8 +14,9 @@
 //! Every participant that reads checks the room's sequence: each room event's `seq` must follow the previous
 //! one, from its join cursor on (a hole is a lost event, a repeat a duplicate). A stalled channel is watched in
 //! `/proc/net/tcp` (the server is on this machine) every 200 ms: its server-side socket's send queue stops growing
-//! when the server's writes block (the *stall*), and the socket leaves the server (its inode becomes 0, or it is
-//! gone, in two samples in a row) when the server lets it go. The server's RSS (`VmRSS`) is sampled every second.
+//! when the server's writes block (the *stall*). The let-go is seen at once when the server resets the connection
+//! (its pending error, read every 50 ms), and otherwise when the socket leaves the server (its inode becomes 0, or
+//! it is gone, in two samples in a row). The server's RSS (`VmRSS`) is sampled every second.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -661,6 +662,9 @@ struct Watch {
 /// How often `/proc/net/tcp` is read while stalled channels are watched.
 const SAMPLE: Duration = Duration::from_millis(200);
 
+/// How often a stalled channel's socket is asked whether the server has reset it.
+const RESET_LOOK: Duration = Duration::from_millis(50);
+
 impl Watch {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u16, Watched>> {
         self.watched.lock().unwrap_or_else(|p| p.into_inner())
@@ -729,6 +733,15 @@ impl Watch {
         self.done.lock().unwrap_or_else(|p| p.into_inner()).extend(done);
     }
 
+    /// The channel on client port `port` was reset by the server now.
+    fn reset(&self, port: u16) {
+        let Some(watched) = self.lock().remove(&port) else { return };
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).push(LetGo {
+            fill: (watched.changed - watched.stopped).as_secs_f64(),
+            after_stall: watched.changed.elapsed().as_secs_f64(),
+        });
+    }
+
     /// Channels still watched whose send queue has not moved for longer than `bound`.
     fn overdue(&self, bound: Duration) -> u64 {
         let now = Instant::now();
@@ -783,11 +796,22 @@ async fn stall(shared: Shared, technique: Technique) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        // From here on it never reads.
-        let let_go = shared.watch.add(port);
-        tokio::select! {
-            () = shared.stop.cancelled() => return,
-            _ = let_go => {}
+        // From here on it never reads. A server that resets the connection it lets go is seen at once here (the
+        // socket's pending error, which reading nothing leaves in place); one that closes it is seen by the
+        // watch, when the socket leaves the server.
+        let mut let_go = shared.watch.add(port);
+        let mut look = tokio::time::interval(RESET_LOOK);
+        loop {
+            tokio::select! {
+                () = shared.stop.cancelled() => return,
+                _ = &mut let_go => break,
+                _ = look.tick() => {
+                    if let Ok(Some(_)) = socket2::SockRef::from(&socket).take_error() {
+                        shared.watch.reset(port);
+                        break;
+                    }
+                }
+            }
         }
         drop(socket);
         tokio::time::sleep(Duration::from_secs(1)).await;

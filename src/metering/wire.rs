@@ -349,7 +349,22 @@ impl<S, T> Counted<S, T> {
     }
 }
 
-impl<S, T: Tally> Counted<S, T> {
+/// A stream whose close can be made a reset. A connection let go because its peer stopped reading is reset
+/// rather than closed: a graceful close would leave the queued bytes in the kernel, retried against a closed
+/// window for minutes, and the peer would only learn of the close after reading everything before it.
+pub trait Reset {
+    /// Makes the coming close a reset (`SO_LINGER` 0); a stream that cannot does nothing.
+    fn reset_on_close(&self) {}
+}
+
+impl Reset for TcpStream {
+    fn reset_on_close(&self) {
+        // A failure leaves a graceful close, which still ends the connection.
+        let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl<S: Reset, T: Tally> Counted<S, T> {
     /// After a write: a blocked one runs the write deadline, a done one stops it.
     fn after_write(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match result {
@@ -414,12 +429,15 @@ impl<S, T: Tally> Counted<S, T> {
         if self.expired.is_none() {
             self.expired = Some(writing);
             self.tally.timed_out(writing);
+            if writing {
+                self.inner.reset_on_close();
+            }
         }
         timed_out_error(self.expired.unwrap_or(writing))
     }
 }
 
-impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for Counted<S, T> {
+impl<S: AsyncRead + Reset + Unpin, T: Tally + Unpin> AsyncRead for Counted<S, T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if let Some(writing) = self.expired {
             return Poll::Ready(Err(timed_out_error(writing)));
@@ -449,7 +467,7 @@ impl<S: AsyncRead + Unpin, T: Tally + Unpin> AsyncRead for Counted<S, T> {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
+impl<S: AsyncRead + AsyncWrite + Reset + Unpin, T: Tally + Unpin> AsyncWrite for Counted<S, T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if let Some(writing) = self.expired {
             return Poll::Ready(Err(timed_out_error(writing)));
