@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Measures one chatlab (memory broker) against one, two and three chatlab processes sharing a room through Redis,
-# with `chatlab bench` spreading its participants over the processes. Writes deploy/bench/*.json (render one with
-# `chatlab bench --from FILE.json`). Everything runs on 127.0.0.1; every process started here is stopped at exit.
+# with `chatlab bench` spreading its participants over the processes. Writes its reports to OUT, by default
+# docs/results/DATE-cluster-over-redis/ (render one with `chatlab bench --from FILE.json`). Everything runs on
+# 127.0.0.1; every process started here is stopped at exit.
 #
 #   deploy/bench-cluster.sh [path/to/chatlab]     (default: target/release/chatlab; needs redis-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 chatlab="${1:-target/release/chatlab}"
-out=deploy/bench
+out=${OUT:-docs/results/$(date -u +%F)-cluster-over-redis}
 work="$(mktemp -d)"
 mkdir -p "$out"
 pids=()

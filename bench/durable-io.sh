@@ -2,9 +2,10 @@
 # What the durable room asks of the disk under a steady chat load: syncs (fdatasync/fsync) per second and bytes
 # written per text, counted for the whole server process over a 10 s stretch of the bench's measured window
 # (perf's syscall tracepoints, /proc/PID/io's write_bytes; texts from the room's head before and after).
-#   RATE=1000 docs/bench/durable/io.sh         # from the repository root; needs perf
+# Prints one line; keep it in the run's folder (docs/results/DATE-durable-vs-memory/io.txt).
+#   RATE=1000 bench/durable-io.sh              # from the repository root; needs perf
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/.."
 bin=${CHATLAB_BIN:-target/release/chatlab}
 rate=${RATE:-1000}
 senders=${SENDERS:-100}

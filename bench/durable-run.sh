@@ -6,13 +6,16 @@
 #  3. SSE (texts sent by POST, answered 202 once durable), 100 participants, 100 senders;
 #  4. the durable room's syncs per second and bytes written per text under a steady load (io.sh).
 #
-# Every bench starts its own chatlab (a durable one in a temporary --data-dir). Results go to docs/bench/durable/.
-#   docs/bench/durable/run.sh                  # from the repository root, after cargo build --release
+# Every bench starts its own chatlab (a durable one in a temporary --data-dir). Results go to OUT, by default
+# docs/results/DATE-durable-vs-memory/ (today's date); RUN numbers the run (1, 2, 3: run it three times).
+#   RUN=1 bench/durable-run.sh                 # from the repository root, after cargo build --release
+#   python3 bench/durable.py                   # the table of docs/benchmarks.md from the newest such folder
 set -euo pipefail
-cd "$(dirname "$0")/../../.."
+cd "$(dirname "$0")/.."
 bin=${CHATLAB_BIN:-target/release/chatlab}
-out=docs/bench/durable
-round=${ROUND:-1}
+out=${OUT:-docs/results/$(date -u +%F)-durable-vs-memory}
+round=${RUN:-${ROUND:-1}}
+mkdir -p "$out"
 for broker in durable memory; do
   extra=()
   [ "$broker" = memory ] && extra=(--server-arg=--broker=memory)

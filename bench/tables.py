@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
-"""Prints the tables of docs/techniques.md from the bench reports in this folder.
+"""Prints the tables of docs/techniques.md (and the matching ones of docs/benchmarks.md) from the bench reports in
+docs/results/2026-11-26-techniques/.
 
-Run from the repository root: python3 docs/bench/tables.py. Medians of several runs are computed by
-`chatlab bench --from A --from B ... --format json`, so the figures are the bench's own.
+Run from the repository root: python3 bench/tables.py [chat|burst|idle|bandwidth|rfc6202 ...]. Medians of several
+runs are computed by `chatlab bench --from A --from B ... --format json`, so the figures are the bench's own;
+CHATLAB_BIN names the binary (default: target/release/chatlab).
 """
 import json
+import os
 import subprocess
 import sys
 
-BENCH = "./target/release/chatlab"
-HERE = "docs/bench/"
+BENCH = os.environ.get("CHATLAB_BIN", "./target/release/chatlab")
+HERE = "docs/results/2026-11-26-techniques/"
 
 
 def report(*names):

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""The durable-against-memory table of docs/benchmarks.md from the JSON reports in this directory:
-for each bench and broker, the best passing window of `--find-max` (p99 < 100 ms, nothing lost) of each round,
-the best of the rounds (the one least disturbed by the machine's other load) and the median."""
-import glob, json, os, re, statistics
+"""The durable-against-memory table of docs/benchmarks.md from the JSON reports of bench/durable-run.sh:
+for each bench and broker, the best passing window of `--find-max` (p99 < 100 ms, nothing lost) of each run,
+the best of the runs (the one least disturbed by the machine's other load) and the median.
 
-here = os.path.dirname(os.path.abspath(__file__))
+    python3 bench/durable.py [docs/results/DATE-durable-vs-memory]    # default: the newest such folder
+"""
+import glob, json, os, re, statistics, sys
+
+here = sys.argv[1] if len(sys.argv) > 1 else sorted(glob.glob("docs/results/*-durable-vs-memory"))[-1]
 rows = {}
 for path in sorted(glob.glob(os.path.join(here, "*-*-senders-*-*.json"))):
     name = os.path.basename(path)[:-5]
-    bench, broker, round_ = re.match(r"(.+-senders)-(durable|memory)-(\d+)", name).groups()
+    bench, broker, run = re.match(r"(.+-senders)-(durable|memory)-(\d+)", name).groups()
     report = json.load(open(path))
     search = report["searches"][0]
     passed = [s["result"] for s in search["steps"] if s["passed"]]
@@ -18,7 +21,7 @@ for path in sorted(glob.glob(os.path.join(here, "*-*-senders-*-*.json"))):
     accepted = (best["sent"] - best["send_errors"]) / best["elapsed_s"]
     rows.setdefault((bench, broker), []).append((best["deliveries_per_s"], accepted, best["latency_ms"]["p99"]))
 
-print("| bench | broker | best deliveries/s, each round | best of the rounds | median | texts/s accepted at the best | durable / memory, best (median) |")
+print("| bench | broker | best deliveries/s, each run | best of the runs | median | texts/s accepted at the best | durable / memory, best (median) |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for bench in sorted({b for b, _ in rows}):
     best, med = {}, {}

@@ -1,25 +1,15 @@
 #!/usr/bin/env python3
-"""Prints the figures of docs/benchmarks.md, section "Issue 6", from the bench reports in docs/bench/issue6/.
+"""Prints the tables of docs/benchmarks-history.md that compare chatlab with the Node.js seed and with a bare axum
+handler (deliveries/s within 100 ms p99, CPU per 1,000 deliveries, idle memory and joins, 15,000 mixed
+participants, wrk against the polls), from the bench reports in docs/results/.
 
-Reports named head-* were measured at a later server commit, s2-* at a later one still (the section says which);
-their tables carry the prefix. s2-flushN-* ran the server with --flush-interval-ms=N. s3-* ran with pacing on
-when busy (--pace-above 10,000 deliveries/s, --flush-interval-ms 20, the defaults from then on); s3-flush50-* ran
-it at 50 ms; s3-100k-* and s3-flush50-100k-* ran the CPU comparison at 100,000 deliveries/s (1,000 texts/s);
-s3-lp-* ran once long polls were paced at every answer and counted in the load (no seed); s3b-* ran with the bench
-whose WebSocket client looks at a burst of frames at once. s4-* ran with chatlab's own WebSocket frame writing
-(transport/websocket.rs); s4-100k-* and s4-150k-* are its CPU comparisons at 100,000 and 150,000 deliveries/s.
-s5-* ran with the ring fan-out and paced streams drained from it (Channel::drain); s5t1-* ran that server with
---threads 1 (the whole server on one thread). s6-paceN-* ran the CPU comparison at 30,000 deliveries/s with
---flush-interval-ms=N (20 is the default); s6-* ran with the sixth round's cheaper empty poll. s7-wrk and s7b-wrk
-are two runs of wrk with one broker call per poll, s7t1-wrk the same on one thread, s7c-wrk and s7d-wrk two more
-at the end of the round with a neighbour on the machine, s7e-wrk a last one whose report says, round by round,
-what the machine's other processes took; s7-p1000-* ran the CPU
-comparison at 30,000 deliveries/s with 1,000 participants (30 texts/s); s7-redis-before-wrk and s7-redis-after-wrk ran
-wrk with --broker redis:// before and after a poll became one Lua script; s7-redis-lp-before/after-* ran long
-polls over Redis before and after opening a channel became one Lua script too.
+One folder per series of runs; each folder's README.md names the server commit and the commands. Inside a folder
+the file names keep the prefix they were written with (`s5t1-` is the series' server with --threads 1, `sN-paceM-`
+or `sN-flushM-` with --flush-interval-ms=M, `*-100k-*` and `*-150k-*` the CPU comparison at 100,000 and 150,000
+deliveries/s, `*-p1000-*` among 1,000 participants, `*-redis-*` with --broker redis://).
 
-Run from the repository root: python3 docs/bench/issue6.py. Every figure comes from a `chatlab bench --out
-FILE.json` report; where a goal was run several times the median is printed next to each run's figure.
+Run from the repository root: python3 bench/limits.py. Every figure comes from a `chatlab bench --out FILE.json`
+report; where a measurement was run several times the median is printed next to each run's figure.
 """
 import json
 import os
@@ -27,9 +17,16 @@ import statistics
 
 from tables import num
 
-HERE = "docs/bench/issue6/"
+RESULTS = "docs/results/"
+HERE = RESULTS
 # A search ran "clean" when the machine's other processes took under this many CPU seconds per second.
 CLEAN = 0.1
+
+
+def folder(name):
+    """Reads the reports that follow from docs/results/NAME/."""
+    global HERE
+    HERE = RESULTS + name + "/"
 
 
 def load(name):
@@ -220,7 +217,7 @@ def wrk(name="wrk"):
     w = report["wrk"]
     bare = f", bare server `{w['bare']}`" if w.get("bare") else ""
     print(f"\n### {name}: polls against a bare axum handler (`{w['wrk']}`{bare})\n")
-    # Reports from the end of session 7 on say what the machine's other processes took in each round.
+    # Reports from s7e-wrk on say what the machine's other processes took in each round.
     others = any(t.get("others_cpu_s_per_s") for t in w["targets"])
     extra = " other processes' CPU s/s each round |" if others else ""
     print("| target | requests/s, median | of bare | each round | non-2xx | rounds the room moved |" + extra)
@@ -232,17 +229,20 @@ def wrk(name="wrk"):
               f"{rounds} | {t['non_2xx']} | {t['rounds_room_moved']} |" + shares)
 
 
+folder("2026-11-26-seed-81c40cd")
 find_max(100, ["ws", "sse", "longpoll", "seed"])
 find_max(1000, ["ws", "seed"])
 cpu()
-# The same at the newest commit (files named head-*).
+folder("2026-11-26-seed-d01403c")
 find_max(100, ["ws", "sse", "longpoll", "seed"], "head-")
 find_max(1000, ["ws", "seed"], "head-")
 cpu("head-")
+folder("2026-11-26-seed-81c40cd")
 idle()
 mix()
 wrk()
-# The same at the session-2 commits (files named s2-*; s2-flushN-* with --flush-interval-ms=N).
+# One broker call per visit, jemalloc, --flush-interval-ms (s2-flushN-* with --flush-interval-ms=N).
+folder("2026-11-26-one-broker-call-per-visit")
 find_max(100, ["ws", "sse", "longpoll", "seed"], "s2-")
 find_max(1000, ["ws", "seed"], "s2-")
 find_max(1000, ["ws", "seed"], "s2-flush20-")
@@ -254,7 +254,8 @@ mix("s2-")
 wrk("s2-wrk")
 wrk("s2-wrk-run2")
 wrk("s2-wrk-run3")
-# Session 3: streams paced when the server is busy, at 20 ms (the default) and at 50 ms.
+# Streams paced when the server is busy, at 20 ms (the default) and at 50 ms.
+folder("2026-11-26-pacing-when-busy")
 find_max(100, ["ws", "sse", "longpoll", "seed"], "s3-")
 find_max(1000, ["ws", "seed"], "s3-")
 find_max(1000, ["ws", "seed"], "s3-flush50-")
@@ -267,6 +268,7 @@ find_max(100, ["ws", "sse", "longpoll"], "s3-lp-")
 find_max(100, ["ws", "sse", "longpoll", "seed"], "s3b-")
 find_max(1000, ["ws", "seed"], "s3b-")
 wrk("s3-wrk")
+folder("2026-11-26-own-websocket-frames")
 cpu("s4-")
 cpu("s4-100k-")
 cpu("s4-150k-")
@@ -275,7 +277,8 @@ find_max(100, ["ws", "sse", "longpoll", "seed"], "s4-")
 find_max(1000, ["ws", "seed"], "s4-")
 mix("s4-")
 wrk("s4-wrk")
-# Session 5: the ring fan-out drained by paced streams, with the default threads and with --threads 1.
+# The ring fan-out drained by paced streams, with the default threads and with --threads 1.
+folder("2026-11-26-ring-and-threads")
 cpu("s5-")
 cpu("s5-100k-")
 cpu("s5-150k-")
@@ -288,14 +291,16 @@ find_max(1000, ["ws", "seed"], "s5-")
 find_max(100, ["ws"], "s5t1-")
 mix("s5-")
 wrk("s5-wrk")
-# Session 6: the cheaper empty poll (wrk, idle), and the pacing interval against CPU at 30,000 deliveries/s.
+# The cheaper empty poll (wrk, idle), and the pacing interval against CPU at 30,000 deliveries/s.
+folder("2026-11-26-cheaper-empty-poll")
 for pace in (20, 40, 60, 80):
     cpu(f"s6-pace{pace}-")
 idle("s6-")
 wrk("s6-wrk")
 wrk("s6t1-wrk")
 find_max(1000, ["ws"], "s6t1-")
-# Session 7: one broker call per poll (wrk, two runs, and on one thread); CPU at 30,000/s among 1,000.
+# One broker call per poll (wrk, two runs, and on one thread); CPU at 30,000/s among 1,000.
+folder("2026-11-26-one-broker-call-per-poll")
 wrk("s7-wrk")
 wrk("s7b-wrk")
 wrk("s7t1-wrk")
@@ -307,7 +312,8 @@ wrk("s7-redis-before-wrk")
 wrk("s7-redis-after-wrk")
 before_after("s7-redis-lp: long polls over Redis before and after the one-step open", "longpoll",
              "s7-redis-lp-before", "s7-redis-lp-after")
-# Session 8: CPU at 30,000/s among 1,000 with the default flags, never paced, and on one thread.
+# CPU at 30,000/s among 1,000 with the default flags, never paced, and on one thread.
+folder("2026-11-27-cpu-among-1000")
 cpu("s8-p1000-")
 cpu("s8-p1000-pace0-")
 cpu("s8-p1000-t1-")
