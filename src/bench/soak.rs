@@ -160,6 +160,9 @@ pub struct SoakReport {
     pub rss_last_kib: Option<u64>,
     /// See `rss_first_kib`.
     pub rss_max_kib: Option<u64>,
+    /// Server RSS in KiB, the median of each minute of the soak (of each tenth, if shorter than ten minutes): whether
+    /// it levels off or keeps growing.
+    pub rss_per_minute_kib: Vec<u64>,
     /// The server's `/api/stats` at the end (`write_timeouts`, `slow_consumers`, ... per technique, and `other`).
     pub server: serde_json::Value,
     /// `--write-timeout`, seconds.
@@ -203,6 +206,7 @@ impl SoakReport {
              | last read → stall (buffers filling) | {fill} |\n\
              | last read → let go | {lar} |\n\
              | server RSS | first minute {rf1}, last minute {rl1}, max {rmx} |\n\
+             | server RSS over time (MiB) | {rpm} |\n\
              | server write_timeouts | {timeouts}, other {owt} |\n\
              | server slow_consumers, header_timeouts, idle_evictions | {slow}, {ht}, {ie} |\n",
             verdict = if self.passed() { "passed" } else { "FAILED" },
@@ -240,6 +244,7 @@ impl SoakReport {
             rf1 = kib(self.rss_first_kib),
             rl1 = kib(self.rss_last_kib),
             rmx = kib(self.rss_max_kib),
+            rpm = self.rss_per_minute_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(", "),
             timeouts = timeouts.join(", "),
             owt = other["write_timeouts"],
             ht = other["header_timeouts"],
@@ -1022,6 +1027,12 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         rss_first_kib: median_between(0.0, minute),
         rss_last_kib: median_between(args.duration - minute, args.duration),
         rss_max_kib: rss.iter().map(|(_, k)| *k).max(),
+        rss_per_minute_kib: {
+            let step = if args.duration >= 600.0 { 60.0 } else { args.duration / 10.0 };
+            (0..(args.duration / step).ceil() as usize)
+                .filter_map(|i| median_between(i as f64 * step, (i + 1) as f64 * step))
+                .collect()
+        },
         server,
         write_timeout_s: args.write_timeout,
     })
