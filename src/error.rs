@@ -8,8 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::broker::BrokerError;
-use crate::core::event::control;
+use crate::model::{control, BrokerError};
 
 /// Everything a request can be refused for.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +25,7 @@ pub enum AppError {
     /// A body that is not UTF-8.
     #[error("the text is not valid UTF-8")]
     InvalidUtf8,
-    /// A nickname refused by [`crate::core::session::clean_nickname`].
+    /// A nickname refused by [`crate::core::nickname::clean_nickname`].
     #[error("{0}")]
     BadNickname(String),
     /// `/nick` to a nickname another participant online holds now.

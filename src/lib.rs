@@ -3,10 +3,22 @@
 //!
 //! # Layout
 //!
+//! Layers, each importing only those below it (a unit test checks the imports):
+//!
+//! ```text
+//!   serve.rs, lib.rs (app, run)       the HTTP server and the router
+//!   transport · bench                 one file per technique; the bench's clients
+//!   broker                            the stores behind the trait: durable, memory, Redis
+//!   core                              the room, its sessions' service, the Broker trait
+//!   metering · error                  counters per technique; refusals as HTTP answers
+//!   model                             the vocabulary: Seq, events, sessions, deliveries, store errors
+//! ```
+//!
 //! | module | what lives there |
 //! |---|---|
-//! | [`core`] | the room: events (serialised once), sessions, the one fan-out point ([`core::Room`]) and the per-client limits |
-//! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: on disk (the default), memory or Redis |
+//! | [`model`] | the room's words: [`model::Seq`], events (serialised once), sessions, deliveries, backlogs, [`model::BrokerError`] |
+//! | [`core`] | the room: the one fan-out point ([`core::Room`]), each [`core::Channel`], the per-client limits, and the one [`core::Broker`] trait |
+//! | [`broker`] | where the room's shared state lives, behind that trait: on disk (the default), memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
 //! | [`metering`] | per-technique counters, exact wire bytes: `/api/stats` and `/metrics` |
 //! | [`bench`](mod@bench) | `chatlab bench`: real clients of every technique, and the side-by-side report |
@@ -27,6 +39,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod metering;
+pub mod model;
 mod serve;
 pub mod transport;
 
@@ -160,4 +173,76 @@ pub async fn run(
         tracing::error!(%error, "could not write the room's last changes");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod layers {
+    use std::path::{Path, PathBuf};
+
+    /// The layers that sit below others, each with the modules it must not name: imports run one way, down to
+    /// [`crate::model`]. A file named in the third column is a handler on top of its layer and exempt.
+    const BELOW: &[(&str, &[&str], &[&str])] = &[
+        ("model", &["bench", "broker", "config", "core", "error", "metering", "serve", "transport"], &[]),
+        ("error", &["bench", "broker", "config", "core", "metering", "serve", "transport"], &[]),
+        ("metering", &["bench", "broker", "core", "serve", "transport"], &["prometheus.rs"]),
+        ("core", &["bench", "broker", "serve", "transport"], &[]),
+        ("broker", &["bench", "serve", "transport"], &[]),
+    ];
+
+    fn sources(layer: &str) -> Vec<PathBuf> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![];
+        let file = src.join(format!("{layer}.rs"));
+        if file.exists() {
+            files.push(file);
+        }
+        let mut dirs = vec![src.join(layer)];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|ext| ext == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        files
+    }
+
+    /// The top modules a source file names as `crate::NAME`, outside comments and its tests.
+    fn named(source: &str) -> Vec<String> {
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut names = vec![];
+        for line in code.lines().filter(|line| !line.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                let rest = &line[at + "crate::".len()..];
+                let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                names.push(rest[..end].to_owned());
+            }
+        }
+        names
+    }
+
+    /// No layer names a module above it: the map in this file's opening and the imports agree.
+    #[test]
+    fn imports_run_one_way() {
+        let mut wrong = vec![];
+        for (layer, forbidden, exempt) in BELOW {
+            let files = sources(layer);
+            assert!(!files.is_empty(), "no source for layer {layer}");
+            for file in files {
+                if exempt.iter().any(|name| file.ends_with(name)) {
+                    continue;
+                }
+                let source = std::fs::read_to_string(&file).unwrap();
+                for name in named(&source) {
+                    if forbidden.contains(&name.as_str()) {
+                        wrong.push(format!("{} names crate::{name}", file.display()));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "imports that point up a layer:\n{}", wrong.join("\n"));
+    }
 }

@@ -19,15 +19,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::broker::{Backlog, Broker, BrokerError, Epoch, FeedItem, Missed, Published, SendKey, Visit};
 use crate::config::Config;
+use crate::core::broker::Broker;
 use crate::core::clients::Clients;
-use crate::core::event::{control, now_ms, Draft, RoomEvent, Seq};
-use crate::core::session::{
-    clean_nickname, guest_number, Participant, Presence, SessionRecord, Transport, PRESENCE_MAX,
-};
+use crate::core::nickname::{clean_nickname, guest_number};
 use crate::error::AppError;
 use crate::metering::Metering;
+use crate::model::{
+    control, now_ms, Backlog, BrokerError, Delivery, Draft, Epoch, FeedItem, Missed, Participant, Presence, Published,
+    RoomEvent, SendKey, Seq, SessionRecord, Transport, Visit, PRESENCE_MAX,
+};
 
 /// A handle on the room; clones share it.
 #[derive(Clone)]
@@ -300,7 +301,7 @@ impl Room {
     }
 
     /// Publishes through the broker and fans the event out here at once when it is next in order.
-    async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, crate::broker::BrokerError> {
+    async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
         let event = self.shared.broker.publish(draft).await?;
         self.fan_out(event.clone(), true);
         Ok(event)
@@ -968,39 +969,6 @@ struct Claimed {
     ended: CancellationToken,
 }
 
-/// One thing to deliver to a client.
-#[derive(Debug, Clone)]
-pub enum Delivery {
-    /// A room event.
-    Event(Arc<RoomEvent>),
-    /// A per-client control event (already JSON), such as `gap`: the client's cursor moves to `resume_after`
-    /// (past the hole), or stays where it is if that is lower.
-    Control {
-        /// The event's JSON text.
-        json: String,
-        /// The cursor after this event (`0` for events that do not move it).
-        resume_after: Seq,
-    },
-}
-
-impl Delivery {
-    /// The client's cursor once this is delivered.
-    pub fn cursor(&self) -> Seq {
-        match self {
-            Delivery::Event(event) => event.seq,
-            Delivery::Control { resume_after, .. } => *resume_after,
-        }
-    }
-
-    /// The JSON text to write.
-    pub fn json(&self) -> &[u8] {
-        match self {
-            Delivery::Event(event) => event.json.as_bytes(),
-            Delivery::Control { json, .. } => json.as_bytes(),
-        }
-    }
-}
-
 /// Deliveries ready together, and what ended the batch early, if anything.
 #[derive(Debug, Default)]
 pub struct Batch {
@@ -1387,7 +1355,7 @@ impl Drop for Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::event::{Draft, EventBody, EventKind};
+    use crate::model::{Draft, EventBody, EventKind};
 
     fn ring(seqs: &[Seq]) -> Recent {
         let event = |seq| {

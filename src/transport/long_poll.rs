@@ -6,9 +6,9 @@ use axum::extract::State;
 use axum::response::Response;
 
 use super::{short_poll, Pacer, Params};
-use crate::core::event::control;
 use crate::core::{Delivery, Item, Room, Transport};
 use crate::error::AppError;
+use crate::model::control;
 
 /// Answers `200 {"events":[...],"next":N,"epoch":"E"}` as soon as at least one event after `since` exists (with every
 /// other event ready at that moment, up to `--poll-batch`), or with no events after `timeout` seconds

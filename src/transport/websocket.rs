@@ -36,8 +36,8 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::config::Config;
-use crate::core::Delivery;
 use crate::error::AppError;
+use crate::model::Delivery;
 
 /// A valid WebSocket upgrade request (HTTP/1.1), as an extractor. A request that is not one is refused with
 /// `400` and what is wrong with it; one for another protocol version with `426` and `Sec-WebSocket-Version: 13`.

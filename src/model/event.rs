@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::core::session::Transport;
+use crate::model::session::Transport;
 
 /// A room sequence number: strictly increasing, no holes between consecutive room events. `0` means "before the
 /// first event", so a cursor of `0` asks for everything retained.
@@ -273,7 +273,7 @@ pub mod control {
     use serde_json::json;
 
     use super::Seq;
-    use crate::core::session::Presence;
+    use crate::model::session::Presence;
 
     /// The first frame of a `/ws` connection and of an SSE stream: who you are, where your cursor is, in which
     /// epoch of the room, and who is online now.
