@@ -5,13 +5,21 @@
 //! re-exported here (`core::event`, `core::session` and the flat names) for the crate's users.
 
 pub mod broker;
+mod channel;
 pub mod clients;
 pub mod nickname;
+mod open;
+mod rate;
+mod ring;
 pub mod room;
+mod service;
+mod tasks;
 
 pub use crate::model::{event, session};
 pub use crate::model::{Delivery, EventKind, Notice, RoomEvent, Seq};
 pub use crate::model::{Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};
 pub use broker::Broker;
+pub use channel::{Batch, Channel, Item};
 pub use clients::client_of;
-pub use room::{Batch, Channel, Item, Polled, Room};
+pub use open::Polled;
+pub use room::Room;
