@@ -153,8 +153,29 @@ impl Channel {
     /// meanwhile is delivered in order, once.
     pub async fn next(&mut self) -> Item {
         loop {
+            if let Some(item) = self.take(Mode::Next).await {
+                return item;
+            }
+            if let Some(item) = self.wait().await {
+                return item;
+            }
+        }
+    }
+
+    /// What is ready now, without waiting for new events (it may read history to fill a hole): a stream that
+    /// paces its writes collects with it what arrived while it waited. A stream kept busy by its pacing never
+    /// waits in [`Channel::next`]: it hears here that it is over.
+    pub async fn ready(&mut self) -> Option<Item> {
+        self.take(Mode::Ready).await
+    }
+
+    /// The one path of [`Channel::next`] and [`Channel::ready`]: what is queued, else history to re-read after an
+    /// outage, else the channel's end, else the ring after the cursor (filling a hole from history, or a lag).
+    /// `None` when nothing is ready, or (for `next`) when a signal of the pulse must be heard first.
+    async fn take(&mut self, mode: Mode) -> Option<Item> {
+        loop {
             if let Some(delivery) = self.pending.pop_front() {
-                return self.hand_out(delivery);
+                return Some(self.hand_out(delivery));
             }
             if self.stale {
                 // Events published while the feed was down never reached the fan-out: read them from history.
@@ -166,74 +187,21 @@ impl Channel {
                     }
                     Err(error) => {
                         tracing::warn!(%error, "could not catch up after an outage; closing the channel so it resumes");
-                        return Item::Lagged;
+                        return Some(Item::Lagged);
                     }
                 }
             }
-            // Fast path: events already in the ring are taken without registering a waker on every signal (which
-            // costs a few locks per call); the signals are checked by their flags first, so none is missed.
-            if let Some(end) = self.ending() {
-                return end;
-            }
-            if !self.pulse.has_changed().unwrap_or(false) {
-                // Marked as seen before the ring is read: an event added after the read wakes the wait below.
-                self.added.mark_unchanged();
-                match self.take_recent() {
-                    Taken::Queued => continue,
-                    Taken::Hole(event) => {
-                        if let Some(item) = self.accept(event).await {
-                            return item;
-                        }
-                        continue;
-                    }
-                    Taken::Lagged => return self.lagged(),
-                    Taken::Nothing => {}
-                }
-            }
-            tokio::select! {
-                biased;
-                // `ended` is a child of the server's shutdown token, so it covers both: a wait on the shutdown
-                // token itself would have every channel of the process take that one token's lock.
-                () = self.ended.cancelled() => return self.ending().unwrap_or(Item::Replaced),
-                Ok(()) = self.pulse.changed() => {
-                    let pulse = self.pulse.borrow_and_update().clone();
-                    match (pulse.down, self.seen_down) {
-                        // The client hears of the outage at once; its cursor does not move.
-                        (Some(why), false) => {
-                            self.seen_down = true;
-                            let json = AppError::Unavailable(why).to_event();
-                            return self.hand_out(Delivery::Control { json, resume_after: 0 });
-                        }
-                        (None, true) => {
-                            self.seen_down = false;
-                            self.stale = true;
-                        }
-                        _ => {}
-                    }
-                    if pulse.beat != self.seen_beat {
-                        self.seen_beat = pulse.beat;
-                        return Item::Beat;
-                    }
-                }
-                added = self.added.changed() => {
-                    if added.is_err() {
-                        return Item::Shutdown;
-                    }
-                }
-            }
-        }
-    }
-
-    /// What is ready now, without waiting for new events (it may read history to fill a hole): a stream that
-    /// paces its writes collects with it what arrived while it waited.
-    pub async fn ready(&mut self) -> Option<Item> {
-        loop {
-            if let Some(delivery) = self.pending.pop_front() {
-                return Some(self.hand_out(delivery));
-            }
-            // A stream kept busy by its pacing never waits in `next`: it hears here that it is over.
             if let Some(end) = self.ending() {
                 return Some(end);
+            }
+            if mode == Mode::Next {
+                // Events already in the ring are taken without registering a waker on every signal (which costs
+                // a few locks per call); a changed pulse is heard first, in `wait`.
+                if self.pulse.has_changed().unwrap_or(false) {
+                    return None;
+                }
+                // Marked as seen before the ring is read: an event added after the read wakes `wait`.
+                self.added.mark_unchanged();
             }
             match self.take_recent() {
                 Taken::Queued => {}
@@ -245,6 +213,39 @@ impl Channel {
                 Taken::Lagged => return Some(self.lagged()),
                 Taken::Nothing => return None,
             }
+        }
+    }
+
+    /// Waits for an event in the ring, a change of the pulse (the feed's health, the beat) or the channel's end.
+    /// `Some` when the wait itself has something to hand out; `None` when [`Channel::take`] should look again.
+    async fn wait(&mut self) -> Option<Item> {
+        tokio::select! {
+            biased;
+            // `ended` is a child of the server's shutdown token, so it covers both: a wait on the shutdown
+            // token itself would have every channel of the process take that one token's lock.
+            () = self.ended.cancelled() => Some(self.ending().unwrap_or(Item::Replaced)),
+            Ok(()) = self.pulse.changed() => {
+                let pulse = self.pulse.borrow_and_update().clone();
+                match (pulse.down, self.seen_down) {
+                    // The client hears of the outage at once; its cursor does not move.
+                    (Some(why), false) => {
+                        self.seen_down = true;
+                        let json = AppError::Unavailable(why).to_event();
+                        return Some(self.hand_out(Delivery::Control { json, resume_after: 0 }));
+                    }
+                    (None, true) => {
+                        self.seen_down = false;
+                        self.stale = true;
+                    }
+                    _ => {}
+                }
+                if pulse.beat != self.seen_beat {
+                    self.seen_beat = pulse.beat;
+                    return Some(Item::Beat);
+                }
+                None
+            }
+            added = self.added.changed() => added.is_err().then_some(Item::Shutdown),
         }
     }
 
@@ -340,6 +341,14 @@ impl Channel {
 /// Most events a channel takes from the ring under one read lock.
 const RUN: usize = 64;
 
+/// Who asks [`Channel::take`]: [`Channel::next`], which waits when nothing is ready and so hears the pulse first,
+/// or [`Channel::ready`], which never waits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Next,
+    Ready,
+}
+
 /// What the ring holds after a channel's cursor.
 enum Taken {
     /// Nothing newer.
@@ -393,5 +402,164 @@ impl Drop for Channel {
                 let _ = room.shared.broker.save_cursor(&token, cursor, room.lease_end()).await;
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! `Channel` against a real room on the memory broker: what a client resuming, falling behind or being
+    //! replaced receives, item by item.
+
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::Value;
+    use tokio::time::timeout;
+
+    use super::{Channel, Item};
+    use crate::broker::MemoryBroker;
+    use crate::config::Config;
+    use crate::core::Room;
+    use crate::metering::Metering;
+    use crate::model::{Delivery, Seq, Transport};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    /// A room on a memory broker retaining `history` events, with no rate limit.
+    async fn room(history: usize, config: Config) -> Room {
+        let config = Config { rate_limit: 0.0, ..config };
+        Room::start(Arc::new(MemoryBroker::new(history)), config, Metering::default()).await.unwrap()
+    }
+
+    /// A participant who joined (the join notice is seq 1 in a new room) and said `texts` (seq 2, 3, ...).
+    async fn speaker(room: &Room, texts: usize) -> String {
+        let (record, _) = room.join(Transport::Sse, None, false).await.unwrap();
+        for i in 0..texts {
+            room.post(&record.token, &format!("text {i}")).await.unwrap();
+        }
+        record.token
+    }
+
+    async fn next(channel: &mut Channel) -> Item {
+        timeout(WAIT, channel.next()).await.expect("the channel hands something out")
+    }
+
+    /// The seq of a room event handed out, or the JSON of a control event.
+    fn delivered(item: Item) -> Result<Seq, Value> {
+        match item {
+            Item::Deliver(Delivery::Event(event)) => Ok(event.seq),
+            Item::Deliver(Delivery::Control { json, .. }) => Err(serde_json::from_str(&json).unwrap()),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    /// A channel opened after a cursor hands out the retained events after it, in order, then waits, then hands
+    /// out what is published later; its cursor is the last one handed out.
+    #[tokio::test]
+    async fn resumes_after_its_cursor_then_goes_live() {
+        let room = room(100, Config::default()).await;
+        let token = speaker(&room, 3).await;
+        let (mut channel, _) = room.open(&token, Transport::Sse, Some(2), None).await.unwrap();
+        assert_eq!(delivered(next(&mut channel).await), Ok(3));
+        assert_eq!(delivered(next(&mut channel).await), Ok(4));
+        assert!(channel.ready().await.is_none(), "nothing else is ready");
+        assert!(timeout(Duration::from_millis(50), channel.next()).await.is_err(), "and next waits");
+        let (item, posted) = tokio::join!(next(&mut channel), async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            room.post(&token, "later").await.unwrap()
+        });
+        assert_eq!(delivered(item), Ok(posted.0));
+        assert_eq!(channel.cursor(), 5);
+    }
+
+    /// A cursor older than the retained history hears of the hole first (`gap`, from the cursor to the oldest
+    /// retained event), then gets what is retained.
+    #[tokio::test]
+    async fn a_cursor_behind_the_history_hears_of_the_gap() {
+        let room = room(2, Config::default()).await;
+        let token = speaker(&room, 3).await;
+        let (mut channel, _) = room.open(&token, Transport::Sse, Some(0), None).await.unwrap();
+        let gap = delivered(next(&mut channel).await).unwrap_err();
+        assert_eq!((gap["type"].as_str(), gap["from"].as_u64(), gap["to"].as_u64()), (Some("gap"), Some(1), Some(2)));
+        assert_eq!(delivered(next(&mut channel).await), Ok(3));
+        assert_eq!(delivered(next(&mut channel).await), Ok(4));
+    }
+
+    /// A cursor from another epoch of the room hears that the room started over, then gets the room from its
+    /// oldest retained event; a cursor ahead of the room is moved back to its head.
+    #[tokio::test]
+    async fn a_cursor_of_another_epoch_or_ahead_starts_again() {
+        let room = room(100, Config::default()).await;
+        let token = speaker(&room, 2).await;
+        let (mut channel, _) = room.open(&token, Transport::Sse, Some(2), Some("another-room")).await.unwrap();
+        let gap = delivered(next(&mut channel).await).unwrap_err();
+        assert_eq!((gap["reason"].as_str(), gap["to"].as_u64()), (Some("epoch"), Some(0)));
+        assert_eq!(gap["epoch"].as_str(), Some(channel.epoch()));
+        assert_eq!(delivered(next(&mut channel).await), Ok(1), "from the oldest retained event");
+        drop(channel);
+
+        let (mut ahead, _) = room.open(&token, Transport::Sse, Some(99), None).await.unwrap();
+        let reset = delivered(next(&mut ahead).await).unwrap_err();
+        assert_eq!((reset["from"].as_u64(), reset["to"].as_u64()), (Some(4), Some(99)));
+        assert_eq!(ahead.cursor(), 3, "the cursor is the room's head");
+    }
+
+    /// A channel that falls more than `--send-queue` events behind the ring is lagged, and counted as a slow
+    /// consumer of its technique.
+    #[tokio::test]
+    async fn a_slow_consumer_is_lagged_and_counted() {
+        let room = room(100, Config { send_queue: 4, ..Config::default() }).await;
+        let token = speaker(&room, 0).await;
+        let (mut channel, _) = room.open(&token, Transport::Sse, Some(1), None).await.unwrap();
+        for i in 0..10 {
+            room.post(&token, &format!("unread {i}")).await.unwrap();
+        }
+        assert!(matches!(next(&mut channel).await, Item::Lagged));
+        assert_eq!(room.metering().of(Transport::Sse).slow_consumers.load(Ordering::Relaxed), 1);
+    }
+
+    /// A batch collects what is ready after its first item, in order; `ready` then has nothing, and the cursor
+    /// is the batch's last.
+    #[tokio::test]
+    async fn a_batch_takes_what_is_ready() {
+        let room = room(100, Config::default()).await;
+        let token = speaker(&room, 5).await;
+        let (mut channel, _) = room.open(&token, Transport::Ws, Some(0), None).await.unwrap();
+        let first = next(&mut channel).await;
+        let batch = channel.batch_from(first, 4).await;
+        let seqs: Vec<Seq> = batch.deliveries.iter().map(Delivery::cursor).collect();
+        assert_eq!((seqs, batch.end.is_none()), (vec![1, 2, 3, 4], true));
+        let first = next(&mut channel).await;
+        let rest = channel.batch_from(first, 64).await;
+        assert_eq!(rest.deliveries.iter().map(Delivery::cursor).collect::<Vec<_>>(), vec![5, 6]);
+        assert!(channel.ready().await.is_none());
+        assert_eq!(channel.cursor(), 6);
+    }
+
+    /// A newer channel of the same session replaces the older one (which hands out what it had queued first); the
+    /// server's stop ends a channel; a dropped channel saves its cursor, where a poll without `since` goes on.
+    #[tokio::test]
+    async fn a_channel_ends_when_replaced_or_stopped_and_saves_its_cursor() {
+        let room = room(100, Config::default()).await;
+        let token = speaker(&room, 2).await;
+        let (mut older, _) = room.open(&token, Transport::Sse, Some(2), None).await.unwrap();
+        let (mut newer, _) = room.open(&token, Transport::Ws, Some(0), None).await.unwrap();
+        assert_eq!(delivered(next(&mut older).await), Ok(3), "its queued backlog");
+        assert!(matches!(next(&mut older).await, Item::Replaced));
+        for seq in 1..=3 {
+            assert_eq!(delivered(next(&mut newer).await), Ok(seq));
+        }
+        drop(older);
+        drop(newer);
+        room.post(&token, "after").await.unwrap();
+        // The saves run on tasks of their own: `flush` waits for them.
+        room.flush().await.unwrap();
+        let polled = room.poll(&token, Transport::Poll, None, None).await.unwrap();
+        assert_eq!(polled.deliveries.iter().map(Delivery::cursor).collect::<Vec<_>>(), vec![4], "after the saved 3");
+
+        let (mut open, _) = room.open(&token, Transport::Sse, None, None).await.unwrap();
+        room.shutdown();
+        assert!(matches!(next(&mut open).await, Item::Shutdown));
     }
 }
