@@ -74,6 +74,9 @@ pub enum AppError {
     /// A WebSocket upgrade asking for a protocol version other than 13 (RFC 6455).
     #[error("WebSocket version {0} is not supported: this server speaks version 13")]
     WebSocketVersion(String),
+    /// A handler panicked: a bug of the server, answered `500` (the connection and the server go on).
+    #[error("the server failed to answer this request")]
+    Internal,
     /// A receiver fell more than `--send-queue` events behind and is closed; it resumes from its cursor.
     #[error("too slow: fell too far behind the room; reconnect with your cursor (since=) to resume")]
     SlowConsumer,
@@ -104,6 +107,7 @@ impl AppError {
             AppError::ShuttingDown => "shutting_down",
             AppError::SlowConsumer => "slow_consumer",
             AppError::WebSocketVersion(_) => "websocket_version",
+            AppError::Internal => "internal",
         }
     }
 
@@ -126,6 +130,7 @@ impl AppError {
             }
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             AppError::WebSocketVersion(_) => StatusCode::UPGRADE_REQUIRED,
+            AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::TooManyConnections
             | AppError::RoomFull
             | AppError::Unavailable(_)

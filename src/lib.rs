@@ -53,7 +53,9 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::broker::{Broker, DurableBroker, MemoryBroker, RedisBroker};
 use crate::config::Config;
@@ -68,12 +70,13 @@ use crate::transport::{assets, iframe, long_poll, seed, sessions, short_poll, ss
 /// Every response says `X-Content-Type-Options: nosniff` (a browser never guesses a type other than the one
 /// given, so a JSON answer or a user's text is never run as a script or page) and `Referrer-Policy: no-referrer`
 /// (a page's address, which may hold a session token, is never sent to another site); the HTML pages add their
-/// Content Security Policy ([`transport::assets`]).
+/// Content Security Policy ([`transport::assets`]). A handler that panics is answered `500` with a JSON body,
+/// and each request is traced when `RUST_LOG` asks for `tower_http=debug`.
 pub fn app(room: Room) -> Router {
     // `--echo`: a conformance suite's echo endpoint, absent (404) unless asked for.
     let echo =
         if room.config().echo { Router::new().route("/echo", get(transport::echo::handler)) } else { Router::new() };
-    Router::new()
+    let router = Router::new()
         .route("/", get(seed::root))
         .route("/ws", get(ws::handler))
         .route("/api/sessions", post(sessions::create))
@@ -95,8 +98,32 @@ pub fn app(room: Room) -> Router {
         .fallback(assets::fallback)
         .layer(axum::middleware::from_fn_with_state(room.clone(), transport::host_guard))
         .with_state(room)
+        .layer(CatchPanicLayer::custom(panicked))
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
-        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")));
+    // Request tracing (`RUST_LOG=tower_http=debug`): a span per request with its method and path (never the query,
+    // which may hold a session token), and its status and latency when answered. Added only when that level is
+    // on as the router is built, so that a server not asked for it pays nothing per request.
+    if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
+        router.layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+            let (method, path) = (request.method(), request.uri().path());
+            tracing::debug_span!(target: "tower_http::trace::make_span", "request", %method, %path)
+        }))
+    } else {
+        router
+    }
+}
+
+/// A handler that panicked: logged as the server's fault, answered `500 {"error", "code": "internal"}` like any
+/// other refusal; the connection and the server go on.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = what, "a handler panicked");
+    AppError::Internal.into_response()
 }
 
 /// `GET /api/stats`: the per-technique counters, with what each counts.
@@ -244,5 +271,34 @@ mod layers {
             }
         }
         assert!(wrong.is_empty(), "imports that point up a layer:\n{}", wrong.join("\n"));
+    }
+}
+
+#[cfg(test)]
+mod panics {
+    use axum::routing::get;
+    use axum::Router;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    /// A handler that panics is answered `500 {"code": "internal"}` over a real connection, and the server goes
+    /// on answering the next request.
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_json_500() {
+        let router = Router::new()
+            .route("/boom", get(|| async { panic!("boom") as &'static str }))
+            .route("/fine", get(|| async { "fine" }))
+            .layer(CatchPanicLayer::custom(super::panicked));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = reqwest::Client::new();
+        let wait = std::time::Duration::from_secs(5);
+        let boom = tokio::time::timeout(wait, client.get(format!("{base}/boom")).send()).await.unwrap().unwrap();
+        assert_eq!(boom.status(), 500);
+        assert_eq!(boom.headers()["content-type"], "application/json");
+        let body: serde_json::Value = boom.json().await.unwrap();
+        assert_eq!(body["code"], "internal");
+        let fine = tokio::time::timeout(wait, client.get(format!("{base}/fine")).send()).await.unwrap().unwrap();
+        assert_eq!(fine.text().await.unwrap(), "fine");
     }
 }
