@@ -8,8 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::broker::BrokerError;
-use crate::core::event::control;
+use crate::model::{control, BrokerError};
 
 /// Everything a request can be refused for.
 #[derive(Debug, thiserror::Error)]
@@ -26,7 +25,7 @@ pub enum AppError {
     /// A body that is not UTF-8.
     #[error("the text is not valid UTF-8")]
     InvalidUtf8,
-    /// A nickname refused by [`crate::core::session::clean_nickname`].
+    /// A nickname refused by [`crate::core::nickname::clean_nickname`].
     #[error("{0}")]
     BadNickname(String),
     /// `/nick` to a nickname another participant online holds now.
@@ -75,6 +74,9 @@ pub enum AppError {
     /// A WebSocket upgrade asking for a protocol version other than 13 (RFC 6455).
     #[error("WebSocket version {0} is not supported: this server speaks version 13")]
     WebSocketVersion(String),
+    /// A handler panicked: a bug of the server, answered `500` (the connection and the server go on).
+    #[error("the server failed to answer this request")]
+    Internal,
     /// A receiver fell more than `--send-queue` events behind and is closed; it resumes from its cursor.
     #[error("too slow: fell too far behind the room; reconnect with your cursor (since=) to resume")]
     SlowConsumer,
@@ -105,6 +107,7 @@ impl AppError {
             AppError::ShuttingDown => "shutting_down",
             AppError::SlowConsumer => "slow_consumer",
             AppError::WebSocketVersion(_) => "websocket_version",
+            AppError::Internal => "internal",
         }
     }
 
@@ -127,6 +130,7 @@ impl AppError {
             }
             AppError::ForbiddenOrigin(_) => StatusCode::FORBIDDEN,
             AppError::WebSocketVersion(_) => StatusCode::UPGRADE_REQUIRED,
+            AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::TooManyConnections
             | AppError::RoomFull
             | AppError::Unavailable(_)

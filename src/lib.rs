@@ -3,10 +3,22 @@
 //!
 //! # Layout
 //!
+//! Layers, each importing only those below it (a unit test checks the imports):
+//!
+//! ```text
+//!   serve.rs, lib.rs (app, run)       the HTTP server and the router
+//!   transport · bench                 one file per technique; the bench's clients
+//!   broker                            the stores behind the trait: durable, memory, Redis
+//!   core                              the room, its sessions' service, the Broker trait
+//!   metering · error                  counters per technique; refusals as HTTP answers
+//!   model                             the vocabulary: Seq, events, sessions, deliveries, store errors
+//! ```
+//!
 //! | module | what lives there |
 //! |---|---|
-//! | [`core`] | the room: events (serialised once), sessions, the one fan-out point ([`core::Room`]) and the per-client limits |
-//! | [`broker`] | where the room's shared state lives, behind the one [`broker::Broker`] trait: on disk (the default), memory or Redis |
+//! | [`model`] | the room's words: [`model::Seq`], events (serialised once), sessions, deliveries, backlogs, [`model::BrokerError`] |
+//! | [`core`] | the room: the one fan-out point ([`core::Room`]), each [`core::Channel`], the per-client limits, and the one [`core::Broker`] trait |
+//! | [`broker`] | where the room's shared state lives, behind that trait: on disk (the default), memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
 //! | [`metering`] | per-technique counters, exact wire bytes: `/api/stats` and `/metrics` |
 //! | [`bench`](mod@bench) | `chatlab bench`: real clients of every technique, and the side-by-side report |
@@ -27,6 +39,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod metering;
+pub mod model;
 mod serve;
 pub mod transport;
 
@@ -40,7 +53,9 @@ use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::trace::TraceLayer;
 
 use crate::broker::{Broker, DurableBroker, MemoryBroker, RedisBroker};
 use crate::config::Config;
@@ -55,12 +70,17 @@ use crate::transport::{assets, iframe, long_poll, seed, sessions, short_poll, ss
 /// Every response says `X-Content-Type-Options: nosniff` (a browser never guesses a type other than the one
 /// given, so a JSON answer or a user's text is never run as a script or page) and `Referrer-Policy: no-referrer`
 /// (a page's address, which may hold a session token, is never sent to another site); the HTML pages add their
-/// Content Security Policy ([`transport::assets`]).
+/// Content Security Policy ([`transport::assets`]). A handler that panics (but a poll's) is answered `500` with
+/// a JSON body, and each request is traced when `RUST_LOG` asks for `tower_http=debug`.
 pub fn app(room: Room) -> Router {
     // `--echo`: a conformance suite's echo endpoint, absent (404) unless asked for.
     let echo =
         if room.config().echo { Router::new().route("/echo", get(transport::echo::handler)) } else { Router::new() };
-    Router::new()
+    // The polls, the commonest requests, are kept out of the panic catcher, which costs them measurable speed
+    // (docs/architecture.md): a panic there drops its connection, as it would anyway, and nothing else.
+    let polls =
+        Router::new().route("/api/longpoll", get(long_poll::handler)).route("/api/poll", get(short_poll::handler));
+    let router = Router::new()
         .route("/", get(seed::root))
         .route("/ws", get(ws::handler))
         .route("/api/sessions", post(sessions::create))
@@ -71,8 +91,6 @@ pub fn app(room: Room) -> Router {
         .route("/api/sse", get(sse::handler))
         .route("/api/stream", get(stream::handler))
         .route("/api/iframe", get(iframe::handler))
-        .route("/api/longpoll", get(long_poll::handler))
-        .route("/api/poll", get(short_poll::handler))
         .route("/api/messages", post(transport::post::handler))
         .route("/api/stats", get(stats))
         .route("/metrics", get(metering::prometheus::handler))
@@ -80,10 +98,35 @@ pub fn app(room: Room) -> Router {
         .route("/docs/{*path}", get(transport::docs::handler))
         .merge(echo)
         .fallback(assets::fallback)
+        .layer(CatchPanicLayer::custom(panicked))
+        .merge(polls)
         .layer(axum::middleware::from_fn_with_state(room.clone(), transport::host_guard))
         .with_state(room)
         .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
-        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")))
+        .layer(SetResponseHeaderLayer::overriding(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")));
+    // Request tracing (`RUST_LOG=tower_http=debug`): a span per request with its method and path (never the query,
+    // which may hold a session token), and its status and latency when answered. Added only when that level is
+    // on as the router is built, so that a server not asked for it pays nothing per request.
+    if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
+        router.layer(TraceLayer::new_for_http().make_span_with(|request: &axum::extract::Request| {
+            let (method, path) = (request.method(), request.uri().path());
+            tracing::debug_span!(target: "tower_http::trace::make_span", "request", %method, %path)
+        }))
+    } else {
+        router
+    }
+}
+
+/// A handler that panicked: logged as the server's fault, answered `500 {"error", "code": "internal"}` like any
+/// other refusal; the connection and the server go on.
+fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = what, "a handler panicked");
+    AppError::Internal.into_response()
 }
 
 /// `GET /api/stats`: the per-technique counters, with what each counts.
@@ -160,4 +203,105 @@ pub async fn run(
         tracing::error!(%error, "could not write the room's last changes");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod layers {
+    use std::path::{Path, PathBuf};
+
+    /// The layers that sit below others, each with the modules it must not name: imports run one way, down to
+    /// [`crate::model`]. A file named in the third column is a handler on top of its layer and exempt.
+    const BELOW: &[(&str, &[&str], &[&str])] = &[
+        ("model", &["bench", "broker", "config", "core", "error", "metering", "serve", "transport"], &[]),
+        ("error", &["bench", "broker", "config", "core", "metering", "serve", "transport"], &[]),
+        ("metering", &["bench", "broker", "core", "serve", "transport"], &["prometheus.rs"]),
+        ("core", &["bench", "broker", "serve", "transport"], &[]),
+        ("broker", &["bench", "serve", "transport"], &[]),
+    ];
+
+    fn sources(layer: &str) -> Vec<PathBuf> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = vec![];
+        let file = src.join(format!("{layer}.rs"));
+        if file.exists() {
+            files.push(file);
+        }
+        let mut dirs = vec![src.join(layer)];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|ext| ext == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        files
+    }
+
+    /// The top modules a source file names as `crate::NAME`, outside comments and its tests.
+    fn named(source: &str) -> Vec<String> {
+        let code = source.split("#[cfg(test)]").next().unwrap_or_default();
+        let mut names = vec![];
+        for line in code.lines().filter(|line| !line.trim_start().starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                let rest = &line[at + "crate::".len()..];
+                let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                names.push(rest[..end].to_owned());
+            }
+        }
+        names
+    }
+
+    /// No layer names a module above it: the map in this file's opening and the imports agree.
+    #[test]
+    fn imports_run_one_way() {
+        let mut wrong = vec![];
+        for (layer, forbidden, exempt) in BELOW {
+            let files = sources(layer);
+            assert!(!files.is_empty(), "no source for layer {layer}");
+            for file in files {
+                if exempt.iter().any(|name| file.ends_with(name)) {
+                    continue;
+                }
+                let source = std::fs::read_to_string(&file).unwrap();
+                for name in named(&source) {
+                    if forbidden.contains(&name.as_str()) {
+                        wrong.push(format!("{} names crate::{name}", file.display()));
+                    }
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "imports that point up a layer:\n{}", wrong.join("\n"));
+    }
+}
+
+#[cfg(test)]
+mod panics {
+    use axum::routing::get;
+    use axum::Router;
+    use tower_http::catch_panic::CatchPanicLayer;
+
+    /// A handler that panics is answered `500 {"code": "internal"}` over a real connection, and the server goes
+    /// on answering the next request.
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_json_500() {
+        let router = Router::new()
+            .route("/boom", get(|| async { panic!("boom") as &'static str }))
+            .route("/fine", get(|| async { "fine" }))
+            .layer(CatchPanicLayer::custom(super::panicked));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = reqwest::Client::new();
+        let wait = std::time::Duration::from_secs(5);
+        let boom = tokio::time::timeout(wait, client.get(format!("{base}/boom")).send()).await.unwrap().unwrap();
+        assert_eq!(boom.status(), 500);
+        assert_eq!(boom.headers()["content-type"], "application/json");
+        let body: serde_json::Value = boom.json().await.unwrap();
+        assert_eq!(body["code"], "internal");
+        let fine = tokio::time::timeout(wait, client.get(format!("{base}/fine")).send()).await.unwrap().unwrap();
+        assert_eq!(fine.text().await.unwrap(), "fine");
+    }
 }

@@ -186,7 +186,6 @@ async fn events_are_stamped_and_serialised_like_the_memory_broker(fixture: Fixtu
     let body = event.body();
     assert_eq!((body.seq, body.clientcount, body.message.as_str()), (1, 0, "héllo \"quoted\" / 中文 \n"));
     assert!(before.saturating_sub(1000) <= body.ts && body.ts <= after + 1000, "ts is now: {}", body.ts);
-    assert_eq!(event.ts, body.ts);
     let reference = RoomEvent::new(&body);
     assert_eq!(event.json, reference.json, "same bytes as serialising the body");
     let stored = broker.since(0, 1).await.unwrap();

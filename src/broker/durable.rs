@@ -42,9 +42,11 @@ use bytes::Bytes;
 use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backlog, Broker, BrokerError, Epoch, FeedItem, MemoryBroker, Published, SendKey, Visit};
-use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
-use crate::core::session::SessionRecord;
+use super::MemoryBroker;
+use crate::core::Broker;
+use crate::model::{
+    Backlog, BrokerError, Draft, Epoch, EventBody, FeedItem, Published, RoomEvent, SendKey, Seq, SessionRecord, Visit,
+};
 
 /// The layout version this chatlab writes and reads (the `FORMAT` file and the `meta` table).
 pub const FORMAT: u32 = 1;

@@ -9,9 +9,11 @@ use async_trait::async_trait;
 use foldhash::HashMap;
 use tokio::sync::mpsc;
 
-use super::{new_epoch, Backlog, Broker, BrokerError, Epoch, FeedItem, Published, SendKey, Visit};
-use crate::core::event::{Draft, EventBody, RoomEvent, Seq};
-use crate::core::session::SessionRecord;
+use crate::core::Broker;
+use crate::model::{
+    new_epoch, Backlog, BrokerError, Draft, Epoch, EventBody, FeedItem, Published, RoomEvent, SendKey, Seq,
+    SessionRecord, Visit,
+};
 
 /// The in-memory broker: a bounded history, a session table, the keys of recent sends and a feed, behind one
 /// mutex. Its epoch is made when it is: a new in-memory room is a new numbering.

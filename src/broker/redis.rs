@@ -61,9 +61,10 @@ use redis::streams::StreamRangeReply;
 use redis::{Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value};
 use tokio::sync::mpsc;
 
-use super::{Backlog, Broker, BrokerError, Epoch, FeedItem, Published, SendKey, Visit};
-use crate::core::event::{Draft, RoomEvent, Seq};
-use crate::core::session::{SessionRecord, Transport};
+use crate::core::Broker;
+use crate::model::{
+    Backlog, BrokerError, Draft, Epoch, FeedItem, Published, RoomEvent, SendKey, Seq, SessionRecord, Transport, Visit,
+};
 
 /// Longest any broker call may take before it fails with [`BrokerError::Unavailable`]: a request never hangs on
 /// an unreachable Redis.

@@ -9,7 +9,7 @@
 //! The table is this process's own (a cluster counts per process) and bounded by `--max-clients`: a client is
 //! forgotten once it holds no session and its text budget is full again, which is what a new client starts with.
 //! A session that ends through another process of a cluster is found gone by the room's reaper
-//! ([`crate::broker::Broker::alive`]), which gives its seat back.
+//! ([`crate::core::Broker::alive`]), which gives its seat back.
 
 use std::collections::hash_map::Entry;
 use std::net::{IpAddr, Ipv6Addr};

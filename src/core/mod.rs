@@ -1,11 +1,25 @@
-//! The chat room core: events, sessions, the one fan-out point and the per-client limits.
+//! The room: the one fan-out point, the sessions' service, the per-client limits, and the [`Broker`] trait it
+//! keeps its shared state behind.
+//!
+//! The room's vocabulary (events, sessions, deliveries) lives one layer down, in [`crate::model`]; it is
+//! re-exported here (`core::event`, `core::session` and the flat names) for the crate's users.
 
+pub mod broker;
+mod channel;
 pub mod clients;
-pub mod event;
+pub mod nickname;
+mod open;
+mod rate;
+mod ring;
 pub mod room;
-pub mod session;
+mod service;
+mod tasks;
 
+pub use crate::model::{event, session};
+pub use crate::model::{Delivery, EventKind, Notice, RoomEvent, Seq};
+pub use crate::model::{Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};
+pub use broker::Broker;
+pub use channel::{Batch, Channel, Item};
 pub use clients::client_of;
-pub use event::{EventKind, Notice, RoomEvent, Seq};
-pub use room::{Batch, Channel, Delivery, Item, Polled, Room};
-pub use session::{Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};
+pub use open::Polled;
+pub use room::Room;

@@ -23,7 +23,7 @@ use serde_json::{json, Map, Value};
 
 use super::now_ms;
 use super::session::SessionWire;
-use crate::core::session::Transport;
+use crate::model::Transport;
 
 /// Most bytes of a request or response head a record shows.
 pub const HEAD_MAX: usize = 8 * 1024;

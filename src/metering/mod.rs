@@ -25,10 +25,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-pub(crate) use crate::core::event::now_ms;
-use crate::core::event::RoomEvent;
-use crate::core::session::Transport;
-use crate::core::Delivery;
+pub(crate) use crate::model::now_ms;
+use crate::model::{Delivery, RoomEvent, Transport};
 
 /// Counters for one technique.
 #[derive(Debug, Default)]

@@ -24,8 +24,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::{Counters, Metering};
-use crate::core::session::Transport;
 use crate::core::Room;
+use crate::model::Transport;
 
 /// The OpenMetrics text content type, as Prometheus asks for it.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

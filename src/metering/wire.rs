@@ -72,8 +72,8 @@ use tower_http::timeout::TimeoutBody;
 use super::capture::{Kind, Log};
 use super::session::SessionWire;
 use super::Metering;
-use crate::core::session::Transport;
 use crate::error::AppError;
+use crate::model::Transport;
 
 /// A `TcpListener` whose connections count their bytes into a [`Metering`].
 ///

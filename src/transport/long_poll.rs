@@ -5,10 +5,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::Response;
 
-use super::{short_poll, Pacer, Params};
-use crate::core::event::control;
+use super::poll::{presence_if, respond};
+use super::{Pacer, Params};
 use crate::core::{Delivery, Item, Room, Transport};
 use crate::error::AppError;
+use crate::model::control;
 
 /// Answers `200 {"events":[...],"next":N,"epoch":"E"}` as soon as at least one event after `since` exists (with every
 /// other event ready at that moment, up to `--poll-batch`), or with no events after `timeout` seconds
@@ -35,17 +36,9 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
         let polled = room.poll(token, Transport::LongPoll, since, epoch).await?;
         let wire = room.metering().session(token);
         if !polled.deliveries.is_empty() || hold.is_zero() {
-            let presence = short_poll::presence_if(&room, with_presence).await?;
+            let presence = presence_if(&room, with_presence).await?;
             let (deliveries, next, epoch) = (&polled.deliveries, polled.next, &polled.epoch);
-            return Ok(short_poll::respond(
-                &room,
-                Transport::LongPoll,
-                &wire,
-                deliveries,
-                next,
-                epoch,
-                presence.as_ref(),
-            ));
+            return Ok(respond(&room, Transport::LongPoll, &wire, deliveries, next, epoch, presence.as_ref()));
         }
         since = Some(polled.next);
         // Nothing to answer: the cursor is this epoch's now (a cursor of another epoch was answered at once).
@@ -82,8 +75,8 @@ pub async fn handler(State(room): State<Room>, params: Params) -> Result<Respons
     let epoch = channel.epoch().to_owned();
     drop(channel);
     // Who is online when the answer goes, not when the poll came: a held poll may have waited for a join.
-    let presence = short_poll::presence_if(&room, with_presence).await?;
-    Ok(short_poll::respond(&room, Transport::LongPoll, &wire, &deliveries, next, &epoch, presence.as_ref()))
+    let presence = presence_if(&room, with_presence).await?;
+    Ok(respond(&room, Transport::LongPoll, &wire, &deliveries, next, &epoch, presence.as_ref()))
 }
 
 /// `timeout=` in seconds (decimals allowed), clamped to `--longpoll-max`.

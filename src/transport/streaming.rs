@@ -15,10 +15,10 @@ use bytes::Bytes;
 use futures_util::stream;
 
 use super::{Pacer, Params};
-use crate::core::event::control;
 use crate::core::{Channel, Delivery, Item, Room, Seq, Transport};
 use crate::error::AppError;
 use crate::metering::session::SessionWire;
+use crate::model::control;
 
 /// How one streaming technique puts events on the wire.
 pub(crate) trait Framing: Send + 'static {

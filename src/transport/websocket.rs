@@ -4,9 +4,8 @@
 //! Client frames are read by tungstenite, which checks masks, sizes, fragments and UTF-8 and answers pings and
 //! close frames. Room events are written here: a server frame is unmasked, so its bytes are the same for every
 //! receiver, and a batch of events is encoded straight from their shared JSON into one buffer and written with
-//! one call. Going through tungstenite's message API instead cost, per delivery, a reference-counted copy of
-//! the payload handed to it and its per-message bookkeeping; at a hundred receivers per text that was a sixth
-//! of the server's CPU time (see docs/benchmarks.md).
+//! one call: tungstenite's message API would add, per delivery, a copy of the payload handed to it and its
+//! per-message bookkeeping, which is most of a delivery's cost in a big room (docs/benchmarks.md has the figures).
 //!
 //! Closing (RFC 6455 7.1.1, 5.5.1): when the server ends a connection (`Socket::close`) it sends its Close
 //! frame, then keeps reading (and discarding) until the client's Close comes back, at most
@@ -36,8 +35,8 @@ use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext}
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::config::Config;
-use crate::core::Delivery;
 use crate::error::AppError;
+use crate::model::Delivery;
 
 /// A valid WebSocket upgrade request (HTTP/1.1), as an extractor. A request that is not one is refused with
 /// `400` and what is wrong with it; one for another protocol version with `426` and `Sec-WebSocket-Version: 13`.

@@ -28,10 +28,10 @@ use tungstenite::{Bytes, Message};
 
 use super::websocket::{is_too_many_fragments, Socket, Upgrade};
 use super::{send_key, ClientAddr, Pacer, Params, SameOrigin};
-use crate::core::event::{control, Seq};
 use crate::core::{Channel, Delivery, Item, Room, Transport};
 use crate::error::AppError;
 use crate::metering::session::SessionWire;
+use crate::model::{control, Seq};
 
 /// Close code: a newer channel of the same session took over.
 pub const CLOSE_REPLACED: u16 = 4000;

@@ -7,9 +7,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tungstenite::Utf8Bytes;
 
-use crate::core::session::Transport;
+use crate::model::session::Transport;
 
 /// A room sequence number: strictly increasing, no holes between consecutive room events. `0` means "before the
 /// first event", so a cursor of `0` asks for everything retained.
@@ -187,11 +186,8 @@ impl EventBody {
 pub struct RoomEvent {
     /// The room's sequence number.
     pub seq: Seq,
-    /// The JSON text of the event; every transport writes these same bytes. Kept as checked UTF-8 text, so a
-    /// WebSocket text frame of it costs a reference count, not a copy or another check.
-    pub json: Utf8Bytes,
-    /// Server time of publishing, ms since the epoch (also inside `json`).
-    pub ts: u64,
+    /// The JSON text of the event; every transport writes these same bytes.
+    pub json: Json,
     /// When this process first saw the event: the start of publish-to-write latency.
     pub seen: Instant,
 }
@@ -200,8 +196,7 @@ impl RoomEvent {
     /// Serialises `body` once.
     pub fn new(body: &EventBody) -> Self {
         let json = serde_json::to_vec(body).expect("an event body always serialises");
-        let json = String::from_utf8(json).expect("serde_json writes UTF-8");
-        RoomEvent { seq: body.seq, json: Utf8Bytes::from(json), ts: body.ts, seen: Instant::now() }
+        RoomEvent { seq: body.seq, json: Json(Bytes::from(json)), seen: Instant::now() }
     }
 
     /// Rebuilds an event from its JSON text (as stored by a broker).
@@ -210,13 +205,61 @@ impl RoomEvent {
     /// When `json` is not an event body.
     pub fn from_json(json: Bytes) -> Result<Self, serde_json::Error> {
         let body: EventBody = serde_json::from_slice(&json)?;
-        let json = Utf8Bytes::try_from(json).map_err(|_| serde::de::Error::custom("an event is not UTF-8 text"))?;
-        Ok(RoomEvent { seq: body.seq, json, ts: body.ts, seen: Instant::now() })
+        // `from_slice` accepted it, so it is UTF-8.
+        Ok(RoomEvent { seq: body.seq, json: Json(json), seen: Instant::now() })
     }
 
     /// Parses the JSON text back into its fields (tests and tools; transports never need to).
     pub fn body(&self) -> EventBody {
         serde_json::from_str(&self.json).expect("a room event holds a valid body")
+    }
+}
+
+/// An event's JSON text: bytes that are valid UTF-8 (checked when made), shared by reference count, so a write of
+/// it costs no copy and no second check.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Json(Bytes);
+
+impl Json {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Every constructor checks (or is given, by serde_json) UTF-8; no unchecked conversion exists.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The bytes, as a socket writes them.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the text is empty (an event never is).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::ops::Deref for Json {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -230,7 +273,7 @@ pub mod control {
     use serde_json::json;
 
     use super::Seq;
-    use crate::core::session::Presence;
+    use crate::model::session::Presence;
 
     /// The first frame of a `/ws` connection and of an SSE stream: who you are, where your cursor is, in which
     /// epoch of the room, and who is online now.
