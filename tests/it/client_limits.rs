@@ -5,8 +5,8 @@
 //! Other clients are other loopback addresses (127.0.0.2, 127.0.0.3, ...): Linux routes all of 127.0.0.0/8 to
 //! the loopback interface, so a socket bound to one of them reaches the server from there.
 
-mod common;
-mod redis_support;
+use crate::common;
+use crate::redis_support;
 
 use std::collections::HashSet;
 use std::net::IpAddr;

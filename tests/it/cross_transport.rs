@@ -1,6 +1,6 @@
 //! One room, four doors: participants on every technique see the same events in the same order.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

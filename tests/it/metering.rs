@@ -10,7 +10,7 @@ use chatlab::core::{Room, Transport};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
-mod common;
+use crate::common;
 
 use common::raw::{client_frame, get, post, Raw, UPGRADE};
 

@@ -1,7 +1,7 @@
 //! The WebSocket protocol itself (RFC 6455) as chatlab speaks it on `/ws` and `/`: the handshake and its
 //! refusals, pings, the closing handshake, fragmented texts, and bursts of frames written together.
 
-mod common;
+use crate::common;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,7 +1,7 @@
 //! Issue 17's rules: the join cursor (no unasked replay), a long poll's `next` for a cursor ahead of the room,
 //! the `Host` check, nickname rules and the HTTP layer's own errors as JSON. Each against a real server.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -1,6 +1,6 @@
 //! The seed's wire protocol on `/`, exactly as its page and server speak it.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -4,8 +4,8 @@
 //! welcomes, joins and poll answers, and a cursor of another epoch (a restarted in-memory process, a wiped Redis)
 //! answered with a `gap` of reason `epoch` and the room from its oldest retained event.
 
-mod common;
-mod redis_support;
+use crate::common;
+use crate::redis_support;
 
 use std::path::Path;
 use std::time::Duration;

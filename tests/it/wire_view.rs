@@ -2,7 +2,7 @@
 //! shows heads byte-exact and frames with their true sizes, the view's own bytes count apart, and a watcher
 //! that never reads stays bounded.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Cursors: resuming, held and immediate polls, and the explicit `gap` for a cursor older than the history.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

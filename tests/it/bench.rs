@@ -88,7 +88,7 @@ async fn bench_drives_every_technique_and_agrees_with_the_server() {
 
 /// `--techniques stream,iframe`: the HTTP-streaming and forever-iframe clients deliver every text to every
 /// participant, and the bytes they counted agree with what the server counted for their technique (within a
-/// write in flight at the window's edge, as for the others; tests/metering.rs pins them to the byte).
+/// write in flight at the window's edge, as for the others; tests/it/metering.rs pins them to the byte).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_drives_the_two_streams_and_counts_their_bytes_exactly() {
     let (addr, _stop) = start_server().await;

@@ -1,6 +1,6 @@
 //! Deadlines at the socket (`--write-timeout`, `--header-timeout`): a peer that stops reading, or never finishes a
 //! request head, is let go in time, counted, and costs the others nothing.
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! real sockets: the welcome first, resume from a cursor, the epoch gap, switching to and from the other
 //! techniques, the slow consumer, shutdown, bad input, and a hostile message that cannot break out of its script.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -201,7 +201,7 @@ async fn a_slow_stream_reader_is_told_and_resumes() {
     );
     tokio::io::AsyncWriteExt::write_all(&mut slow, head.as_bytes()).await.unwrap();
 
-    // More than the socket buffers hold (see tests/limits.rs): the room accepts every text at once.
+    // More than the socket buffers hold (see tests/it/limits.rs): the room accepts every text at once.
     let client = http();
     let url = server.url(&format!("/api/messages?session={}", talker.session));
     let text = "s".repeat(1900);

@@ -1,6 +1,6 @@
 //! Stopping: every participant hears `Server has disconnected`, every channel ends, the server returns quickly.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Big rooms: above `--coalesce-above`, joins and leaves are announced in bulk once a second, not one by one.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! machine; everything stays on the loopback. Skipped with a message when `nginx` or `redis-server` is missing,
 //! unless `CHATLAB_REQUIRE_NGINX` is set (then it fails).
 
-mod redis_support;
+use crate::redis_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! What events and welcomes carry for a page: the optional notice fields, presence on the channel, and joining a
 //! WebSocket under a nickname.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

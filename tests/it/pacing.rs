@@ -5,7 +5,7 @@
 //! 300 ms, the first goes at once and the rest wait for at most two ticks. Pacing starts only when the runtime's
 //! workers are busy (`--pace-when-busy`), so a server that keeps up is never paced, whatever its load.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

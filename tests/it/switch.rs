@@ -1,6 +1,6 @@
 //! A session keeps its identity and cursor across techniques: no gap, no duplicate, no leave/join notice.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

@@ -4,7 +4,7 @@
 //! The processes are the built binary (`CARGO_BIN_EXE_chatlab`) on `127.0.0.1:0`; Redis runs on a free loopback
 //! port with its own data directory (see `redis_support`). Every receive has a timeout.
 
-mod redis_support;
+use crate::redis_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Keep-alives: one shared beat; SSE streams get a comment, WebSockets a ping, and a silent peer is dropped.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,6 @@
 //! Leases: a participant without a live channel or a recent poll is announced as gone after `--session-lease`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! The demo's files: compressed, cacheable with a validator, and every response with its security headers; the
 //! techniques' own answers never compressed.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 

@@ -3,7 +3,7 @@
 //! code rather than 1006, but not forever; a client's Close is echoed with its code; a message in too many
 //! frames is refused with a code; `--echo` serves `/echo` through the same socket code.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -4,8 +4,8 @@
 //! built binary (`CARGO_BIN_EXE_chatlab`) on a temporary `--data-dir`, kill it (`kill -9`) or stop it (SIGTERM)
 //! in the middle of a burst of texts, and start it again on the same directory. Every receive has a timeout.
 
-mod common;
-mod redis_support;
+use crate::common;
+use crate::redis_support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
 //! Bad input gets a clear error and changes nothing else (SPEC section 5).
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;

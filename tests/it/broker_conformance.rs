@@ -6,8 +6,8 @@
 //! chatlab process would be. Durable tests keep their store in a temporary directory of their own; Redis tests
 //! start their own `redis-server` (see `redis_support`).
 
-mod common;
-mod redis_support;
+use crate::common;
+use crate::redis_support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
