@@ -142,7 +142,6 @@ pub enum StoreError {
     },
 }
 
-
 /// The durable broker: a [`MemoryBroker`] that answers, and a store under `--data-dir` written in group commits
 /// by a sequencer and a committer thread (see the [module docs](self)).
 pub struct DurableBroker {
@@ -235,11 +234,8 @@ impl DurableBroker {
     /// [`StoreError`]: `dir` is not a directory, cannot be created or written, is held by another process, holds
     /// a newer format, holds files but no store, or holds a store that cannot be read.
     pub fn open_with(dir: &Path, history: usize, options: StoreOptions) -> Result<Self, StoreError> {
-        let options = StoreOptions {
-            batch_max: options.batch_max.max(1),
-            unsynced_max: options.unsynced_max.max(1),
-            ..options
-        };
+        let options =
+            StoreOptions { batch_max: options.batch_max.max(1), unsynced_max: options.unsynced_max.max(1), ..options };
         let path = dir.to_path_buf();
         let io = |source| StoreError::Io { path: path.clone(), source };
         if dir.exists() && !dir.is_dir() {
@@ -311,15 +307,7 @@ impl DurableBroker {
             spawn("chatlab-sequencer", Box::new(move || sequencer.run(queue)))?,
             spawn("chatlab-store", Box::new(move || committer.run(step_queue)))?,
         ];
-        Ok(DurableBroker {
-            memory,
-            dirty,
-            progress,
-            jobs: Some(jobs),
-            threads,
-            epoch: loaded.epoch,
-            _lock: lock,
-        })
+        Ok(DurableBroker { memory, dirty, progress, jobs: Some(jobs), threads, epoch: loaded.epoch, _lock: lock })
     }
 
     /// The room's epoch: a random id made when the store was created, the same across restarts, new in a new
@@ -548,10 +536,7 @@ impl Sequencer {
     /// Numbers and stamps `drafts` (those whose key was used before only answer that send's `seq`) within the
     /// reservation, and appends them to the room in memory. Refused, before anything is numbered, while the
     /// store cannot be written.
-    fn sequence(
-        &self,
-        drafts: Vec<(Draft, Option<String>)>,
-    ) -> Result<(Vec<Stored>, Vec<Published>), BrokerError> {
+    fn sequence(&self, drafts: Vec<(Draft, Option<String>)>) -> Result<(Vec<Stored>, Vec<Published>), BrokerError> {
         // Only this thread appends, so the head cannot move until the events below are appended.
         let (head, online) = self.memory.head_and_online();
         self.wait_for(head + drafts.len() as u64)?;
@@ -683,12 +668,7 @@ impl Committer {
     /// those changed now), the guest counter and the reservation in one transaction. On failure the events and
     /// sessions are kept for the next attempt, the store is closed (reopened by that attempt) and the sequencer
     /// refuses texts until a commit goes through.
-    fn commit(
-        &mut self,
-        events: Vec<Stored>,
-        all: bool,
-        ending: Ending,
-    ) -> Result<(), String> {
+    fn commit(&mut self, events: Vec<Stored>, all: bool, ending: Ending) -> Result<(), String> {
         let tokens = {
             let mut dirty = self.dirty();
             let mut tokens = std::mem::take(&mut dirty.now);
