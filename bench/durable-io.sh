@@ -11,7 +11,8 @@ rate=${RATE:-1000}
 senders=${SENDERS:-100}
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" --bind "127.0.0.1:$port" --data-dir "$dir/data" --rate-limit 0 > /dev/null 2>&1 &
+"$bin" --bind "127.0.0.1:$port" --data-dir "$dir/data" --rate-limit 0 --client-rate-limit 0 --max-sessions-per-client 0 \
+  > /dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
 until curl -sf "http://127.0.0.1:$port/healthz" > /dev/null; do sleep 0.1; done

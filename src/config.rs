@@ -54,6 +54,23 @@ pub struct Config {
     #[arg(long, default_value = "./chatlab-data")]
     pub data_dir: PathBuf,
 
+    /// The durable room: how often, at most, in milliseconds, one session's lease renewals and cursor moves are
+    /// written (joins, leaves and renames are written with the next commit). What a crash may lose of a lease or
+    /// a cursor move; smaller writes more often while clients poll.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub store_session_sync_ms: u64,
+
+    /// The durable room: most texts in one commit (one transaction, one sync). Texts waiting beyond it go in the
+    /// next commit.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub store_batch_max: u64,
+
+    /// The durable room: most texts readers may see before they are on disk (a text is delivered at once and
+    /// acknowledged once durable). Also the most sequence numbers a crash can skip: numbers are reserved on
+    /// disk this far ahead, so that none is given twice. Past it, sending waits for the disk.
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub store_unsynced_max: u64,
+
     /// Room events retained for resume; a cursor older than this gets an explicit `gap` event.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub history: u64,
@@ -289,6 +306,15 @@ impl Config {
     /// `--flush-interval-ms` as a duration (zero: no pacing).
     pub fn flush_interval(&self) -> Duration {
         Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// The durable room's `--store-*` flags.
+    pub fn store_options(&self) -> crate::broker::durable::StoreOptions {
+        crate::broker::durable::StoreOptions {
+            session_sync: Duration::from_millis(self.store_session_sync_ms),
+            batch_max: self.store_batch_max as usize,
+            unsynced_max: self.store_unsynced_max,
+        }
     }
 
     /// `--ws-close-timeout-ms` as a duration.

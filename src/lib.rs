@@ -141,7 +141,7 @@ async fn stats(State(room): State<Room>) -> impl IntoResponse {
 pub async fn build_room(config: Config) -> Result<Room, AppError> {
     let broker: Arc<dyn Broker> = match config.broker.as_str() {
         "durable" => Arc::new(
-            DurableBroker::open(&config.data_dir, config.history as usize)
+            DurableBroker::open_with(&config.data_dir, config.history as usize, config.store_options())
                 .map_err(|error| AppError::Unavailable(error.to_string()))?,
         ),
         "memory" => Arc::new(MemoryBroker::new(config.history as usize)),

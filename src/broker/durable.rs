@@ -4,36 +4,51 @@
 //! # Memory answers, the store remembers
 //! The room itself is a [`MemoryBroker`]: every read (a backlog, a session, a poll, the presence) is answered
 //! from memory and costs no disk I/O. The store is [redb](https://docs.rs/redb) (copy-on-write B-trees in one
-//! file, one `fsync` per commit, see docs/architecture.md for why this one), written by one thread, the
-//! writer:
+//! file, one `fsync` per commit, see docs/architecture.md for why this one), written by two threads in a
+//! pipeline:
 //!
-//! - **A text is acknowledged once it is durable, and many texts share one sync.** A publish is handed to the
-//!   writer through a channel. The writer takes every publish waiting, numbers and stamps them, writes them in
-//!   one transaction together with the trim of the history, commits (one sync), and only then appends them to the
-//!   room in memory, feeds them to the fan-out and answers their publishers. While one commit syncs, the next
-//!   batch gathers. No one sees an event before it is on disk, so a crash can only lose numbers no one was told:
-//!   the sequence never goes back and never repeats.
-//! - **Sessions change in memory at once and reach the store with the writer's next commit.** A join, leave,
+//! - **The sequencer numbers and delivers at once.** A publish is handed to the sequencer thread through a
+//!   channel. It numbers and stamps the texts, appends them to the room in memory (which feeds them to the
+//!   fan-out: readers see them now) and passes them on to the committer with their publishers' answers.
+//! - **The committer makes them durable, many texts per sync, and only then answers.** It takes everything the
+//!   sequencer passed on meanwhile (up to `--store-batch-max` texts), writes it in one transaction with the trim
+//!   of the history and the sessions changed, commits (one sync) and only then answers the publishers: a `202`
+//!   or a WebSocket `ack` means the text is on disk. While one commit syncs, the next batch gathers, and the
+//!   sync is no longer on the way from a sender to its readers.
+//! - **The sequence never repeats, even for texts seen and then lost in a crash.** A text is seen before it is
+//!   durable, so a crash can lose a text its readers saw (never one its sender was told was kept). The store
+//!   therefore holds a *reservation*: the highest number the sequencer may give out, written ahead of it (up to
+//!   `--store-unsynced-max` numbers at a time). After a crash the room goes on after the reservation, not after
+//!   the last durable text: numbers may be skipped, none is given twice. A clean stop writes everything and
+//!   leaves no skip. The sequencer waits for the committer when it reaches the reservation, which also bounds
+//!   how far readers run ahead of the disk.
+//! - **A store that cannot be written refuses texts, and heals.** When a commit fails (a full disk: `ENOSPC`,
+//!   or any other I/O error) its publishers are answered [`BrokerError::Unavailable`] (`503 unavailable`), never
+//!   acknowledged, and every later text is refused at once, before it is numbered or seen, while the store
+//!   fails. The committer reopens the store and tries again every [`RETRY_EVERY`] with what it holds (the
+//!   texts already seen, the sessions changed); once a commit goes through, texts are taken again. Texts that
+//!   were refused this way but already seen are written then: the history on disk stays the one readers saw.
+//! - **Sessions change in memory at once and reach the store with the committer's next commit.** A join, leave,
 //!   rename or expiry is written in the next commit, at the latest with the notice announcing it (a publish,
 //!   itself a commit). Lease renewals and cursor moves, which every poll makes, are written at most once per
-//!   [`SESSION_SYNC`] for each session: a crash loses at most that much of a lease or a cursor move (a page
-//!   resumes with `since=` anyway). The guest counter is written with every commit that follows a join.
+//!   `--store-session-sync-ms` for each session: a crash loses at most that much of a lease or a cursor move (a
+//!   page resumes with `since=` anyway). The guest counter is written with every commit that follows a join.
 //! - **One process per directory.** The directory's `LOCK` file is held (an exclusive `flock`) while a process
 //!   uses it, and redb locks its file too: a second process on the same `--data-dir` is refused at start.
 //!
 //! # The data directory
 //! `FORMAT` (`chatlab-store 1`: the layout below; a newer one is refused at start, never overwritten), `LOCK`,
 //! and `room.redb` with four tables: `meta` (the epoch, a random id made when the store is created; the guest
-//! counter), `events` (seq → the event's JSON, the newest `--history`), `sessions` (token → the record
-//! and the end of its lease) and `idempotency` (seq → the session and key a text was sent with, trimmed with the
-//! events). Copy the directory while the server is stopped to back the room up.
+//! counter; the reservation), `events` (seq → the event's JSON, the newest `--history`), `sessions` (token →
+//! the record and the end of its lease) and `idempotency` (seq → the session and key a text was sent with,
+//! trimmed with the events). Copy the directory while the server is stopped to back the room up.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self as std_mpsc, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -51,13 +66,10 @@ use crate::model::{
 /// The layout version this chatlab writes and reads (the `FORMAT` file and the `meta` table).
 pub const FORMAT: u32 = 1;
 
-/// How often, at most, one session's lease renewals and cursor moves are written: what a crash may lose of
-/// them. Joins, leaves and renames are written with the next commit.
-pub const SESSION_SYNC: Duration = Duration::from_secs(1);
-
-/// Most texts in one commit. Publishers wait for their answer, so the queue is bounded by the clients anyway;
-/// this bounds one transaction.
-const MAX_BATCH: usize = 4096;
+/// After a failed commit, how often the committer reopens the store and tries again. Fixed: short enough that
+/// texts are taken again soon after space is back, long enough that a failing disk is not hammered; the
+/// attempts cost nothing while they fail.
+pub const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -68,6 +80,25 @@ const IDEMPOTENCY: TableDefinition<u64, &[u8]> = TableDefinition::new("idempoten
 const STORE_FILE: &str = "room.redb";
 const FORMAT_FILE: &str = "FORMAT";
 const LOCK_FILE: &str = "LOCK";
+
+/// How the store writes (the `--store-*` flags; [`Default`] is their defaults).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// How often, at most, one session's lease renewals and cursor moves are written: what a crash may lose of
+    /// them. Joins, leaves and renames are written with the next commit.
+    pub session_sync: Duration,
+    /// Most texts in one commit: bounds one transaction (and the memory it takes).
+    pub batch_max: usize,
+    /// Most numbers the sequencer may give out beyond the last durable text: how far readers may run ahead of
+    /// the disk, and the most numbers a crash can skip (at least 1).
+    pub unsynced_max: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { session_sync: Duration::from_secs(1), batch_max: 4096, unsynced_max: 16_384 }
+    }
+}
 
 /// Why a data directory cannot be used. Each is a refusal at start, never a fresh room in its place.
 #[derive(Debug, thiserror::Error)]
@@ -113,14 +144,15 @@ pub enum StoreError {
     },
 }
 
-/// The durable broker: a [`MemoryBroker`] that answers, and a store under `--data-dir` written by one thread
-/// in group commits (see the [module docs](self)).
+/// The durable broker: a [`MemoryBroker`] that answers, and a store under `--data-dir` written in group commits
+/// by a sequencer and a committer thread (see the [module docs](self)).
 pub struct DurableBroker {
     memory: Arc<MemoryBroker>,
     dirty: Arc<Mutex<Dirty>>,
-    /// To the writer; taken on drop, which ends it.
+    progress: Arc<Progress>,
+    /// To the sequencer; taken on drop, which ends it (and then the committer).
     jobs: Option<std_mpsc::Sender<Job>>,
-    writer: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     epoch: String,
     /// Held (locked) while this process uses the directory.
     _lock: File,
@@ -131,24 +163,81 @@ pub struct DurableBroker {
 struct Dirty {
     /// Created, removed, renamed: written with the next commit.
     now: HashSet<String>,
-    /// Lease renewed or cursor moved: written at most once per [`SESSION_SYNC`].
+    /// Lease renewed or cursor moved: written at most once per [`StoreOptions::session_sync`].
     soon: HashSet<String>,
 }
 
+/// What the committer tells the sequencer (and the broker): how far the store is.
+struct Progress {
+    state: Mutex<Durable>,
+    /// Signalled whenever the state changes.
+    moved: Condvar,
+}
+
+#[derive(Debug, Clone)]
+struct Durable {
+    /// The newest event written (numbers up to it are on disk or trimmed).
+    head: Seq,
+    /// The highest number the sequencer may give out: written, so a restart after a crash goes on above it.
+    reserved: Seq,
+    /// Why the store cannot be written, while it cannot.
+    failing: Option<String>,
+}
+
+impl Progress {
+    fn lock(&self) -> MutexGuard<'_, Durable> {
+        // Each section sets a field or two: a panic cannot leave the state half-written.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set(&self, change: impl FnOnce(&mut Durable)) {
+        change(&mut self.lock());
+        self.moved.notify_all();
+    }
+}
+
+/// What a publisher hands the sequencer.
 enum Job {
-    /// Drafts of one publisher, each with its stored send key if any, numbered consecutively in one commit.
-    Publish(Vec<(Draft, Option<String>)>, oneshot::Sender<Result<Vec<Published>, BrokerError>>),
+    /// Drafts of one publisher, each with its stored send key if any, numbered consecutively.
+    Publish(Vec<(Draft, Option<String>)>, Reply),
+    /// Write every session change now, and answer once it is written (and everything sequenced before it).
     Sync(oneshot::Sender<Result<(), BrokerError>>),
 }
 
+type Reply = oneshot::Sender<Result<Vec<Published>, BrokerError>>;
+
+/// An event with the send key it was published with, if any: what the store writes of it.
+type Stored = (Arc<RoomEvent>, Option<String>);
+
+/// What the sequencer hands the committer, in sequence order.
+enum Step {
+    /// Events numbered and seen, with the answers of their publisher (given once they are written).
+    Publish(Vec<Stored>, Vec<Published>, Reply),
+    /// Answer once everything before is written (with every session change).
+    Sync(oneshot::Sender<Result<(), BrokerError>>),
+    /// The sequencer waits for the reservation to reach this number.
+    Reserve(Seq),
+}
+
 impl DurableBroker {
+    /// Opens the room kept in `dir` with the default [`StoreOptions`] (see [`DurableBroker::open_with`]).
+    ///
+    /// # Errors
+    /// As [`DurableBroker::open_with`].
+    pub fn open(dir: &Path, history: usize) -> Result<Self, StoreError> {
+        DurableBroker::open_with(dir, history, StoreOptions::default())
+    }
+
     /// Opens the room kept in `dir` (created, with a fresh room, if it does not exist or is empty), retaining the
-    /// newest `history` events (at least one; older ones are trimmed from the store too), and starts its writer.
+    /// newest `history` events (at least one; older ones are trimmed from the store too), and starts its
+    /// sequencer and committer.
     ///
     /// # Errors
     /// [`StoreError`]: `dir` is not a directory, cannot be created or written, is held by another process, holds
     /// a newer format, holds files but no store, or holds a store that cannot be read.
-    pub fn open(dir: &Path, history: usize) -> Result<Self, StoreError> {
+    pub fn open_with(dir: &Path, history: usize, options: StoreOptions) -> Result<Self, StoreError> {
+        let options =
+            StoreOptions { batch_max: options.batch_max.max(1), unsynced_max: options.unsynced_max.max(1), ..options };
         let path = dir.to_path_buf();
         let io = |source| StoreError::Io { path: path.clone(), source };
         if dir.exists() && !dir.is_dir() {
@@ -174,35 +263,53 @@ impl DurableBroker {
             }
             Err(error) => return Err(io(error)),
         }
-        let db = Database::create(dir.join(STORE_FILE)).map_err(|error| match error {
+        let db = open_store(&dir.join(STORE_FILE)).map_err(|error| match error {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
                 StoreError::Locked(path.clone())
             }
             other => StoreError::Damaged { path: path.clone(), why: other.to_string() },
         })?;
         let capacity = history.max(1);
-        let loaded = load(&db, capacity as u64).map_err(|why| StoreError::Damaged { path: path.clone(), why })?;
+        let loaded = load(&db, capacity as u64, options.unsynced_max)
+            .map_err(|why| StoreError::Damaged { path: path.clone(), why })?;
         let memory = Arc::new(MemoryBroker::restore(
             capacity,
             loaded.epoch.as_str().into(),
-            loaded.head,
+            loaded.start,
             loaded.guests,
             loaded.events,
             loaded.sessions,
         ));
         let dirty = Arc::new(Mutex::new(Dirty::default()));
+        let progress = Arc::new(Progress {
+            state: Mutex::new(Durable { head: loaded.start, reserved: loaded.reserved, failing: None }),
+            moved: Condvar::new(),
+        });
         let (jobs, queue) = std_mpsc::channel();
-        let writer = Writer {
-            db,
+        let (steps, step_queue) = std_mpsc::channel();
+        let sequencer = Sequencer { memory: memory.clone(), progress: progress.clone(), steps };
+        let committer = Committer {
+            db: Some(db),
+            file: dir.join(STORE_FILE),
             memory: memory.clone(),
             dirty: dirty.clone(),
+            progress: progress.clone(),
+            options,
             capacity: capacity as u64,
             guests: loaded.guests,
+            reserved: loaded.reserved,
+            written: loaded.start,
+            unwritten: Vec::new(),
             synced: Instant::now(),
         };
-        let writer =
-            std::thread::Builder::new().name("chatlab-store".into()).spawn(move || writer.run(queue)).map_err(io)?;
-        Ok(DurableBroker { memory, dirty, jobs: Some(jobs), writer: Some(writer), epoch: loaded.epoch, _lock: lock })
+        let spawn = |name: &str, run: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new().name(name.into()).spawn(run).map_err(io)
+        };
+        let threads = vec![
+            spawn("chatlab-sequencer", Box::new(move || sequencer.run(queue)))?,
+            spawn("chatlab-store", Box::new(move || committer.run(step_queue)))?,
+        ];
+        Ok(DurableBroker { memory, dirty, progress, jobs: Some(jobs), threads, epoch: loaded.epoch, _lock: lock })
     }
 
     /// The room's epoch: a random id made when the store was created, the same across restarts, new in a new
@@ -211,7 +318,7 @@ impl DurableBroker {
         &self.epoch
     }
 
-    /// Writes every session change held only in memory now, in one commit.
+    /// Writes every session change held only in memory now, in one commit, after every text published before.
     ///
     /// # Errors
     /// [`BrokerError::Unavailable`] when the store cannot be written.
@@ -221,7 +328,7 @@ impl DurableBroker {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Hands `drafts` to the writer and waits for their commit.
+    /// Hands `drafts` to the sequencer and waits for their commit.
     async fn commit(&self, drafts: Vec<(Draft, Option<String>)>) -> Result<Vec<Published>, BrokerError> {
         if drafts.is_empty() {
             return Ok(Vec::new());
@@ -245,7 +352,7 @@ impl DurableBroker {
         self.dirty().now.insert(token.to_owned());
     }
 
-    /// Marks a session to be written within [`SESSION_SYNC`] (no allocation once it is marked).
+    /// Marks a session to be written within [`StoreOptions::session_sync`] (no allocation once it is marked).
     fn changed_soon<'a>(&self, tokens: impl IntoIterator<Item = &'a str>) {
         let mut dirty = self.dirty();
         for token in tokens {
@@ -257,17 +364,27 @@ impl DurableBroker {
 }
 
 impl Drop for DurableBroker {
-    /// Ends the writer after a last commit of what is held only in memory, before the directory is unlocked.
+    /// Ends the sequencer, then the committer after a last commit of everything held only in memory (which
+    /// also gives back the numbers reserved and not used), before the directory is unlocked.
     fn drop(&mut self) {
         drop(self.jobs.take());
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
         }
     }
 }
 
 fn stopped() -> BrokerError {
     BrokerError::Unavailable("the store's writer has stopped".into())
+}
+
+fn unwritable(why: &str) -> BrokerError {
+    BrokerError::Unavailable(format!("the store cannot be written, so texts are refused: {why}"))
+}
+
+/// Opens (or creates) the store's file; redb checks and repairs a file that was not closed cleanly.
+fn open_store(file: &Path) -> Result<Database, DatabaseError> {
+    Database::create(file)
 }
 
 /// Checks a `FORMAT` file's `chatlab-store N`.
@@ -296,9 +413,12 @@ fn write_format(dir: &Path) -> std::io::Result<()> {
 /// What a store holds at start.
 struct Loaded {
     epoch: String,
-    head: Seq,
+    /// The head the room goes on from: the newest event, or the reservation when a crash left one above it.
+    start: Seq,
+    /// The reservation written at start.
+    reserved: Seq,
     guests: u64,
-    events: Vec<(Arc<RoomEvent>, Option<String>)>,
+    events: Vec<Stored>,
     sessions: Vec<(SessionRecord, u64)>,
 }
 
@@ -306,9 +426,9 @@ fn u64_of(bytes: &[u8]) -> Result<u64, String> {
     Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| format!("a counter of {} bytes", bytes.len()))?))
 }
 
-/// Reads the room from the store, in one write transaction that also makes a new store's tables and epoch and
-/// trims the history to `capacity` (a smaller `--history` than last time).
-fn load(db: &Database, capacity: u64) -> Result<Loaded, String> {
+/// Reads the room from the store, in one write transaction that also makes a new store's tables and epoch, trims
+/// the history to `capacity` (a smaller `--history` than last time) and reserves the next `window` numbers.
+fn load(db: &Database, capacity: u64, window: u64) -> Result<Loaded, String> {
     let text = |error: redb::Error| error.to_string();
     let tx = db.begin_write().map_err(|e| text(e.into()))?;
     let loaded = {
@@ -338,6 +458,10 @@ fn load(db: &Database, capacity: u64) -> Result<Loaded, String> {
         // The head is the newest event: at least one is always retained once there has been one.
         let head = events.last().map_err(|e| text(e.into()))?.map_or(0, |(seq, _)| seq.value());
         let guests = stored(&meta, "guests")?.map(|v| u64_of(&v)).transpose()?.unwrap_or(0);
+        // After a crash, numbers up to the reservation may have been seen: the room goes on above them.
+        let start = stored(&meta, "reserved")?.map(|v| u64_of(&v)).transpose()?.unwrap_or(0).max(head);
+        let reserved = start + window;
+        meta.insert("reserved", reserved.to_le_bytes().as_slice()).map_err(|e| text(e.into()))?;
         let first_kept = (head + 1).saturating_sub(capacity);
         events.retain_in(..first_kept, |_, _| false).map_err(|e| text(e.into()))?;
         keys.retain_in(..first_kept, |_, _| false).map_err(|e| text(e.into()))?;
@@ -358,9 +482,10 @@ fn load(db: &Database, capacity: u64) -> Result<Loaded, String> {
                 String::from_utf8(key.value().to_vec()).map_err(|_| format!("key of {}: not text", seq.value()))?;
             sent.insert(seq.value(), key);
         }
-        // The events are consecutive: anything else is not a store this chatlab wrote.
-        if !retained.windows(2).all(|pair| pair[1].seq == pair[0].seq + 1) {
-            return Err("the events retained have a hole".into());
+        // The events are in order (consecutive but where a crash skipped numbers): anything else is not a store
+        // this chatlab wrote.
+        if !retained.windows(2).all(|pair| pair[1].seq > pair[0].seq) {
+            return Err("the events retained are out of order".into());
         }
         let retained = retained
             .into_iter()
@@ -376,72 +501,161 @@ fn load(db: &Database, capacity: u64) -> Result<Loaded, String> {
                 serde_json::from_slice(value.value()).map_err(|error| format!("session {}: {error}", token.value()))?;
             online.push(session);
         }
-        Loaded { epoch, head, guests, events: retained, sessions: online }
+        Loaded { epoch, start, reserved, guests, events: retained, sessions: online }
     };
     tx.commit().map_err(|e| text(e.into()))?;
     Ok(loaded)
 }
 
-/// The one thread that writes the store.
-struct Writer {
-    db: Database,
+/// The thread that numbers texts and appends them to the room in memory (which feeds them to the fan-out).
+struct Sequencer {
+    memory: Arc<MemoryBroker>,
+    progress: Arc<Progress>,
+    steps: std_mpsc::Sender<Step>,
+}
+
+impl Sequencer {
+    /// Sequences what publishers hand over until the broker is dropped.
+    fn run(self, queue: std_mpsc::Receiver<Job>) {
+        while let Ok(job) = queue.recv() {
+            match job {
+                // A dropped reply answers `stopped()`: the committer is gone only when the store is closing.
+                Job::Sync(reply) => {
+                    let _ = self.steps.send(Step::Sync(reply));
+                }
+                Job::Publish(drafts, reply) => match self.sequence(drafts) {
+                    Ok((events, answers)) => {
+                        let _ = self.steps.send(Step::Publish(events, answers, reply));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                },
+            }
+        }
+    }
+
+    /// Numbers and stamps `drafts` (those whose key was used before only answer that send's `seq`) within the
+    /// reservation, and appends them to the room in memory. Refused, before anything is numbered, while the
+    /// store cannot be written.
+    fn sequence(&self, drafts: Vec<(Draft, Option<String>)>) -> Result<(Vec<Stored>, Vec<Published>), BrokerError> {
+        // Only this thread appends, so the head cannot move until the events below are appended.
+        let (head, online) = self.memory.head_and_online();
+        self.wait_for(head + drafts.len() as u64)?;
+        // Only this thread appends keys too: a key is used if memory remembers it or an earlier draft here has it.
+        let mut batch: HashMap<String, Seq> = HashMap::new();
+        let mut events: Vec<Stored> = Vec::with_capacity(drafts.len());
+        let mut answers = Vec::with_capacity(drafts.len());
+        let mut next = head + 1;
+        for (draft, key) in drafts {
+            let known = key.as_deref().and_then(|key| self.memory.sent(key).or_else(|| batch.get(key).copied()));
+            if let Some(seq) = known {
+                answers.push(Published::Repeated(seq));
+                continue;
+            }
+            if let Some(key) = &key {
+                batch.insert(key.clone(), next);
+            }
+            let event = Arc::new(RoomEvent::new(&EventBody::stamp(draft, next, online)));
+            answers.push(Published::Fresh(event.clone()));
+            events.push((event, key));
+            next += 1;
+        }
+        self.memory.append(&events);
+        Ok((events, answers))
+    }
+
+    /// Waits until the reservation on disk reaches `wanted` (asking the committer for it once), or fails while
+    /// the store cannot be written.
+    fn wait_for(&self, wanted: Seq) -> Result<(), BrokerError> {
+        let mut state = self.progress.lock();
+        let mut asked = false;
+        loop {
+            if let Some(why) = &state.failing {
+                return Err(unwritable(why));
+            }
+            if state.reserved >= wanted {
+                return Ok(());
+            }
+            if !asked {
+                self.steps.send(Step::Reserve(wanted)).map_err(|_| stopped())?;
+                asked = true;
+            }
+            state = self.progress.moved.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// The thread that writes the store.
+struct Committer {
+    /// `None` after a failed commit: reopened by the next attempt.
+    db: Option<Database>,
+    file: PathBuf,
     memory: Arc<MemoryBroker>,
     dirty: Arc<Mutex<Dirty>>,
+    progress: Arc<Progress>,
+    options: StoreOptions,
     capacity: u64,
     /// The guest counter as stored.
     guests: u64,
+    /// The reservation as stored.
+    reserved: Seq,
+    /// The newest event written.
+    written: Seq,
+    /// Events sequenced (and seen) whose commit failed: written with the next commit that goes through.
+    unwritten: Vec<Stored>,
     /// When sessions marked [`Dirty::soon`] were last written.
     synced: Instant,
 }
 
-impl Writer {
-    /// Commits what the queue brings until the broker is dropped, then once more.
-    fn run(mut self, queue: std_mpsc::Receiver<Job>) {
+impl Committer {
+    /// Commits what the sequencer passes on until it ends, then once more, giving back the numbers reserved
+    /// and not used.
+    fn run(mut self, queue: std_mpsc::Receiver<Step>) {
         loop {
-            let first = match queue.recv_timeout(SESSION_SYNC) {
-                Ok(job) => Some(job),
+            let failing = self.progress.lock().failing.is_some();
+            let first = match queue.recv_timeout(if failing { RETRY_EVERY } else { self.options.session_sync }) {
+                Ok(step) => Some(step),
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => {
-                    if let Err(error) = self.commit(Vec::new(), true) {
-                        tracing::error!(%error, "the store's last commit failed");
+                    if let Err(why) = self.commit(Vec::new(), true, Ending::Last) {
+                        tracing::error!(%why, "the store's last commit failed");
                     }
                     return;
                 }
             };
-            let (mut drafts, mut publishers, mut syncs) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut events, mut publishers, mut syncs, mut reserve) = (Vec::new(), Vec::new(), Vec::new(), 0);
             let mut next = first;
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Publish(mine, reply) => {
-                        publishers.push((mine.len(), reply));
-                        drafts.extend(mine);
+            while let Some(step) = next.take() {
+                match step {
+                    Step::Publish(mine, answers, reply) => {
+                        events.extend(mine);
+                        publishers.push((answers, reply));
                     }
-                    Job::Sync(reply) => syncs.push(reply),
+                    Step::Sync(reply) => syncs.push(reply),
+                    Step::Reserve(wanted) => reserve = reserve.max(wanted),
                 }
-                // Every publish waiting joins this commit.
-                if drafts.len() < MAX_BATCH {
+                // Everything the sequencer passed on meanwhile joins this commit.
+                if events.len() < self.options.batch_max {
                     next = queue.try_recv().ok();
                 }
             }
-            let all = !syncs.is_empty() || self.synced.elapsed() >= SESSION_SYNC;
-            match self.commit(drafts, all) {
-                Ok(events) => {
-                    let mut events = events.into_iter();
-                    for (count, reply) in publishers {
-                        let _ = reply.send(Ok(events.by_ref().take(count).collect()));
+            let all = !syncs.is_empty() || self.synced.elapsed() >= self.options.session_sync;
+            match self.commit(events, all, Ending::Reserve(reserve)) {
+                Ok(()) => {
+                    for (answers, reply) in publishers {
+                        let _ = reply.send(Ok(answers));
                     }
                     for reply in syncs {
                         let _ = reply.send(Ok(()));
                     }
                 }
-                Err(error) => {
-                    tracing::error!(%error, "the store cannot be written");
-                    let why = format!("the store cannot be written: {error}");
+                Err(why) => {
                     for (_, reply) in publishers {
-                        let _ = reply.send(Err(BrokerError::Unavailable(why.clone())));
+                        let _ = reply.send(Err(unwritable(&why)));
                     }
                     for reply in syncs {
-                        let _ = reply.send(Err(BrokerError::Unavailable(why.clone())));
+                        let _ = reply.send(Err(unwritable(&why)));
                     }
                 }
             }
@@ -452,11 +666,11 @@ impl Writer {
         self.dirty.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Numbers and stamps `drafts` (those whose key was used before only answer that send's `seq`), writes them
-    /// and their keys with the sessions changed (all of them when `all`, else those changed now) in one
-    /// transaction, and once it is committed appends them to the room in memory (which feeds them). On failure
-    /// nothing is appended and the sessions stay marked. Answers one [`Published`] per draft, in order.
-    fn commit(&mut self, drafts: Vec<(Draft, Option<String>)>, all: bool) -> Result<Vec<Published>, redb::Error> {
+    /// Writes `events` (after those a failed commit left), the sessions changed (all of them when `all`, else
+    /// those changed now), the guest counter and the reservation in one transaction. On failure the events and
+    /// sessions are kept for the next attempt, the store is closed (reopened by that attempt) and the sequencer
+    /// refuses texts until a commit goes through.
+    fn commit(&mut self, events: Vec<Stored>, all: bool, ending: Ending) -> Result<(), String> {
         let tokens = {
             let mut dirty = self.dirty();
             let mut tokens = std::mem::take(&mut dirty.now);
@@ -468,66 +682,74 @@ impl Writer {
         if all {
             self.synced = Instant::now();
         }
+        self.unwritten.extend(events);
+        let newest = self.unwritten.last().map_or(self.written, |(event, _)| event.seq);
+        let window = self.options.unsynced_max;
+        let reserved = match ending {
+            // Everything sequenced is here: the numbers beyond it were never given out.
+            Ending::Last => newest,
+            // Extended in steps of half the window, so that the meta table is not rewritten by every commit.
+            Ending::Reserve(wanted) if wanted > self.reserved || newest + window / 2 > self.reserved => {
+                wanted.max(newest + window).max(self.reserved)
+            }
+            Ending::Reserve(_) => self.reserved,
+        };
         let guests = self.memory.guests();
-        if drafts.is_empty() && tokens.is_empty() && guests == self.guests {
-            return Ok(Vec::new());
+        let failing = self.progress.lock().failing.is_some();
+        let idle = self.unwritten.is_empty() && tokens.is_empty() && guests == self.guests;
+        if !failing && idle && reserved == self.reserved {
+            return Ok(());
         }
-        // Only this thread appends, so the head cannot move until the events below are appended.
-        let (head, online) = self.memory.head_and_online();
-        // Only this thread appends keys too: a key is used if memory remembers it or an earlier draft here has it.
-        let mut batch: std::collections::HashMap<String, Seq> = std::collections::HashMap::new();
-        let mut events: Vec<(Arc<RoomEvent>, Option<String>)> = Vec::with_capacity(drafts.len());
-        let mut answers: Vec<Result<usize, Seq>> = Vec::with_capacity(drafts.len());
-        let mut next = head + 1;
-        let keyed: Vec<Option<Seq>> =
-            drafts.iter().map(|(_, key)| key.as_deref().and_then(|key| self.memory.sent(key))).collect();
-        for ((draft, key), known) in drafts.into_iter().zip(keyed) {
-            if let Some(seq) = known.or_else(|| key.as_deref().and_then(|key| batch.get(key).copied())) {
-                answers.push(Err(seq));
-                continue;
-            }
-            if let Some(key) = &key {
-                batch.insert(key.clone(), next);
-            }
-            answers.push(Ok(events.len()));
-            let event = Arc::new(RoomEvent::new(&EventBody::stamp(draft, next, online)));
-            events.push((event, key));
-            next += 1;
+        let written = match self.db.take() {
+            Some(db) => Ok(db),
+            None => open_store(&self.file).map_err(|error| error.to_string()),
         }
-        match self.write(&events, &tokens, guests) {
+        .and_then(|db| {
+            let done = self.write(&db, &tokens, guests, reserved).map_err(|error| error.to_string());
+            // A store whose write failed is closed: redb answers nothing more after an I/O error.
+            if done.is_ok() {
+                self.db = Some(db);
+            }
+            done
+        });
+        match written {
             Ok(()) => {
+                self.unwritten.clear();
+                self.written = newest;
                 self.guests = guests;
-                self.memory.append(&events);
-                Ok(answers
-                    .into_iter()
-                    .map(|answer| match answer {
-                        Ok(index) => Published::Fresh(events[index].0.clone()),
-                        Err(seq) => Published::Repeated(seq),
-                    })
-                    .collect())
+                self.reserved = reserved;
+                if failing {
+                    tracing::warn!("the store can be written again: texts are taken again");
+                }
+                self.progress.set(|state| {
+                    state.head = newest;
+                    state.reserved = state.reserved.max(reserved);
+                    state.failing = None;
+                });
+                Ok(())
             }
-            Err(error) => {
+            Err(why) => {
                 self.dirty().now.extend(tokens);
-                Err(error)
+                if !failing {
+                    tracing::error!(%why, "the store cannot be written: texts are refused until it can");
+                }
+                self.progress.set(|state| state.failing = Some(why.clone()));
+                Err(why)
             }
         }
     }
 
-    /// One transaction: the events (the newest is the head), the trim of the history, the sessions of `tokens` as
-    /// they are now in memory (removed when gone) and the guest counter; committed with one sync.
-    fn write(
-        &self,
-        events: &[(Arc<RoomEvent>, Option<String>)],
-        tokens: &HashSet<String>,
-        guests: u64,
-    ) -> Result<(), redb::Error> {
-        let tx = self.db.begin_write()?;
+    /// One transaction: the events not yet written (the newest is the head), the trim of the history, the
+    /// sessions of `tokens` as they are now in memory (removed when gone), the guest counter and the reservation;
+    /// committed with one sync.
+    fn write(&self, db: &Database, tokens: &HashSet<String>, guests: u64, reserved: Seq) -> Result<(), redb::Error> {
+        let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
-            if let Some((last, _)) = events.last() {
+            if let Some((last, _)) = self.unwritten.last() {
                 let mut table = tx.open_table(EVENTS)?;
                 let mut keys = tx.open_table(IDEMPOTENCY)?;
-                for (event, key) in events {
+                for (event, key) in &self.unwritten {
                     table.insert(event.seq, event.json.as_bytes())?;
                     if let Some(key) = key {
                         keys.insert(event.seq, key.as_bytes())?;
@@ -541,6 +763,9 @@ impl Writer {
             }
             if guests != self.guests {
                 meta.insert("guests", guests.to_le_bytes().as_slice())?;
+            }
+            if reserved != self.reserved {
+                meta.insert("reserved", reserved.to_le_bytes().as_slice())?;
             }
             if !tokens.is_empty() {
                 let mut sessions = tx.open_table(SESSIONS)?;
@@ -562,6 +787,15 @@ impl Writer {
     }
 }
 
+/// What a commit writes as the reservation.
+#[derive(Clone, Copy)]
+enum Ending {
+    /// At least this (0: nothing asked), extended ahead of the newest event when it runs short.
+    Reserve(Seq),
+    /// The store is closing: exactly the newest event.
+    Last,
+}
+
 #[async_trait]
 impl Broker for DurableBroker {
     async fn publish(&self, draft: Draft) -> Result<Arc<RoomEvent>, BrokerError> {
@@ -576,7 +810,12 @@ impl Broker for DurableBroker {
     }
 
     async fn published(&self, key: SendKey<'_>) -> Result<Option<Seq>, BrokerError> {
-        Ok(self.memory.sent(&key.stored()))
+        let sent = self.memory.sent(&key.stored());
+        // An answer that a text was sent is an acknowledgement: given once it is durable.
+        if sent.is_some_and(|seq| seq > self.progress.lock().head) {
+            self.sync().await?;
+        }
+        Ok(sent)
     }
 
     async fn epoch(&self) -> Result<Epoch, BrokerError> {

@@ -28,7 +28,8 @@ pub struct MemoryBroker {
 struct State {
     /// The newest sequence number given out.
     head: Seq,
-    /// The retained events, consecutive sequence numbers, oldest first; at most `capacity`.
+    /// The retained events, oldest first, in sequence order: consecutive numbers, but for those a durable
+    /// room skipped after a crash (see [`MemoryBroker::restore`]); at most `capacity`.
     history: VecDeque<Arc<RoomEvent>>,
     capacity: usize,
     guests: u64,
@@ -65,7 +66,8 @@ impl MemoryBroker {
         }
     }
 
-    /// A room restored from a store: its head, guest counter, retained events (consecutive, oldest first) and
+    /// A room restored from a store: its head (which may be above the newest event retained, when a crash
+    /// skipped numbers), guest counter, retained events (in sequence order, oldest first) and
     /// sessions with the time their lease ends; each event with the send key it was published with, if any.
     pub(crate) fn restore(
         history: usize,
@@ -183,9 +185,9 @@ impl State {
     /// At most `max` retained events after `cursor`, with the hole the client must be told of.
     fn since(&self, epoch: &Epoch, cursor: Seq, max: usize) -> Backlog {
         let oldest = self.history.front().map(|event| event.seq);
-        // The history holds consecutive numbers from the oldest: what follows the cursor starts at its distance.
-        let skip = cursor.saturating_add(1).saturating_sub(oldest.unwrap_or(0)) as usize;
-        let events = self.history.range(skip.min(self.history.len())..).take(max).cloned().collect();
+        // The history is in sequence order (with a hole where a durable room's crash skipped numbers).
+        let skip = self.history.partition_point(|event| event.seq <= cursor);
+        let events = self.history.range(skip..).take(max).cloned().collect();
         Backlog::read(epoch.clone(), cursor, self.head, oldest, events)
     }
 
