@@ -160,6 +160,10 @@ pub struct SoakReport {
     pub rss_last_kib: Option<u64>,
     /// See `rss_first_kib`.
     pub rss_max_kib: Option<u64>,
+    /// Connection attempts the kernel dropped over the soak because a listening socket's accept queue was full
+    /// (`TcpExt: ListenOverflows` in `/proc/net/netstat`, machine-wide): a client whose connect is dropped retries
+    /// after 1, 3, 7, 15 s, which can outlast a session's lease.
+    pub listen_overflows: Option<u64>,
     /// Server RSS in KiB, the median of each minute of the soak (of each tenth, if shorter than ten minutes): whether
     /// it levels off or keeps growing.
     pub rss_per_minute_kib: Vec<u64>,
@@ -208,7 +212,8 @@ impl SoakReport {
              | server RSS | first minute {rf1}, last minute {rl1}, max {rmx} |\n\
              | server RSS over time (MiB) | {rpm} |\n\
              | server write_timeouts | {timeouts}, other {owt} |\n\
-             | server slow_consumers, header_timeouts, idle_evictions | {slow}, {ht}, {ie} |\n",
+             | server slow_consumers, header_timeouts, idle_evictions | {slow}, {ht}, {ie} |\n\
+             | connection attempts dropped, accept queue full (machine-wide) | {lo} |\n",
             verdict = if self.passed() { "passed" } else { "FAILED" },
             command = self.command,
             date = self.date,
@@ -249,6 +254,7 @@ impl SoakReport {
             owt = other["write_timeouts"],
             ht = other["header_timeouts"],
             ie = other["idle_evictions"],
+            lo = self.listen_overflows.map_or("-".into(), |n| n.to_string()),
         )
     }
 }
@@ -561,7 +567,8 @@ async fn read_http(
                 // A new connection, as a page does after a network change; the cursor carries on.
                 match Http::connect(&shared.authority, shared.probe.clone(), false).await {
                     Ok(fresh) => down = fresh,
-                    Err(_) => {
+                    Err(error) => {
+                        shared.failed(technique, &format!("connecting: {error:#}"));
                         sequence.failed.store(1, Ordering::Relaxed);
                         return;
                     }
@@ -571,6 +578,15 @@ async fn read_http(
             }
         }
     }
+}
+
+/// The kernel's count of connection attempts dropped because an accept queue was full, if it can be read.
+fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut tcp = netstat.lines().filter(|line| line.starts_with("TcpExt:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|name| name == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// Failures in a row after which a reader gives up.
@@ -909,6 +925,7 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
 
     // The soak proper.
     let start = Instant::now();
+    let overflows_before = listen_overflows();
     // Stalled participants and senders start now and stop at the end.
     shared.end = start + Duration::from_secs_f64(args.duration);
     let rss = Arc::new(Mutex::new(Vec::<(f64, u64)>::new()));
@@ -1027,6 +1044,7 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         rss_first_kib: median_between(0.0, minute),
         rss_last_kib: median_between(args.duration - minute, args.duration),
         rss_max_kib: rss.iter().map(|(_, k)| *k).max(),
+        listen_overflows: overflows_before.zip(listen_overflows()).map(|(before, after)| after.saturating_sub(before)),
         rss_per_minute_kib: {
             let step = if args.duration >= 600.0 { 60.0 } else { args.duration / 10.0 };
             (0..(args.duration / step).ceil() as usize)
