@@ -3,15 +3,19 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
 use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 use super::delay::delayed;
 use crate::metering::wire::{Counted, Tally};
+use crate::tls::{client_config, Trust};
 
 /// Every bench message's text starts with this, then the send time in µs since [`Probe::epoch`].
 const MARKER: &str = "bench ";
@@ -166,14 +170,68 @@ impl Tally for Arc<Probe> {
     }
 }
 
-/// A client socket that counts every byte it reads and writes into a [`Probe`] (the same wrapper the server
-/// counts its own sockets with).
-pub(crate) type CountingStream = Counted<Either<TcpStream, DuplexStream>, Arc<Probe>>;
+/// A socket, through the emulated delay or not.
+type Socket = Either<TcpStream, DuplexStream>;
 
-/// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay.
-pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
+/// A client socket that counts every byte it reads and writes into a [`Probe`] (the same wrapper the server
+/// counts its own sockets with). Over HTTPS it counts the HTTP bytes inside TLS, as the server does.
+pub(crate) type CountingStream = Counted<Either<Socket, TlsStream<Socket>>, Arc<Probe>>;
+
+/// How the bench reaches chatlab over HTTPS (`--http2`), set once before the first connection; unset: plain HTTP.
+static SECURE: OnceLock<Secure> = OnceLock::new();
+
+/// The client configurations of `--http2`.
+struct Secure {
+    /// ALPN `http/1.1` only: WebSockets (chatlab offers no extended CONNECT over HTTP/2).
+    http1: Arc<rustls::ClientConfig>,
+    /// ALPN `h2`: the HTTP techniques.
+    http2: Arc<rustls::ClientConfig>,
+}
+
+/// From now on, chatlab connections speak HTTPS believing `trust`: WebSockets over HTTP/1.1, the HTTP
+/// techniques over HTTP/2.
+///
+/// # Errors
+/// A root certificate rustls cannot use.
+pub(crate) fn use_https(trust: &Trust) -> io::Result<()> {
+    let secure = Secure { http1: client_config(trust, &[b"http/1.1"])?, http2: client_config(trust, &[b"h2"])? };
+    let _ = SECURE.set(secure);
+    Ok(())
+}
+
+/// Whether chatlab connections speak HTTPS.
+pub(crate) fn https() -> bool {
+    SECURE.get().is_some()
+}
+
+/// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay:
+/// plain, or (`tls`) with TLS offering the configuration's ALPN.
+async fn open(addr: &str, probe: Arc<Probe>, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<CountingStream> {
     let socket = TcpStream::connect(addr).await?;
     socket.set_nodelay(true)?;
     let inner = if probe.delay.is_zero() { Either::Left(socket) } else { Either::Right(delayed(socket, probe.delay)) };
-    Ok(Counted::new(inner, probe))
+    let Some(config) = tls else { return Ok(Counted::new(Either::Left(inner), probe)) };
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let tls = TlsConnector::from(config).connect(name, inner).await?;
+    Ok(Counted::new(Either::Right(tls), probe))
+}
+
+/// A connection for a WebSocket or a plain-HTTP/1.1 client (over HTTPS with `--http2`: ALPN `http/1.1`).
+pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
+    open(addr, probe, SECURE.get().map(|secure| secure.http1.clone())).await
+}
+
+/// A connection that never speaks TLS (the seed's WebSockets).
+pub(crate) async fn connect_plain(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
+    open(addr, probe, None).await
+}
+
+/// A connection for an HTTP technique's client, and whether it speaks HTTP/2 (over HTTPS with `--http2`).
+pub(crate) async fn connect_http(addr: &str, probe: Arc<Probe>) -> io::Result<(CountingStream, bool)> {
+    let tls = SECURE.get().map(|secure| secure.http2.clone());
+    let stream = open(addr, probe, tls).await?;
+    let h2 = matches!(stream.get_ref(), Either::Right(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"));
+    Ok((stream, h2))
 }
