@@ -191,8 +191,11 @@ impl Metering {
     /// Counts one HTTP request of a technique, and gives the request's wire bytes (and those of its response)
     /// to that technique: see [`wire`] for how the connection learns it.
     pub fn request(&self, transport: Transport) {
-        self.of(transport).requests.fetch_add(1, Ordering::Relaxed);
-        wire::chosen(transport);
+        let counters = self.of(transport);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        if wire::chosen(transport) {
+            counters.http2_requests.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a channel as open until the guard drops.

@@ -776,9 +776,6 @@ impl Connection {
         stream.session = session.filter(|_| matches!(owner, Owner::Technique(_)));
         let (read, written) = (std::mem::take(&mut stream.pending_in), std::mem::take(&mut stream.pending_out));
         let session = stream.session.clone();
-        if let Owner::Technique(transport) = owner {
-            self.metering.of(transport).http2_requests.fetch_add(1, Ordering::Relaxed);
-        }
         self.count(owner, session.as_deref(), read, written, true);
     }
 
@@ -1168,7 +1165,7 @@ impl Service<Request> for Metered {
         // The router is always ready. Its future is named (no box, no copy of the router per request): the
         // empty poll, the commonest request, is a few microseconds all told.
         let routed = self.router.call(request);
-        let choice = Choice { technique: Cell::new(NONE), session: Cell::new(None) };
+        let choice = Choice { technique: Cell::new(NONE), session: Cell::new(None), http2: stream.is_some() };
         CHOSEN.scope(choice, Answered { routed, connection: self.connection.clone(), stream })
     }
 }
@@ -1241,6 +1238,8 @@ pub struct Choice {
     technique: Cell<u8>,
     /// The session, once the handler knows it exists.
     session: Cell<Option<Arc<SessionWire>>>,
+    /// The request came over HTTP/2.
+    http2: bool,
 }
 
 tokio::task_local! {
@@ -1248,10 +1247,15 @@ tokio::task_local! {
     static CHOSEN: Choice;
 }
 
-/// Records that the current request belongs to `transport`. Called by
+/// Records that the current request belongs to `transport`; true if it came over HTTP/2. Called by
 /// [`crate::metering::Metering::request`]; outside a metered request (tests, the bench) it does nothing.
-pub(crate) fn chosen(transport: Transport) {
-    let _ = CHOSEN.try_with(|choice| choice.technique.set(transport as u8));
+pub(crate) fn chosen(transport: Transport) -> bool {
+    CHOSEN
+        .try_with(|choice| {
+            choice.technique.set(transport as u8);
+            choice.http2
+        })
+        .unwrap_or(false)
 }
 
 /// Records that the current request is a wire view's: its bytes count under `other.wire_view`.
