@@ -60,8 +60,8 @@ impl Http {
 
     /// Opens an HTTP/1.1 connection to `authority` for the bench's own requests (`/healthz`, `/api/stats`):
     /// with `--http2` it never opens an HTTP/2 connection, whose own frames would count in a phase's figures.
-    pub(crate) async fn connect_control(authority: &str) -> anyhow::Result<Http> {
-        let probe = Probe::new();
+    pub(crate) async fn connect_control(authority: &str, https: Option<Arc<probe::Https>>) -> anyhow::Result<Http> {
+        let probe = Probe::with_delay(std::time::Duration::ZERO, https);
         let stream =
             probe::connect(authority, probe.clone()).await.with_context(|| format!("connecting to {authority}"))?;
         Http::over(stream, false, authority, probe, false).await

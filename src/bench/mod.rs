@@ -311,7 +311,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     }
     let chatlab_phases = techniques.iter().any(|t| *t != Technique::Seed);
     let mut server_args = args.server_args.clone();
-    if args.http2 {
+    let https = if args.http2 {
         let trust = match (&args.tls_ca, args.insecure) {
             (Some(ca), _) => crate::tls::Trust::roots_from(ca)?,
             (None, true) => crate::tls::Trust::Anyone,
@@ -319,9 +319,11 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
             (None, false) if args.urls.is_empty() => crate::tls::Trust::Anyone,
             (None, false) => bail!("--http2 with --url needs --tls-ca FILE or --insecure to believe the certificate"),
         };
-        probe::use_https(&trust)?;
         server_args.push("--tls-self-signed".into());
-    }
+        Some(probe::Https::new(&trust)?)
+    } else {
+        None
+    };
     // The server under test: given, or started here (only if some phase needs chatlab).
     let mut own = None;
     let (authorities, pids) = if !args.urls.is_empty() {
@@ -330,7 +332,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
             args.urls.iter().map(|u| server::authority_of(u, scheme)).collect::<anyhow::Result<Vec<_>>>()?;
         (authorities, args.server_pids.clone())
     } else if chatlab_phases {
-        let server = server::start(&server_args).await?;
+        let server = server::start(&server_args, https.clone()).await?;
         let found = (vec![server.authority.clone()], vec![server.pid]);
         own = Some(server);
         found
@@ -355,8 +357,14 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
                 targets: vec![args.seed_url.clone().unwrap_or_default()],
                 pids: args.seed_pid.into_iter().collect(),
                 stats: Vec::new(),
+                https: None,
             },
-            _ => Servers { targets: authorities.clone(), pids: pids.clone(), stats: authorities.clone() },
+            _ => Servers {
+                targets: authorities.clone(),
+                pids: pids.clone(),
+                stats: authorities.clone(),
+                https: https.clone(),
+            },
         };
         let what = || format!("the {} phase", technique.as_str());
         let mut crowd = Crowd::join(*technique, servers, args, &progress).await.with_context(what)?;
@@ -424,7 +432,7 @@ async fn wrk_report(args: &BenchArgs) -> anyhow::Result<Report> {
     let (authority, pids) = match args.urls.first() {
         Some(url) => (server::authority_of(url, "http")?, args.server_pids.clone()),
         None => {
-            let server = server::start(&args.server_args).await?;
+            let server = server::start(&args.server_args, None).await?;
             let found = (server.authority.clone(), vec![server.pid]);
             own = Some(server);
             found

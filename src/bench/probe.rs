@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -25,6 +25,8 @@ const MARKER: &str = "bench ";
 pub(crate) struct Probe {
     /// Emulated one-way network delay of every client socket (`--delay-ms`).
     delay: Duration,
+    /// Speak HTTPS to chatlab (`--http2`).
+    pub(crate) https: Option<Arc<Https>>,
     /// The clock bench messages carry their send time on (all clients live in this process).
     epoch: Instant,
     /// Bytes the clients' sockets wrote (requests, POST bodies, WebSocket frames): the "up" direction.
@@ -60,13 +62,14 @@ pub(crate) struct Reading {
 
 impl Probe {
     pub(crate) fn new() -> Arc<Probe> {
-        Probe::with_delay(Duration::ZERO)
+        Probe::with_delay(Duration::ZERO, None)
     }
 
-    /// A probe whose client sockets take `delay` longer each way.
-    pub(crate) fn with_delay(delay: Duration) -> Arc<Probe> {
+    /// A probe whose client sockets take `delay` longer each way, and speak HTTPS if `https` says how.
+    pub(crate) fn with_delay(delay: Duration, https: Option<Arc<Https>>) -> Arc<Probe> {
         Arc::new(Probe {
             delay,
+            https,
             epoch: Instant::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -177,31 +180,24 @@ type Socket = Either<TcpStream, DuplexStream>;
 /// counts its own sockets with). Over HTTPS it counts the HTTP bytes inside TLS, as the server does.
 pub(crate) type CountingStream = Counted<Either<Socket, TlsStream<Socket>>, Arc<Probe>>;
 
-/// How the bench reaches chatlab over HTTPS (`--http2`), set once before the first connection; unset: plain HTTP.
-static SECURE: OnceLock<Secure> = OnceLock::new();
-
-/// The client configurations of `--http2`.
-struct Secure {
-    /// ALPN `http/1.1` only: WebSockets (chatlab offers no extended CONNECT over HTTP/2).
+/// How the bench reaches chatlab over HTTPS (`--http2`): the client configurations, by ALPN.
+#[derive(Debug)]
+pub(crate) struct Https {
+    /// ALPN `http/1.1` only: WebSockets (chatlab offers no extended CONNECT over HTTP/2) and the bench's own
+    /// requests.
     http1: Arc<rustls::ClientConfig>,
     /// ALPN `h2`: the HTTP techniques.
     http2: Arc<rustls::ClientConfig>,
 }
 
-/// From now on, chatlab connections speak HTTPS believing `trust`: WebSockets over HTTP/1.1, the HTTP
-/// techniques over HTTP/2.
-///
-/// # Errors
-/// A root certificate rustls cannot use.
-pub(crate) fn use_https(trust: &Trust) -> io::Result<()> {
-    let secure = Secure { http1: client_config(trust, &[b"http/1.1"])?, http2: client_config(trust, &[b"h2"])? };
-    let _ = SECURE.set(secure);
-    Ok(())
-}
-
-/// Whether chatlab connections speak HTTPS.
-pub(crate) fn https() -> bool {
-    SECURE.get().is_some()
+impl Https {
+    /// Connections that believe `trust`.
+    ///
+    /// # Errors
+    /// A root certificate rustls cannot use.
+    pub(crate) fn new(trust: &Trust) -> io::Result<Arc<Https>> {
+        Ok(Arc::new(Https { http1: client_config(trust, &[b"http/1.1"])?, http2: client_config(trust, &[b"h2"])? }))
+    }
 }
 
 /// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay:
@@ -220,7 +216,8 @@ async fn open(addr: &str, probe: Arc<Probe>, tls: Option<Arc<rustls::ClientConfi
 
 /// A connection for a WebSocket or a plain-HTTP/1.1 client (over HTTPS with `--http2`: ALPN `http/1.1`).
 pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
-    open(addr, probe, SECURE.get().map(|secure| secure.http1.clone())).await
+    let tls = probe.https.as_ref().map(|https| https.http1.clone());
+    open(addr, probe, tls).await
 }
 
 /// A connection that never speaks TLS (the seed's WebSockets).
@@ -230,7 +227,7 @@ pub(crate) async fn connect_plain(addr: &str, probe: Arc<Probe>) -> io::Result<C
 
 /// A connection for an HTTP technique's client, and whether it speaks HTTP/2 (over HTTPS with `--http2`).
 pub(crate) async fn connect_http(addr: &str, probe: Arc<Probe>) -> io::Result<(CountingStream, bool)> {
-    let tls = SECURE.get().map(|secure| secure.http2.clone());
+    let tls = probe.https.as_ref().map(|https| https.http2.clone());
     let stream = open(addr, probe, tls).await?;
     let h2 = matches!(stream.get_ref(), Either::Right(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"));
     Ok((stream, h2))

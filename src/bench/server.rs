@@ -1,6 +1,9 @@
 //! The servers under test: a chatlab the bench starts itself (a child process, so its CPU time is its own),
 //! or the ones given with `--url`; their `/api/stats` counters and their CPU time from `/proc/<pid>/stat`.
 
+use std::sync::Arc;
+
+use super::probe::Https;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -45,7 +48,7 @@ impl Drop for OwnServer {
 ///
 /// # Errors
 /// When the binary cannot be started or does not answer within 10 s.
-pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
+pub(crate) async fn start(extra: &[String], https: Option<Arc<Https>>) -> anyhow::Result<OwnServer> {
     let port = {
         // Ask the OS for a free port, then hand it to the child (a tiny race, fine on a bench machine).
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -81,7 +84,7 @@ pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
     let pid = child.id().context("the child has no pid")?;
     let server = OwnServer { authority, pid, child, data_dir };
     for _ in 0..100 {
-        if let Ok(mut http) = Http::connect_control(&server.authority).await {
+        if let Ok(mut http) = Http::connect_control(&server.authority, https.clone()).await {
             if let Ok((StatusCode::OK, _)) = http.call(Method::GET, "/healthz", None).await {
                 return Ok(server);
             }
@@ -109,10 +112,14 @@ pub(crate) fn authority_of(url: &str, scheme: &str) -> anyhow::Result<String> {
 ///
 /// # Errors
 /// A server that does not answer, or answers something else than chatlab's stats.
-pub(crate) async fn counters(authorities: &[String], transports: &[&str]) -> anyhow::Result<ServerCounters> {
+pub(crate) async fn counters(
+    authorities: &[String],
+    transports: &[&str],
+    https: Option<&Arc<Https>>,
+) -> anyhow::Result<ServerCounters> {
     let mut sum = ServerCounters::default();
     for authority in authorities {
-        let mut http = Http::connect_control(authority).await?;
+        let mut http = Http::connect_control(authority, https.cloned()).await?;
         let (status, body) = http.call(Method::GET, "/api/stats", None).await?;
         if status != StatusCode::OK {
             bail!("{authority}/api/stats answered {status}");

@@ -833,7 +833,7 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         None => {
             let mut extra = vec![format!("--write-timeout={}", args.write_timeout)];
             extra.extend(args.server_args.iter().cloned());
-            let started = server::start(&extra).await?;
+            let started = server::start(&extra, None).await?;
             let found = (started.authority.clone(), Some(started.pid));
             own = Some(started);
             found

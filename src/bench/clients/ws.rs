@@ -90,9 +90,12 @@ pub(crate) struct WsClient {
 
 impl WsClient {
     pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<WsClient> {
-        let (sink, mut frames) =
-            open(&format!("{}://{authority}/ws", if probe::https() { "wss" } else { "ws" }), authority, &context)
-                .await?;
+        let (sink, mut frames) = open(
+            &format!("{}://{authority}/ws", if context.probe.https.is_some() { "wss" } else { "ws" }),
+            authority,
+            &context,
+        )
+        .await?;
         let welcome = first_frame(&mut frames).await?;
         let welcome: serde_json::Value = serde_json::from_slice(welcome.into_data().as_ref())?;
         let session = welcome["session"].as_str().context("the welcome names no session")?.to_owned();
