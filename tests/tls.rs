@@ -305,3 +305,41 @@ async fn an_idle_h2_connection_is_closed_after_the_header_timeout() {
     settle(0, || server.room.metering().others().tcp_connections_open.load(Ordering::Relaxed), "closed").await;
     assert_eq!(server.room.metering().others().header_timeouts.load(Ordering::Relaxed), 1);
 }
+
+/// Over HTTP/2 a request head is bounded by `--max-head-bytes` too: a larger one is answered `431` on its own
+/// stream, and the connection serves the next request.
+#[tokio::test]
+async fn an_h2_head_over_the_limit_is_refused_on_its_stream_only() {
+    let server = start_with(tls_config()).await;
+    let mut client = Client::connect(&server, "h2").await;
+    let big = "a".repeat(20_000);
+    let response = client.send_with(Method::GET, "/healthz", &[("x-big", &big)]).await;
+    assert_eq!(response.status(), 431);
+    let (status, _) = client.json(Method::GET, "/api/stats", None).await;
+    assert_eq!(status, 200, "the connection goes on");
+}
+
+/// `--h2-max-streams` is what the server announces and enforces: with one stream allowed, a request sent while a
+/// long poll is held on the same connection is answered only after the long poll.
+#[tokio::test]
+async fn h2_max_streams_bounds_the_requests_a_connection_has_open() {
+    let server = start_with(Config { h2_max_streams: 1, ..tls_config() }).await;
+    let mut client = Client::connect(&server, "h2").await;
+    let (waiting, since) = client.join("longpoll").await;
+    let (done, mut order) = tokio::sync::mpsc::unbounded_channel();
+    let mut holder = client.fork();
+    let held_done = done.clone();
+    tokio::spawn(async move {
+        let path = format!("/api/longpoll?session={waiting}&since={}&timeout=1", since + 1);
+        let (status, _) = holder.json(Method::GET, &path, None).await;
+        let _ = held_done.send(("longpoll", status));
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::spawn(async move {
+        let (status, _) = client.json(Method::GET, "/healthz", None).await;
+        let _ = done.send(("healthz", status));
+    });
+    let first = tokio::time::timeout(WAIT, order.recv()).await.unwrap().unwrap();
+    let second = tokio::time::timeout(WAIT, order.recv()).await.unwrap().unwrap();
+    assert_eq!([first, second], [("longpoll", 200), ("healthz", 200)]);
+}

@@ -105,7 +105,25 @@ impl Client {
 
     /// Sends a request (headers as given, plus `host` on HTTP/1.1), the response's body left to the caller.
     pub async fn send(&mut self, method: Method, path: &str, body: Option<(&str, &str)>) -> Response<Incoming> {
+        self.request(method, path, body, &[]).await
+    }
+
+    /// Sends a bodyless request with extra `headers`.
+    pub async fn send_with(&mut self, method: Method, path: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+        self.request(method, path, None, headers).await
+    }
+
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, &str)>,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
         let mut request = Request::builder().method(method);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         request = match &self.sender {
             Sender::H2(_) => request.uri(format!("https://localhost{path}")),
             Sender::H1(_) => request.uri(path).header("host", "localhost"),
