@@ -1115,6 +1115,11 @@ impl Drop for Connection {
         let others = self.metering.others();
         others.wire_bytes_in.fetch_add(state.pending_in, Ordering::Relaxed);
         others.wire_bytes_out.fetch_add(state.pending_out, Ordering::Relaxed);
+        // HTTP/2 streams whose requests were never answered.
+        for stream in state.h2.iter().flat_map(|streams| streams.open.values()) {
+            others.wire_bytes_in.fetch_add(stream.pending_in, Ordering::Relaxed);
+            others.wire_bytes_out.fetch_add(stream.pending_out, Ordering::Relaxed);
+        }
         others.tcp_connections_open.fetch_sub(1, Ordering::Relaxed);
         self.sockets.lock().remove(&self.id);
     }
