@@ -343,3 +343,21 @@ async fn h2_max_streams_bounds_the_requests_a_connection_has_open() {
     let second = tokio::time::timeout(WAIT, order.recv()).await.unwrap().unwrap();
     assert_eq!([first, second], [("longpoll", 200), ("healthz", 200)]);
 }
+
+/// A page served under its own name posts over HTTP/2 as over HTTP/1.1: its `Origin` is checked against the name
+/// the request gives (`:authority` over HTTP/2, `Host` over HTTP/1.1), and a foreign origin is refused on both.
+#[tokio::test]
+async fn the_origin_check_reads_the_authority_over_h2() {
+    let server = start_with(Config { allowed_hosts: vec!["chat.example.org".into()], ..tls_config() }).await;
+    for alpn in VERSIONS {
+        let mut client = Client::connect(&server, alpn).await;
+        client.authority = "chat.example.org".into();
+        let (session, _) = client.join("poll").await;
+        let path = format!("/api/messages?session={session}");
+        for (origin, expected) in [("https://chat.example.org", 202), ("https://evil.example.net", 403)] {
+            let body = Some(("text/plain;charset=UTF-8", "hi"));
+            let response = client.request(Method::POST, &path, body, &[("origin", origin)]).await;
+            assert_eq!(response.status(), expected, "{origin} over {alpn}");
+        }
+    }
+}

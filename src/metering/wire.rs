@@ -1156,6 +1156,14 @@ impl Service<Request> for Metered {
         self.connection.head_complete();
         let stream = self.connection.claim_stream();
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        // HTTP/2 names the host in `:authority` (the URI's), not in `Host`: give it as `Host` too, so that every
+        // check of the host (the origin check of POSTs, the DNS-rebinding guard) reads the same name over both
+        // versions.
+        if stream.is_some() && !request.headers().contains_key(header::HOST) {
+            if let Some(host) = request.uri().authority().and_then(|a| header::HeaderValue::from_str(a.as_str()).ok()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
         // A body that stops arriving is given up after `--header-timeout` between its pieces; a request without
         // one (every GET) is not wrapped.
         let request = match self.connection.deadlines.header {

@@ -70,6 +70,8 @@ pub struct Client {
     pub bytes: Arc<Bytecount>,
     /// `h2` or `http/1.1`.
     pub alpn: String,
+    /// The host requests name (`:authority` or `Host`); `localhost` unless a test changes it.
+    pub authority: String,
 }
 
 impl Client {
@@ -89,13 +91,18 @@ impl Client {
             tokio::spawn(connection.with_upgrades());
             Sender::H1(sender)
         };
-        Client { sender, bytes, alpn: alpn.to_owned() }
+        Client { sender, bytes, alpn: alpn.to_owned(), authority: "localhost".to_owned() }
     }
 
     /// Another handle on the same HTTP/2 connection, for requests in parallel with this one's.
     pub fn fork(&self) -> Client {
         let Sender::H2(sender) = &self.sender else { panic!("only an HTTP/2 connection carries requests in parallel") };
-        Client { sender: Sender::H2(sender.clone()), bytes: self.bytes.clone(), alpn: self.alpn.clone() }
+        Client {
+            sender: Sender::H2(sender.clone()),
+            bytes: self.bytes.clone(),
+            alpn: self.alpn.clone(),
+            authority: self.authority.clone(),
+        }
     }
 
     /// Bytes (read, written) so far.
@@ -113,7 +120,8 @@ impl Client {
         self.request(method, path, None, headers).await
     }
 
-    async fn request(
+    /// Sends a request with a body (if any) and extra `headers`.
+    pub async fn request(
         &mut self,
         method: Method,
         path: &str,
@@ -125,8 +133,8 @@ impl Client {
             request = request.header(*name, *value);
         }
         request = match &self.sender {
-            Sender::H2(_) => request.uri(format!("https://localhost{path}")),
-            Sender::H1(_) => request.uri(path).header("host", "localhost"),
+            Sender::H2(_) => request.uri(format!("https://{}{path}", self.authority)),
+            Sender::H1(_) => request.uri(path).header("host", &self.authority),
         };
         let body = match body {
             Some((content_type, text)) => {
