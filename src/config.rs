@@ -269,6 +269,27 @@ pub struct Config {
     #[arg(long = "allow-host")]
     pub allowed_hosts: Vec<String>,
 
+    /// Serve HTTPS with this certificate chain (PEM, the server's certificate first), with `--tls-key`. ALPN offers
+    /// `h2` and `http/1.1` on `--bind`; a plain-HTTP request to the port is refused `400` with a JSON body. A file
+    /// that is missing, not PEM, or whose key does not match ends the process at start.
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of `--tls-cert` (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve HTTPS with a certificate for `localhost`, `127.0.0.1` and `::1` made at start (a new key each run;
+    /// browsers warn about it, and clients must be told to accept it): for trying HTTP/2 without a certificate.
+    #[arg(long)]
+    pub tls_self_signed: bool,
+
+    /// Most HTTP/2 streams (requests) one connection may have open at once (the `SETTINGS_MAX_CONCURRENT_STREAMS`
+    /// the server announces); a client that opens more has them refused. Each held long poll or open stream is
+    /// one. The request head limit of HTTP/2 is `--max-head-bytes` too (`SETTINGS_MAX_HEADER_LIST_SIZE`).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub h2_max_streams: u32,
+
     /// Seconds to wait for connections to drain on shutdown before exiting anyway.
     #[arg(long, default_value_t = 3)]
     pub shutdown_grace: u64,
@@ -315,6 +336,11 @@ impl Config {
             batch_max: self.store_batch_max as usize,
             unsynced_max: self.store_unsynced_max,
         }
+    }
+
+    /// Whether the server speaks HTTPS (`--tls-cert` or `--tls-self-signed`).
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_self_signed
     }
 
     /// `--ws-close-timeout-ms` as a duration.

@@ -24,7 +24,8 @@
 //! | [`bench`](mod@bench) | `chatlab bench`: real clients of every technique, and the side-by-side report |
 //! | [`config`] | every flag, its default and why |
 //! | [`error`] | every refusal and how it reaches a client |
-//! | `serve.rs` | the HTTP/1.1 server loop under [`run`]: metered sockets, upgrades, the head limit, the drain |
+//! | `serve.rs` | the server loop under [`run`]: metered sockets, HTTPS, HTTP/1.1 (upgrades) and HTTP/2, the head limit, the drain |
+//! | [`tls`] | HTTPS: the server's certificate (`--tls-cert`, `--tls-self-signed`), ALPN, the clients' trust |
 //!
 //! An event's path: a transport calls [`core::Room::post`]; the broker sequences and stores it and feeds it to
 //! the room of every process; each room keeps it in a ring of recent events that every local channel reads from
@@ -41,6 +42,7 @@ pub mod error;
 pub mod metering;
 pub mod model;
 mod serve;
+pub mod tls;
 pub mod transport;
 
 use std::future::Future;
@@ -163,12 +165,13 @@ pub async fn build_room(config: Config) -> Result<Room, AppError> {
 /// otherwise wait on them forever; the room ends them first.
 ///
 /// # Errors
-/// An I/O error of the listener.
+/// An I/O error of the listener; a TLS certificate or key that cannot be used (before anything is served).
 pub async fn run(
     listener: TcpListener,
     room: Room,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = tls::server_config(room.config())?.map(tokio_rustls::TlsAcceptor::from);
     let grace = Duration::from_secs(room.config().shutdown_grace);
     let stopping = room.shutdown_token().clone();
     let signal_room = room.clone();
@@ -181,7 +184,14 @@ pub async fn run(
         .with_limit(room.config().max_sockets)
         .with_deadlines(deadlines)
         .with_max_head(max_head);
-    let server = serve::serve(listener, app(room.clone()), max_head, async move {
+    let settings = serve::Settings {
+        max_head_bytes: max_head,
+        tls,
+        h2_max_streams: room.config().h2_max_streams,
+        keepalive: Duration::from_secs(room.config().keepalive),
+        header_timeout: room.config().header_timeout(),
+    };
+    let server = serve::serve(listener, app(room.clone()), settings, async move {
         shutdown.await;
         tracing::info!("shutting down: telling every participant");
         signal_room.shutdown();

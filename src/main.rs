@@ -35,16 +35,19 @@ fn main() -> anyhow::Result<()> {
 
 /// Binds, builds the room and serves until SIGINT or SIGTERM.
 async fn serve(config: chatlab::config::Config) -> anyhow::Result<()> {
+    // A certificate or key that cannot be used ends the process here, before anything is bound.
+    chatlab::tls::server_config(&config)?;
+    let scheme = if config.tls() { "https" } else { "http" };
     let listener = tokio::net::TcpListener::bind(config.bind).await?;
     // The room first: a store that cannot be used ends the process here, before it says it serves.
     let room = chatlab::build_room(config.clone()).await?;
     match config.broker.as_str() {
         "durable" => tracing::info!(
-            "chatlab serving http://{} (broker: durable, --data-dir {})",
+            "chatlab serving {scheme}://{} (broker: durable, --data-dir {})",
             listener.local_addr()?,
             config.data_dir.display()
         ),
-        broker => tracing::info!("chatlab serving http://{} (broker: {broker})", listener.local_addr()?),
+        broker => tracing::info!("chatlab serving {scheme}://{} (broker: {broker})", listener.local_addr()?),
     }
     chatlab::run(listener, room, shutdown_signal()).await?;
     Ok(())

@@ -1,6 +1,7 @@
 //! A phase's participants, joined once and then driven through one or more measured windows: one window for a
 //! plain bench, a ladder of send rates for `--find-max`.
 
+use super::probe::Https;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub(crate) struct Servers {
     pub(crate) pids: Vec<u32>,
     /// `host:port` of servers with chatlab's `/api/stats` (none for the seed).
     pub(crate) stats: Vec<String>,
+    /// Speak HTTPS to them (`--http2`).
+    pub(crate) https: Option<Arc<Https>>,
 }
 
 /// What the senders do in one window.
@@ -76,7 +79,7 @@ impl Crowd {
         args: &BenchArgs,
         progress: &ProgressBar,
     ) -> anyhow::Result<Crowd> {
-        let probe = Probe::with_delay(Duration::from_secs_f64(args.delay_ms / 1000.0));
+        let probe = Probe::with_delay(Duration::from_secs_f64(args.delay_ms / 1000.0), servers.https.clone());
         let stop = CancellationToken::new();
         progress.set_message(format!("{}: joining", technique.as_str()));
         let contexts: Vec<(String, Context)> = (0..args.participants as usize)
@@ -254,7 +257,7 @@ impl Crowd {
         if self.servers.stats.is_empty() {
             return Ok(None);
         }
-        Ok(Some(server::counters(&self.servers.stats, transports).await?))
+        Ok(Some(server::counters(&self.servers.stats, transports, self.servers.https.as_ref()).await?))
     }
 }
 

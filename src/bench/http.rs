@@ -1,5 +1,6 @@
-//! A plain HTTP/1.1 client connection for the bench (hyper's low-level client over a [`CountingStream`](super::probe::CountingStream)): one
-//! TCP connection, one request at a time, exactly as a browser tab's connection would carry them.
+//! An HTTP client connection for the bench (hyper's low-level client over a [`CountingStream`](super::probe::CountingStream)): one
+//! TCP connection, one request at a time, exactly as a browser tab's connection would carry them: HTTP/1.1, or
+//! HTTP/2 inside TLS with `--http2` (HPACK then shrinks the headers a connection repeats).
 
 use std::sync::Arc;
 
@@ -7,10 +8,10 @@ use anyhow::{bail, Context as _};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper::header::{HeaderName, HeaderValue, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::probe::{self, Probe};
 
@@ -34,23 +35,58 @@ const BROWSER_HEADERS: [(&str, &str); 11] = [
     ("sec-fetch-site", "same-origin"),
 ];
 
+/// A connection's request sender, by HTTP version.
+enum Sender {
+    Http1(http1::SendRequest<Full<Bytes>>),
+    Http2(http2::SendRequest<Full<Bytes>>),
+}
+
 /// One client connection to a server.
 pub(crate) struct Http {
-    sender: SendRequest<Full<Bytes>>,
+    sender: Sender,
     authority: String,
     probe: Arc<Probe>,
     browser_headers: bool,
 }
 
 impl Http {
-    /// Opens a connection to `authority` (`host:port`); its bytes count into `probe`.
+    /// Opens a connection to `authority` (`host:port`) for a technique's client; its bytes count into `probe`.
     pub(crate) async fn connect(authority: &str, probe: Arc<Probe>, browser_headers: bool) -> anyhow::Result<Http> {
+        let (stream, h2) = probe::connect_http(authority, probe.clone())
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        Http::over(stream, h2, authority, probe, browser_headers).await
+    }
+
+    /// Opens an HTTP/1.1 connection to `authority` for the bench's own requests (`/healthz`, `/api/stats`):
+    /// with `--http2` it never opens an HTTP/2 connection, whose own frames would count in a phase's figures.
+    pub(crate) async fn connect_control(authority: &str, https: Option<Arc<probe::Https>>) -> anyhow::Result<Http> {
+        let probe = Probe::with_delay(std::time::Duration::ZERO, https);
         let stream =
             probe::connect(authority, probe.clone()).await.with_context(|| format!("connecting to {authority}"))?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        Http::over(stream, false, authority, probe, false).await
+    }
+
+    async fn over(
+        stream: probe::CountingStream,
+        h2: bool,
+        authority: &str,
+        probe: Arc<Probe>,
+        browser_headers: bool,
+    ) -> anyhow::Result<Http> {
+        let sender = if h2 {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Sender::Http2(sender)
+        } else {
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            Sender::Http1(sender)
+        };
         Ok(Http { sender, authority: authority.to_owned(), probe, browser_headers })
     }
 
@@ -61,8 +97,11 @@ impl Http {
         path: &str,
         body: Option<(&'static str, Bytes)>,
     ) -> anyhow::Result<Response<Incoming>> {
-        self.sender.ready().await.context("the connection closed")?;
-        let mut request = Request::builder().method(method).uri(path).header(HOST, &self.authority);
+        let mut request = match self.sender {
+            // HTTP/2 names the host in the `:authority` pseudo-header, from the URI.
+            Sender::Http2(_) => Request::builder().method(method).uri(format!("https://{}{path}", self.authority)),
+            Sender::Http1(_) => Request::builder().method(method).uri(path).header(HOST, &self.authority),
+        };
         if self.browser_headers {
             for (name, value) in BROWSER_HEADERS {
                 request = request.header(HeaderName::from_static(name), HeaderValue::from_static(value));
@@ -77,7 +116,16 @@ impl Http {
         };
         let request = request.body(Full::new(body))?;
         self.probe.request();
-        Ok(self.sender.send_request(request).await?)
+        Ok(match &mut self.sender {
+            Sender::Http1(sender) => {
+                sender.ready().await.context("the connection closed")?;
+                sender.send_request(request).await?
+            }
+            Sender::Http2(sender) => {
+                sender.ready().await.context("the connection closed")?;
+                sender.send_request(request).await?
+            }
+        })
     }
 
     /// Sends a request and reads its whole response.

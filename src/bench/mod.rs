@@ -219,6 +219,21 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.0)]
     pub delay_ms: f64,
 
+    /// Speak HTTPS to chatlab: the HTTP techniques over HTTP/2 (ALPN `h2`, one HPACK context per connection),
+    /// WebSockets over HTTP/1.1 inside TLS. Byte figures count the HTTP bytes inside TLS, as chatlab's counters
+    /// do. The chatlab started here gets `--tls-self-signed` (and its certificate is believed); a `--url` must then
+    /// be `https://HOST:PORT`, its certificate believed through `--tls-ca` or `--insecure`.
+    #[arg(long)]
+    pub http2: bool,
+
+    /// `--http2` with `--url`: believe the server's certificate if it chains to these PEM certificates.
+    #[arg(long, requires = "http2")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// `--http2` with `--url`: believe any certificate (a chatlab on loopback with `--tls-self-signed`).
+    #[arg(long, requires = "http2")]
+    pub insecure: bool,
+
     /// Extra flag for the chatlab the bench starts itself (repeat; e.g. `--server-arg=--send-queue=4096`).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub server_args: Vec<String>,
@@ -295,13 +310,29 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         bail!("the seed technique needs --seed-url ws://HOST:PORT/");
     }
     let chatlab_phases = techniques.iter().any(|t| *t != Technique::Seed);
+    let mut server_args = args.server_args.clone();
+    let https = if args.http2 {
+        let trust = match (&args.tls_ca, args.insecure) {
+            (Some(ca), _) => crate::tls::Trust::roots_from(ca)?,
+            (None, true) => crate::tls::Trust::Anyone,
+            // The server started here makes its own certificate: the bench believes the one it started.
+            (None, false) if args.urls.is_empty() => crate::tls::Trust::Anyone,
+            (None, false) => bail!("--http2 with --url needs --tls-ca FILE or --insecure to believe the certificate"),
+        };
+        server_args.push("--tls-self-signed".into());
+        Some(probe::Https::new(&trust)?)
+    } else {
+        None
+    };
     // The server under test: given, or started here (only if some phase needs chatlab).
     let mut own = None;
     let (authorities, pids) = if !args.urls.is_empty() {
-        let authorities = args.urls.iter().map(|u| server::authority_of(u)).collect::<anyhow::Result<Vec<_>>>()?;
+        let scheme = if args.http2 { "https" } else { "http" };
+        let authorities =
+            args.urls.iter().map(|u| server::authority_of(u, scheme)).collect::<anyhow::Result<Vec<_>>>()?;
         (authorities, args.server_pids.clone())
     } else if chatlab_phases {
-        let server = server::start(&args.server_args).await?;
+        let server = server::start(&server_args, https.clone()).await?;
         let found = (vec![server.authority.clone()], vec![server.pid]);
         own = Some(server);
         found
@@ -326,8 +357,14 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
                 targets: vec![args.seed_url.clone().unwrap_or_default()],
                 pids: args.seed_pid.into_iter().collect(),
                 stats: Vec::new(),
+                https: None,
             },
-            _ => Servers { targets: authorities.clone(), pids: pids.clone(), stats: authorities.clone() },
+            _ => Servers {
+                targets: authorities.clone(),
+                pids: pids.clone(),
+                stats: authorities.clone(),
+                https: https.clone(),
+            },
         };
         let what = || format!("the {} phase", technique.as_str());
         let mut crowd = Crowd::join(*technique, servers, args, &progress).await.with_context(what)?;
@@ -380,6 +417,7 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
         text_bytes: args.text_bytes,
         headers: args.headers,
         delay_ms: args.delay_ms,
+        http2: args.http2,
         targets,
         results,
         searches,
@@ -392,9 +430,9 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
 async fn wrk_report(args: &BenchArgs) -> anyhow::Result<Report> {
     let mut own = None;
     let (authority, pids) = match args.urls.first() {
-        Some(url) => (server::authority_of(url)?, args.server_pids.clone()),
+        Some(url) => (server::authority_of(url, "http")?, args.server_pids.clone()),
         None => {
-            let server = server::start(&args.server_args).await?;
+            let server = server::start(&args.server_args, None).await?;
             let found = (server.authority.clone(), vec![server.pid]);
             own = Some(server);
             found
@@ -415,6 +453,7 @@ async fn wrk_report(args: &BenchArgs) -> anyhow::Result<Report> {
         text_bytes: args.text_bytes,
         headers: args.headers,
         delay_ms: 0.0,
+        http2: false,
         targets: vec![format!("chatlab at {authority} and chatlab bench-bare")],
         results: Vec::new(),
         searches: Vec::new(),

@@ -6,12 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
 use tokio::io::DuplexStream;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 use super::delay::delayed;
 use crate::metering::wire::{Counted, Tally};
+use crate::tls::{client_config, Trust};
 
 /// Every bench message's text starts with this, then the send time in µs since [`Probe::epoch`].
 const MARKER: &str = "bench ";
@@ -21,6 +25,8 @@ const MARKER: &str = "bench ";
 pub(crate) struct Probe {
     /// Emulated one-way network delay of every client socket (`--delay-ms`).
     delay: Duration,
+    /// Speak HTTPS to chatlab (`--http2`).
+    pub(crate) https: Option<Arc<Https>>,
     /// The clock bench messages carry their send time on (all clients live in this process).
     epoch: Instant,
     /// Bytes the clients' sockets wrote (requests, POST bodies, WebSocket frames): the "up" direction.
@@ -56,13 +62,14 @@ pub(crate) struct Reading {
 
 impl Probe {
     pub(crate) fn new() -> Arc<Probe> {
-        Probe::with_delay(Duration::ZERO)
+        Probe::with_delay(Duration::ZERO, None)
     }
 
-    /// A probe whose client sockets take `delay` longer each way.
-    pub(crate) fn with_delay(delay: Duration) -> Arc<Probe> {
+    /// A probe whose client sockets take `delay` longer each way, and speak HTTPS if `https` says how.
+    pub(crate) fn with_delay(delay: Duration, https: Option<Arc<Https>>) -> Arc<Probe> {
         Arc::new(Probe {
             delay,
+            https,
             epoch: Instant::now(),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
@@ -166,17 +173,65 @@ impl Tally for Arc<Probe> {
     }
 }
 
+/// A socket, through the emulated delay or not.
+type Socket = Either<TcpStream, DuplexStream>;
+
 /// A client socket that counts every byte it reads and writes into a [`Probe`] (the same wrapper the server
-/// counts its own sockets with).
-pub(crate) type CountingStream = Counted<Either<TcpStream, DuplexStream>, Arc<Probe>>;
+/// counts its own sockets with). Over HTTPS it counts the HTTP bytes inside TLS, as the server does.
+pub(crate) type CountingStream = Counted<Either<Socket, TlsStream<Socket>>, Arc<Probe>>;
 
 /// The bench's sockets have no write deadline, so they are never reset.
-impl crate::metering::wire::Reset for Either<TcpStream, DuplexStream> {}
+impl crate::metering::wire::Reset for Either<Socket, TlsStream<Socket>> {}
 
-/// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay.
-pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
+/// How the bench reaches chatlab over HTTPS (`--http2`): the client configurations, by ALPN.
+#[derive(Debug)]
+pub(crate) struct Https {
+    /// ALPN `http/1.1` only: WebSockets (chatlab offers no extended CONNECT over HTTP/2) and the bench's own
+    /// requests.
+    http1: Arc<rustls::ClientConfig>,
+    /// ALPN `h2`: the HTTP techniques.
+    http2: Arc<rustls::ClientConfig>,
+}
+
+impl Https {
+    /// Connections that believe `trust`.
+    ///
+    /// # Errors
+    /// A root certificate rustls cannot use.
+    pub(crate) fn new(trust: &Trust) -> io::Result<Arc<Https>> {
+        Ok(Arc::new(Https { http1: client_config(trust, &[b"http/1.1"])?, http2: client_config(trust, &[b"h2"])? }))
+    }
+}
+
+/// Connects to `addr` (`host:port`), with Nagle off as a browser has it, through the probe's emulated delay:
+/// plain, or (`tls`) with TLS offering the configuration's ALPN.
+async fn open(addr: &str, probe: Arc<Probe>, tls: Option<Arc<rustls::ClientConfig>>) -> io::Result<CountingStream> {
     let socket = TcpStream::connect(addr).await?;
     socket.set_nodelay(true)?;
     let inner = if probe.delay.is_zero() { Either::Left(socket) } else { Either::Right(delayed(socket, probe.delay)) };
-    Ok(Counted::new(inner, probe))
+    let Some(config) = tls else { return Ok(Counted::new(Either::Left(inner), probe)) };
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
+    let name =
+        ServerName::try_from(host.to_owned()).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
+    let tls = TlsConnector::from(config).connect(name, inner).await?;
+    Ok(Counted::new(Either::Right(tls), probe))
+}
+
+/// A connection for a WebSocket or a plain-HTTP/1.1 client (over HTTPS with `--http2`: ALPN `http/1.1`).
+pub(crate) async fn connect(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
+    let tls = probe.https.as_ref().map(|https| https.http1.clone());
+    open(addr, probe, tls).await
+}
+
+/// A connection that never speaks TLS (the seed's WebSockets).
+pub(crate) async fn connect_plain(addr: &str, probe: Arc<Probe>) -> io::Result<CountingStream> {
+    open(addr, probe, None).await
+}
+
+/// A connection for an HTTP technique's client, and whether it speaks HTTP/2 (over HTTPS with `--http2`).
+pub(crate) async fn connect_http(addr: &str, probe: Arc<Probe>) -> io::Result<(CountingStream, bool)> {
+    let tls = probe.https.as_ref().map(|https| https.http2.clone());
+    let stream = open(addr, probe, tls).await?;
+    let h2 = matches!(stream.get_ref(), Either::Right(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"));
+    Ok((stream, h2))
 }

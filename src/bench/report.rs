@@ -105,6 +105,9 @@ pub struct Report {
     /// Emulated one-way network delay the clients added, in ms.
     #[serde(default)]
     pub delay_ms: f64,
+    /// The HTTP techniques spoke HTTP/2 inside TLS (`--http2`); else HTTP/1.1.
+    #[serde(default)]
+    pub http2: bool,
     /// The servers driven.
     pub targets: Vec<String>,
     /// One per technique, in the order run (with `--find-max`: each technique's best passing window).
@@ -444,8 +447,10 @@ fn title(report: &Report) -> String {
     };
     let delay =
         if report.delay_ms > 0.0 { format!("; {} ms emulated one-way delay", report.delay_ms) } else { String::new() };
+    let version = if report.http2 { "; HTTP/2 over TLS (WebSockets on HTTP/1.1 over TLS)" } else { "" };
     format!(
-        "{what}; {} participants per technique; {} s per technique; short-poll interval {} s; {:?} request headers{delay}",
+        "{what}; {} participants per technique; {} s per technique; short-poll interval {} s; {:?} request \
+         headers{delay}{version}",
         report.participants, report.duration_s, report.poll_interval_s, report.headers
     )
     .replace("Minimal", "minimal")

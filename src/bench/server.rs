@@ -1,6 +1,9 @@
 //! The servers under test: a chatlab the bench starts itself (a child process, so its CPU time is its own),
 //! or the ones given with `--url`; their `/api/stats` counters and their CPU time from `/proc/<pid>/stat`.
 
+use std::sync::Arc;
+
+use super::probe::Https;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -10,7 +13,6 @@ use hyper::{Method, StatusCode};
 use tokio::process::{Child, Command};
 
 use super::http::Http;
-use super::probe::Probe;
 use super::report::ServerCounters;
 
 /// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`): 100 on every mainstream Linux architecture; the
@@ -46,7 +48,7 @@ impl Drop for OwnServer {
 ///
 /// # Errors
 /// When the binary cannot be started or does not answer within 10 s.
-pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
+pub(crate) async fn start(extra: &[String], https: Option<Arc<Https>>) -> anyhow::Result<OwnServer> {
     let port = {
         // Ask the OS for a free port, then hand it to the child (a tiny race, fine on a bench machine).
         let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -82,7 +84,7 @@ pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
     let pid = child.id().context("the child has no pid")?;
     let server = OwnServer { authority, pid, child, data_dir };
     for _ in 0..100 {
-        if let Ok(mut http) = Http::connect(&server.authority, Probe::new(), false).await {
+        if let Ok(mut http) = Http::connect_control(&server.authority, https.clone()).await {
             if let Ok((StatusCode::OK, _)) = http.call(Method::GET, "/healthz", None).await {
                 return Ok(server);
             }
@@ -92,15 +94,16 @@ pub(crate) async fn start(extra: &[String]) -> anyhow::Result<OwnServer> {
     bail!("chatlab did not answer on {} within 10 s", server.authority)
 }
 
-/// `host:port` of an `http://` URL.
+/// `host:port` of a `scheme://` URL (`http`, or `https` with `--http2`).
 ///
 /// # Errors
-/// Anything but `http://HOST:PORT[/]`.
-pub(crate) fn authority_of(url: &str) -> anyhow::Result<String> {
-    let rest = url.strip_prefix("http://").with_context(|| format!("--url must be http://HOST:PORT, got {url}"))?;
+/// Anything but `scheme://HOST:PORT[/]`.
+pub(crate) fn authority_of(url: &str, scheme: &str) -> anyhow::Result<String> {
+    let wrong = || format!("--url must be {scheme}://HOST:PORT, got {url}");
+    let rest = url.strip_prefix(scheme).and_then(|rest| rest.strip_prefix("://")).with_context(wrong)?;
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') {
-        bail!("--url must be http://HOST:PORT, got {url}");
+        bail!(wrong());
     }
     Ok(authority.to_owned())
 }
@@ -109,10 +112,14 @@ pub(crate) fn authority_of(url: &str) -> anyhow::Result<String> {
 ///
 /// # Errors
 /// A server that does not answer, or answers something else than chatlab's stats.
-pub(crate) async fn counters(authorities: &[String], transports: &[&str]) -> anyhow::Result<ServerCounters> {
+pub(crate) async fn counters(
+    authorities: &[String],
+    transports: &[&str],
+    https: Option<&Arc<Https>>,
+) -> anyhow::Result<ServerCounters> {
     let mut sum = ServerCounters::default();
     for authority in authorities {
-        let mut http = Http::connect(authority, Probe::new(), false).await?;
+        let mut http = Http::connect_control(authority, https.cloned()).await?;
         let (status, body) = http.call(Method::GET, "/api/stats", None).await?;
         if status != StatusCode::OK {
             bail!("{authority}/api/stats answered {status}");
@@ -130,6 +137,10 @@ pub(crate) async fn counters(authorities: &[String], transports: &[&str]) -> any
             sum.add_buckets(buckets);
         }
         sum.paced_s += stats["other"]["paced_seconds"].as_f64().unwrap_or(0.0);
+        // HTTP/2 connections' own frames (preface, SETTINGS, PING, WINDOW_UPDATE) belong to no request, so to no
+        // technique; phases run one at a time, so those of a phase are its clients'.
+        sum.wire_bytes_in += stats["other"]["http2_connection_bytes_in"].as_u64().unwrap_or(0);
+        sum.wire_bytes_out += stats["other"]["http2_connection_bytes_out"].as_u64().unwrap_or(0);
     }
     Ok(sum)
 }

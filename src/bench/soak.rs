@@ -874,11 +874,11 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
     }
     let mut own = None;
     let (authority, pid) = match &args.url {
-        Some(url) => (server::authority_of(url)?, args.server_pid),
+        Some(url) => (server::authority_of(url, "http")?, args.server_pid),
         None => {
             let mut extra = vec![format!("--write-timeout={}", args.write_timeout)];
             extra.extend(args.server_args.iter().cloned());
-            let started = server::start(&extra).await?;
+            let started = server::start(&extra, None).await?;
             let found = (started.authority.clone(), Some(started.pid));
             own = Some(started);
             found

@@ -15,6 +15,7 @@
 
 pub mod busy;
 pub mod capture;
+mod h2;
 pub mod prometheus;
 pub mod session;
 pub mod wire;
@@ -41,6 +42,12 @@ pub struct Counters {
     pub wire_bytes_in: AtomicU64,
     /// Wire bytes written to clients: status lines, headers, chunk framing, SSE fields, WebSocket frame headers.
     pub wire_bytes_out: AtomicU64,
+    /// Of `requests`, those that came over HTTP/2 (the rest came over HTTP/1.1).
+    pub http2_requests: AtomicU64,
+    /// Of `wire_bytes_in`, those of HTTP/2 streams: their frames, headers (HPACK-compressed) and payload.
+    pub http2_wire_bytes_in: AtomicU64,
+    /// Of `wire_bytes_out`, those of HTTP/2 streams.
+    pub http2_wire_bytes_out: AtomicU64,
     /// Payload bytes written: the JSON texts of delivered room events, nothing else.
     pub payload_bytes_out: AtomicU64,
     /// Room events delivered (one per event per receiver).
@@ -94,6 +101,25 @@ pub struct Others {
     /// Request heads refused at the socket (malformed, a request line or a head too long): answered 400, 414 or
     /// 431 with a JSON body, then closed.
     pub bad_heads: AtomicU64,
+    /// HTTPS connections whose TLS handshake completed (each then speaks HTTP/2 or HTTP/1.1, as ALPN chose).
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed (a client that does not trust the certificate, a protocol error; one that did
+    /// not finish within `--header-timeout` counts as a header timeout instead).
+    pub tls_handshake_failures: AtomicU64,
+    /// TLS record bytes read from HTTPS sockets, handshakes included: what the network carries. Every other
+    /// wire counter counts the HTTP bytes inside TLS (what the techniques cost each other).
+    pub tls_bytes_in: AtomicU64,
+    /// TLS record bytes written to HTTPS sockets, handshakes included.
+    pub tls_bytes_out: AtomicU64,
+    /// Plain-HTTP requests to the HTTPS port, refused `400` with a JSON body, then closed.
+    pub plain_http_refused: AtomicU64,
+    /// Connections that spoke HTTP/2 (ALPN `h2`).
+    pub http2_connections_total: AtomicU64,
+    /// Of `wire_bytes_in`, the HTTP/2 connections' own bytes: the client's preface and the frames of stream 0
+    /// (`SETTINGS`, `PING`, connection `WINDOW_UPDATE`, `GOAWAY`), which belong to no request.
+    pub http2_connection_bytes_in: AtomicU64,
+    /// Of `wire_bytes_out`, the HTTP/2 connections' own frames.
+    pub http2_connection_bytes_out: AtomicU64,
 }
 
 impl Metering {
@@ -163,8 +189,11 @@ impl Metering {
     /// Counts one HTTP request of a technique, and gives the request's wire bytes (and those of its response)
     /// to that technique: see [`wire`] for how the connection learns it.
     pub fn request(&self, transport: Transport) {
-        self.of(transport).requests.fetch_add(1, Ordering::Relaxed);
-        wire::chosen(transport);
+        let counters = self.of(transport);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        if wire::chosen(transport) {
+            counters.http2_requests.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts a channel as open until the guard drops.
@@ -189,6 +218,9 @@ impl Metering {
                     "requests": get(&c.requests),
                     "wire_bytes_in": get(&c.wire_bytes_in),
                     "wire_bytes_out": get(&c.wire_bytes_out),
+                    "http2_requests": get(&c.http2_requests),
+                    "http2_wire_bytes_in": get(&c.http2_wire_bytes_in),
+                    "http2_wire_bytes_out": get(&c.http2_wire_bytes_out),
                     "payload_bytes_out": get(&c.payload_bytes_out),
                     "events_delivered": get(&c.events_delivered),
                     "empty_responses": get(&c.empty_responses),
@@ -219,6 +251,14 @@ impl Metering {
                 "clients_tracked": get(&o.clients_tracked),
                 "idle_evictions": get(&o.idle_evictions),
                 "bad_heads": get(&o.bad_heads),
+                "tls_handshakes": get(&o.tls_handshakes),
+                "tls_handshake_failures": get(&o.tls_handshake_failures),
+                "tls_bytes_in": get(&o.tls_bytes_in),
+                "tls_bytes_out": get(&o.tls_bytes_out),
+                "plain_http_refused": get(&o.plain_http_refused),
+                "http2_connections_total": get(&o.http2_connections_total),
+                "http2_connection_bytes_in": get(&o.http2_connection_bytes_in),
+                "http2_connection_bytes_out": get(&o.http2_connection_bytes_out),
                 "deliveries_per_second": self.load.per_second(Instant::now()),
                 "busy_percent": self.busy.percent(),
                 "paced": self.busy.paced(),
@@ -241,6 +281,20 @@ impl Metering {
                 "wire_bytes_in": "bytes read from sockets, headers and framing included",
                 "wire_bytes_out": "bytes written to sockets, headers and framing included",
                 "payload_bytes_out": "JSON event bytes only, no headers or framing",
+                "http2_requests": "of requests, those that came over HTTP/2 (the rest came over HTTP/1.1)",
+                "http2_wire_bytes_in": "of wire_bytes_in, those of HTTP/2 streams (frame headers, HPACK-compressed \
+                                        headers, bodies); over HTTPS, wire bytes are the HTTP bytes inside TLS",
+                "http2_wire_bytes_out": "of wire_bytes_out, those of HTTP/2 streams",
+                "tls_bytes_in": "TLS record bytes read from HTTPS sockets, handshakes included (what the network \
+                                 carries; every other wire counter counts the HTTP bytes inside TLS)",
+                "tls_bytes_out": "TLS record bytes written to HTTPS sockets, handshakes included",
+                "tls_handshakes": "HTTPS connections whose TLS handshake completed",
+                "tls_handshake_failures": "TLS handshakes that failed (not those that timed out: header_timeouts)",
+                "plain_http_refused": "plain-HTTP requests to the HTTPS port, refused 400 with a JSON body, then closed",
+                "http2_connections_total": "connections that spoke HTTP/2 (ALPN h2)",
+                "http2_connection_bytes_in": "of other.wire_bytes_in, the HTTP/2 connections' own bytes: the client \
+                                              preface and stream 0's frames (SETTINGS, PING, WINDOW_UPDATE, GOAWAY)",
+                "http2_connection_bytes_out": "of other.wire_bytes_out, the HTTP/2 connections' own frames",
                 "write_timeouts": "connections closed because a write waited --write-timeout on a peer that does not \
                                    read (under other: those carrying no technique's request)",
                 "header_timeouts": "connections closed because no complete request head arrived within \

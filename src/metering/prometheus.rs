@@ -54,7 +54,7 @@ struct MeteringCollector(Metering);
 /// A per-technique counter: name (without `_total` and unit), help, unit, and how to read it.
 type CounterSpec = (&'static str, &'static str, Option<Unit>, fn(&Counters) -> &AtomicU64);
 
-const COUNTERS: [CounterSpec; 9] = [
+const COUNTERS: [CounterSpec; 12] = [
     (
         "chatlab_connections",
         "Receiving channels ever opened (WebSockets, SSE, NDJSON and iframe streams, held long polls).",
@@ -74,6 +74,16 @@ const COUNTERS: [CounterSpec; 9] = [
         Some(Unit::Bytes),
         |c| &c.wire_bytes_out,
     ),
+    ("chatlab_http2_requests", "Of chatlab_requests, those that came over HTTP/2.", None, |c| &c.http2_requests),
+    (
+        "chatlab_http2_wire_in",
+        "Of chatlab_wire_in, the bytes of HTTP/2 streams (frames, HPACK headers, bodies; inside TLS).",
+        Some(Unit::Bytes),
+        |c| &c.http2_wire_bytes_in,
+    ),
+    ("chatlab_http2_wire_out", "Of chatlab_wire_out, the bytes of HTTP/2 streams.", Some(Unit::Bytes), |c| {
+        &c.http2_wire_bytes_out
+    }),
     (
         "chatlab_payload_out",
         "Payload bytes: the JSON texts of delivered room events only, no headers or framing.",
@@ -189,6 +199,58 @@ impl Collector for MeteringCollector {
             None,
             MetricType::Counter,
         )?)?;
+        for (name, help, unit, value) in [
+            (
+                "chatlab_tls_handshakes",
+                "HTTPS connections whose TLS handshake completed.",
+                None,
+                &others.tls_handshakes,
+            ),
+            (
+                "chatlab_tls_handshake_failures",
+                "TLS handshakes that failed (not those that timed out).",
+                None,
+                &others.tls_handshake_failures,
+            ),
+            (
+                "chatlab_tls_in",
+                "TLS record bytes read from HTTPS sockets, handshakes included.",
+                Some(Unit::Bytes),
+                &others.tls_bytes_in,
+            ),
+            (
+                "chatlab_tls_out",
+                "TLS record bytes written to HTTPS sockets, handshakes included.",
+                Some(Unit::Bytes),
+                &others.tls_bytes_out,
+            ),
+            (
+                "chatlab_plain_http_refused",
+                "Plain-HTTP requests to the HTTPS port, refused 400 with a JSON body.",
+                None,
+                &others.plain_http_refused,
+            ),
+            ("chatlab_http2_connections", "Connections that spoke HTTP/2.", None, &others.http2_connections_total),
+            (
+                "chatlab_http2_connection_in",
+                "HTTP/2 connections' own bytes read: the preface and stream 0's frames.",
+                Some(Unit::Bytes),
+                &others.http2_connection_bytes_in,
+            ),
+            (
+                "chatlab_http2_connection_out",
+                "HTTP/2 connections' own frames written (stream 0).",
+                Some(Unit::Bytes),
+                &others.http2_connection_bytes_out,
+            ),
+        ] {
+            ConstCounter::new(get(value)).encode(encoder.encode_descriptor(
+                name,
+                help,
+                unit.as_ref(),
+                MetricType::Counter,
+            )?)?;
+        }
 
         ConstCounter::new(get(&others.client_sessions_refused)).encode(encoder.encode_descriptor(
             "chatlab_client_sessions_refused",

@@ -30,12 +30,29 @@
 //! future runs inside the service's scope, so no transport needs to carry a handle. The service is made per
 //! connection ([`Metered::new`]) and holds the connection's cell, so a request carries nothing extra.
 //!
+//! # HTTP/2
+//!
+//! An HTTP/2 connection (HTTPS with ALPN `h2`, see `serve.rs`) carries many requests at once, interleaved, so the
+//! rhythm above does not hold. The cell follows the frame headers in both directions instead (`h2.rs`): every
+//! frame's bytes belong to its stream; a stream is opened by the client's `HEADERS` with a new stream id, its
+//! request reaches the service in that order (the service claims the oldest unclaimed stream), and its handler's
+//! choice gives the stream's bytes to a technique and a session as above. The client's preface and the frames of
+//! stream 0 belong to the connection: they count under no technique (`other.http2_connection_bytes_*`). A stream
+//! ends with the server's `END_STREAM` or a `RST_STREAM` either way; a connection without open streams awaits a
+//! request as an HTTP/1.1 one awaits a head (`--header-timeout`, idle eviction). The wire view does not read
+//! HTTP/2 connections back.
+//!
+//! Over HTTPS the cell counts the HTTP bytes inside TLS (the stream it wraps is the TLS stream); the TLS records
+//! themselves, handshakes included, are counted as a whole (`other.tls_bytes_*`).
+//!
 //! # Where it is not exact
 //!
 //! - A client that pipelines (sends a request before the previous response has fully arrived; browsers do
 //!   not) has the rest of that response counted under the next request's technique.
 //! - A request body the handler refused to read, arriving after the response head, counts under the next
 //!   request (or under none, if the connection then closes).
+//! - An HTTP/2 client that opens more streams than `--h2-max-streams` has the refused ones reset; a request
+//!   accepted meanwhile may be matched with the stream just before or after its own.
 //!
 //! Counting is one uncontended `std` mutex per socket read or write: the connection's own task is almost the
 //! only one touching it, and the section is a few additions (and, on a WebSocket or an SSE stream, a walk over
@@ -70,6 +87,7 @@ use tower::Service;
 use tower_http::timeout::TimeoutBody;
 
 use super::capture::{Kind, Log};
+use super::h2::{Frames, Piece, DATA, END_STREAM, HEADERS, RST_STREAM};
 use super::session::SessionWire;
 use super::Metering;
 use crate::error::AppError;
@@ -185,6 +203,11 @@ impl MeteredListener {
                 () = tokio::time::sleep(SLOT_RECHECK) => {}
             }
         }
+    }
+
+    /// The counters its sockets count into.
+    pub fn metering(&self) -> &Metering {
+        &self.metering
     }
 
     /// The address it listens on.
@@ -330,6 +353,16 @@ pub struct Counted<S, T> {
 }
 
 impl<S, T> Counted<S, T> {
+    /// The stream it wraps.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The stream and the tally, unwrapped.
+    pub fn into_parts(self) -> (S, T) {
+        (self.inner, self.tally)
+    }
+
     /// Wraps `inner`, counting into `tally`.
     pub fn new(inner: S, tally: T) -> Self {
         Counted {
@@ -361,6 +394,21 @@ impl Reset for TcpStream {
     fn reset_on_close(&self) {
         // A failure leaves a graceful close, which still ends the connection.
         let _ = socket2::SockRef::from(self).set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl<S: Reset> Reset for tokio_rustls::server::TlsStream<S> {
+    fn reset_on_close(&self) {
+        self.get_ref().0.reset_on_close();
+    }
+}
+
+/// A client's TLS stream (the bench's, the tests'): clients set no write deadline, so they are never reset.
+impl<S> Reset for tokio_rustls::client::TlsStream<S> {}
+
+impl<S: Reset, T> Reset for Counted<S, T> {
+    fn reset_on_close(&self) {
+        self.inner.reset_on_close();
     }
 }
 
@@ -616,8 +664,60 @@ struct Attribution {
     reader: Option<Waker>,
     /// Closed to make room at `--max-sockets`: the next blocked read fails.
     evicted: bool,
+    /// The connection speaks HTTP/2: its bytes are given to streams, not to the request/response rhythm.
+    h2: Option<Box<Streams>>,
 }
 
+/// An HTTP/2 connection's streams, followed from its frames (see the module docs).
+#[derive(Debug)]
+struct Streams {
+    reads: Frames,
+    writes: Frames,
+    /// The open streams (bounded by `--h2-max-streams`, which the HTTP server enforces with resets).
+    open: HashMap<u32, Stream>,
+    /// The last few ended streams, for frames of theirs that cross the ended ones (a late `WINDOW_UPDATE`).
+    ended: std::collections::VecDeque<(u32, Owner, Option<Arc<SessionWire>>)>,
+    /// Streams whose requests have not reached the service yet, oldest first.
+    unclaimed: std::collections::VecDeque<u32>,
+    /// The highest stream id the client has opened.
+    last: u32,
+}
+
+/// How many ended streams keep their owner for late frames.
+const ENDED_KEPT: usize = 16;
+
+/// One HTTP/2 stream's owner, and its bytes while the owner is not known.
+#[derive(Debug)]
+struct Stream {
+    owner: Owner,
+    session: Option<Arc<SessionWire>>,
+    pending_in: u64,
+    pending_out: u64,
+}
+
+impl Streams {
+    fn new() -> Self {
+        Streams {
+            reads: Frames::from_client(),
+            writes: Frames::from_server(),
+            open: HashMap::new(),
+            ended: std::collections::VecDeque::new(),
+            unclaimed: std::collections::VecDeque::new(),
+            last: 0,
+        }
+    }
+
+    /// Whose the bytes of `stream` are: `None` for the connection, `Undecided` while pending.
+    fn owner(&mut self, stream: u32) -> Option<(Owner, Option<Arc<SessionWire>>)> {
+        if stream == 0 {
+            return None;
+        }
+        if let Some(open) = self.open.get(&stream) {
+            return Some((open.owner, open.session.clone()));
+        }
+        self.ended.iter().find(|(id, ..)| *id == stream).map(|(_, owner, session)| (*owner, session.clone()))
+    }
+}
 impl Attribution {
     /// See [`Connection::idle_since`].
     fn idle_since(&self) -> Option<Instant> {
@@ -674,6 +774,7 @@ impl Connection {
                 active_at: Instant::now(),
                 reader: None,
                 evicted: false,
+                h2: None,
             }),
             _slot: slot,
             deadlines,
@@ -685,9 +786,111 @@ impl Connection {
         connection
     }
 
+    /// The connection speaks HTTP/2 (ALPN chose `h2`): its bytes are given to streams from now on.
+    pub fn speak_http2(&self) {
+        self.metering.others().http2_connections_total.fetch_add(1, Ordering::Relaxed);
+        self.state().h2 = Some(Box::new(Streams::new()));
+    }
+
+    /// The stream of the HTTP/2 request reaching the service now (the oldest unclaimed one); `None` on HTTP/1.1.
+    fn claim_stream(&self) -> Option<u32> {
+        let mut state = self.state();
+        let streams = state.h2.as_mut()?;
+        // Always `Some` on HTTP/2 (the request's HEADERS was read before it was dispatched); 0 if it was not seen.
+        Some(streams.unclaimed.pop_front().unwrap_or(0))
+    }
+
+    /// An HTTP/2 stream's response head is ready: its bytes are `owner`'s (and `session`'s, for a technique).
+    fn answer_stream(&self, id: u32, owner: Owner, session: Option<Arc<SessionWire>>) {
+        let mut state = self.state();
+        let Some(streams) = state.h2.as_mut() else { return };
+        let Some(stream) = streams.open.get_mut(&id) else { return };
+        stream.owner = owner;
+        stream.session = session.filter(|_| matches!(owner, Owner::Technique(_)));
+        let (read, written) = (std::mem::take(&mut stream.pending_in), std::mem::take(&mut stream.pending_out));
+        let session = stream.session.clone();
+        self.count(owner, session.as_deref(), read, written, true);
+    }
+
+    /// `data` crossed an HTTP/2 connection (`reading`: from the client): each frame's bytes to its stream.
+    fn h2_bytes(&self, state: &mut Attribution, data: &[u8], reading: bool) {
+        let Some(mut streams) = state.h2.take() else { return };
+        let mut opened = false;
+        let mut closed = false;
+        let Streams { reads, writes, .. } = &mut *streams;
+        let frames = if reading { reads } else { writes };
+        let mut frames = std::mem::replace(frames, Frames::from_server());
+        frames.feed(data, &mut |piece| match piece {
+            Piece::Starts(head) => {
+                if reading && head.kind == HEADERS && head.stream % 2 == 1 && head.stream > streams.last {
+                    streams.last = head.stream;
+                    let stream = Stream { owner: Owner::Undecided, session: None, pending_in: 0, pending_out: 0 };
+                    streams.open.insert(head.stream, stream);
+                    streams.unclaimed.push_back(head.stream);
+                    opened = true;
+                }
+            }
+            Piece::Bytes { stream, n } => {
+                let (read, written) = if reading { (n, 0) } else { (0, n) };
+                match streams.owner(stream) {
+                    Some((Owner::Undecided, _)) => {
+                        if let Some(open) = streams.open.get_mut(&stream) {
+                            open.pending_in += read;
+                            open.pending_out += written;
+                        }
+                    }
+                    Some((owner, session)) => self.count(owner, session.as_deref(), read, written, true),
+                    None => {
+                        let others = self.metering.others();
+                        let (total, own) = if reading {
+                            (&others.wire_bytes_in, &others.http2_connection_bytes_in)
+                        } else {
+                            (&others.wire_bytes_out, &others.http2_connection_bytes_out)
+                        };
+                        total.fetch_add(n, Ordering::Relaxed);
+                        own.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+            Piece::Ends(head) => {
+                let ends = head.kind == RST_STREAM
+                    || (!reading && (head.kind == DATA || head.kind == HEADERS) && head.flags & END_STREAM != 0);
+                if ends {
+                    if let Some(stream) = streams.open.remove(&head.stream) {
+                        closed = true;
+                        if stream.owner == Owner::Undecided {
+                            // Reset before its request was answered: nobody's.
+                            streams.unclaimed.retain(|id| *id != head.stream);
+                            self.count(Owner::Nobody, None, stream.pending_in, stream.pending_out, true);
+                        } else {
+                            if streams.ended.len() == ENDED_KEPT {
+                                streams.ended.pop_front();
+                            }
+                            streams.ended.push_back((head.stream, stream.owner, stream.session));
+                        }
+                    }
+                }
+            }
+        });
+        *(if reading { &mut streams.reads } else { &mut streams.writes }) = frames;
+        let idle = streams.open.is_empty();
+        state.h2 = Some(streams);
+        if opened && !idle {
+            state.head_deadline = None;
+            state.awaiting_head = false;
+        } else if closed && idle {
+            state.head_deadline = self.deadlines.header.map(|limit| Instant::now() + limit);
+            state.wrote_while_awaiting = false;
+            state.awaiting_head = true;
+        }
+    }
+
     /// A request head was parsed: no deadline until its response is out, and the connection is busy.
     fn head_complete(&self) {
         let mut state = self.state();
+        if state.h2.is_some() {
+            return;
+        }
         state.head_deadline = None;
         state.awaiting_head = false;
         state.dispatched = true;
@@ -717,7 +920,7 @@ impl Connection {
     fn refusal(&self, head: &[u8]) -> Option<Bytes> {
         let error = {
             let state = self.state();
-            if state.upgraded || !state.started || state.dispatched {
+            if state.upgraded || !state.started || state.dispatched || state.h2.is_some() {
                 return None;
             }
             match head.get(9..13)? {
@@ -743,6 +946,12 @@ impl Tally for Arc<Connection> {
             return; // end of stream: no request starts
         }
         let mut state = self.state();
+        if state.h2.is_some() {
+            state.read_waiting = false;
+            state.active_at = Instant::now();
+            self.h2_bytes(&mut state, data, true);
+            return;
+        }
         if !state.upgraded && (state.answered || !state.started) {
             state.owner = Owner::Undecided;
             state.answered = false;
@@ -831,6 +1040,15 @@ impl Connection {
         let mut state = self.state();
         state.write_stuck = false;
         state.active_at = Instant::now();
+        if state.h2.is_some() {
+            for part in parts {
+                self.h2_bytes(&mut state, part, false);
+            }
+            if state.head_deadline.is_some() {
+                state.wrote_while_awaiting = true;
+            }
+            return;
+        }
         self.add(&mut state, 0, written as u64);
         if state.log.follows_writes() {
             let Attribution { log, session, .. } = &mut *state;
@@ -842,17 +1060,27 @@ impl Connection {
     }
 
     fn add(&self, state: &mut Attribution, read: u64, written: u64) {
-        let (into_in, into_out) = match state.owner {
-            Owner::Undecided => {
-                state.pending_in += read;
-                state.pending_out += written;
-                return;
-            }
+        if state.owner == Owner::Undecided {
+            state.pending_in += read;
+            state.pending_out += written;
+            return;
+        }
+        self.count(state.owner, state.session.as_deref(), read, written, false);
+    }
+
+    /// Counts bytes of a decided `owner` (and `session`); `http2`: they crossed an HTTP/2 stream.
+    fn count(&self, owner: Owner, session: Option<&SessionWire>, read: u64, written: u64, http2: bool) {
+        let (into_in, into_out) = match owner {
+            Owner::Undecided => return,
             Owner::Technique(transport) => {
-                if let Some(session) = &state.session {
+                if let Some(session) = session {
                     session.add_bytes(read, written);
                 }
                 let c = self.metering.of(transport);
+                if http2 {
+                    c.http2_wire_bytes_in.fetch_add(read, Ordering::Relaxed);
+                    c.http2_wire_bytes_out.fetch_add(written, Ordering::Relaxed);
+                }
                 (&c.wire_bytes_in, &c.wire_bytes_out)
             }
             Owner::Nobody => (&self.metering.others().wire_bytes_in, &self.metering.others().wire_bytes_out),
@@ -899,7 +1127,7 @@ impl Connection {
 
 /// `error` as a whole HTTP/1.1 response that closes the connection, for a socket whose request never reached
 /// the router: the same JSON body and headers as [`AppError`]'s own response.
-fn raw_response(error: &AppError) -> Bytes {
+pub(crate) fn raw_response(error: &AppError) -> Bytes {
     let body = serde_json::json!({"error": error.to_string(), "code": error.code()}).to_string();
     let status = error.status();
     let head = format!(
@@ -920,6 +1148,11 @@ impl Drop for Connection {
         let others = self.metering.others();
         others.wire_bytes_in.fetch_add(state.pending_in, Ordering::Relaxed);
         others.wire_bytes_out.fetch_add(state.pending_out, Ordering::Relaxed);
+        // HTTP/2 streams whose requests were never answered.
+        for stream in state.h2.iter().flat_map(|streams| streams.open.values()) {
+            others.wire_bytes_in.fetch_add(stream.pending_in, Ordering::Relaxed);
+            others.wire_bytes_out.fetch_add(stream.pending_out, Ordering::Relaxed);
+        }
         others.tcp_connections_open.fetch_sub(1, Ordering::Relaxed);
         self.sockets.lock().remove(&self.id);
     }
@@ -938,7 +1171,7 @@ pub struct Metered {
 impl Metered {
     /// The service of one accepted socket: runs `router` for each of its requests, attributing their bytes.
     /// `peer` is given to each request as axum's `ConnectInfo`.
-    pub fn new(router: Router, stream: &MeteredStream, peer: SocketAddr) -> Self {
+    pub fn new<S>(router: Router, stream: &Counted<S, Arc<Connection>>, peer: SocketAddr) -> Self {
         Metered { router, connection: stream.tally().clone(), peer }
     }
 }
@@ -954,7 +1187,16 @@ impl Service<Request> for Metered {
 
     fn call(&mut self, mut request: Request) -> Self::Future {
         self.connection.head_complete();
+        let stream = self.connection.claim_stream();
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        // HTTP/2 names the host in `:authority` (the URI's), not in `Host`: give it as `Host` too, so that every
+        // check of the host (the origin check of POSTs, the DNS-rebinding guard) reads the same name over both
+        // versions.
+        if stream.is_some() && !request.headers().contains_key(header::HOST) {
+            if let Some(host) = request.uri().authority().and_then(|a| header::HeaderValue::from_str(a.as_str()).ok()) {
+                request.headers_mut().insert(header::HOST, host);
+            }
+        }
         // A body that stops arriving is given up after `--header-timeout` between its pieces; a request without
         // one (every GET) is not wrapped.
         let request = match self.connection.deadlines.header {
@@ -969,8 +1211,8 @@ impl Service<Request> for Metered {
         // The router is always ready. Its future is named (no box, no copy of the router per request): the
         // empty poll, the commonest request, is a few microseconds all told.
         let routed = self.router.call(request);
-        let choice = Choice { technique: Cell::new(NONE), session: Cell::new(None) };
-        CHOSEN.scope(choice, Answered { routed, connection: self.connection.clone() })
+        let choice = Choice { technique: Cell::new(NONE), session: Cell::new(None), http2: stream.is_some() };
+        CHOSEN.scope(choice, Answered { routed, connection: self.connection.clone(), stream })
     }
 }
 
@@ -979,6 +1221,8 @@ impl Service<Request> for Metered {
 pub struct Answered {
     routed: RouteFuture<Infallible>,
     connection: Arc<Connection>,
+    /// The HTTP/2 stream of the request; `None` on HTTP/1.1.
+    stream: Option<u32>,
 }
 
 impl Future for Answered {
@@ -992,6 +1236,10 @@ impl Future for Answered {
             None if chosen == WIRE_VIEW => Owner::WireView,
             None => Owner::Nobody,
         };
+        if let Some(stream) = self.stream {
+            self.connection.answer_stream(stream, owner, session);
+            return Poll::Ready(Ok(response));
+        }
         let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let sse = response
             .headers()
@@ -1036,6 +1284,8 @@ pub struct Choice {
     technique: Cell<u8>,
     /// The session, once the handler knows it exists.
     session: Cell<Option<Arc<SessionWire>>>,
+    /// The request came over HTTP/2.
+    http2: bool,
 }
 
 tokio::task_local! {
@@ -1043,10 +1293,15 @@ tokio::task_local! {
     static CHOSEN: Choice;
 }
 
-/// Records that the current request belongs to `transport`. Called by
+/// Records that the current request belongs to `transport`; true if it came over HTTP/2. Called by
 /// [`crate::metering::Metering::request`]; outside a metered request (tests, the bench) it does nothing.
-pub(crate) fn chosen(transport: Transport) {
-    let _ = CHOSEN.try_with(|choice| choice.technique.set(transport as u8));
+pub(crate) fn chosen(transport: Transport) -> bool {
+    CHOSEN
+        .try_with(|choice| {
+            choice.technique.set(transport as u8);
+            choice.http2
+        })
+        .unwrap_or(false)
 }
 
 /// Records that the current request is a wire view's: its bytes count under `other.wire_view`.

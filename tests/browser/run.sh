@@ -6,6 +6,7 @@
 #   tests/browser/run.sh                 # builds target/release/chatlab if needed
 #   CHATLAB_BIN=/path/to/chatlab tests/browser/run.sh
 #   tests/browser/run.sh specs/chat.test.mjs   # one spec
+#   CHATLAB_TLS=1 tests/browser/run.sh specs/chat.test.mjs   # over HTTPS (HTTP/2), self-signed
 #
 # Exits non-zero when a spec fails. Screenshots go to docs/screenshots/.
 set -euo pipefail
@@ -27,6 +28,11 @@ fi
 
 if ! fc-list :lang=zh 2>/dev/null | grep -q .; then
   echo "run.sh: note: no CJK font installed, Chinese text in the screenshots will show as boxes (apt-get install fonts-wqy-microhei)" >&2
+fi
+
+if [ "${CHATLAB_TLS:-}" = 1 ]; then
+  # The specs' own requests from Node (health checks, stats) believe the self-signed certificate too.
+  export NODE_TLS_REJECT_UNAUTHORIZED=0
 fi
 
 if [ "$#" -eq 0 ]; then set -- specs/*.test.mjs; fi

@@ -110,6 +110,45 @@ async fn bench_drives_the_two_streams_and_counts_their_bytes_exactly() {
     }
 }
 
+/// `--http2 --url https://… --insecure`: the HTTP techniques' clients speak HTTP/2 inside TLS (WebSockets HTTP/1.1
+/// inside TLS), every text reaches every participant, the report says so, and the bytes the clients counted (the
+/// HTTP bytes inside TLS) agree with what the server counted for the technique plus its HTTP/2 connection frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_http2_drives_the_http_techniques_over_h2() {
+    let (addr, _stop) = start_server_with(Config {
+        rate_limit: 0.0,
+        client_rate_limit: 0.0,
+        max_sessions_per_client: 0,
+        broker: "memory".into(),
+        tls_self_signed: true,
+        ..Config::default()
+    })
+    .await;
+    let url = format!("https://{addr}");
+    #[rustfmt::skip]
+    let report = bench(&[
+        "--url", &url, "--http2", "--insecure", "--techniques", "ws,sse,longpoll,poll", "--participants", "3",
+        "--duration", "1.5", "--warmup", "0.2", "--send-every", "0.5", "--headers", "browser",
+    ]).await;
+    assert!(report.http2);
+    for result in &report.results {
+        let name = result.technique.as_str();
+        assert!(result.sent > 0 && result.send_errors == 0, "{name}: {result:?}");
+        assert_eq!(result.deliveries, result.sent * 3, "{name}: every text reaches every participant");
+        let server = result.server.as_ref().expect("chatlab's counters");
+        assert!(result.bytes_down.abs_diff(server.wire_bytes_out) <= 2_000, "{name}: down {result:?}");
+        assert!(result.bytes_up.abs_diff(server.wire_bytes_in) <= 2_000, "{name}: up {result:?}");
+    }
+    // Plain HTTP is refused with a clear message, and --url https:// without a way to believe it too.
+    let Some(Command::Bench(args)) =
+        Cli::try_parse_from(["chatlab", "bench", "--url", &url, "--http2", "--techniques", "poll"]).unwrap().command
+    else {
+        panic!("not the bench subcommand");
+    };
+    let refused = chatlab::bench::run(args).await.expect_err("no way to believe the certificate");
+    assert!(refused.to_string().contains("--insecure"), "{refused}");
+}
+
 /// `--find-max` on a mixed crowd with one sender: a passing window raises the rate by `--step`, every text
 /// reaches all four techniques' participants, and the server's counters of the four transports add up to what
 /// the clients counted. (The p99 limit is above the short-poll interval: a poller waits for its next poll.)

@@ -30,5 +30,6 @@ mod shutdown;
 mod static_files;
 mod stream;
 mod switch;
+mod tls;
 mod websocket;
 mod wire_view;

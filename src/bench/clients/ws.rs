@@ -29,14 +29,18 @@ pub(crate) async fn first_frame(frames: &mut SplitStream<Socket>) -> anyhow::Res
         .context("closed before the first frame")??)
 }
 
-/// Opens a WebSocket to `url` over a counting socket to `authority`.
+/// Opens a WebSocket to `url` over a counting socket to `authority` (TLS for a `wss://` URL).
 pub(crate) async fn open(
     url: &str,
     authority: &str,
     context: &Context,
 ) -> anyhow::Result<(SplitSink<Socket, Message>, SplitStream<Socket>)> {
-    let stream =
-        probe::connect(authority, context.probe.clone()).await.with_context(|| format!("connecting to {authority}"))?;
+    let stream = if url.starts_with("wss://") {
+        probe::connect(authority, context.probe.clone()).await
+    } else {
+        probe::connect_plain(authority, context.probe.clone()).await
+    };
+    let stream = stream.with_context(|| format!("connecting to {authority}"))?;
     context.probe.request();
     let (socket, _) = tokio_tungstenite::client_async(url, stream).await.with_context(|| format!("upgrading {url}"))?;
     Ok(socket.split())
@@ -86,7 +90,12 @@ pub(crate) struct WsClient {
 
 impl WsClient {
     pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<WsClient> {
-        let (sink, mut frames) = open(&format!("ws://{authority}/ws"), authority, &context).await?;
+        let (sink, mut frames) = open(
+            &format!("{}://{authority}/ws", if context.probe.https.is_some() { "wss" } else { "ws" }),
+            authority,
+            &context,
+        )
+        .await?;
         let welcome = first_frame(&mut frames).await?;
         let welcome: serde_json::Value = serde_json::from_slice(welcome.into_data().as_ref())?;
         let session = welcome["session"].as_str().context("the welcome names no session")?.to_owned();

@@ -4,6 +4,7 @@
 
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,6 +13,12 @@ import { chromium } from 'playwright-core';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const SCREENSHOTS = path.join(REPO_ROOT, 'docs', 'screenshots');
+
+/**
+ * `CHATLAB_TLS=1`: every spec's server speaks HTTPS (`--tls-self-signed`, so HTTP/2 in Chromium) and every
+ * browser believes its certificate; run.sh then lets Node's own requests believe it too.
+ */
+const TLS_EVERYWHERE = process.env.CHATLAB_TLS === '1';
 
 /** Default timeout (ms) of one wait in a spec. */
 export const WAIT = 10_000;
@@ -40,8 +47,11 @@ export function tempDataDir() {
  * GET /healthz. Returns {url, port, stop(), output()}. The room is the
  * default durable one, in `dataDir` (give the same one to a restarted server
  * to keep its room), else in a new temporary directory removed on stop.
+ * `tls: true` serves HTTPS with a certificate made at start (`--tls-self-signed`):
+ * the url is then https://, and the browser must be launched with
+ * `launchBrowser({ ignoreCertificateErrors: true })`.
  */
-export async function startServer({ port, args = [], dataDir } = {}) {
+export async function startServer({ port, args = [], dataDir, tls = TLS_EVERYWHERE } = {}) {
   const bin = path.resolve(REPO_ROOT, process.env.CHATLAB_BIN || 'target/release/chatlab');
   if (!fs.existsSync(bin)) {
     throw new Error(`chatlab binary not found at ${bin}: run \`cargo build --release\` first (or set CHATLAB_BIN)`);
@@ -49,7 +59,8 @@ export async function startServer({ port, args = [], dataDir } = {}) {
   port ??= await freePort();
   const ownDir = dataDir ? null : tempDataDir();
   const lines = [];
-  const child = spawn(bin, ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir || ownDir, ...args], {
+  const flags = ['--bind', `127.0.0.1:${port}`, '--data-dir', dataDir || ownDir, ...(tls ? ['--tls-self-signed'] : []), ...args];
+  const child = spawn(bin, flags, {
     cwd: REPO_ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
@@ -63,13 +74,12 @@ export async function startServer({ port, args = [], dataDir } = {}) {
   let exited = null;
   const exit = new Promise((resolve) => child.on('exit', (code, signal) => { exited = { code, signal }; resolve(exited); }));
 
-  const url = `http://127.0.0.1:${port}`;
+  const url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (exited) throw new Error(`chatlab exited early (${JSON.stringify(exited)}):\n${lines.join('\n')}`);
     try {
-      const response = await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) });
-      if (response.ok) break;
+      if (tls ? (await healthyOverTls(port)) : (await fetch(`${url}/healthz`, { signal: AbortSignal.timeout(1000) })).ok) break;
     } catch {
       // not listening yet
     }
@@ -104,11 +114,27 @@ export async function startServer({ port, args = [], dataDir } = {}) {
   };
 }
 
-/** Launches headless Chromium from Debian's package (never a downloaded one). */
-export function launchBrowser() {
+/** GET /healthz over HTTPS, believing the self-signed certificate: true on 200. */
+function healthyOverTls(port) {
+  return new Promise((resolve) => {
+    const request = https.get({ host: '127.0.0.1', port, path: '/healthz', rejectUnauthorized: false, timeout: 1000 }, (response) => {
+      response.resume();
+      resolve(response.statusCode === 200);
+    });
+    request.on('error', () => resolve(false));
+    request.on('timeout', () => { request.destroy(); resolve(false); });
+  });
+}
+
+/**
+ * Launches headless Chromium from Debian's package (never a downloaded one).
+ * `ignoreCertificateErrors`: believe any certificate (a server started with `tls: true`).
+ */
+export function launchBrowser({ ignoreCertificateErrors = TLS_EVERYWHERE } = {}) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run',
+      ...(ignoreCertificateErrors ? ['--ignore-certificate-errors'] : [])],
     timeout: 30_000,
   });
 }
@@ -248,7 +274,7 @@ export function useServerAndBrowser({ before, after }, options = {}) {
   const env = { server: null, browser: null };
   before(async () => {
     env.server = await startServer(options);
-    env.browser = await launchBrowser();
+    env.browser = await launchBrowser({ ignoreCertificateErrors: Boolean(options.tls) || TLS_EVERYWHERE });
   });
   after(async () => {
     if (env.browser) await env.browser.close().catch(() => {});

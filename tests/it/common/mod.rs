@@ -18,6 +18,7 @@ use chatlab::core::Room;
 
 pub mod raw;
 pub mod temp;
+pub mod tls;
 
 pub use raw::masked;
 

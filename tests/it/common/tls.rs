@@ -1,0 +1,205 @@
+//! An HTTPS client for the tests: one TLS connection (ALPN as asked), HTTP/2 or HTTP/1.1 as the server chose, with
+//! every plaintext byte counted (the HTTP bytes inside TLS, as the server's wire counters count them).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chatlab::metering::wire::{Counted, Tally};
+use chatlab::tls::Trust;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::{Server, WAIT};
+
+/// Bytes a client read and wrote (plaintext).
+#[derive(Debug, Default)]
+pub struct Bytecount {
+    pub read: AtomicU64,
+    pub wrote: AtomicU64,
+}
+
+/// The client's tally: a handle on its [`Bytecount`].
+#[derive(Debug, Clone, Default)]
+pub struct Count(pub Arc<Bytecount>);
+
+impl Tally for Count {
+    fn read(&self, data: &[u8]) {
+        self.0.read.fetch_add(data.len() as u64, Ordering::Relaxed);
+    }
+
+    fn wrote(&self, data: &[u8]) {
+        self.0.wrote.fetch_add(data.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// A TLS stream whose plaintext is counted.
+pub type Secure = Counted<TlsStream<TcpStream>, Count>;
+
+/// Opens TLS to `server` offering `alpn`, believing any certificate (the server's is self-signed).
+pub async fn secure(server: &Server, alpn: &[&[u8]]) -> Secure {
+    secure_trusting(server, alpn, &Trust::Anyone).await.expect("TLS handshake")
+}
+
+/// Opens TLS to `server` offering `alpn`, believing `trust`.
+pub async fn secure_trusting(server: &Server, alpn: &[&[u8]], trust: &Trust) -> std::io::Result<Secure> {
+    let config = chatlab::tls::client_config(trust, alpn)?;
+    let tcp = TcpStream::connect(server.addr).await?;
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = tokio::time::timeout(WAIT, TlsConnector::from(config).connect(name, tcp)).await??;
+    Ok(Counted::new(tls, Count::default()))
+}
+
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+/// One HTTPS connection speaking the HTTP version ALPN chose.
+pub struct Client {
+    sender: Sender,
+    /// Its plaintext bytes.
+    pub bytes: Arc<Bytecount>,
+    /// `h2` or `http/1.1`.
+    pub alpn: String,
+    /// The host requests name (`:authority` or `Host`); `localhost` unless a test changes it.
+    pub authority: String,
+}
+
+impl Client {
+    /// Connects to `server` offering only `alpn` (`h2` or `http/1.1`).
+    pub async fn connect(server: &Server, alpn: &str) -> Client {
+        let stream = secure(server, &[alpn.as_bytes()]).await;
+        let chosen = stream.get_ref().get_ref().1.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned());
+        assert_eq!(chosen.as_deref(), Some(alpn), "ALPN chose the protocol offered");
+        let bytes = stream.tally().0.clone();
+        let io = TokioIo::new(stream);
+        let sender = if alpn == "h2" {
+            let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await.expect("HTTP/2 handshake");
+            tokio::spawn(connection);
+            Sender::H2(sender)
+        } else {
+            let (sender, connection) = http1::handshake(io).await.expect("HTTP/1.1 handshake");
+            tokio::spawn(connection.with_upgrades());
+            Sender::H1(sender)
+        };
+        Client { sender, bytes, alpn: alpn.to_owned(), authority: "localhost".to_owned() }
+    }
+
+    /// Another handle on the same HTTP/2 connection, for requests in parallel with this one's.
+    pub fn fork(&self) -> Client {
+        let Sender::H2(sender) = &self.sender else { panic!("only an HTTP/2 connection carries requests in parallel") };
+        Client {
+            sender: Sender::H2(sender.clone()),
+            bytes: self.bytes.clone(),
+            alpn: self.alpn.clone(),
+            authority: self.authority.clone(),
+        }
+    }
+
+    /// Bytes (read, written) so far.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.bytes.read.load(Ordering::Relaxed), self.bytes.wrote.load(Ordering::Relaxed))
+    }
+
+    /// Sends a request (headers as given, plus `host` on HTTP/1.1), the response's body left to the caller.
+    pub async fn send(&mut self, method: Method, path: &str, body: Option<(&str, &str)>) -> Response<Incoming> {
+        self.request(method, path, body, &[]).await
+    }
+
+    /// Sends a bodyless request with extra `headers`.
+    pub async fn send_with(&mut self, method: Method, path: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+        self.request(method, path, None, headers).await
+    }
+
+    /// Sends a request with a body (if any) and extra `headers`.
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, &str)>,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
+        let mut request = Request::builder().method(method);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request = match &self.sender {
+            Sender::H2(_) => request.uri(format!("https://{}{path}", self.authority)),
+            Sender::H1(_) => request.uri(path).header("host", &self.authority),
+        };
+        let body = match body {
+            Some((content_type, text)) => {
+                request = request.header("content-type", content_type);
+                Bytes::from(text.to_owned())
+            }
+            None => Bytes::new(),
+        };
+        let request = request.body(Full::new(body)).unwrap();
+        let response = tokio::time::timeout(WAIT, async {
+            match &mut self.sender {
+                Sender::H1(sender) => {
+                    sender.ready().await.expect("connection open");
+                    sender.send_request(request).await
+                }
+                Sender::H2(sender) => {
+                    sender.ready().await.expect("connection open");
+                    sender.send_request(request).await
+                }
+            }
+        });
+        let response = response.await.expect("a response in time").expect("a response");
+        let expected = if self.alpn == "h2" { hyper::Version::HTTP_2 } else { hyper::Version::HTTP_11 };
+        assert_eq!(response.version(), expected);
+        response
+    }
+
+    /// Sends a request and reads the whole answer as JSON.
+    pub async fn json(&mut self, method: Method, path: &str, body: Option<(&str, &str)>) -> (u16, Value) {
+        let response = self.send(method, path, body).await;
+        let status = response.status().as_u16();
+        let body = tokio::time::timeout(WAIT, response.into_body().collect()).await.expect("a body in time");
+        let body = body.expect("a body").to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// Joins as `transport`: (session, join seq).
+    pub async fn join(&mut self, transport: &str) -> (String, u64) {
+        let body = format!("{{\"transport\":\"{transport}\"}}");
+        let (status, json) = self.json(Method::POST, "/api/sessions", Some(("application/json", &body))).await;
+        assert_eq!(status, 201, "{json}");
+        (json["session"].as_str().unwrap().to_owned(), json["seq"].as_u64().unwrap())
+    }
+
+    /// Posts a chat text for `session`: its seq.
+    pub async fn post(&mut self, session: &str, text: &str) -> u64 {
+        let path = format!("/api/messages?session={session}");
+        let (status, json) = self.json(Method::POST, &path, Some(("text/plain;charset=UTF-8", text))).await;
+        assert_eq!(status, 202, "{json}");
+        json["seq"].as_u64().unwrap()
+    }
+}
+
+/// Reads a streamed body (SSE, NDJSON, iframe) until `needle` has come; returns everything read.
+pub async fn read_until(body: &mut Incoming, needle: &str) -> String {
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, async {
+        while !text.contains(needle) {
+            let frame = body.frame().await.expect("the stream goes on").expect("a frame");
+            if let Ok(data) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{needle:?} did not come; got {text:?}"));
+    text
+}
