@@ -151,6 +151,12 @@ pub struct Config {
     #[arg(long, default_value_t = 18_000)]
     pub max_sockets: usize,
 
+    /// Connections the kernel may hold for the server before it accepts them (the listen backlog; Linux caps it at
+    /// `net.core.somaxconn`). Past it, a connection attempt is dropped and the client retries after 1, 3, 7 s...:
+    /// a burst of joins or reconnections while the accept loop is busy should fit.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub listen_backlog: u32,
+
     /// Seconds a write may wait on a peer that does not read (its TCP window full) before the connection is
     /// closed, whatever the technique: a WebSocket, an SSE stream, a poll answer, a static file. The slot under
     /// `--max-sockets`, the channel and its queued events are freed at once; the close counts as `write_timeouts`

@@ -38,7 +38,7 @@ async fn serve(config: chatlab::config::Config) -> anyhow::Result<()> {
     // A certificate or key that cannot be used ends the process here, before anything is bound.
     chatlab::tls::server_config(&config)?;
     let scheme = if config.tls() { "https" } else { "http" };
-    let listener = tokio::net::TcpListener::bind(config.bind).await?;
+    let listener = bind(config.bind, config.listen_backlog)?;
     // The room first: a store that cannot be used ends the process here, before it says it serves.
     let room = chatlab::build_room(config.clone()).await?;
     match config.broker.as_str() {
@@ -51,6 +51,15 @@ async fn serve(config: chatlab::config::Config) -> anyhow::Result<()> {
     }
     chatlab::run(listener, room, shutdown_signal()).await?;
     Ok(())
+}
+
+/// Listens on `addr` with a backlog of `backlog` connections (tokio's own `bind` uses 1,024).
+fn bind(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As std's and tokio's `bind` do on Unix: a restarted server can bind while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -427,3 +427,26 @@ async fn busy_sockets_are_not_closed_at_the_socket_limit() {
     assert_eq!(stats["transports"]["ws"]["connections_open"], 1, "{stats}");
     assert_eq!(stats["transports"]["sse"]["connections_open"], 1, "{stats}");
 }
+
+/// The listen backlog as the kernel sees it (`ss`: a listening socket's Send-Q): `--listen-backlog`, or 4,096
+/// capped by `net.core.somaxconn`, so that a burst of connection attempts waits in the kernel instead of being
+/// dropped and retried a second or more later.
+#[test]
+fn the_listen_backlog_is_the_flags() {
+    let backlog = |args: &[&str]| {
+        let server = crate::redis_support::Chatlab::spawn(
+            std::path::Path::new(env!("CARGO_BIN_EXE_chatlab")),
+            &[&["--broker", "memory"], args].concat(),
+        );
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{}", server.addr.port())])
+            .output()
+            .expect("ss (iproute2) runs");
+        let line = String::from_utf8_lossy(&out.stdout).into_owned();
+        // State, Recv-Q, Send-Q (the backlog), local address, peer address.
+        line.split_whitespace().nth(2).and_then(|q| q.parse::<u32>().ok()).unwrap_or_else(|| panic!("ss: {line:?}"))
+    };
+    assert_eq!(backlog(&["--listen-backlog", "77"]), 77);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+    assert_eq!(backlog(&[]), 4096.min(somaxconn));
+}
