@@ -59,8 +59,9 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::broker::{Broker, DurableBroker, MemoryBroker, RedisBroker};
+use crate::broker::{DurableBroker, MemoryBroker, RedisBroker};
 use crate::config::Config;
+use crate::core::Broker;
 use crate::core::Room;
 use crate::error::AppError;
 use crate::metering::wire::{Deadlines, MeteredListener};

@@ -1,4 +1,4 @@
-//! Where the room's shared state lives: the implementations of [`Broker`].
+//! Where the room's shared state lives: the implementations of [`Broker`](crate::core::Broker).
 //!
 //! A broker owns what must be agreed by every process serving the room: the sequence counter and the event
 //! history (appended atomically together), the sessions with their leases, and the guest counter. It feeds every
@@ -11,8 +11,6 @@ pub mod durable;
 pub mod memory;
 pub mod redis;
 
-pub use crate::core::Broker;
-pub use crate::model::{new_epoch, Backlog, BrokerError, Epoch, FeedItem, Missed, Published, SendKey, Visit};
 pub use durable::DurableBroker;
 pub use memory::MemoryBroker;
 pub use redis::RedisBroker;

@@ -25,7 +25,7 @@
 //! other command runs between the increment and the append, so sequence numbers have no holes, the history is
 //! in sequence order, and pub/sub messages leave Redis in sequence order too. The JSON is built by the script from
 //! a prefix serialised here (`{"type":..,"id":..,"nickname":..,"message":..,"clientcount":`), so the bytes are
-//! exactly what [`crate::core::event::RoomEvent::new`] makes for the memory broker.
+//! exactly what [`crate::model::RoomEvent::new`] makes for the memory broker.
 //!
 //! # Feed, outages and recovery
 //!

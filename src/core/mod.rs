@@ -1,8 +1,8 @@
 //! The room: the one fan-out point, the sessions' service, the per-client limits, and the [`Broker`] trait it
 //! keeps its shared state behind.
 //!
-//! The room's vocabulary (events, sessions, deliveries) lives one layer down, in [`crate::model`]; it is
-//! re-exported here (`core::event`, `core::session` and the flat names) for the crate's users.
+//! The room's vocabulary (events, sessions, deliveries) lives one layer down, in [`crate::model`]; the names the
+//! transports use most are re-exported here.
 
 pub mod broker;
 mod channel;
@@ -15,7 +15,6 @@ pub mod room;
 mod service;
 mod tasks;
 
-pub use crate::model::{event, session};
 pub use crate::model::{Delivery, EventKind, Notice, RoomEvent, Seq};
 pub use crate::model::{Participant, Presence, SessionRecord, Transport, PRESENCE_MAX};
 pub use broker::Broker;

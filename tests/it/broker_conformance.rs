@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use chatlab::broker::{
-    Backlog, Broker, BrokerError, DurableBroker, FeedItem, MemoryBroker, Missed, Published, RedisBroker, SendKey, Visit,
-};
-use chatlab::core::event::{now_ms, Draft, EventKind, RoomEvent, Seq};
-use chatlab::core::session::{SessionRecord, Transport};
+use chatlab::broker::{DurableBroker, MemoryBroker, RedisBroker};
+use chatlab::core::Broker;
+use chatlab::model::{now_ms, Draft, EventKind, RoomEvent, Seq};
+use chatlab::model::{Backlog, BrokerError, FeedItem, Missed, Published, SendKey, Visit};
+use chatlab::model::{SessionRecord, Transport};
 use common::temp::TempDir;
 use redis_support::RedisServer;
 
@@ -586,7 +586,7 @@ async fn alive_tells_which_sessions_exist(fixture: Fixture) {
 /// The optional fields (`notice`, `transport`, `joined`, `left`, `previous`) come back from the feed and the
 /// history as published, in the same bytes as the memory broker writes, and an event without them has none.
 async fn optional_event_fields_survive_the_store_and_the_feed(fixture: Fixture) {
-    use chatlab::core::event::Notice;
+    use chatlab::model::Notice;
     let broker = fixture.process().await;
     let mut feed = broker.subscribe().await.unwrap();
     let drafts = [

@@ -17,9 +17,11 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use chatlab::broker::durable::{StoreError, StoreOptions};
-use chatlab::broker::{Broker, DurableBroker, Missed};
-use chatlab::core::event::{now_ms, Draft, EventKind};
-use chatlab::core::session::SessionRecord;
+use chatlab::broker::DurableBroker;
+use chatlab::core::Broker;
+use chatlab::model::Missed;
+use chatlab::model::SessionRecord;
+use chatlab::model::{now_ms, Draft, EventKind};
 use common::temp::TempDir;
 use common::{http, post_keyed, ws, ws_next, ws_send};
 use redis_support::Chatlab;

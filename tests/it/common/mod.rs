@@ -439,13 +439,13 @@ pub async fn post_keyed(base: &str, session: &str, key: Option<&str>, text: &str
 
 /// A stored session record as the brokers keep it: guest `guest` (nickname `游客N`), joined at `since_ms` over SSE,
 /// cursor 0.
-pub fn session_record(token: &str, since_ms: u64, guest: u64) -> chatlab::core::session::SessionRecord {
-    chatlab::core::session::SessionRecord {
+pub fn session_record(token: &str, since_ms: u64, guest: u64) -> chatlab::model::SessionRecord {
+    chatlab::model::SessionRecord {
         token: token.into(),
         id: format!("id-{token}"),
         nickname: format!("游客{guest}"),
         guest,
-        transport: chatlab::core::session::Transport::Sse,
+        transport: chatlab::model::Transport::Sse,
         since_ms,
         cursor: 0,
         seed: false,
