@@ -369,6 +369,10 @@ pub(super) fn push_backlog(items: &mut Vec<Delivery>, backlog: Backlog) -> Seq {
             items.push(Delivery::Control { json: control::gap(from, to), resume_after: to });
             last = to;
         }
+        Some(Missed::Skipped { from, to }) => {
+            items.push(Delivery::Control { json: control::skipped(from, to), resume_after: to });
+            last = to;
+        }
         Some(Missed::Ahead) => {
             items.push(Delivery::Control { json: control::reset(last, backlog.head), resume_after: backlog.head });
             last = backlog.head;

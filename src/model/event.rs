@@ -313,6 +313,15 @@ pub mod control {
         json!({"type": "gap", "from": from, "to": to, "message": message}).to_string()
     }
 
+    /// Numbers the room skipped when it recovered from a crash ([`crate::model::Missed::Skipped`]).
+    pub fn skipped(from: Seq, to: Seq) -> String {
+        let message = format!(
+            "the server restarted after a crash and skipped numbers {from} to {to}: none of them is stored (a text \
+             seen just before the crash but never saved, or a number never used); what follows resumes after them"
+        );
+        json!({"type": "gap", "reason": "skipped", "from": from, "to": to, "message": message}).to_string()
+    }
+
     /// A cursor ahead of the room (the room restarted, or the client made it up).
     pub fn reset(since: Seq, head: Seq) -> String {
         let message = format!("cursor {since} is ahead of the room (newest is {head}); resuming from {head}");

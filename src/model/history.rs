@@ -31,6 +31,15 @@ pub enum Missed {
         /// The last missed sequence number.
         to: Seq,
     },
+    /// Numbers `from..=to` were skipped when a durable room recovered from a crash: numbers given out before the
+    /// crash but never stored (texts readers may have seen whose commit had not finished), or never given out.
+    /// Nothing after the cursor was dropped from the history; the room's numbering jumps.
+    Skipped {
+        /// The first skipped sequence number.
+        from: Seq,
+        /// The last skipped sequence number.
+        to: Seq,
+    },
     /// The cursor ([`Backlog::after`]) is ahead of the room: a restarted in-memory room, or a made-up cursor.
     Ahead,
     /// The cursor is a position in another epoch: the room started over since. What follows is the room from its
@@ -58,7 +67,19 @@ impl Backlog {
             return Backlog { epoch, after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() };
         }
         let first = oldest.unwrap_or(head + 1);
-        let missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
+        let mut missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
+        let mut events = events;
+        if missed.is_none() {
+            // A hole inside the history is a skip (a durable room's recovery), told when the cursor reaches it:
+            // the events before it now, the skip on the next read.
+            let next = events.first().map(|event| event.seq);
+            if let Some(next) = next.filter(|&next| next > cursor + 1) {
+                missed = Some(Missed::Skipped { from: cursor + 1, to: next - 1 });
+            }
+            if let Some(cut) = events.windows(2).position(|pair| pair[1].seq != pair[0].seq + 1) {
+                events.truncate(cut + 1);
+            }
+        }
         Backlog { epoch, after: cursor, head, missed, events }
     }
 

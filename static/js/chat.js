@@ -106,6 +106,7 @@ function render(li, event) {
       // event.local: made up by client.js after a rejoin, not sent by the server. reason 'epoch': the room
       // started over (a restarted server); what it still keeps follows.
       if (event.reason === 'epoch') li.textContent = t('epochGap');
+      else if (event.reason === 'skipped') li.textContent = t('skipped', { from: event.from, to: event.to });
       else li.textContent = t(event.local ? 'missed' : 'gap', { from: event.from, to: event.to });
       break;
     case 'error':

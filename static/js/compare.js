@@ -95,7 +95,7 @@ function receivedEvent(state, event) {
 
   const li = document.createElement('li');
   if (event.type === 'gap') {
-    li.textContent = t('gap', { from: event.from, to: event.to });
+    li.textContent = t(event.reason === 'skipped' ? 'skipped' : 'gap', { from: event.from, to: event.to });
     li.className = 'gap';
   } else {
     state.events += 1;

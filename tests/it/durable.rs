@@ -368,6 +368,18 @@ async fn burst_then_restart(how: Stop) {
         // A clean stop writes everything: nothing is skipped.
         Stop::Term => assert_eq!(seq, head + 1, "a new text gets the next seq"),
     }
+    if seq > head + 1 {
+        // The skip is told, not silent: a cursor at the last stored event hears of it, then gets the new text.
+        let url = server.url(&format!("/api/poll?session={poller_session}&since={head}"));
+        let body: Value = http().get(url).send().await.unwrap().json().await.unwrap();
+        let told = &body["events"][0];
+        assert_eq!(
+            (&told["type"], &told["reason"], told["from"].as_u64(), told["to"].as_u64()),
+            (&Value::from("gap"), &Value::from("skipped"), Some(head + 1), Some(seq - 1)),
+            "{body}"
+        );
+        assert_eq!(body["events"][1]["seq"].as_u64(), Some(seq), "{body}");
+    }
 
     // The poller is still alice, with the same id; the socket's session resumes where it read.
     let presence: Value = http().get(server.url("/api/presence")).send().await.unwrap().json().await.unwrap();
