@@ -382,9 +382,14 @@ fn unwritable(why: &str) -> BrokerError {
     BrokerError::Unavailable(format!("the store cannot be written, so texts are refused: {why}"))
 }
 
+/// redb's page cache. The room is served from memory and the store is only written to (and read back at start),
+/// so its cache need only hold the pages a commit touches; redb's own default (1 GiB) kept every page the
+/// churn of sessions and history ever touched, and the server's memory grew with it for as long as it ran.
+const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Opens (or creates) the store's file; redb checks and repairs a file that was not closed cleanly.
 fn open_store(file: &Path) -> Result<Database, DatabaseError> {
-    Database::create(file)
+    redb::Builder::new().set_cache_size(STORE_CACHE_BYTES).create(file)
 }
 
 /// Checks a `FORMAT` file's `chatlab-store N`.
