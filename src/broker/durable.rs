@@ -383,8 +383,8 @@ fn unwritable(why: &str) -> BrokerError {
 }
 
 /// redb's page cache. The room is served from memory and the store is only written to (and read back at start),
-/// so its cache need only hold the pages a commit touches; redb's own default (1 GiB) kept every page the
-/// churn of sessions and history ever touched, and the server's memory grew with it for as long as it ran.
+/// so its cache need only hold the pages a commit touches; redb's own default (1 GiB) could keep every page the
+/// churn of sessions and history ever touches.
 const STORE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 /// Opens (or creates) the store's file; redb checks and repairs a file that was not closed cleanly.
