@@ -662,6 +662,13 @@ struct Watched {
     let_go: Option<oneshot::Sender<()>>,
 }
 
+impl Watched {
+    /// The let-go of this channel, seen at `gone`.
+    fn let_go_at(&self, gone: Instant) -> LetGo {
+        LetGo { fill: (self.changed - self.stopped).as_secs_f64(), after_stall: (gone - self.changed).as_secs_f64() }
+    }
+}
+
 /// One let-go, in seconds: the buffers filling (last read to stall), and stall to let-go.
 #[derive(Debug, Clone, Copy)]
 struct LetGo {
@@ -741,10 +748,7 @@ impl Watch {
             }
             _ => {
                 let gone = watched.missing.unwrap_or(now);
-                done.push(LetGo {
-                    fill: (watched.changed - watched.stopped).as_secs_f64(),
-                    after_stall: (gone - watched.changed).as_secs_f64(),
-                });
+                done.push(watched.let_go_at(gone));
                 if let Some(tx) = watched.let_go.take() {
                     let _ = tx.send(());
                 }
@@ -757,10 +761,7 @@ impl Watch {
     /// The channel on client port `port` was reset by the server now.
     fn reset(&self, port: u16) {
         let Some(watched) = self.lock().remove(&port) else { return };
-        self.done.lock().unwrap_or_else(|p| p.into_inner()).push(LetGo {
-            fill: (watched.changed - watched.stopped).as_secs_f64(),
-            after_stall: watched.changed.elapsed().as_secs_f64(),
-        });
+        self.done.lock().unwrap_or_else(|p| p.into_inner()).push(watched.let_go_at(Instant::now()));
     }
 
     /// Channels still watched whose send queue has not moved for longer than `bound`.

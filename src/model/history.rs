@@ -61,14 +61,13 @@ impl Backlog {
         cursor: Seq,
         head: Seq,
         oldest: Option<Seq>,
-        events: Vec<Arc<RoomEvent>>,
+        mut events: Vec<Arc<RoomEvent>>,
     ) -> Backlog {
         if cursor > head {
             return Backlog { epoch, after: cursor, head, missed: Some(Missed::Ahead), events: Vec::new() };
         }
         let first = oldest.unwrap_or(head + 1);
         let mut missed = (cursor + 1 < first).then(|| Missed::Gap { from: cursor + 1, to: first - 1 });
-        let mut events = events;
         if missed.is_none() {
             // A hole inside the history is a skip (a durable room's recovery), told when the cursor reaches it:
             // the events before it now, the skip on the next read.
