@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::BodyExt;
@@ -94,10 +95,19 @@ pub struct SoakArgs {
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub join_concurrency: u32,
 
+    /// Texts of `--text-bytes` posted before anyone joins, so that the server's retained history is full when the
+    /// soak's clock starts and its RSS measures the crowd, not the history filling up. Default: the server's
+    /// default `--history`; 0 posts none. A `--url` server must take them (its rate limits).
+    #[arg(long, default_value_t = 10_000)]
+    pub fill_history: u64,
+
     /// Also write the report, as JSON, to this file.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
 }
+
+/// How much the server's RSS may grow from the soak's first minute to its last and still count as flat.
+pub const RSS_GROWTH_MAX: f64 = 0.05;
 
 /// What a soak found.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -116,6 +126,9 @@ pub struct SoakReport {
     pub stalled: u32,
     /// Participants that could not join.
     pub join_errors: u32,
+    /// Texts posted before the joins to fill the retained history (`--fill-history`).
+    #[serde(default)]
+    pub history_filled: u64,
     /// Seconds the joins took.
     pub join_s: f64,
     /// Seconds of soak.
@@ -174,15 +187,26 @@ pub struct SoakReport {
 }
 
 impl SoakReport {
-    /// Nothing lost or duplicated, and every stalled channel let go in time.
+    /// Everyone joined, nothing lost or duplicated, every stalled channel let go in time, and the server's RSS
+    /// flat after the first minute.
     pub fn passed(&self) -> bool {
         let bound = self.write_timeout_s as f64 + 1.0;
-        self.lost == 0
+        self.join_errors == 0
+            && self.rss_flat() != Some(false)
+            && self.lost == 0
             && self.duplicated == 0
             && self.readers_failed == 0
             && self.overdue == 0
             && self.let_go_late == 0
             && self.let_go_after_stall_s.is_none_or(|(_, max)| max <= bound)
+    }
+
+    /// Whether the server's RSS in the last minute (median) is within [`RSS_GROWTH_MAX`] of the first minute's:
+    /// the first minute is the warm-up (stalled channels filling their buffers), and with the history filled
+    /// beforehand (`--fill-history`) nothing else should grow. `None` without RSS samples.
+    pub fn rss_flat(&self) -> Option<bool> {
+        let (first, last) = (self.rss_first_kib?, self.rss_last_kib?);
+        Some(last as f64 <= first as f64 * (1.0 + RSS_GROWTH_MAX))
     }
 
     /// The report as Markdown.
@@ -209,7 +233,7 @@ impl SoakReport {
              | stall → let go | {las}, p99 {p99}; {late} later than --write-timeout {wt} s + 1 s |\n\
              | last read → stall (buffers filling) | {fill} |\n\
              | last read → let go | {lar} |\n\
-             | server RSS | first minute {rf1}, last minute {rl1}, max {rmx} |\n\
+             | server RSS | first minute {rf1}, last minute {rl1} ({flat}), max {rmx}; history filled with {hf} texts first |\n\
              | server RSS over time (MiB) | {rpm} |\n\
              | server write_timeouts | {timeouts}, other {owt} |\n\
              | server slow_consumers, header_timeouts, idle_evictions | {slow}, {ht}, {ie} |\n\
@@ -249,6 +273,12 @@ impl SoakReport {
             rf1 = kib(self.rss_first_kib),
             rl1 = kib(self.rss_last_kib),
             rmx = kib(self.rss_max_kib),
+            flat = match self.rss_flat() {
+                Some(true) => format!("flat: within {:.0} %", RSS_GROWTH_MAX * 100.0),
+                Some(false) => format!("GROWING: over {:.0} %", RSS_GROWTH_MAX * 100.0),
+                None => "not measured".to_owned(),
+            },
+            hf = self.history_filled,
             rpm = self.rss_per_minute_kib.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(", "),
             timeouts = timeouts.join(", "),
             owt = other["write_timeouts"],
@@ -902,6 +932,11 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         watch: watch.clone(),
         errors: Arc::default(),
     };
+    if args.fill_history > 0 {
+        let started = Instant::now();
+        fill_history(&authority, args.fill_history, args.text_bytes).await?;
+        eprintln!("soak: history filled with {} texts in {:.1} s", args.fill_history, started.elapsed().as_secs_f64());
+    }
     let roles: Vec<(Technique, Role)> = (0..count).map(assign).collect();
     eprintln!("soak: {count} participants joining");
     let started = Instant::now();
@@ -1019,6 +1054,7 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         reconnecting: count_role(Role::Reconnecting),
         stalled: count_role(Role::Stalled),
         join_errors: join_errors as u32,
+        history_filled: args.fill_history,
         join_s,
         duration_s: args.duration,
         sent: counters.0.load(Ordering::Relaxed),
@@ -1055,6 +1091,40 @@ pub async fn soak(args: &SoakArgs) -> anyhow::Result<SoakReport> {
         server,
         write_timeout_s: args.write_timeout,
     })
+}
+
+/// Posts `texts` texts of `text_bytes` from one session over a few connections at once (a refused one again after
+/// a pause), then leaves.
+async fn fill_history(authority: &str, texts: u64, text_bytes: usize) -> anyhow::Result<()> {
+    const CONNECTIONS: u64 = 16;
+    let mut control = Http::connect(authority, Probe::new(), false).await?;
+    let (session, _) = control.join("poll").await?;
+    let posters = (0..CONNECTIONS).map(|connection| {
+        let (authority, session) = (authority.to_owned(), session.clone());
+        async move {
+            let mut http = Http::connect(&authority, Probe::new(), false).await?;
+            let path = format!("/api/messages?session={session}");
+            for n in (connection..texts).step_by(CONNECTIONS as usize) {
+                let mut text = format!("history {n} ");
+                text.extend(std::iter::repeat_n('x', text_bytes.saturating_sub(text.len())));
+                let text = Bytes::from(text);
+                // A server with rate limits (a `--url` one) refuses some: each is sent again a little later.
+                loop {
+                    let body = Some(("text/plain;charset=UTF-8", text.clone()));
+                    match http.call(Method::POST, &path, body).await? {
+                        (StatusCode::ACCEPTED, _) => break,
+                        (StatusCode::TOO_MANY_REQUESTS, _) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        (status, body) => {
+                            bail!("filling the history: {status} {}", String::from_utf8_lossy(&body))
+                        }
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }
+    });
+    futures_util::future::try_join_all(posters).await?;
+    control.leave(&session).await
 }
 
 /// The median and the max of `values`, if any.

@@ -193,10 +193,11 @@ pub struct RoomEvent {
 }
 
 impl RoomEvent {
-    /// Serialises `body` once.
+    /// Serialises `body` once, into a buffer of exactly its length: the event is kept for the whole history
+    /// (`--history` of them), and the serialiser's doubling buffer would keep up to twice the text's bytes.
     pub fn new(body: &EventBody) -> Self {
         let json = serde_json::to_vec(body).expect("an event body always serialises");
-        RoomEvent { seq: body.seq, json: Json(Bytes::from(json)), seen: Instant::now() }
+        RoomEvent { seq: body.seq, json: Json(Bytes::copy_from_slice(&json)), seen: Instant::now() }
     }
 
     /// Rebuilds an event from its JSON text (as stored by a broker).

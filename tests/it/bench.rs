@@ -233,7 +233,7 @@ async fn a_short_soak_loses_nothing_and_lets_stalled_connections_go() {
     let argv = [
         "chatlab", "bench", "soak", "--url", &url, "--server-pid", &pid, "--participants", "48", "--duration", "8",
         "--rate", "40", "--text-bytes", "1900", "--senders", "10", "--reconnect-every", "1", "--poll-interval", "0.5",
-        "--write-timeout", "1",
+        "--write-timeout", "1", "--fill-history", "500",
     ];
     let Some(Command::Bench(args)) = Cli::try_parse_from(argv).expect("flags").command else {
         panic!("not the bench subcommand");
@@ -244,7 +244,7 @@ async fn a_short_soak_loses_nothing_and_lets_stalled_connections_go() {
         .expect("the soak finishes within 90 s")
         .expect("the soak runs");
     assert_eq!((report.stalled, report.reconnecting), (4, 4), "{report:?}");
-    assert_eq!(report.join_errors, 0, "{report:?}");
+    assert_eq!((report.join_errors, report.history_filled), (0, 500), "{report:?}");
     assert!(report.sent > 100 && report.send_errors == 0, "{report:?}");
     assert!(report.events_received > report.sent * 30, "{report:?}");
     assert_eq!((report.lost, report.duplicated, report.gaps, report.readers_failed), (0, 0, 0, 0), "{report:?}");
