@@ -19,6 +19,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use serde_json::{json, Map, Value};
 
 use super::now_ms;
@@ -325,6 +326,7 @@ impl Exchange {
         let response_body = if self.kind == Kind::Plain { self.response_bytes - self.response.len } else { 0 };
         let record = json!({
             "type": "http",
+            "version": "http/1.1",
             "technique": self.technique.map(Transport::as_str),
             "at": self.at_ms,
             "ms": self.ms,
@@ -530,19 +532,22 @@ impl Default for EventScan {
     }
 }
 
-/// What one write of a streaming response carried.
+/// What one write of a streaming response carried (over HTTP/2: one `DATA` frame of its stream).
 #[derive(Debug)]
 struct SseWrite {
     kind: Kind,
     bytes: u64,
+    /// The framing: chunked encoding's over HTTP/1.1, the `DATA` frame's header over HTTP/2.
     chunk_bytes: u64,
     events: Vec<Value>,
     comment: bool,
+    /// The HTTP/2 stream, over HTTP/2.
+    stream: Option<u32>,
 }
 
 impl Default for SseWrite {
     fn default() -> Self {
-        SseWrite { kind: Kind::Sse, bytes: 0, chunk_bytes: 0, events: Vec::new(), comment: false }
+        SseWrite { kind: Kind::Sse, bytes: 0, chunk_bytes: 0, events: Vec::new(), comment: false, stream: None }
     }
 }
 
@@ -561,7 +566,11 @@ impl SseWrite {
             "events": self.events,
             "comment": self.comment,
         });
-        if let Value::Object(record) = record {
+        if let Value::Object(mut record) = record {
+            if let Some(stream) = self.stream {
+                record.insert("version".into(), "h2".into());
+                record.insert("stream".into(), stream.into());
+            }
             session.emit(record);
         }
     }
@@ -726,6 +735,286 @@ fn seq_of(shown: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(&shown[at..at + digits]).ok()?.parse().ok()
+}
+
+// ---- HTTP/2 ----
+
+/// One direction of an HTTP/2 stream, counted from its frames: always, a few integers whether watched or not.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Side {
+    /// Every byte of the stream's frames this way, frame headers included.
+    bytes: u64,
+    /// `HEADERS` and `CONTINUATION` frames, whole: the head, HPACK-compressed.
+    head: u64,
+    /// `DATA` frames, whole.
+    body: u64,
+    /// `DATA` payloads: the body itself.
+    data: u64,
+    frames: u64,
+}
+
+impl Side {
+    fn json(&self, head: Option<&H2Head>) -> Value {
+        json!({
+            "head": head.map_or("", |h| h.text.as_str()),
+            "head_bytes": self.head,
+            "body_bytes": self.body,
+            "data_bytes": self.data,
+            "bytes": self.bytes,
+            "frames": self.frames,
+            "http1_head_bytes": head.map_or(0, |h| h.http1_bytes),
+        })
+    }
+}
+
+/// A head of an HTTP/2 request or response as decoded, for a wire view: its lines, pseudo-headers first (at most
+/// [`HEAD_MAX`] bytes of them), and the length the same head would have as HTTP/1.1 text.
+#[derive(Debug)]
+pub(crate) struct H2Head {
+    text: String,
+    http1_bytes: u64,
+}
+
+impl H2Head {
+    fn new(pseudo: &[(&str, &str)], headers: &HeaderMap, added: &[(&str, &str)], http1_line: u64) -> Self {
+        let mut text = String::new();
+        let mut http1_bytes = http1_line + 2; // the start line, and the blank line that ends the head
+        let mut line = |name: &str, value: &[u8], pseudo: bool| {
+            if !pseudo {
+                http1_bytes += (name.len() + 2 + value.len() + 2) as u64;
+            }
+            if text.len() + name.len() + value.len() + 4 <= HEAD_MAX {
+                text.push_str(name);
+                text.push_str(": ");
+                text.push_str(&String::from_utf8_lossy(value));
+                text.push_str("\r\n");
+            }
+        };
+        for (name, value) in pseudo {
+            line(name, value.as_bytes(), true);
+        }
+        for (name, value) in headers {
+            line(name.as_str(), value.as_bytes(), false);
+        }
+        for (name, value) in added {
+            line(name, value.as_bytes(), false);
+        }
+        H2Head { text, http1_bytes }
+    }
+
+    /// A request's head as the handler got it. As HTTP/1.1 text: the request line, `host` (from `:authority`)
+    /// unless the request has one, then its headers.
+    pub(crate) fn request(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        let pseudo = [
+            (":method", method.as_str()),
+            (":path", path),
+            (":authority", authority),
+            (":scheme", uri.scheme_str().unwrap_or("")),
+        ];
+        let host = [("host", authority)];
+        let added: &[(&str, &str)] =
+            if headers.contains_key(header::HOST) || authority.is_empty() { &[] } else { &host };
+        let line = method.as_str().len() + 1 + path.len() + " HTTP/1.1\r\n".len();
+        let mut head = H2Head::new(&pseudo, headers, &[], line as u64);
+        // `host` is not shown (the request has `:authority`), only counted for HTTP/1.1.
+        head.http1_bytes += added.iter().map(|(n, v)| (n.len() + v.len() + 4) as u64).sum::<u64>();
+        head
+    }
+
+    /// A response's head as the HTTP/2 layer sends it: the handler's headers, and the `date` and `content-length`
+    /// (of a body of `body_len` bytes, when known) it adds if missing. As HTTP/1.1 text: the status line, the same
+    /// headers, and `transfer-encoding: chunked` for a body of unknown length.
+    pub(crate) fn response(status: StatusCode, headers: &HeaderMap, body_len: Option<u64>) -> Self {
+        let code = status.as_str();
+        let date = (!headers.contains_key(header::DATE)).then(|| http_date(std::time::SystemTime::now()));
+        let length = body_len.filter(|_| !headers.contains_key(header::CONTENT_LENGTH)).map(|len| len.to_string());
+        let mut added = Vec::with_capacity(2);
+        if let Some(date) = &date {
+            added.push(("date", date.as_str()));
+        }
+        if let Some(length) = &length {
+            added.push(("content-length", length.as_str()));
+        }
+        let line = "HTTP/1.1 ".len() + code.len() + 1 + status.canonical_reason().unwrap_or("").len() + 2;
+        let mut head = H2Head::new(&[(":status", code)], headers, &added, line as u64);
+        let bodiless =
+            status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        if body_len.is_none() && !bodiless && !headers.contains_key(header::CONTENT_LENGTH) {
+            head.http1_bytes += "transfer-encoding: chunked\r\n".len() as u64;
+        }
+        head
+    }
+}
+
+/// `at` as an HTTP date (RFC 9110 5.6.7, IMF-fixdate), as the HTTP layer writes `date`.
+fn http_date(at: std::time::SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm), from 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// An HTTP/2 exchange kept for a wire view: made when its response is ready, if its session is watched and the
+/// request was kept (some wire view was open when it came).
+#[derive(Debug)]
+pub(crate) struct H2Exchange {
+    technique: Option<Transport>,
+    at_ms: u64,
+    started: Instant,
+    request: H2Head,
+    response: H2Head,
+    ms: f64,
+}
+
+/// An HTTP/2 request kept from its arrival while some wire view is open.
+#[derive(Debug)]
+pub(crate) struct H2Request {
+    at_ms: u64,
+    started: Instant,
+    head: H2Head,
+}
+
+impl H2Request {
+    /// A request arriving now.
+    pub(crate) fn new(method: &Method, uri: &Uri, headers: &HeaderMap) -> Self {
+        H2Request { at_ms: now_ms(), started: Instant::now(), head: H2Head::request(method, uri, headers) }
+    }
+
+    /// Its exchange, the response's head being `response`.
+    pub(crate) fn answered(self, technique: Option<Transport>, response: H2Head) -> H2Exchange {
+        H2Exchange { technique, at_ms: self.at_ms, started: self.started, request: self.head, response, ms: 0.0 }
+    }
+}
+
+/// What an HTTP/2 stream tells a wire view: its frames counted both ways (always), its exchange (while watched),
+/// and a streaming response's `DATA` read as events (while watched, from the first `DATA` frame after the watch
+/// began: the server writes whole events per frame).
+#[derive(Debug, Default)]
+pub(crate) struct H2Log {
+    up: Side,
+    down: Side,
+    kind: Option<Kind>,
+    head_out: bool,
+    exchange: Option<Box<H2Exchange>>,
+    events: Option<Box<(EventScan, SseWrite)>>,
+}
+
+impl H2Log {
+    /// The response is ready: a `kind` one (`Plain` unless the handler named a session), kept as `exchange` if
+    /// the session is watched.
+    pub(crate) fn answered(&mut self, kind: Kind, exchange: Option<Box<H2Exchange>>) {
+        self.kind = Some(kind);
+        self.exchange = exchange;
+    }
+
+    /// A frame of this stream starts (`reading`: from the client).
+    pub(crate) fn starts(&mut self, kind: u8, reading: bool, id: u32, session: Option<&SessionWire>) {
+        let side = if reading { &mut self.up } else { &mut self.down };
+        side.frames += 1;
+        let streaming = matches!(self.kind, Some(Kind::Sse | Kind::Ndjson | Kind::Script));
+        if reading || kind != super::h2::DATA || !streaming || !session.is_some_and(SessionWire::watched) {
+            return;
+        }
+        let write = SseWrite { kind: self.kind.unwrap_or(Kind::Sse), stream: Some(id), ..SseWrite::default() };
+        match &mut self.events {
+            Some(events) => events.1 = write,
+            None => self.events = Some(Box::new((EventScan::default(), write))),
+        }
+    }
+
+    /// `n` bytes of a frame of type `kind` passed; `payload` holds them if they are its payload.
+    pub(crate) fn bytes(&mut self, kind: u8, n: u64, payload: &[u8], reading: bool) {
+        use super::h2::{CONTINUATION, DATA, HEADERS};
+        let side = if reading { &mut self.up } else { &mut self.down };
+        side.bytes += n;
+        match kind {
+            HEADERS | CONTINUATION => side.head += n,
+            DATA => {
+                side.body += n;
+                side.data += payload.len() as u64;
+                if let (false, Some(events)) = (reading, &mut self.events) {
+                    let (scan, write) = &mut **events;
+                    write.bytes += n;
+                    if payload.is_empty() {
+                        write.chunk_bytes += n;
+                    } else {
+                        scan.feed(payload, write.kind, write);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A frame of this stream ended: a response head out reports a streaming exchange; a `DATA` frame of a
+    /// streaming response becomes its record.
+    pub(crate) fn ends(&mut self, kind: u8, flags: u8, reading: bool, id: u32, session: Option<&SessionWire>) {
+        use super::h2::{CONTINUATION, DATA, END_HEADERS, HEADERS};
+        if reading {
+            return;
+        }
+        if matches!(kind, HEADERS | CONTINUATION) && flags & END_HEADERS != 0 && !self.head_out {
+            self.head_out = true;
+            if let Some(exchange) = &mut self.exchange {
+                exchange.ms = (exchange.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+            }
+            if self.kind.is_some_and(|k| k != Kind::Plain) {
+                self.report(id, session);
+            }
+        }
+        if kind == DATA {
+            if let (Some(events), Some(session)) = (&mut self.events, session) {
+                let write = std::mem::take(&mut events.1);
+                if session.watched() && write.bytes > 0 {
+                    write.report(session);
+                }
+            }
+        }
+    }
+
+    /// The stream ended: a plain exchange is reported.
+    pub(crate) fn ended(&mut self, id: u32, session: Option<&SessionWire>) {
+        self.report(id, session);
+    }
+
+    fn report(&mut self, id: u32, session: Option<&SessionWire>) {
+        let (Some(exchange), Some(session)) = (self.exchange.take(), session) else { return };
+        let streaming = self.kind.is_some_and(|k| k != Kind::Plain);
+        let record = json!({
+            "type": "http",
+            "version": "h2",
+            "stream": id,
+            "technique": exchange.technique.map(Transport::as_str),
+            "at": exchange.at_ms,
+            "ms": exchange.ms,
+            "request": self.up.json(Some(&exchange.request)),
+            "response": self.down.json(Some(&exchange.response)),
+            "streaming": streaming,
+        });
+        if let Value::Object(record) = record {
+            session.emit(record);
+        }
+    }
 }
 
 #[cfg(test)]
