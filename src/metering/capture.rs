@@ -783,10 +783,11 @@ impl H2Head {
             if !pseudo {
                 http1_bytes += (name.len() + 2 + value.len() + 2) as u64;
             }
+            let value = String::from_utf8_lossy(value);
             if text.len() + name.len() + value.len() + 4 <= HEAD_MAX {
                 text.push_str(name);
                 text.push_str(": ");
-                text.push_str(&String::from_utf8_lossy(value));
+                text.push_str(&value);
                 text.push_str("\r\n");
             }
         };
@@ -813,13 +814,12 @@ impl H2Head {
             (":authority", authority),
             (":scheme", uri.scheme_str().unwrap_or("")),
         ];
-        let host = [("host", authority)];
-        let added: &[(&str, &str)] =
-            if headers.contains_key(header::HOST) || authority.is_empty() { &[] } else { &host };
         let line = method.as_str().len() + 1 + path.len() + " HTTP/1.1\r\n".len();
         let mut head = H2Head::new(&pseudo, headers, &[], line as u64);
         // `host` is not shown (the request has `:authority`), only counted for HTTP/1.1.
-        head.http1_bytes += added.iter().map(|(n, v)| (n.len() + v.len() + 4) as u64).sum::<u64>();
+        if !headers.contains_key(header::HOST) && !authority.is_empty() {
+            head.http1_bytes += ("host: \r\n".len() + authority.len()) as u64;
+        }
         head
     }
 
@@ -841,7 +841,10 @@ impl H2Head {
         let mut head = H2Head::new(&[(":status", code)], headers, &added, line as u64);
         let bodiless =
             status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-        if body_len.is_none() && !bodiless && !headers.contains_key(header::CONTENT_LENGTH) {
+        if bodiless {
+            // HTTP/1.1 announces no length for a status that has no body.
+            head.http1_bytes -= length.map_or(0, |l| ("content-length: \r\n".len() + l.len()) as u64);
+        } else if body_len.is_none() && !headers.contains_key(header::CONTENT_LENGTH) {
             head.http1_bytes += "transfer-encoding: chunked\r\n".len() as u64;
         }
         head
@@ -932,7 +935,12 @@ impl H2Log {
         let side = if reading { &mut self.up } else { &mut self.down };
         side.frames += 1;
         let streaming = matches!(self.kind, Some(Kind::Sse | Kind::Ndjson | Kind::Script));
-        if reading || kind != super::h2::DATA || !streaming || !session.is_some_and(SessionWire::watched) {
+        if reading || kind != super::h2::DATA || !streaming {
+            return;
+        }
+        if !session.is_some_and(SessionWire::watched) {
+            // No longer watched: nothing more is read or kept.
+            self.events = None;
             return;
         }
         let write = SseWrite { kind: self.kind.unwrap_or(Kind::Sse), stream: Some(id), ..SseWrite::default() };
@@ -1020,6 +1028,45 @@ impl H2Log {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        let at = |secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        assert_eq!(http_date(at(784_111_777)), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(at(0)), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(http_date(at(951_782_400)), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(http_date(at(1_796_361_599)), "Fri, 04 Dec 2026 05:19:59 GMT");
+    }
+
+    /// An HTTP/2 head is shown pseudo-headers first; as HTTP/1.1 text it is what hyper's HTTP/1.1 writes.
+    #[test]
+    fn h2_heads_are_shown_and_sized_as_http11_text() {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", "*/*".parse().unwrap());
+        let uri: Uri = "https://localhost:8443/api/poll?session=a".parse().unwrap();
+        let head = H2Head::request(&Method::GET, &uri, &headers);
+        assert_eq!(
+            head.text,
+            ":method: GET\r\n:path: /api/poll?session=a\r\n:authority: localhost:8443\r\n:scheme: https\r\naccept: */*\r\n"
+        );
+        let text = "GET /api/poll?session=a HTTP/1.1\r\nhost: localhost:8443\r\naccept: */*\r\n\r\n";
+        assert_eq!(head.http1_bytes, text.len() as u64);
+
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", "text/event-stream".parse().unwrap());
+        let head = H2Head::response(StatusCode::OK, &headers, None);
+        assert!(head.text.starts_with(":status: 200\r\ncontent-type: text/event-stream\r\ndate: "), "{}", head.text);
+        let text = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ndate: Fri, 04 Dec 2026 05:19:59 GMT\r\n\
+                    transfer-encoding: chunked\r\n\r\n";
+        assert_eq!(head.http1_bytes, text.len() as u64);
+        let head = H2Head::response(StatusCode::NO_CONTENT, &HeaderMap::new(), Some(0));
+        assert_eq!(head.text.lines().last(), Some("content-length: 0"));
+        assert_eq!(
+            head.http1_bytes,
+            "HTTP/1.1 204 No Content\r\ndate: Fri, 04 Dec 2026 05:19:59 GMT\r\n\r\n".len() as u64,
+            "no length for a bodiless status"
+        );
+    }
 
     #[test]
     fn head_ends_are_found_across_reads() {

@@ -139,21 +139,29 @@ mod tests {
         out
     }
 
-    /// Bytes per stream, and the frames seen ending, for `wire` cut into pieces of `step` bytes.
-    fn follow(frames: &mut Frames, wire: &[u8], step: usize) -> (Vec<(u32, u64)>, Vec<Head>) {
+    /// Bytes per stream, the frames seen ending, and the payloads of `DATA` frames as passed, for `wire` cut into
+    /// pieces of `step` bytes.
+    fn follow(frames: &mut Frames, wire: &[u8], step: usize) -> (Vec<(u32, u64)>, Vec<Head>, Vec<u8>) {
         let mut bytes: Vec<(u32, u64)> = Vec::new();
         let mut ended = Vec::new();
+        let mut data = Vec::new();
         for chunk in wire.chunks(step) {
             frames.feed(chunk, &mut |piece| match piece {
-                Piece::Bytes { stream, n, .. } => match bytes.iter_mut().find(|(s, _)| *s == stream) {
-                    Some((_, total)) => *total += n,
-                    None => bytes.push((stream, n)),
-                },
+                Piece::Bytes { stream, kind, n, payload } => {
+                    assert!(payload.is_empty() || payload.len() as u64 == n);
+                    if kind == DATA {
+                        data.extend_from_slice(payload);
+                    }
+                    match bytes.iter_mut().find(|(s, _)| *s == stream) {
+                        Some((_, total)) => *total += n,
+                        None => bytes.push((stream, n)),
+                    }
+                }
                 Piece::Ends(head) => ended.push(head),
                 Piece::Starts(_) => {}
             });
         }
-        (bytes, ended)
+        (bytes, ended, data)
     }
 
     #[test]
@@ -165,7 +173,8 @@ mod tests {
         wire.extend(frame(DATA, END_STREAM, 1, &[3; 300]));
         wire.extend(frame(RST_STREAM, 0, 3, &[0; 4]));
         for step in [1, 2, 7, 9, 10, 64, wire.len()] {
-            let (bytes, ended) = follow(&mut Frames::from_client(), &wire, step);
+            let (bytes, ended, data) = follow(&mut Frames::from_client(), &wire, step);
+            assert_eq!(data, vec![3; 300], "the DATA payload, whole and alone");
             assert_eq!(bytes, vec![(0, 24 + 15), (1, 49 + 309), (3, 26 + 13)], "cut every {step} bytes");
             let kinds: Vec<(u8, u32)> = ended.iter().map(|h| (h.kind, h.stream)).collect();
             assert_eq!(kinds, vec![(0x4, 0), (HEADERS, 1), (HEADERS, 3), (DATA, 1), (RST_STREAM, 3)]);
