@@ -14,6 +14,14 @@
 //!   session is watched each write becomes an `sse` record listing the events it completed. The server writes
 //!   whole events per chunk, so a watch that begins mid-stream starts reading events at the next chunk.
 //!
+//! An HTTP/2 connection's bytes are given to its streams by their frames (`super::h2`), and each stream has an
+//! `H2Log`: it counts the stream's frames by kind both ways, always (a few integers). While some wire view is
+//! open, each request's head is kept as the server decoded it (`H2Request`); if the stream's session is
+//! watched, the response's head is added when it is ready, and the exchange becomes an `http` record marked
+//! `h2` once the stream ends (or, for a stream of events, once its response `HEADERS` are out), its figures the
+//! stream's frames. A streaming response's `DATA` frames are read as events like HTTP/1.1 chunks, one record per
+//! frame, from the first frame after the watch began.
+//!
 //! Nothing here allocates for an unwatched session: the frame and chunk cutters are a few integers.
 
 use std::sync::Arc;
@@ -754,15 +762,15 @@ pub(crate) struct Side {
 }
 
 impl Side {
-    fn json(&self, head: Option<&H2Head>) -> Value {
+    fn json(&self, head: &H2Head) -> Value {
         json!({
-            "head": head.map_or("", |h| h.text.as_str()),
+            "head": head.text,
             "head_bytes": self.head,
             "body_bytes": self.body,
             "data_bytes": self.data,
             "bytes": self.bytes,
             "frames": self.frames,
-            "http1_head_bytes": head.map_or(0, |h| h.http1_bytes),
+            "http1_head_bytes": head.http1_bytes,
         })
     }
 }
@@ -1015,8 +1023,8 @@ impl H2Log {
             "technique": exchange.technique.map(Transport::as_str),
             "at": exchange.at_ms,
             "ms": exchange.ms,
-            "request": self.up.json(Some(&exchange.request)),
-            "response": self.down.json(Some(&exchange.response)),
+            "request": self.up.json(&exchange.request),
+            "response": self.down.json(&exchange.response),
             "streaming": streaming,
         });
         if let Value::Object(record) = record {
