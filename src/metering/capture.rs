@@ -885,6 +885,20 @@ fn http_date(at: std::time::SystemTime) -> String {
     )
 }
 
+/// An HTTP/2 connection as its streams' records describe it: a few integers, counted always.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct H2Connection {
+    /// The connection's number in this process (its socket's).
+    pub(crate) id: u64,
+    /// Streams the client has opened on it so far.
+    pub(crate) streams: u64,
+    /// Its own bytes (the client's preface, the frames of stream 0: `SETTINGS`, `PING`, `WINDOW_UPDATE`, `GOAWAY`)
+    /// read so far.
+    pub(crate) bytes_in: u64,
+    /// Its own bytes written so far.
+    pub(crate) bytes_out: u64,
+}
+
 /// An HTTP/2 exchange kept for a wire view: made when its response is ready, if its session is watched and the
 /// request was kept (some wire view was open when it came).
 #[derive(Debug)]
@@ -984,7 +998,15 @@ impl H2Log {
 
     /// A frame of this stream ended: a response head out reports a streaming exchange; a `DATA` frame of a
     /// streaming response becomes its record.
-    pub(crate) fn ends(&mut self, kind: u8, flags: u8, reading: bool, id: u32, session: Option<&SessionWire>) {
+    pub(crate) fn ends(
+        &mut self,
+        kind: u8,
+        flags: u8,
+        reading: bool,
+        id: u32,
+        session: Option<&SessionWire>,
+        connection: &H2Connection,
+    ) {
         use super::h2::{CONTINUATION, DATA, END_HEADERS, HEADERS};
         if reading {
             return;
@@ -995,7 +1017,7 @@ impl H2Log {
                 exchange.ms = (exchange.started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
             }
             if self.kind.is_some_and(|k| k != Kind::Plain) {
-                self.report(id, session);
+                self.report(id, session, connection);
             }
         }
         if kind == DATA {
@@ -1009,11 +1031,11 @@ impl H2Log {
     }
 
     /// The stream ended: a plain exchange is reported.
-    pub(crate) fn ended(&mut self, id: u32, session: Option<&SessionWire>) {
-        self.report(id, session);
+    pub(crate) fn ended(&mut self, id: u32, session: Option<&SessionWire>, connection: &H2Connection) {
+        self.report(id, session, connection);
     }
 
-    fn report(&mut self, id: u32, session: Option<&SessionWire>) {
+    fn report(&mut self, id: u32, session: Option<&SessionWire>, connection: &H2Connection) {
         let (Some(exchange), Some(session)) = (self.exchange.take(), session) else { return };
         let streaming = self.kind.is_some_and(|k| k != Kind::Plain);
         let record = json!({
@@ -1026,6 +1048,12 @@ impl H2Log {
             "request": self.up.json(&exchange.request),
             "response": self.down.json(&exchange.response),
             "streaming": streaming,
+            "connection": {
+                "id": connection.id,
+                "streams": connection.streams,
+                "bytes_in": connection.bytes_in,
+                "bytes_out": connection.bytes_out,
+            },
         });
         if let Value::Object(record) = record {
             session.emit(record);

@@ -35,7 +35,8 @@
 //! An HTTP/2 connection (HTTPS with ALPN `h2`, see `serve.rs`) carries many requests at once, interleaved, so the
 //! rhythm above does not hold. The cell follows the frame headers in both directions instead (`h2.rs`): every
 //! frame's bytes belong to its stream; a stream is opened by the client's `HEADERS` with a new stream id, its
-//! request reaches the service in that order (the service claims the oldest unclaimed stream), and its handler's
+//! request reaches the service in that order (hyper calls the service as it accepts each stream, and the call
+//! claims the oldest unclaimed stream), and its handler's
 //! choice gives the stream's bytes to a technique and a session as above. The client's preface and the frames of
 //! stream 0 belong to the connection: they count under no technique (`other.http2_connection_bytes_*`). A stream
 //! ends with the server's `END_STREAM` or a `RST_STREAM` either way; a connection without open streams awaits a
@@ -88,7 +89,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 use tower_http::timeout::TimeoutBody;
 
-use super::capture::{H2Exchange, H2Head, H2Log, H2Request, Kind, Log};
+use super::capture::{H2Connection, H2Exchange, H2Head, H2Log, H2Request, Kind, Log};
 use super::h2::{Frames, Piece, DATA, END_STREAM, HEADERS, RST_STREAM};
 use super::session::SessionWire;
 use super::Metering;
@@ -683,6 +684,8 @@ struct Streams {
     unclaimed: std::collections::VecDeque<u32>,
     /// The highest stream id the client has opened.
     last: u32,
+    /// What a wire view's records say of the connection: its streams so far and its own bytes.
+    summary: H2Connection,
 }
 
 /// How many ended streams keep their owner for late frames.
@@ -699,7 +702,7 @@ struct Stream {
 }
 
 impl Streams {
-    fn new() -> Self {
+    fn new(connection: u64) -> Self {
         Streams {
             reads: Frames::from_client(),
             writes: Frames::from_server(),
@@ -707,6 +710,7 @@ impl Streams {
             ended: std::collections::VecDeque::new(),
             unclaimed: std::collections::VecDeque::new(),
             last: 0,
+            summary: H2Connection { id: connection, ..H2Connection::default() },
         }
     }
 
@@ -792,7 +796,7 @@ impl Connection {
     /// The connection speaks HTTP/2 (ALPN chose `h2`): its bytes are given to streams from now on.
     pub fn speak_http2(&self) {
         self.metering.others().http2_connections_total.fetch_add(1, Ordering::Relaxed);
-        self.state().h2 = Some(Box::new(Streams::new()));
+        self.state().h2 = Some(Box::new(Streams::new(self.id)));
     }
 
     /// The stream of the HTTP/2 request reaching the service now (the oldest unclaimed one); `None` on HTTP/1.1.
@@ -846,6 +850,7 @@ impl Connection {
                     };
                     streams.open.insert(head.stream, stream);
                     streams.unclaimed.push_back(head.stream);
+                    streams.summary.streams += 1;
                     opened = true;
                 }
                 if let Some(open) = streams.open.get_mut(&head.stream) {
@@ -866,6 +871,11 @@ impl Connection {
                     }
                     Some((owner, session)) => self.count(owner, session.as_deref(), read, written, true),
                     None => {
+                        if reading {
+                            streams.summary.bytes_in += n;
+                        } else {
+                            streams.summary.bytes_out += n;
+                        }
                         let others = self.metering.others();
                         let (total, own) = if reading {
                             (&others.wire_bytes_in, &others.http2_connection_bytes_in)
@@ -878,15 +888,16 @@ impl Connection {
                 }
             }
             Piece::Ends(head) => {
+                let summary = streams.summary;
                 if let Some(open) = streams.open.get_mut(&head.stream) {
-                    open.log.ends(head.kind, head.flags, reading, head.stream, open.session.as_deref());
+                    open.log.ends(head.kind, head.flags, reading, head.stream, open.session.as_deref(), &summary);
                 }
                 let ends = head.kind == RST_STREAM
                     || (!reading && (head.kind == DATA || head.kind == HEADERS) && head.flags & END_STREAM != 0);
                 if ends {
                     if let Some(mut stream) = streams.open.remove(&head.stream) {
                         closed = true;
-                        stream.log.ended(head.stream, stream.session.as_deref());
+                        stream.log.ended(head.stream, stream.session.as_deref(), &summary);
                         if stream.owner == Owner::Undecided {
                             // Reset before its request was answered: nobody's.
                             streams.unclaimed.retain(|id| *id != head.stream);
@@ -1245,6 +1256,20 @@ impl Service<Request> for Metered {
         let routed = self.router.call(request);
         let choice = Choice { technique: Cell::new(NONE), session: Cell::new(None), http2: stream.is_some() };
         CHOSEN.scope(choice, Answered { routed, connection: self.connection.clone(), stream, kept })
+    }
+}
+
+/// The service as hyper calls it, for HTTP/2: hyper calls it for each request as it accepts the request's stream,
+/// in the order the client opened them, and that is when the request claims its stream (the oldest unclaimed
+/// one). Through tower's adapter the call would wait for the request's task to first run, and tasks run in any
+/// order on a multi-threaded runtime: requests would claim each other's streams.
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Metered {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = TaskLocalFuture<Choice, Answered>;
+
+    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        Service::call(&mut self.clone(), request.map(Body::new))
     }
 }
 

@@ -433,6 +433,13 @@ class WireView {
       }), response.head),
       span('rec-at', t('wire.h2Frames', { i: count(request.frames), o: count(response.frames) })
         + ' ' + t('wire.at', { time: clock(r.at) })));
+    const connection = r.connection;
+    if (connection) {
+      li.dataset.connection = connection.id;
+      details.append(span('rec-at', t('wire.h2Connection', {
+        id: connection.id, n: count(connection.streams), i: bytes(connection.bytes_in), o: bytes(connection.bytes_out),
+      })));
+    }
     li.append(details);
     return li;
   }

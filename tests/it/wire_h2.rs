@@ -53,6 +53,14 @@ async fn exchange(view: &mut View, client: &Client, stream: u32, technique: &str
     let counted = client.stream(stream);
     assert_eq!(side(&record["request"]), counted.up, "the request's frames as the client wrote them: {record}");
     assert_eq!(side(&record["response"]), counted.down, "the response's frames as the client read them: {record}");
+    // The connection so far: its streams, and its own bytes (the preface and SETTINGS at least), which the client
+    // has counted too by the time the record arrives.
+    let connection = &record["connection"];
+    let opened = client.opened();
+    assert!(opened.contains(&stream) && u(&connection["streams"]) <= opened.len() as u64, "{record}");
+    let own = client.connection();
+    assert!((24 + 9..=own.up.bytes).contains(&u(&connection["bytes_in"])), "{record} against {own:?}");
+    assert!((9..=own.down.bytes).contains(&u(&connection["bytes_out"])), "{record} against {own:?}");
     record
 }
 
@@ -107,6 +115,9 @@ async fn h2_polls_and_posts_are_shown_with_the_bytes_of_their_streams() {
         polls.push(record);
     }
     let (first, second) = (&polls[0], &polls[1]);
+    assert_eq!(first["connection"]["id"], second["connection"]["id"], "one connection");
+    let streams = (u(&first["connection"]["streams"]), u(&second["connection"]["streams"]));
+    assert_eq!(streams.1, streams.0 + 1, "one more stream on it");
     let (h1, h2) = (u(&first["request"]["head_bytes"]), u(&second["request"]["head_bytes"]));
     assert!(h2 < h1, "the repeated request head is mostly HPACK table references: {h2} < {h1}");
     let (h1, h2) = (u(&first["response"]["head_bytes"]), u(&second["response"]["head_bytes"]));
@@ -213,5 +224,39 @@ async fn h2_held_and_streaming_responses_are_shown_frame_by_frame() {
         }
         let down = client.stream(stream).down;
         assert_eq!((down.body, down.data, down.frames), (bytes, data, frames + 1), "{technique}: HEADERS, then DATA");
+    }
+}
+
+/// Requests sent at once on one HTTP/2 connection count for their own sessions, whatever order the server's
+/// threads run them in: each of eight sessions polls at the same moment with a header of its own length, and the
+/// bytes each session's counters gain grow with that length, request by request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_h2_requests_count_for_their_own_sessions() {
+    let server = start_with(Config { tls_self_signed: true, ..config() }).await;
+    let mut client = Client::connect(&server, "h2").await;
+    let mut sessions = vec![];
+    for _ in 0..8 {
+        sessions.push(client.join("poll").await.0);
+    }
+    let bytes_in = |server: &Server, session: &str| {
+        let wire = server.room.metering().sessions().get(session).expect("a known session");
+        wire.wire_bytes_in.load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Characters of one HPACK Huffman length (5 bits), a new one each round so that no value is a table hit.
+    for round in ['a', 'c', 'e', 'i', 'o'] {
+        let before: Vec<u64> = sessions.iter().map(|s| bytes_in(&server, s)).collect();
+        let polls = sessions.iter().enumerate().map(|(i, session)| {
+            let mut client = client.fork();
+            let pad = round.to_string().repeat(200 * (i + 1));
+            let path = format!("/api/poll?session={session}");
+            async move { client.request(Method::GET, &path, None, &[("x-pad", &pad)]).await.status() }
+        });
+        let statuses = futures_util::future::join_all(polls).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+        let gained: Vec<u64> = sessions.iter().zip(&before).map(|(s, b)| bytes_in(&server, s) - b).collect();
+        // 200 more characters are 125 more bytes; HPACK's table evicting older entries moves a head by a few tens.
+        for pair in gained.windows(2) {
+            assert!((75..=175).contains(&(pair[1] - pair[0].min(pair[1]))), "round {round}: {gained:?}");
+        }
     }
 }

@@ -67,6 +67,7 @@ impl Follow {
             if self.preface > 0 {
                 let n = self.preface.min(data.len());
                 self.preface -= n;
+                count(0xFF, 0, n as u64, 0, false);
                 data = &data[n..];
                 continue;
             }
@@ -110,6 +111,8 @@ pub struct H2Count {
     pub streams: std::collections::BTreeMap<u32, StreamCount>,
     /// The streams the client opened, in order.
     pub opened: Vec<u32>,
+    /// The connection's own bytes: the preface and the frames of stream 0.
+    pub connection: StreamCount,
 }
 
 impl H2Count {
@@ -118,10 +121,13 @@ impl H2Count {
     }
 
     fn feed(&mut self, data: &[u8], wrote: bool) {
-        let H2Count { wrote: w, read: r, streams, opened } = self;
+        let H2Count { wrote: w, read: r, streams, opened, connection } = self;
         let follow = if wrote { w } else { r };
         follow.feed(data, &mut |kind, stream, n, payload, starts| {
             if stream == 0 {
+                let side = if wrote { &mut connection.up } else { &mut connection.down };
+                side.bytes += n;
+                side.frames += u64::from(starts);
                 return;
             }
             if wrote && starts && kind == 0x1 && !streams.contains_key(&stream) {
@@ -232,6 +238,11 @@ impl Client {
     pub fn stream(&self, id: u32) -> StreamCount {
         let h2 = self.bytes.h2.lock().unwrap();
         h2.as_ref().expect("an HTTP/2 connection").streams.get(&id).copied().unwrap_or_default()
+    }
+
+    /// The connection's own bytes (preface, stream 0's frames) as counted so far.
+    pub fn connection(&self) -> StreamCount {
+        self.bytes.h2.lock().unwrap().as_ref().expect("an HTTP/2 connection").connection
     }
 
     /// The HTTP/2 streams this connection opened, in order.
