@@ -175,3 +175,25 @@ test('the wire view over https: every HTTP technique\'s requests as h2 streams, 
     }
   }
 });
+
+test('the wire view\'s HTTP/2 rows in Chinese fit a phone too', { timeout: 60_000 }, async () => {
+  const page = await newPage(env.browser, { viewport: { width: 390, height: 844 } });
+  try {
+    await page.addInitScript(() => localStorage.setItem('chatlab.lang', 'zh'));
+    await page.goto(`${env.server.url}/?transport=poll&interval=1&wire=1`);
+    await waitConnected(page);
+    const row = page.locator('#wire .rec-http[data-version="h2"][data-technique="poll"]').last();
+    await row.waitFor({ timeout: 10_000 });
+    const sizes = await row.locator('.rec-sizes').textContent();
+    assert.ok(/^流 \d+ · ↑ /.test(sizes) && sizes.includes('HEADERS') && sizes.includes('DATA'), sizes);
+    const saving = await row.locator('.rec-hpack').textContent();
+    assert.ok(saving.startsWith('头部线上 ') && saving.includes('HPACK') && /省了 \d+%$/.test(saving), saving);
+    await row.locator('summary').click();
+    const connection = await row.locator('.rec-at').last().textContent();
+    assert.ok(/^连接 #\d+/.test(connection), connection);
+    assert.equal(await horizontalOverflow(page), 0, 'nothing scrolls sideways at 390 px');
+    assert.deepEqual(page.errors, []);
+  } finally {
+    await page.context().close().catch(() => {});
+  }
+});
