@@ -150,9 +150,8 @@ impl Served {
     where
         S: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
     {
-        let service = Metered::new(self.router.clone(), &stream, self.peer)
-            .map_request(|request: axum::http::Request<Incoming>| request.map(Body::new));
-        let service = TowerToHyperService::new(service);
+        // Called by hyper itself (not through tower's adapter), so that each request claims its stream in order.
+        let service = Metered::new(self.router.clone(), &stream, self.peer);
         let mut connection = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
         tokio::select! {
             result = connection.as_mut() => {

@@ -10,11 +10,17 @@
 
 /// The client's connection preface (RFC 9113 section 3.4), which comes before its first frame.
 const PREFACE_LEN: u32 = 24;
+/// The `kind` of the preface's bytes (no frame type has it).
+pub(crate) const PREFACE: u8 = 0xFF;
 
 /// `DATA`.
 pub(crate) const DATA: u8 = 0x0;
 /// `HEADERS`.
 pub(crate) const HEADERS: u8 = 0x1;
+/// `CONTINUATION`: more of a header block.
+pub(crate) const CONTINUATION: u8 = 0x9;
+/// The `END_HEADERS` flag of `HEADERS` and `CONTINUATION`.
+pub(crate) const END_HEADERS: u8 = 0x4;
 /// `RST_STREAM`.
 pub(crate) const RST_STREAM: u8 = 0x3;
 /// The `END_STREAM` flag of `DATA` and `HEADERS`.
@@ -35,12 +41,13 @@ pub(crate) struct Head {
 
 /// What a run of bytes was, in the order the bytes came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Piece {
+pub(crate) enum Piece<'a> {
     /// A frame's header is complete: its 9 bytes are counted with the frame's stream right after.
     Starts(Head),
     /// `n` bytes of `stream`'s frames (a header once complete, payload as it passes); stream 0 for the preface and
-    /// the connection's own frames.
-    Bytes { stream: u32, n: u64 },
+    /// the connection's own frames. `payload` holds them when they are a frame's payload (empty for a header and
+    /// the preface), and `kind` is the type of their frame ([`PREFACE`] for the preface).
+    Bytes { stream: u32, kind: u8, n: u64, payload: &'a [u8] },
     /// A frame's last byte has passed.
     Ends(Head),
 }
@@ -69,12 +76,12 @@ impl Frames {
     }
 
     /// Follows `data`, telling `piece` what each run of it was.
-    pub(crate) fn feed(&mut self, mut data: &[u8], piece: &mut impl FnMut(Piece)) {
+    pub(crate) fn feed<'a>(&mut self, mut data: &'a [u8], piece: &mut impl FnMut(Piece<'a>)) {
         while !data.is_empty() {
             if self.preface > 0 {
                 let n = (self.preface as usize).min(data.len());
                 self.preface -= n as u32;
-                piece(Piece::Bytes { stream: 0, n: n as u64 });
+                piece(Piece::Bytes { stream: 0, kind: PREFACE, n: n as u64, payload: &[] });
                 data = &data[n..];
                 continue;
             }
@@ -83,7 +90,7 @@ impl Frames {
                     let n = (*left as usize).min(data.len());
                     *left -= n as u32;
                     let head = *head;
-                    piece(Piece::Bytes { stream: head.stream, n: n as u64 });
+                    piece(Piece::Bytes { stream: head.stream, kind: head.kind, n: n as u64, payload: &data[..n] });
                     data = &data[n..];
                     if *left == 0 {
                         self.current = None;
@@ -107,7 +114,7 @@ impl Frames {
                         stream: u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff,
                     };
                     piece(Piece::Starts(head));
-                    piece(Piece::Bytes { stream: head.stream, n: 9 });
+                    piece(Piece::Bytes { stream: head.stream, kind: head.kind, n: 9, payload: &[] });
                     if head.len == 0 {
                         piece(Piece::Ends(head));
                     } else {
@@ -132,21 +139,29 @@ mod tests {
         out
     }
 
-    /// Bytes per stream, and the frames seen ending, for `wire` cut into pieces of `step` bytes.
-    fn follow(frames: &mut Frames, wire: &[u8], step: usize) -> (Vec<(u32, u64)>, Vec<Head>) {
+    /// Bytes per stream, the frames seen ending, and the payloads of `DATA` frames as passed, for `wire` cut into
+    /// pieces of `step` bytes.
+    fn follow(frames: &mut Frames, wire: &[u8], step: usize) -> (Vec<(u32, u64)>, Vec<Head>, Vec<u8>) {
         let mut bytes: Vec<(u32, u64)> = Vec::new();
         let mut ended = Vec::new();
+        let mut data = Vec::new();
         for chunk in wire.chunks(step) {
             frames.feed(chunk, &mut |piece| match piece {
-                Piece::Bytes { stream, n } => match bytes.iter_mut().find(|(s, _)| *s == stream) {
-                    Some((_, total)) => *total += n,
-                    None => bytes.push((stream, n)),
-                },
+                Piece::Bytes { stream, kind, n, payload } => {
+                    assert!(payload.is_empty() || payload.len() as u64 == n);
+                    if kind == DATA {
+                        data.extend_from_slice(payload);
+                    }
+                    match bytes.iter_mut().find(|(s, _)| *s == stream) {
+                        Some((_, total)) => *total += n,
+                        None => bytes.push((stream, n)),
+                    }
+                }
                 Piece::Ends(head) => ended.push(head),
                 Piece::Starts(_) => {}
             });
         }
-        (bytes, ended)
+        (bytes, ended, data)
     }
 
     #[test]
@@ -158,7 +173,8 @@ mod tests {
         wire.extend(frame(DATA, END_STREAM, 1, &[3; 300]));
         wire.extend(frame(RST_STREAM, 0, 3, &[0; 4]));
         for step in [1, 2, 7, 9, 10, 64, wire.len()] {
-            let (bytes, ended) = follow(&mut Frames::from_client(), &wire, step);
+            let (bytes, ended, data) = follow(&mut Frames::from_client(), &wire, step);
+            assert_eq!(data, vec![3; 300], "the DATA payload, whole and alone");
             assert_eq!(bytes, vec![(0, 24 + 15), (1, 49 + 309), (3, 26 + 13)], "cut every {step} bytes");
             let kinds: Vec<(u8, u32)> = ended.iter().map(|h| (h.kind, h.stream)).collect();
             assert_eq!(kinds, vec![(0x4, 0), (HEADERS, 1), (HEADERS, 3), (DATA, 1), (RST_STREAM, 3)]);

@@ -35,12 +35,15 @@
 //! An HTTP/2 connection (HTTPS with ALPN `h2`, see `serve.rs`) carries many requests at once, interleaved, so the
 //! rhythm above does not hold. The cell follows the frame headers in both directions instead (`h2.rs`): every
 //! frame's bytes belong to its stream; a stream is opened by the client's `HEADERS` with a new stream id, its
-//! request reaches the service in that order (the service claims the oldest unclaimed stream), and its handler's
+//! request reaches the service in that order (hyper calls the service as it accepts each stream, and the call
+//! claims the oldest unclaimed stream), and its handler's
 //! choice gives the stream's bytes to a technique and a session as above. The client's preface and the frames of
 //! stream 0 belong to the connection: they count under no technique (`other.http2_connection_bytes_*`). A stream
 //! ends with the server's `END_STREAM` or a `RST_STREAM` either way; a connection without open streams awaits a
-//! request as an HTTP/1.1 one awaits a head (`--header-timeout`, idle eviction). The wire view does not read
-//! HTTP/2 connections back.
+//! request as an HTTP/1.1 one awaits a head (`--header-timeout`, idle eviction). For a wire view, each stream's
+//! frames are counted by kind both ways and, while its session is watched, its exchange is reported as an `http`
+//! record (the heads as decoded, beside their HPACK-compressed sizes) and a streaming response's `DATA` frames as
+//! its events ([`super::capture`]).
 //!
 //! Over HTTPS the cell counts the HTTP bytes inside TLS (the stream it wraps is the TLS stream); the TLS records
 //! themselves, handshakes included, are counted as a whole (`other.tls_bytes_*`).
@@ -86,7 +89,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 use tower_http::timeout::TimeoutBody;
 
-use super::capture::{Kind, Log};
+use super::capture::{H2Connection, H2Exchange, H2Head, H2Log, H2Request, Kind, Log};
 use super::h2::{Frames, Piece, DATA, END_STREAM, HEADERS, RST_STREAM};
 use super::session::SessionWire;
 use super::Metering;
@@ -681,22 +684,25 @@ struct Streams {
     unclaimed: std::collections::VecDeque<u32>,
     /// The highest stream id the client has opened.
     last: u32,
+    /// What a wire view's records say of the connection: its streams so far and its own bytes.
+    summary: H2Connection,
 }
 
 /// How many ended streams keep their owner for late frames.
 const ENDED_KEPT: usize = 16;
 
-/// One HTTP/2 stream's owner, and its bytes while the owner is not known.
+/// One HTTP/2 stream's owner, its bytes while the owner is not known, and what a wire view is told of it.
 #[derive(Debug)]
 struct Stream {
     owner: Owner,
     session: Option<Arc<SessionWire>>,
     pending_in: u64,
     pending_out: u64,
+    log: H2Log,
 }
 
 impl Streams {
-    fn new() -> Self {
+    fn new(connection: u64) -> Self {
         Streams {
             reads: Frames::from_client(),
             writes: Frames::from_server(),
@@ -704,6 +710,7 @@ impl Streams {
             ended: std::collections::VecDeque::new(),
             unclaimed: std::collections::VecDeque::new(),
             last: 0,
+            summary: H2Connection { id: connection, ..H2Connection::default() },
         }
     }
 
@@ -789,7 +796,7 @@ impl Connection {
     /// The connection speaks HTTP/2 (ALPN chose `h2`): its bytes are given to streams from now on.
     pub fn speak_http2(&self) {
         self.metering.others().http2_connections_total.fetch_add(1, Ordering::Relaxed);
-        self.state().h2 = Some(Box::new(Streams::new()));
+        self.state().h2 = Some(Box::new(Streams::new(self.id)));
     }
 
     /// The stream of the HTTP/2 request reaching the service now (the oldest unclaimed one); `None` on HTTP/1.1.
@@ -800,13 +807,23 @@ impl Connection {
         Some(streams.unclaimed.pop_front().unwrap_or(0))
     }
 
-    /// An HTTP/2 stream's response head is ready: its bytes are `owner`'s (and `session`'s, for a technique).
-    fn answer_stream(&self, id: u32, owner: Owner, session: Option<Arc<SessionWire>>) {
+    /// An HTTP/2 stream's response head is ready: its bytes are `owner`'s (and `session`'s, for a technique); a
+    /// `kind` response, kept as `exchange` for a watching wire view.
+    fn answer_stream(
+        &self,
+        id: u32,
+        owner: Owner,
+        session: Option<Arc<SessionWire>>,
+        kind: Kind,
+        exchange: Option<Box<H2Exchange>>,
+    ) {
         let mut state = self.state();
         let Some(streams) = state.h2.as_mut() else { return };
         let Some(stream) = streams.open.get_mut(&id) else { return };
         stream.owner = owner;
         stream.session = session.filter(|_| matches!(owner, Owner::Technique(_)));
+        let watched = stream.session.as_ref().is_some_and(|s| s.watched());
+        stream.log.answered(kind, exchange.filter(|_| watched));
         let (read, written) = (std::mem::take(&mut stream.pending_in), std::mem::take(&mut stream.pending_out));
         let session = stream.session.clone();
         self.count(owner, session.as_deref(), read, written, true);
@@ -824,13 +841,26 @@ impl Connection {
             Piece::Starts(head) => {
                 if reading && head.kind == HEADERS && head.stream % 2 == 1 && head.stream > streams.last {
                     streams.last = head.stream;
-                    let stream = Stream { owner: Owner::Undecided, session: None, pending_in: 0, pending_out: 0 };
+                    let stream = Stream {
+                        owner: Owner::Undecided,
+                        session: None,
+                        pending_in: 0,
+                        pending_out: 0,
+                        log: H2Log::default(),
+                    };
                     streams.open.insert(head.stream, stream);
                     streams.unclaimed.push_back(head.stream);
+                    streams.summary.streams += 1;
                     opened = true;
                 }
+                if let Some(open) = streams.open.get_mut(&head.stream) {
+                    open.log.starts(head.kind, reading, head.stream, open.session.as_deref());
+                }
             }
-            Piece::Bytes { stream, n } => {
+            Piece::Bytes { stream, kind, n, payload } => {
+                if let Some(open) = streams.open.get_mut(&stream) {
+                    open.log.bytes(kind, n, payload, reading);
+                }
                 let (read, written) = if reading { (n, 0) } else { (0, n) };
                 match streams.owner(stream) {
                     Some((Owner::Undecided, _)) => {
@@ -841,6 +871,11 @@ impl Connection {
                     }
                     Some((owner, session)) => self.count(owner, session.as_deref(), read, written, true),
                     None => {
+                        if reading {
+                            streams.summary.bytes_in += n;
+                        } else {
+                            streams.summary.bytes_out += n;
+                        }
                         let others = self.metering.others();
                         let (total, own) = if reading {
                             (&others.wire_bytes_in, &others.http2_connection_bytes_in)
@@ -853,11 +888,16 @@ impl Connection {
                 }
             }
             Piece::Ends(head) => {
+                let summary = streams.summary;
+                if let Some(open) = streams.open.get_mut(&head.stream) {
+                    open.log.ends(head.kind, head.flags, reading, head.stream, open.session.as_deref(), &summary);
+                }
                 let ends = head.kind == RST_STREAM
                     || (!reading && (head.kind == DATA || head.kind == HEADERS) && head.flags & END_STREAM != 0);
                 if ends {
-                    if let Some(stream) = streams.open.remove(&head.stream) {
+                    if let Some(mut stream) = streams.open.remove(&head.stream) {
                         closed = true;
+                        stream.log.ended(head.stream, stream.session.as_deref(), &summary);
                         if stream.owner == Owner::Undecided {
                             // Reset before its request was answered: nobody's.
                             streams.unclaimed.retain(|id| *id != head.stream);
@@ -1188,6 +1228,9 @@ impl Service<Request> for Metered {
     fn call(&mut self, mut request: Request) -> Self::Future {
         self.connection.head_complete();
         let stream = self.connection.claim_stream();
+        // An HTTP/2 request is kept for a wire view as it was decoded (before `host` is added below).
+        let kept = (stream.is_some() && self.connection.metering.sessions().capturing())
+            .then(|| Box::new(H2Request::new(request.method(), request.uri(), request.headers())));
         request.extensions_mut().insert(ConnectInfo(self.peer));
         // HTTP/2 names the host in `:authority` (the URI's), not in `Host`: give it as `Host` too, so that every
         // check of the host (the origin check of POSTs, the DNS-rebinding guard) reads the same name over both
@@ -1212,7 +1255,21 @@ impl Service<Request> for Metered {
         // empty poll, the commonest request, is a few microseconds all told.
         let routed = self.router.call(request);
         let choice = Choice { technique: Cell::new(NONE), session: Cell::new(None), http2: stream.is_some() };
-        CHOSEN.scope(choice, Answered { routed, connection: self.connection.clone(), stream })
+        CHOSEN.scope(choice, Answered { routed, connection: self.connection.clone(), stream, kept })
+    }
+}
+
+/// The service as hyper calls it, for HTTP/2: hyper calls it for each request as it accepts the request's stream,
+/// in the order the client opened them, and that is when the request claims its stream (the oldest unclaimed
+/// one). Through tower's adapter the call would wait for the request's task to first run, and tasks run in any
+/// order on a multi-threaded runtime: requests would claim each other's streams.
+impl hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for Metered {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = TaskLocalFuture<Choice, Answered>;
+
+    fn call(&self, request: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        Service::call(&mut self.clone(), request.map(Body::new))
     }
 }
 
@@ -1223,6 +1280,8 @@ pub struct Answered {
     connection: Arc<Connection>,
     /// The HTTP/2 stream of the request; `None` on HTTP/1.1.
     stream: Option<u32>,
+    /// The HTTP/2 request, kept while some wire view is open.
+    kept: Option<Box<H2Request>>,
 }
 
 impl Future for Answered {
@@ -1236,10 +1295,6 @@ impl Future for Answered {
             None if chosen == WIRE_VIEW => Owner::WireView,
             None => Owner::Nobody,
         };
-        if let Some(stream) = self.stream {
-            self.connection.answer_stream(stream, owner, session);
-            return Poll::Ready(Ok(response));
-        }
         let upgrade = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let sse = response
             .headers()
@@ -1257,6 +1312,20 @@ impl Future for Answered {
             Some(kind) if session.is_some() => kind,
             _ => Kind::Plain,
         };
+        if let Some(id) = self.stream {
+            let watched = session.as_ref().is_some_and(|s| s.watched());
+            let exchange = match self.kept.take() {
+                Some(kept) if watched => {
+                    let technique = if let Owner::Technique(t) = owner { Some(t) } else { None };
+                    let length = hyper::body::Body::size_hint(response.body()).exact();
+                    let head = H2Head::response(response.status(), response.headers(), length);
+                    Some(Box::new(kept.answered(technique, head)))
+                }
+                _ => None,
+            };
+            self.connection.answer_stream(id, owner, session, kind, exchange);
+            return Poll::Ready(Ok(response));
+        }
         self.connection.answer(owner, session, kind, !upgrade && !stream);
         Poll::Ready(Ok(response))
     }

@@ -6,9 +6,12 @@
 // It opens `GET /api/wire?session=<client.session>`, a WebSocket on which the
 // server sends one JSON record per text frame (docs/protocol.md):
 //   totals  the session's counters (requests, wire bytes in/out, frames, events)
-//   http    one request and its response: both heads as sent, head and body bytes, timing
+//   http    one request and its response: both heads as sent, head and body bytes, timing; over
+//           HTTP/2 ("version":"h2") one stream: the heads as decoded, HEADERS and DATA frame bytes
+//           both ways, and what the heads would take as HTTP/1.1 text (HPACK's saving)
 //   frame   one WebSocket frame of the session's channel: direction, opcode, header and payload bytes
 //   sse     one write of the session's SSE stream: its events' field and data bytes, the chunk framing
+//           (over HTTP/2, "version":"h2": one DATA frame of the stream, its 9-byte header as the framing)
 //   ndjson  the same for an HTTP stream (fields: the newline of each line)
 //   script  the same for a forever iframe (fields: each event's <script ...>parent.chatlab( and )</script>)
 //   lagged  records the server dropped because this view fell behind
@@ -345,12 +348,14 @@ class WireView {
   }
 
   httpRow(li, r) {
+    if (r.version === 'h2') return this.h2Row(li, r);
     const request = r.request || {};
     const response = r.response || {};
     const requestLine = firstLine(request.head);
     const status = firstLine(response.head).split(' ')[1] || '';
     li.dataset.requestLine = requestLine;
     li.dataset.technique = r.technique || '';
+    li.dataset.version = 'http/1.1';
     const up = (request.head_bytes || 0) + (request.body_bytes || 0);
     const down = (response.head_bytes || 0) + (response.body_bytes || 0);
     li.dataset.up = up;
@@ -372,6 +377,69 @@ class WireView {
       headBlock(t('wire.requestHead', { b: bytes(request.head_bytes || 0) }), request.head),
       headBlock(t('wire.responseHead', { b: bytes(response.head_bytes || 0) }), response.head),
       span('rec-at', t('wire.at', { time: clock(r.at) })));
+    li.append(details);
+    return li;
+  }
+
+  /**
+   * An HTTP/2 exchange: one stream of a shared connection. Its heads travel
+   * HPACK-compressed in HEADERS frames, its body in DATA frames; beside the
+   * bytes they took is what the same heads would take as HTTP/1.1 text.
+   */
+  h2Row(li, r) {
+    const request = r.request || {};
+    const response = r.response || {};
+    const pseudo = pseudoHeaders(request.head);
+    const requestLine = `${pseudo[':method'] || ''} ${pseudo[':path'] || ''}`;
+    const status = pseudoHeaders(response.head)[':status'] || '';
+    li.dataset.requestLine = requestLine;
+    li.dataset.technique = r.technique || '';
+    li.dataset.version = 'h2';
+    li.dataset.stream = r.stream;
+    const up = request.bytes || 0;
+    const down = response.bytes || 0;
+    li.dataset.up = up;
+    li.dataset.down = down;
+    const heads = (request.head_bytes || 0) + (response.head_bytes || 0);
+    const asText = (request.http1_head_bytes || 0) + (response.http1_head_bytes || 0);
+    li.dataset.heads = heads;
+    li.dataset.http1Heads = asText;
+
+    const details = el('details');
+    const summary = el('summary');
+    const line = el('span', 'rec-line');
+    line.append(span('rec-badge', t('wire.h2')), span('rec-what', requestLine), span('rec-status', status),
+      span('rec-ms', ms(r.ms)));
+    const sizes = el('span', 'rec-sizes');
+    sizes.textContent = t('wire.h2Sizes', {
+      n: r.stream, up: bytes(up), uh: bytes(request.head_bytes || 0), ub: bytes(request.body_bytes || 0),
+      down: bytes(down), dh: bytes(response.head_bytes || 0), db: bytes(response.body_bytes || 0),
+    }) + (r.streaming ? ' ' + t('wire.streaming') : '');
+    const saving = el('span', 'rec-hpack');
+    saving.textContent = t('wire.hpack', {
+      h: bytes(heads), t: bytes(asText),
+      p: asText > 0 ? Math.round((100 * Math.max(0, asText - heads)) / asText) : 0,
+    });
+    // Overhead: every byte but the bodies (HPACK heads, frame headers, flow control).
+    summary.append(line, sizes, saving,
+      bar('up', up - (request.data_bytes || 0), request.data_bytes || 0),
+      bar('down', down - (response.data_bytes || 0), response.data_bytes || 0));
+    details.append(summary,
+      headBlock(t('wire.h2RequestHead', {
+        b: bytes(request.head_bytes || 0), t: bytes(request.http1_head_bytes || 0),
+      }), request.head),
+      headBlock(t('wire.h2ResponseHead', {
+        b: bytes(response.head_bytes || 0), t: bytes(response.http1_head_bytes || 0),
+      }), response.head),
+      span('rec-at', t('wire.h2Frames', { i: count(request.frames), o: count(response.frames) })
+        + ' ' + t('wire.at', { time: clock(r.at) })));
+    const connection = r.connection;
+    if (connection) {
+      li.dataset.connection = connection.id;
+      details.append(span('rec-at', t('wire.h2Connection', {
+        id: connection.id, n: count(connection.streams), i: bytes(connection.bytes_in), o: bytes(connection.bytes_out),
+      })));
+    }
     li.append(details);
     return li;
   }
@@ -411,6 +479,12 @@ class WireView {
     const summary = el('summary');
     const line = el('span', 'rec-line');
     const ids = events.map((e) => (e.id === null || e.id === undefined ? '–' : '#' + e.id)).join(' ');
+    const h2 = r.version === 'h2';
+    if (h2) {
+      li.dataset.version = 'h2';
+      li.dataset.stream = r.stream;
+      line.append(span('rec-badge', t('wire.h2')));
+    }
     line.append(
       span('rec-dir', t('wire.received')),
       span('rec-what', events.length > 0 ? t('wire.sseEvents', { n: count(events.length) })
@@ -418,7 +492,8 @@ class WireView {
       span('rec-preview', ids),
     );
     const sizes = el('span', 'rec-sizes');
-    sizes.textContent = t('wire.sseSizes', {
+    sizes.textContent = t(h2 ? 'wire.sseSizesH2' : 'wire.sseSizes', {
+      n: r.stream,
       all: bytes(all),
       f: bytes(events.reduce((sum, e) => sum + (e.field_bytes || 0), 0)),
       d: bytes(data),
@@ -487,6 +562,17 @@ function span(className, text) {
   const node = el('span', className);
   node.textContent = text;
   return node;
+}
+
+/** The pseudo-headers (`:method`, `:path`, `:status`…) of an HTTP/2 head's lines. */
+function pseudoHeaders(head) {
+  const found = {};
+  for (const line of String(head || '').split('\r\n')) {
+    if (!line.startsWith(':')) break;
+    const at = line.indexOf(': ', 1);
+    if (at > 0) found[line.slice(0, at)] = line.slice(at + 2);
+  }
+  return found;
 }
 
 function firstLine(head) {

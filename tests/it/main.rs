@@ -32,4 +32,5 @@ mod stream;
 mod switch;
 mod tls;
 mod websocket;
+mod wire_h2;
 mod wire_view;

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use chatlab::core::{Room, Transport};
 use common::raw::{client_frame, get, post, Raw, UPGRADE};
+use common::wire::{next_of, record};
 use common::{start, start_with, Server, WAIT};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
 
 /// A session's counters as the server answers them on `GET /api/sessions/{session}/wire`.
 async fn counters(server: &Server, token: &str) -> Value {
@@ -49,26 +49,6 @@ async fn watch(server: &Server, token: &str) -> (WireView, Value) {
     let first = record(&mut view).await;
     assert_eq!(first["type"], "totals", "{first}");
     (view, first)
-}
-
-/// The next record of a wire view.
-async fn record(view: &mut WireView) -> Value {
-    loop {
-        let message = timeout(WAIT, view.next()).await.expect("a record in time").expect("open").expect("a frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(&text).expect("JSON record");
-        }
-    }
-}
-
-/// The next record of type `kind`, skipping others.
-async fn next_of(view: &mut WireView, kind: &str) -> Value {
-    loop {
-        let record = record(view).await;
-        if record["type"] == kind {
-            return record;
-        }
-    }
 }
 
 fn u(value: &Value) -> u64 {

@@ -19,6 +19,7 @@ use chatlab::core::Room;
 pub mod raw;
 pub mod temp;
 pub mod tls;
+pub mod wire;
 
 pub use raw::masked;
 

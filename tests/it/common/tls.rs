@@ -2,7 +2,7 @@
 //! every plaintext byte counted (the HTTP bytes inside TLS, as the server's wire counters count them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chatlab::metering::wire::{Counted, Tally};
@@ -25,6 +25,128 @@ use super::{Server, WAIT};
 pub struct Bytecount {
     pub read: AtomicU64,
     pub wrote: AtomicU64,
+    /// Over HTTP/2: the bytes of each stream, from the frame headers both ways.
+    pub h2: Mutex<Option<H2Count>>,
+}
+
+/// One direction of an HTTP/2 stream, as a client counts it from the frames it wrote or read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SideCount {
+    /// Every byte of the stream's frames (9-byte frame headers included).
+    pub bytes: u64,
+    /// `HEADERS` and `CONTINUATION` frames, whole.
+    pub head: u64,
+    /// `DATA` frames, whole.
+    pub body: u64,
+    /// `DATA` payloads.
+    pub data: u64,
+    pub frames: u64,
+}
+
+/// An HTTP/2 stream both ways: `up` what the client wrote, `down` what it read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StreamCount {
+    pub up: SideCount,
+    pub down: SideCount,
+}
+
+/// One direction's frame follower: the preface still to pass, the frame header being read, the current frame
+/// (type, stream, payload bytes left).
+#[derive(Debug, Default)]
+struct Follow {
+    preface: usize,
+    head: [u8; 9],
+    have: usize,
+    current: Option<(u8, u32, usize)>,
+}
+
+impl Follow {
+    /// Follows `data`: `count(kind, stream, bytes, payload bytes, a frame starts)` for each run of it.
+    fn feed(&mut self, mut data: &[u8], count: &mut impl FnMut(u8, u32, u64, u64, bool)) {
+        while !data.is_empty() {
+            if self.preface > 0 {
+                let n = self.preface.min(data.len());
+                self.preface -= n;
+                count(0xFF, 0, n as u64, 0, false);
+                data = &data[n..];
+                continue;
+            }
+            match &mut self.current {
+                Some((kind, stream, left)) => {
+                    let n = (*left).min(data.len());
+                    *left -= n;
+                    count(*kind, *stream, n as u64, n as u64, false);
+                    if *left == 0 {
+                        self.current = None;
+                    }
+                    data = &data[n..];
+                }
+                None => {
+                    let n = (9 - self.have).min(data.len());
+                    self.head[self.have..self.have + n].copy_from_slice(&data[..n]);
+                    self.have += n;
+                    data = &data[n..];
+                    if self.have == 9 {
+                        self.have = 0;
+                        let h = self.head;
+                        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+                        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                        count(h[3], stream, 9, 0, true);
+                        if len > 0 {
+                            self.current = Some((h[3], stream, len));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP/2 client connection's bytes by stream.
+#[derive(Debug, Default)]
+pub struct H2Count {
+    wrote: Follow,
+    read: Follow,
+    /// The streams, by id.
+    pub streams: std::collections::BTreeMap<u32, StreamCount>,
+    /// The streams the client opened, in order.
+    pub opened: Vec<u32>,
+    /// The connection's own bytes: the preface and the frames of stream 0.
+    pub connection: StreamCount,
+}
+
+impl H2Count {
+    fn new() -> Self {
+        H2Count { wrote: Follow { preface: 24, ..Follow::default() }, ..H2Count::default() }
+    }
+
+    fn feed(&mut self, data: &[u8], wrote: bool) {
+        let H2Count { wrote: w, read: r, streams, opened, connection } = self;
+        let follow = if wrote { w } else { r };
+        follow.feed(data, &mut |kind, stream, n, payload, starts| {
+            if stream == 0 {
+                let side = if wrote { &mut connection.up } else { &mut connection.down };
+                side.bytes += n;
+                side.frames += u64::from(starts);
+                return;
+            }
+            if wrote && starts && kind == 0x1 && !streams.contains_key(&stream) {
+                opened.push(stream);
+            }
+            let count = streams.entry(stream).or_default();
+            let side = if wrote { &mut count.up } else { &mut count.down };
+            side.bytes += n;
+            side.frames += u64::from(starts);
+            match kind {
+                0x1 | 0x9 => side.head += n,
+                0x0 => {
+                    side.body += n;
+                    side.data += payload;
+                }
+                _ => {}
+            }
+        });
+    }
 }
 
 /// The client's tally: a handle on its [`Bytecount`].
@@ -34,10 +156,16 @@ pub struct Count(pub Arc<Bytecount>);
 impl Tally for Count {
     fn read(&self, data: &[u8]) {
         self.0.read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(h2) = self.0.h2.lock().unwrap().as_mut() {
+            h2.feed(data, false);
+        }
     }
 
     fn wrote(&self, data: &[u8]) {
         self.0.wrote.fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(h2) = self.0.h2.lock().unwrap().as_mut() {
+            h2.feed(data, true);
+        }
     }
 }
 
@@ -83,6 +211,7 @@ impl Client {
         let bytes = stream.tally().0.clone();
         let io = TokioIo::new(stream);
         let sender = if alpn == "h2" {
+            *bytes.h2.lock().unwrap() = Some(H2Count::new());
             let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await.expect("HTTP/2 handshake");
             tokio::spawn(connection);
             Sender::H2(sender)
@@ -103,6 +232,22 @@ impl Client {
             alpn: self.alpn.clone(),
             authority: self.authority.clone(),
         }
+    }
+
+    /// An HTTP/2 stream's bytes as this connection counted them so far.
+    pub fn stream(&self, id: u32) -> StreamCount {
+        let h2 = self.bytes.h2.lock().unwrap();
+        h2.as_ref().expect("an HTTP/2 connection").streams.get(&id).copied().unwrap_or_default()
+    }
+
+    /// The connection's own bytes (preface, stream 0's frames) as counted so far.
+    pub fn connection(&self) -> StreamCount {
+        self.bytes.h2.lock().unwrap().as_ref().expect("an HTTP/2 connection").connection
+    }
+
+    /// The HTTP/2 streams this connection opened, in order.
+    pub fn opened(&self) -> Vec<u32> {
+        self.bytes.h2.lock().unwrap().as_ref().expect("an HTTP/2 connection").opened.clone()
     }
 
     /// Bytes (read, written) so far.
