@@ -7,33 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
-
-/// `chatlab`: one chat room, six web push techniques, measured on the wire.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
-pub struct Cli {
-    /// Server options (used when no subcommand is given).
-    #[command(flatten)]
-    pub serve: Config,
-
-    /// Something else than serving.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-}
-
-/// `chatlab <command>`; without one, `chatlab` serves.
-#[derive(Debug, Subcommand)]
-// Parsed once at start-up: the size of the bench's flags does not matter.
-#[allow(clippy::large_enum_variant)]
-pub enum Command {
-    /// Drive real clients of each technique against a chatlab (started here, or `--url`) and compare what each
-    /// costs: deliveries/s, latency, wire bytes and HTTP requests per delivered message, server CPU time.
-    Bench(crate::bench::BenchArgs),
-    /// A bare axum server with one fixed answer: `chatlab bench --wrk`'s yardstick (started by the bench).
-    #[command(hide = true)]
-    BenchBare(crate::bench::bare::BareArgs),
-}
+use clap::{Args, Parser};
 
 /// Everything the server needs to know, with the defaults `chatlab --help` shows.
 #[derive(Debug, Clone, Args)]
@@ -307,10 +281,16 @@ pub struct Config {
     pub threads: Option<u64>,
 }
 
+/// The flags alone, parsed from nothing: [`Config`]'s defaults are the ones `chatlab --help` shows.
+#[derive(Parser)]
+struct Defaults {
+    #[command(flatten)]
+    config: Config,
+}
+
 impl Default for Config {
     fn default() -> Self {
-        let cli = Cli::parse_from(["chatlab"]);
-        cli.serve
+        Defaults::parse_from(["chatlab"]).config
     }
 }
 

@@ -7,7 +7,7 @@
 //!
 //! ```text
 //!   serve.rs, lib.rs (app, run)       the HTTP server and the router
-//!   transport · bench                 one file per technique; the bench's clients
+//!   transport                         one file per technique
 //!   broker                            the stores behind the trait: durable, memory, Redis
 //!   core                              the room, its sessions' service, the Broker trait
 //!   metering · error                  counters per technique; refusals as HTTP answers
@@ -21,7 +21,6 @@
 //! | [`broker`] | where the room's shared state lives, behind that trait: on disk (the default), memory or Redis |
 //! | [`transport`] | one file per technique, plus the shared `POST /api/messages` and the demo's files |
 //! | [`metering`] | per-technique counters, exact wire bytes: `/api/stats` and `/metrics` |
-//! | [`bench`](mod@bench) | `chatlab bench`: real clients of every technique, and the side-by-side report |
 //! | [`config`] | every flag, its default and why |
 //! | [`error`] | every refusal and how it reaches a client |
 //! | `serve.rs` | the server loop under [`run`]: metered sockets, HTTPS, HTTP/1.1 (upgrades) and HTTP/2, the head limit, the drain |
@@ -31,10 +30,12 @@
 //! the room of every process; each room keeps it in a ring of recent events that every local channel reads from
 //! its own cursor, writing the event's bytes.
 //!
-//! [`app`] builds the router and [`run`] serves it until a shutdown future resolves; `main.rs` only parses flags,
-//! sets up logging and binds.
+//! [`app`] builds the router and [`run`] serves it until a shutdown future resolves. The workspace's other crates
+//! sit on top of this one: `crates/chatlab-bench` (`chatlab bench`: real clients of every technique, and the
+//! side-by-side report) and `crates/chatlab-cli` (the `chatlab` binary, which parses flags, sets up logging,
+//! binds, and serves or benches; and the integration tests, which spawn it). No module here names them: cargo
+//! refuses a cycle between packages.
 
-pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod core;
@@ -223,11 +224,11 @@ mod layers {
     /// The layers that sit below others, each with the modules it must not name: imports run one way, down to
     /// [`crate::model`]. A file named in the third column is a handler on top of its layer and exempt.
     const BELOW: &[(&str, &[&str], &[&str])] = &[
-        ("model", &["bench", "broker", "config", "core", "error", "metering", "serve", "transport"], &[]),
-        ("error", &["bench", "broker", "config", "core", "metering", "serve", "transport"], &[]),
-        ("metering", &["bench", "broker", "core", "serve", "transport"], &["prometheus.rs"]),
-        ("core", &["bench", "broker", "serve", "transport"], &[]),
-        ("broker", &["bench", "serve", "transport"], &[]),
+        ("model", &["broker", "config", "core", "error", "metering", "serve", "transport"], &[]),
+        ("error", &["broker", "config", "core", "metering", "serve", "transport"], &[]),
+        ("metering", &["broker", "core", "serve", "transport"], &["prometheus.rs"]),
+        ("core", &["broker", "serve", "transport"], &[]),
+        ("broker", &["serve", "transport"], &[]),
     ];
 
     fn sources(layer: &str) -> Vec<PathBuf> {

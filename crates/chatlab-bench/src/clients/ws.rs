@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use super::{Context, Participant};
-use crate::bench::http::Http;
-use crate::bench::probe::{self, CountingStream};
+use crate::http::Http;
+use crate::probe::{self, CountingStream};
 
 type Socket = WebSocketStream<CountingStream>;
 

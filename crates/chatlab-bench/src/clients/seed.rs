@@ -12,7 +12,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::ws::{first_frame, open, receive};
 use super::{Context, Participant};
-use crate::bench::probe::CountingStream;
+use crate::probe::CountingStream;
 
 /// A seed-protocol participant.
 pub(crate) struct SeedClient {

@@ -10,7 +10,7 @@ use reqwest::header::HeaderMap;
 
 /// The file as it is in `static/`.
 fn on_disk(path: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/static/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!("{}/../../static/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 /// `GET path` with these request headers: status, response headers and the body as it came (not decoded).

@@ -2,20 +2,22 @@
 //! requests, empty polls, and the latency of every bench message they receive.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use tokio::io::DuplexStream;
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::either::Either;
 
 use super::delay::delayed;
-use crate::metering::wire::{Counted, Tally};
-use crate::tls::{client_config, Trust};
+use chatlab::metering::wire::{Counted, Reset, Tally};
+use chatlab::tls::{client_config, Trust};
 
 /// Every bench message's text starts with this, then the send time in µs since [`Probe::epoch`].
 const MARKER: &str = "bench ";
@@ -159,17 +161,21 @@ impl Probe {
     }
 }
 
-impl Tally for Arc<Probe> {
+/// What a client socket counts into: its phase's probe.
+#[derive(Debug)]
+pub(crate) struct Meter(Arc<Probe>);
+
+impl Tally for Meter {
     fn read(&self, data: &[u8]) {
-        self.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.0.bytes_down.fetch_add(data.len() as u64, Ordering::Relaxed);
     }
 
     fn wrote(&self, data: &[u8]) {
-        self.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.0.bytes_up.fetch_add(data.len() as u64, Ordering::Relaxed);
     }
 
     fn wrote_vectored(&self, _: &[std::io::IoSlice<'_>], written: usize) {
-        self.bytes_up.fetch_add(written as u64, Ordering::Relaxed);
+        self.0.bytes_up.fetch_add(written as u64, Ordering::Relaxed);
     }
 }
 
@@ -178,10 +184,46 @@ type Socket = Either<TcpStream, DuplexStream>;
 
 /// A client socket that counts every byte it reads and writes into a [`Probe`] (the same wrapper the server
 /// counts its own sockets with). Over HTTPS it counts the HTTP bytes inside TLS, as the server does.
-pub(crate) type CountingStream = Counted<Either<Socket, TlsStream<Socket>>, Arc<Probe>>;
+pub(crate) type CountingStream = Counted<ClientSocket, Meter>;
+
+/// A client's socket: plain or TLS.
+#[derive(Debug)]
+pub(crate) struct ClientSocket(Either<Socket, TlsStream<Socket>>);
 
 /// The bench's sockets have no write deadline, so they are never reset.
-impl crate::metering::wire::Reset for Either<Socket, TlsStream<Socket>> {}
+impl Reset for ClientSocket {}
+
+impl AsyncRead for ClientSocket {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientSocket {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
 
 /// How the bench reaches chatlab over HTTPS (`--http2`): the client configurations, by ALPN.
 #[derive(Debug)]
@@ -209,12 +251,12 @@ async fn open(addr: &str, probe: Arc<Probe>, tls: Option<Arc<rustls::ClientConfi
     let socket = TcpStream::connect(addr).await?;
     socket.set_nodelay(true)?;
     let inner = if probe.delay.is_zero() { Either::Left(socket) } else { Either::Right(delayed(socket, probe.delay)) };
-    let Some(config) = tls else { return Ok(Counted::new(Either::Left(inner), probe)) };
+    let Some(config) = tls else { return Ok(Counted::new(ClientSocket(Either::Left(inner)), Meter(probe))) };
     let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).trim_start_matches('[').trim_end_matches(']');
     let name =
         ServerName::try_from(host.to_owned()).map_err(|error| io::Error::new(io::ErrorKind::InvalidInput, error))?;
     let tls = TlsConnector::from(config).connect(name, inner).await?;
-    Ok(Counted::new(Either::Right(tls), probe))
+    Ok(Counted::new(ClientSocket(Either::Right(tls)), Meter(probe)))
 }
 
 /// A connection for a WebSocket or a plain-HTTP/1.1 client (over HTTPS with `--http2`: ALPN `http/1.1`).
@@ -232,6 +274,6 @@ pub(crate) async fn connect_plain(addr: &str, probe: Arc<Probe>) -> io::Result<C
 pub(crate) async fn connect_http(addr: &str, probe: Arc<Probe>) -> io::Result<(CountingStream, bool)> {
     let tls = probe.https.as_ref().map(|https| https.http2.clone());
     let stream = open(addr, probe, tls).await?;
-    let h2 = matches!(stream.get_ref(), Either::Right(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"));
+    let h2 = matches!(&stream.get_ref().0, Either::Right(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"));
     Ok((stream, h2))
 }

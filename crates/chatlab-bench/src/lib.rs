@@ -10,7 +10,7 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `mod.rs` | the flags and the phases |
+//! | `lib.rs` | the flags and the phases |
 //! | `crowd.rs` | a phase's participants: join once, then measured windows of a scenario |
 //! | `search.rs` | `--find-max`: the highest rate within a p99 limit with nothing lost |
 //! | `wrk.rs` | `--wrk`: chatlab's polls against a bare axum handler, with wrk |
@@ -313,10 +313,10 @@ async fn measure(args: &BenchArgs) -> anyhow::Result<Report> {
     let mut server_args = args.server_args.clone();
     let https = if args.http2 {
         let trust = match (&args.tls_ca, args.insecure) {
-            (Some(ca), _) => crate::tls::Trust::roots_from(ca)?,
-            (None, true) => crate::tls::Trust::Anyone,
+            (Some(ca), _) => chatlab::tls::Trust::roots_from(ca)?,
+            (None, true) => chatlab::tls::Trust::Anyone,
             // The server started here makes its own certificate: the bench believes the one it started.
-            (None, false) if args.urls.is_empty() => crate::tls::Trust::Anyone,
+            (None, false) if args.urls.is_empty() => chatlab::tls::Trust::Anyone,
             (None, false) => bail!("--http2 with --url needs --tls-ca FILE or --insecure to believe the certificate"),
         };
         server_args.push("--tls-self-signed".into());

@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use chatlab::bench::report::Report;
-use chatlab::config::{Cli, Command, Config};
+use chatlab::config::Config;
+use chatlab_bench::report::Report;
+use chatlab_cli::{Cli, Command};
 use clap::Parser;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -42,7 +43,7 @@ async fn bench(flags: &[&str]) -> Report {
     let Some(Command::Bench(args)) = Cli::try_parse_from(argv).expect("flags").command else {
         panic!("not the bench subcommand");
     };
-    tokio::time::timeout(Duration::from_secs(60), chatlab::bench::run(args))
+    tokio::time::timeout(Duration::from_secs(60), chatlab_bench::run(args))
         .await
         .expect("the bench finishes within 60 s")
         .expect("the bench runs");
@@ -145,7 +146,7 @@ async fn bench_http2_drives_the_http_techniques_over_h2() {
     else {
         panic!("not the bench subcommand");
     };
-    let refused = chatlab::bench::run(args).await.expect_err("no way to believe the certificate");
+    let refused = chatlab_bench::run(args).await.expect_err("no way to believe the certificate");
     assert!(refused.to_string().contains("--insecure"), "{refused}");
 }
 
@@ -238,8 +239,8 @@ async fn a_short_soak_loses_nothing_and_lets_stalled_connections_go() {
     let Some(Command::Bench(args)) = Cli::try_parse_from(argv).expect("flags").command else {
         panic!("not the bench subcommand");
     };
-    let Some(chatlab::bench::BenchCommand::Soak(soak)) = args.command else { panic!("not the soak") };
-    let report = tokio::time::timeout(Duration::from_secs(90), chatlab::bench::soak::soak(&soak))
+    let Some(chatlab_bench::BenchCommand::Soak(soak)) = args.command else { panic!("not the soak") };
+    let report = tokio::time::timeout(Duration::from_secs(90), chatlab_bench::soak::soak(&soak))
         .await
         .expect("the soak finishes within 90 s")
         .expect("the soak runs");

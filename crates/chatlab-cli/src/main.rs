@@ -3,7 +3,7 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use chatlab::config::{Cli, Command};
+use chatlab_cli::{Cli, Command};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -26,8 +26,8 @@ fn main() -> anyhow::Result<()> {
     };
     runtime.block_on(async {
         match cli.command {
-            Some(Command::Bench(args)) => chatlab::bench::run(args).await,
-            Some(Command::BenchBare(args)) => chatlab::bench::bare::serve(args).await,
+            Some(Command::Bench(args)) => chatlab_bench::run(args).await,
+            Some(Command::BenchBare(args)) => chatlab_bench::bare::serve(args).await,
             None => serve(cli.serve).await,
         }
     })

@@ -4,7 +4,7 @@
 use hyper::{Method, StatusCode};
 
 use super::{join_http, Context, HttpClient};
-use crate::bench::http::count_poll;
+use crate::http::count_poll;
 
 /// Joins and polls back to back until the phase stops.
 pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<HttpClient> {

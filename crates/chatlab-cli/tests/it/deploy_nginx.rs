@@ -49,7 +49,8 @@ impl Nginx {
         }
         // Workers may run as an unprivileged user: let them use the temp directory.
         let _ = Command::new("chmod").args(["-R", "a+rwx"]).arg(&prefix).status();
-        let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf")).unwrap();
+        let shipped =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nginx.conf")).unwrap();
         let port = free_port();
         let conf = render(&shipped, port, upstreams, &prefix);
         std::fs::write(prefix.join("nginx.conf"), conf).unwrap();

@@ -5,7 +5,7 @@ use hyper::{Method, StatusCode};
 use tokio::time::MissedTickBehavior;
 
 use super::{join_http, spread, Context, HttpClient};
-use crate::bench::http::count_poll;
+use crate::http::count_poll;
 
 /// Joins and polls once per interval until the phase stops.
 pub(super) async fn join(authority: &str, context: Context) -> anyhow::Result<HttpClient> {
