@@ -29,7 +29,7 @@ fi
 # Everything builds once, in release: the tests, and the server binary the browser tests spawn.
 export CHATLAB_REQUIRE_REDIS=1 CHATLAB_REQUIRE_NGINX=1 CHATLAB_REQUIRE_WRK=1
 cargo build --release --bin chatlab
-cargo test --release --all-targets
+cargo test --release --workspace --all-targets
 # Every core case as in autobahn/expected.json, strict closes; bounded so a hung suite cannot stall the run.
 timeout 900 autobahn/run.sh "$PWD/target/release/chatlab"
 CHATLAB_BIN="$PWD/target/release/chatlab" tests/browser/run.sh
