@@ -260,3 +260,51 @@ async fn a_short_soak_loses_nothing_and_lets_stalled_connections_go() {
     assert!(report.rss_first_kib.is_some() && report.rss_last_kib.is_some(), "{report:?}");
     assert!(report.passed());
 }
+
+/// The built `chatlab` binary dispatches `chatlab bench` to the bench crate, which starts its own server as that
+/// same binary without a subcommand (a child process whose CPU time it reads): both techniques deliver every text
+/// to every participant, and the server's CPU time and counters are in the report.
+#[tokio::test]
+async fn the_binary_benches_a_server_it_starts_itself() {
+    let out = std::env::temp_dir().join(format!("chatlab-bench-own-{}.json", std::process::id()));
+    #[rustfmt::skip]
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatlab"))
+        .args([
+            "bench", "--techniques", "ws,poll", "--participants", "2", "--duration", "1", "--warmup", "0.2",
+            "--poll-interval", "0.3", "--send-every", "0.5", "--format", "json", "--out", &out.display().to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(60), status).await.expect("within 60 s").expect("runs");
+    assert!(status.success(), "chatlab bench: {status}");
+    let report: Report = serde_json::from_str(&std::fs::read_to_string(&out).expect("report")).expect("JSON");
+    let _ = std::fs::remove_file(&out);
+    let names: Vec<&str> = report.results.iter().map(|r| r.technique.as_str()).collect();
+    assert_eq!(names, ["ws", "poll"]);
+    for result in &report.results {
+        assert!(result.sent > 0 && result.send_errors == 0, "{result:?}");
+        assert_eq!(result.deliveries, result.sent * 2, "every text reaches every participant: {result:?}");
+        assert!(result.server_cpu_s.is_some_and(|cpu| cpu >= 0.0), "the child's CPU time: {result:?}");
+        assert!(result.server.as_ref().is_some_and(|server| server.events_delivered > 0), "{result:?}");
+    }
+}
+
+/// `chatlab --help` shows the server's flags and the `bench` subcommand; `chatlab bench --help` the bench's flags;
+/// an unknown bench flag is refused with clap's usage error (exit status 2).
+#[tokio::test]
+async fn the_binary_names_the_server_and_the_bench_flags() {
+    let run = |args: &'static [&'static str]| async move {
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatlab")).args(args).output();
+        tokio::time::timeout(Duration::from_secs(10), output).await.expect("within 10 s").expect("runs")
+    };
+    let top = run(&["--help"]).await;
+    let text = String::from_utf8(top.stdout).unwrap();
+    assert!(top.status.success() && text.contains("--bind") && text.contains("bench"), "{text}");
+    let bench = run(&["bench", "--help"]).await;
+    let text = String::from_utf8(bench.stdout).unwrap();
+    assert!(bench.status.success() && text.contains("--techniques") && text.contains("--participants"), "{text}");
+    let wrong = run(&["bench", "--no-such-flag"]).await;
+    assert_eq!(wrong.status.code(), Some(2), "{wrong:?}");
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("--no-such-flag"), "{wrong:?}");
+}
