@@ -2,8 +2,10 @@
 
 use crate::common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::redis_support::Chatlab;
 use common::*;
 
 /// With an open WebSocket, seed socket, SSE stream and held long poll, a shutdown tells each of them, closes
@@ -57,7 +59,7 @@ async fn shutdown_with_open_channels() {
 #[tokio::test]
 async fn binary_exits_on_sigterm() {
     let (child, _stream) = serve_binary_with_a_stream(&[]).await;
-    exits_on_sigterm(child).await;
+    exits_on_sigterm(child);
 }
 
 /// `--threads 1` serves the whole process on one thread (an SSE stream open, a text posted and delivered), and
@@ -65,37 +67,17 @@ async fn binary_exits_on_sigterm() {
 #[tokio::test]
 async fn binary_on_one_thread() {
     let (child, _stream) = serve_binary_with_a_stream(&["--threads", "1"]).await;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id().unwrap())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).unwrap();
     let threads = status.lines().find_map(|line| line.strip_prefix("Threads:")).unwrap().trim().to_owned();
     assert_eq!(threads, "1", "one thread serves everything");
-    exits_on_sigterm(child).await;
+    exits_on_sigterm(child);
 }
 
-/// Starts the binary with `args` on a free port, joins over SSE, and posts a text the stream delivers; returns
-/// the process and the open stream.
-async fn serve_binary_with_a_stream(args: &[&str]) -> (tokio::process::Child, reqwest::Response) {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatlab"))
-        .args(["--bind", &format!("127.0.0.1:{port}"), "--broker", "memory"])
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut up = false;
-    for _ in 0..100 {
-        if http().get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up, "the server came up");
+/// Starts the binary with `args`, joins over SSE, and posts a text the stream delivers; returns the process and
+/// the open stream.
+async fn serve_binary_with_a_stream(args: &[&str]) -> (Chatlab, reqwest::Response) {
+    let child = Chatlab::spawn(Path::new(env!("CARGO_BIN_EXE_chatlab")), &[&["--broker", "memory"], args].concat());
+    let base = child.url("");
     let joined: serde_json::Value = http()
         .post(format!("{base}/api/sessions"))
         .body(r#"{"transport":"sse"}"#)
@@ -126,11 +108,9 @@ async fn serve_binary_with_a_stream(args: &[&str]) -> (tokio::process::Child, re
 }
 
 /// SIGTERM, then a clean exit within 5 seconds.
-async fn exits_on_sigterm(mut child: tokio::process::Child) {
+fn exits_on_sigterm(mut child: Chatlab) {
     let started = Instant::now();
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await.expect("exits within 5 s").unwrap();
+    let status = child.terminate();
     assert!(status.success(), "a clean exit: {status:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
