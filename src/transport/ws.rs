@@ -377,27 +377,23 @@ impl Wire for Frames<'_> {
 
     /// Pings; `Err` once two pings went unanswered: the peer is gone without a FIN. Dropping the socket ends the
     /// channel; the lease then announces the leave.
-    fn beat(&mut self) -> impl Future<Output = io::Result<()>> + Send {
-        async move {
-            if *self.unanswered >= 2 {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
-            *self.unanswered += 1;
-            self.socket.send(Message::Ping(Bytes::new())).await.map_err(io::Error::other)
+    async fn beat(&mut self) -> io::Result<()> {
+        if *self.unanswered >= 2 {
+            return Err(io::ErrorKind::TimedOut.into());
         }
+        *self.unanswered += 1;
+        self.socket.send(Message::Ping(Bytes::new())).await.map_err(io::Error::other)
     }
 
     /// Sends the notice, then closes with the code that says why ([`Socket::close`]).
-    fn end(&mut self, end: &Item, notice: String) -> impl Future<Output = ()> + Send {
+    async fn end(&mut self, end: &Item, notice: String) {
         let (code, reason) = match end {
             Item::Shutdown => (1001, "server is stopping"),
             Item::Replaced => (CLOSE_REPLACED, "replaced by a newer channel"),
             Item::Lagged | Item::Deliver(_) | Item::Beat => (CLOSE_SLOW_CONSUMER, "slow consumer: resume with since="),
         };
-        async move {
-            let _ = self.socket.send(Message::Text(notice.into())).await;
-            close(self.socket, code, reason).await;
-        }
+        let _ = self.socket.send(Message::Text(notice.into())).await;
+        close(self.socket, code, reason).await;
     }
 }
 
