@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use bytes::Bytes;
 
 use super::streaming::{self, Framing};
 use super::Params;
@@ -93,8 +92,8 @@ impl Framing for Script {
         out.extend_from_slice(b")</script>\n");
     }
 
-    fn keep_alive(&self) -> Bytes {
-        Bytes::from_static(b"\n")
+    fn keep_alive(&self) -> &'static [u8] {
+        b"\n"
     }
 
     fn overhead(&self) -> usize {

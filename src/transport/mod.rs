@@ -8,7 +8,8 @@
 //! | [`sse`] | Server-Sent Events on `/api/sse` |
 //! | [`stream`] | HTTP streaming (NDJSON) on `/api/stream` |
 //! | [`iframe`] | the forever iframe on `/api/iframe` |
-//! | [`streaming`] | the delivery writer the three streaming responses share |
+//! | [`streaming`] | the body the three streaming responses share |
+//! | `writer` | the delivery writer of every long-lived technique: pace, batch, encode, write, meter, end |
 //! | [`long_poll`] | long polling on `/api/longpoll` |
 //! | [`short_poll`] | short polling on `/api/poll` |
 //! | [`poll`] | the answer of a poll, short or long |
@@ -42,6 +43,7 @@ pub mod stream;
 pub mod streaming;
 pub mod websocket;
 pub mod wire_view;
+mod writer;
 pub mod ws;
 
 pub use body::read_body;

@@ -11,7 +11,6 @@ use std::io::Write as _;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 
 use super::streaming::{self, Framing};
 use super::Params;
@@ -44,8 +43,8 @@ impl Framing for Sse {
         frame(out, seq, json);
     }
 
-    fn keep_alive(&self) -> Bytes {
-        Bytes::from_static(b": keep-alive\n\n")
+    fn keep_alive(&self) -> &'static [u8] {
+        b": keep-alive\n\n"
     }
 
     fn overhead(&self) -> usize {

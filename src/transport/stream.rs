@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use bytes::Bytes;
 
 use super::streaming::{self, Framing};
 use super::Params;
@@ -46,8 +45,8 @@ impl Framing for Ndjson {
         out.push(b'\n');
     }
 
-    fn keep_alive(&self) -> Bytes {
-        Bytes::from_static(b"\n")
+    fn keep_alive(&self) -> &'static [u8] {
+        b"\n"
     }
 
     fn overhead(&self) -> usize {

@@ -1,23 +1,27 @@
-//! The delivery writer shared by the streaming techniques ([`super::sse`], [`super::stream`],
-//! [`super::iframe`]): one long chunked response, its first chunk the `welcome`, then the room events as the
-//! channel hands them over, paced (`Pacer`) and metered alike; only the framing of an event differs
+//! The body the streaming techniques share ([`super::sse`], [`super::stream`], [`super::iframe`]): one long
+//! chunked response, its first chunk the `welcome`, then one chunk per write of the shared delivery writer
+//! (`writer`: paced, batched, metered like a WebSocket's); only the framing of an event differs
 //! (`Framing`).
 //!
 //! The stream ends, after an `error` event saying why, when the receiver lags (`slow_consumer`) or is replaced
 //! by a newer channel of its session (`replaced`), and after the shutdown notice when the server stops. A peer
 //! that stops reading is cut by the connection's write deadline (`--write-timeout`), like any other.
+//!
+//! The body is a `stream::unfold` whose step is a plain `async fn` over a named state: each step waits for the
+//! writer, lets it encode into the chunk, and yields the chunk to hyper, which writes and flushes it.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::future::Future;
+use std::io;
 
 use axum::body::Body;
 use bytes::Bytes;
 use futures_util::stream;
 
-use super::{Pacer, Params};
-use crate::core::{Channel, Delivery, Item, Room, Seq, Transport};
+use super::writer::{Step, Wire, Writer};
+use super::Params;
+use crate::core::{Item, Room, Seq, Transport};
 use crate::error::AppError;
-use crate::metering::session::SessionWire;
 use crate::model::control;
 
 /// How one streaming technique puts events on the wire.
@@ -30,7 +34,7 @@ pub(crate) trait Framing: Send + 'static {
     fn event(&self, out: &mut Vec<u8>, seq: Option<Seq>, json: &[u8]);
 
     /// What a quiet stream writes every `--keepalive` seconds, so proxies do not cut it.
-    fn keep_alive(&self) -> Bytes;
+    fn keep_alive(&self) -> &'static [u8];
 
     /// Bytes one event adds around its JSON, about: for sizing a write's buffer.
     fn overhead(&self) -> usize;
@@ -60,86 +64,86 @@ pub(crate) async fn open<F: Framing>(
     let mut first = Vec::with_capacity(prelude.len() + welcome.len() + framing.overhead());
     first.extend_from_slice(prelude);
     framing.event(&mut first, None, welcome.as_bytes());
-    let state = Writer { channel, wire, first: Some(first), done: false, pacer: Pacer::default(), framing };
-    Ok(Body::from_stream(stream::unfold(state, Writer::step)))
+    let writer = Writer::new(Box::new(channel), wire);
+    let state = Chunks { writer, chunk: Chunk { framing, out: first }, done: false };
+    Ok(Body::from_stream(stream::unfold(state, Chunks::step)))
 }
 
-struct Writer<F> {
-    channel: Channel,
-    /// The session's counters: events delivered.
-    wire: Arc<SessionWire>,
-    first: Option<Vec<u8>>,
+/// The body's state: the writer, and the chunk it writes into (holding the first one until it is sent).
+struct Chunks<F> {
+    writer: Writer,
+    chunk: Chunk<F>,
+    /// Set once the last chunk is built.
     done: bool,
-    pacer: Pacer,
-    framing: F,
 }
 
-impl<F: Framing> Writer<F> {
+impl<F: Framing> Chunks<F> {
+    /// The body's next chunk: the first one, then one per write, the last one ending with the notice saying why
+    /// the stream ends.
     async fn step(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+        // Only the first chunk is waiting here: every other one is yielded as soon as it is written.
+        if !self.chunk.out.is_empty() {
+            let first = std::mem::take(&mut self.chunk.out);
+            return Some((Ok(first.into()), self));
+        }
         if self.done {
             return None;
         }
-        if let Some(first) = self.first.take() {
-            return Some((Ok(first.into()), self));
-        }
-        // Paced (`--flush-interval-ms`): at the end of the interval, write what arrived meanwhile, if anything:
-        // the run of room events straight from the ring when nothing else is queued (the busy steady state).
-        let mut first = None;
-        if self.pacer.pacing() {
-            self.pacer.ready().await;
-            if let Some(out) = self.drain() {
-                return Some((Ok(out.into()), self));
-            }
-            first = self.channel.ready().await;
-        }
-        let first = match first {
-            Some(first) => first,
-            None => self.channel.next().await,
-        };
-        if let Item::Beat = first {
-            return Some((Ok(self.framing.keep_alive()), self));
-        }
-        let room = self.channel.room().clone();
-        let batch = self.channel.batch_from(first, Pacer::batch(&room)).await;
-        let size: usize = batch.deliveries.iter().map(|d| d.json().len() + self.framing.overhead()).sum();
-        let mut out = Vec::with_capacity(size);
-        for delivery in &batch.deliveries {
-            match delivery {
-                Delivery::Event(event) => self.framing.event(&mut out, Some(event.seq), event.json.as_bytes()),
-                Delivery::Control { json, .. } => self.framing.event(&mut out, None, json.as_bytes()),
+        loop {
+            let wake = self.writer.wake().await;
+            match self.writer.write(&mut self.chunk, wake).await {
+                Step::Wrote => break,
+                Step::Idle => continue,
+                Step::Ended(_) => {
+                    self.done = true;
+                    break;
+                }
+                // Handing a chunk to hyper cannot fail: a peer that stops reading is cut by the connection.
+                Step::Gone => return None,
             }
         }
-        self.wire.delivered(room.metering().delivered(F::TRANSPORT, &batch.deliveries));
-        self.pacer.wrote(&room);
-        if let Some(end) = batch.end {
-            self.done = true;
-            let last = match end {
-                Item::Lagged => AppError::SlowConsumer.to_event(),
-                Item::Replaced => control::error("replaced", "a newer channel of this session took over"),
-                Item::Shutdown => control::server_disconnected(room.online().await.unwrap_or(0)),
-                // A batch ends only on lag, replacement or shutdown; anything else ends the stream plainly.
-                Item::Deliver(_) | Item::Beat => control::error("closed", "the stream ended"),
-            };
-            self.framing.event(&mut out, None, last.as_bytes());
-        }
+        let out = std::mem::take(&mut self.chunk.out);
         Some((Ok(out.into()), self))
     }
+}
 
-    /// The paced fast path ([`Channel::drain`]): the run of room events after the cursor, framed and counted;
-    /// `None` when there is none.
-    fn drain(&mut self) -> Option<Vec<u8>> {
-        let room = self.channel.room().clone();
-        let (mut out, mut delivering) = (Vec::new(), room.metering().delivering(F::TRANSPORT));
-        let framing = &self.framing;
-        let drained = self.channel.drain(Pacer::batch(&room), |event| {
-            framing.event(&mut out, Some(event.seq), event.json.as_bytes());
-            delivering.event(event);
-        });
-        if drained == 0 {
-            return None;
-        }
-        self.wire.delivered(delivering.finish());
-        self.pacer.wrote(&room);
-        Some(out)
+/// The chunk being built: [`Writer::write`] encodes into it, and the body hands it to hyper, which writes and
+/// flushes it under the connection's `--write-timeout`.
+struct Chunk<F> {
+    framing: F,
+    out: Vec<u8>,
+}
+
+impl<F: Framing> Wire for Chunk<F> {
+    const TRANSPORT: Transport = F::TRANSPORT;
+
+    fn overhead(&self) -> usize {
+        self.framing.overhead()
+    }
+
+    fn reserve(&mut self, bytes: usize) {
+        self.out.reserve(bytes);
+    }
+
+    fn event(&mut self, seq: Option<Seq>, json: &[u8]) {
+        self.framing.event(&mut self.out, seq, json);
+    }
+
+    /// The chunk goes out when the body yields it, after the write.
+    fn send(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn shrink(&mut self) {}
+
+    fn beat(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        self.out.extend_from_slice(self.framing.keep_alive());
+        std::future::ready(Ok(()))
+    }
+
+    /// The notice closes the last chunk; the body ends after it.
+    fn end(&mut self, _end: &Item, notice: String) -> impl Future<Output = ()> + Send {
+        self.framing.event(&mut self.out, None, notice.as_bytes());
+        std::future::ready(())
     }
 }

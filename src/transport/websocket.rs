@@ -36,7 +36,6 @@ use tungstenite::{Message, Utf8Bytes};
 
 use crate::config::Config;
 use crate::error::AppError;
-use crate::model::Delivery;
 
 /// A valid WebSocket upgrade request (HTTP/1.1), as an extractor. A request that is not one is refused with
 /// `400` and what is wrong with it; one for another protocol version with `426` and `Sec-WebSocket-Version: 13`.
@@ -188,7 +187,8 @@ const KEEP_PACED: usize = 8 * 1024;
 pub(crate) struct Socket {
     io: TokioIo<Upgraded>,
     context: WebSocketContext,
-    /// Bytes to write, whole frames only, in order: what tungstenite wrote and the batches of [`Socket::deliver`].
+    /// Bytes to write, whole frames only, in order: what tungstenite wrote and the room events of
+    /// [`Socket::push_event`].
     queue: Vec<u8>,
     /// Counts the frames of the message being read (`--ws-max-fragments`).
     fragments: Fragments,
@@ -295,16 +295,9 @@ impl Socket {
         queued
     }
 
-    /// Writes room deliveries, one text frame each, with everything queued before them, in one buffer and as
-    /// few writes as the socket allows. Each frame is encoded from the delivery's JSON; nothing is allocated
-    /// per delivery.
-    pub(crate) async fn deliver(&mut self, deliveries: &[Delivery]) -> io::Result<()> {
-        let size: usize = deliveries.iter().map(|d| d.json().len() + MAX_HEADER).sum();
-        self.queue.reserve(size);
-        for delivery in deliveries {
-            self.push_event(delivery.json());
-        }
-        self.write_queue().await
+    /// Makes room for `bytes` more in the queue: a batch's frames are encoded into one buffer, allocated once.
+    pub(crate) fn reserve(&mut self, bytes: usize) {
+        self.queue.reserve(bytes);
     }
 
     /// Queues one room event's JSON as a text frame, behind whatever is queued; [`Socket::write_out`] sends it.
@@ -360,7 +353,7 @@ impl Socket {
 }
 
 /// Longest header of an unmasked server frame: 2 bytes, plus 8 for a 64-bit length.
-const MAX_HEADER: usize = 10;
+pub(crate) const MAX_HEADER: usize = 10;
 
 /// Appends one final, unmasked text frame carrying `payload` (RFC 6455, 5.2).
 fn push_text_frame(out: &mut Vec<u8>, payload: &[u8]) {

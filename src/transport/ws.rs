@@ -17,6 +17,7 @@
 //! before closing TCP, at most `--ws-close-timeout-ms` (`Socket::close`).
 
 use std::future::Future;
+use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,9 +27,10 @@ use axum::response::Response;
 use serde::Deserialize;
 use tungstenite::{Bytes, Message};
 
-use super::websocket::{is_too_many_fragments, Socket, Upgrade};
-use super::{send_key, ClientAddr, Pacer, Params, SameOrigin};
-use crate::core::{Channel, Delivery, Item, Room, Transport};
+use super::websocket::{is_too_many_fragments, Socket, Upgrade, MAX_HEADER};
+use super::writer::{Step, Wire, Writer};
+use super::{send_key, ClientAddr, Params, SameOrigin};
+use crate::core::{Channel, Item, Room, Transport};
 use crate::error::AppError;
 use crate::metering::session::SessionWire;
 use crate::model::{control, Seq};
@@ -180,7 +182,7 @@ enum Ended {
 #[allow(clippy::manual_async_fn, reason = "an async fn would hold the socket twice; see the comment inside")]
 pub(crate) fn serve(
     mut socket: Socket,
-    mut channel: Box<Channel>,
+    channel: Box<Channel>,
     wire: Arc<SessionWire>,
     client: Option<IpAddr>,
     welcome: Option<String>,
@@ -190,78 +192,58 @@ pub(crate) fn serve(
     // A plain function returning an `async move` block, not an `async fn`: an `async fn` moves its arguments
     // into locals and so holds the socket twice for the connection's whole life.
     async move {
-        let room = channel.room().clone();
-        let ended = match exchange(&mut socket, &mut channel, &room, &wire, client, welcome, sends).await {
-            Ok(ended) => ended,
-            Err(end) => Box::pin(finish(&mut socket, &room, end)).await,
-        };
+        let mut writer = Writer::new(channel, wire);
+        let ended = exchange(&mut socket, &mut writer, client, welcome, sends).await;
         // On shutdown the participant is not announced as gone: in a cluster it comes back on another process,
         // and one that does not is reaped by its lease.
         if on_close == OnClose::Leave && ended != Ended::Shutdown {
-            if let Err(error) = Box::pin(room.leave(channel.token())).await {
+            let channel = writer.channel();
+            if let Err(error) = Box::pin(channel.room().leave(channel.token())).await {
                 tracing::warn!(%error, "could not announce a seed participant's leave");
             }
         }
     }
 }
 
-/// How an exchange ends: `Ok` when the client went away, `Err(item)` when the channel asks to end.
-type Exit = Result<Ended, Item>;
-
 /// Runs the loop until it ends.
 async fn exchange(
     socket: &mut Socket,
-    channel: &mut Channel,
-    room: &Room,
-    wire: &SessionWire,
+    writer: &mut Writer,
     client: Option<IpAddr>,
     welcome: Option<String>,
     sends: Sends,
-) -> Exit {
+) -> Ended {
     if let Some(welcome) = welcome {
         if socket.send(Message::Text(welcome.into())).await.is_err() {
-            return Ok(Ended::Client);
+            return Ended::Client;
         }
     }
     // Keep-alive beats since the peer last sent anything (a frame, or the pong to our ping).
     let mut unanswered = 0u8;
-    let mut pacer = Pacer::default();
     let mut outbox = Outbox::default();
     loop {
         // Biased towards delivery: a connection drains what it owes before reading more input, so a fast
         // sender cannot outrun its own echoes into a slow-consumer close.
         tokio::select! {
             biased;
-            // Paced (`--flush-interval-ms`): at the end of the interval, write what arrived meanwhile.
-            () = pacer.ready(), if pacer.pacing() => {
-                if let Err(exit) = flush(socket, channel, room, wire, &mut pacer).await {
-                    return exit;
-                }
-            }
-            item = channel.next(), if !pacer.pacing() => {
-                if let Item::Beat = item {
-                    if unanswered >= 2 {
-                        // Two pings went unanswered: the peer is gone without a FIN. Dropping the socket ends
-                        // the channel; the lease then announces the leave.
-                        return Ok(Ended::Client);
-                    }
-                    unanswered += 1;
-                    if socket.send(Message::Ping(Bytes::new())).await.is_err() {
-                        return Ok(Ended::Client);
-                    }
-                    continue;
-                }
-                if let Err(exit) = deliver(socket, channel, room, wire, item, &mut pacer).await {
-                    return exit;
+            // The channel's next item, or, paced (`--flush-interval-ms`), the end of the interval.
+            wake = writer.wake() => {
+                let mut frames = Frames { socket: &mut *socket, unanswered: &mut unanswered };
+                match writer.write(&mut frames, wake).await {
+                    Step::Wrote | Step::Idle => {}
+                    Step::Gone => return Ended::Client,
+                    Step::Ended(Item::Shutdown) => return Ended::Shutdown,
+                    Step::Ended(Item::Replaced) => return Ended::Replaced,
+                    Step::Ended(_) => return Ended::Slow,
                 }
             }
             answers = outbox.posted(), if outbox.busy() => {
                 for answer in answers {
                     if socket.send(Message::Text(answer.into())).await.is_err() {
-                        return Ok(Ended::Client);
+                        return Ended::Client;
                     }
                 }
-                outbox.post(room, client, channel.token());
+                outbox.post(writer.room(), client, writer.channel().token());
             }
             // A client whose texts wait beyond the outbox's bound is not read until they are posted.
             received = socket.recv(), if outbox.open() => {
@@ -270,23 +252,23 @@ async fn exchange(
                     Some(Ok(message)) => message,
                     Some(Err(error)) => {
                         Box::pin(close(socket, protocol_close_code(&error), "protocol error")).await;
-                        return Ok(Ended::Client);
+                        return Ended::Client;
                     }
-                    None => return Ok(Ended::Client),
+                    None => return Ended::Client,
                 };
                 match message {
                     Message::Text(text) => {
-                        outbox.waiting.push(receive(room, text.as_str(), sends));
-                        outbox.post(room, client, channel.token());
+                        outbox.waiting.push(receive(writer.room(), text.as_str(), sends));
+                        outbox.post(writer.room(), client, writer.channel().token());
                     }
                     Message::Binary(_) => {
                         let error = AppError::BadRequest("binary frames are not supported: send text".into());
                         let _ = socket.send(Message::Text(error.to_event().into())).await;
                         Box::pin(close(socket, 1003, "binary frames are not supported")).await;
-                        return Ok(Ended::Client);
+                        return Ended::Client;
                     }
                     // `recv` has already echoed the close (RFC 6455).
-                    Message::Close(_) => return Ok(Ended::Client),
+                    Message::Close(_) => return Ended::Client,
                     // tungstenite answers pings by itself; it never reads a raw `Frame`.
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
@@ -362,105 +344,56 @@ impl Outbox {
     }
 }
 
-/// Writes `first` and everything ready after it with one flush; `Err` when that ends the exchange.
-async fn deliver(
-    socket: &mut Socket,
-    channel: &mut Channel,
-    room: &Room,
-    wire: &SessionWire,
-    first: Item,
-    pacer: &mut Pacer,
-) -> Result<(), Exit> {
-    let batch = channel.batch_from(first, Pacer::batch(room)).await;
-    if write(socket, room, wire, &batch.deliveries).await.is_err() {
-        return Err(Ok(Ended::Client));
-    }
-    pacer.wrote(room);
-    match batch.end {
-        Some(end) => Err(Err(end)),
-        None => Ok(()),
-    }
+/// A WebSocket's wire for the delivery [`Writer`]: text frames queued in the socket and written with one flush,
+/// pings for the beat, a notice and a Close frame for the end.
+struct Frames<'a> {
+    socket: &'a mut Socket,
+    /// Keep-alive beats since the peer last sent anything (a frame, or the pong to our ping).
+    unanswered: &'a mut u8,
 }
 
-/// At the end of a pacing interval, writes what arrived meanwhile: the run of room events straight from the ring
-/// into the socket's buffer when nothing else is queued for the channel (the busy server's steady state), else
-/// whatever is ready, the general way.
-async fn flush(
-    socket: &mut Socket,
-    channel: &mut Channel,
-    room: &Room,
-    wire: &SessionWire,
-    pacer: &mut Pacer,
-) -> Result<(), Exit> {
-    if let Some(written) = drain(socket, channel, room, wire, pacer).await {
-        return written;
-    }
-    match channel.ready().await {
-        Some(first) => deliver(socket, channel, room, wire, first, pacer).await,
-        None => {
-            // Nothing came during the interval: the stream goes back to waiting, without its batch buffer.
-            socket.shrink();
-            Ok(())
-        }
-    }
-}
+impl Wire for Frames<'_> {
+    const TRANSPORT: Transport = Transport::Ws;
 
-/// [`flush`]'s fast path ([`Channel::drain`]); `None` when it found nothing to write. Its own function, so that
-/// what it counts with is not kept in an idle connection's state.
-async fn drain(
-    socket: &mut Socket,
-    channel: &mut Channel,
-    room: &Room,
-    wire: &SessionWire,
-    pacer: &mut Pacer,
-) -> Option<Result<(), Exit>> {
-    let mut delivering = room.metering().delivering(Transport::Ws);
-    let drained = channel.drain(Pacer::batch(room), |event| {
-        socket.push_event(event.json.as_bytes());
-        delivering.event(event);
-    });
-    if drained == 0 {
-        return None;
+    fn overhead(&self) -> usize {
+        MAX_HEADER
     }
-    if socket.write_out().await.is_err() {
-        return Some(Err(Ok(Ended::Client)));
-    }
-    wire.delivered(delivering.finish());
-    pacer.wrote(room);
-    if !pacer.pacing() {
-        // The server is no longer busy: the stream goes back to waiting, without its batch buffer.
-        socket.shrink();
-    }
-    Some(Ok(()))
-}
 
-/// Writes a batch, then counts it.
-async fn write(socket: &mut Socket, room: &Room, wire: &SessionWire, deliveries: &[Delivery]) -> std::io::Result<()> {
-    socket.deliver(deliveries).await?;
-    wire.delivered(room.metering().delivered(Transport::Ws, deliveries));
-    Ok(())
-}
+    fn reserve(&mut self, bytes: usize) {
+        self.socket.reserve(bytes);
+    }
 
-/// Ends a connection the channel asked to end, saying why.
-async fn finish(socket: &mut Socket, room: &Room, end: Item) -> Ended {
-    match end {
-        Item::Shutdown => {
-            let notice = control::server_disconnected(room.online().await.unwrap_or(0));
-            let _ = socket.send(Message::Text(notice.into())).await;
-            close(socket, 1001, "server is stopping").await;
-            Ended::Shutdown
+    fn event(&mut self, _seq: Option<Seq>, json: &[u8]) {
+        self.socket.push_event(json);
+    }
+
+    fn send(&mut self) -> impl Future<Output = io::Result<()>> + Send {
+        self.socket.write_out()
+    }
+
+    fn shrink(&mut self) {
+        self.socket.shrink();
+    }
+
+    /// Pings; `Err` once two pings went unanswered: the peer is gone without a FIN. Dropping the socket ends the
+    /// channel; the lease then announces the leave.
+    async fn beat(&mut self) -> io::Result<()> {
+        if *self.unanswered >= 2 {
+            return Err(io::ErrorKind::TimedOut.into());
         }
-        Item::Replaced => {
-            let notice = control::error("replaced", "a newer channel of this session took over");
-            let _ = socket.send(Message::Text(notice.into())).await;
-            close(socket, CLOSE_REPLACED, "replaced by a newer channel").await;
-            Ended::Replaced
-        }
-        Item::Lagged | Item::Deliver(_) | Item::Beat => {
-            let _ = socket.send(Message::Text(AppError::SlowConsumer.to_event().into())).await;
-            close(socket, CLOSE_SLOW_CONSUMER, "slow consumer: resume with since=").await;
-            Ended::Slow
-        }
+        *self.unanswered += 1;
+        self.socket.send(Message::Ping(Bytes::new())).await.map_err(io::Error::other)
+    }
+
+    /// Sends the notice, then closes with the code that says why ([`Socket::close`]).
+    async fn end(&mut self, end: &Item, notice: String) {
+        let (code, reason) = match end {
+            Item::Shutdown => (1001, "server is stopping"),
+            Item::Replaced => (CLOSE_REPLACED, "replaced by a newer channel"),
+            Item::Lagged | Item::Deliver(_) | Item::Beat => (CLOSE_SLOW_CONSUMER, "slow consumer: resume with since="),
+        };
+        let _ = self.socket.send(Message::Text(notice.into())).await;
+        close(self.socket, code, reason).await;
     }
 }
 

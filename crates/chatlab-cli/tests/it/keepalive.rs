@@ -25,6 +25,31 @@ async fn sse_streams_get_keepalive_comments() {
     assert!(started.elapsed() < Duration::from_secs(3), "within a beat or two");
 }
 
+/// A quiet HTTP stream and a quiet forever iframe each receive a bare newline every `--keepalive` seconds, between
+/// whole events: a reader skips it, a proxy sees the response alive.
+#[tokio::test]
+async fn streams_and_iframes_get_keepalive_newlines() {
+    for (framing, technique) in Framing::ALL {
+        // A server each: another participant's lease running out would be news on the stream.
+        let server = start_with(beating()).await;
+        let user = join(&server, technique).await;
+        let mut streamed = streamed(&server, &format!("/api/{technique}?session={}", user.session)).await;
+        let started = Instant::now();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = tokio::time::timeout(WAIT, streamed.response.chunk()).await.expect("a chunk in time").unwrap();
+            text.push_str(std::str::from_utf8(&chunk.expect("the response is still open")).unwrap());
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{technique}: within a beat or two");
+        assert!(text.contains(r#"{"type":"welcome""#), "{technique}: {text:?}");
+        // The newline comes alone, after a whole event, and only newlines follow it.
+        let (before, after) = text.split_once("\n\n").unwrap();
+        let ends = if framing == Framing::Script { ")</script>" } else { "}" };
+        assert!(before.ends_with(ends), "{technique}: {text:?}");
+        assert!(after.bytes().all(|b| b == b'\n'), "{technique}: only keep-alives follow: {text:?}");
+    }
+}
+
 /// A WebSocket client that answers pings (every client library does) stays connected through many beats.
 #[tokio::test]
 async fn answering_websockets_stay() {
