@@ -190,15 +190,37 @@ impl SoakReport {
     /// Everyone joined, nothing lost or duplicated, every stalled channel let go in time, and the server's RSS
     /// flat after the first minute.
     pub fn passed(&self) -> bool {
+        self.failures().is_empty()
+    }
+
+    /// What failed, one line each (empty when the soak passed).
+    pub fn failures(&self) -> Vec<String> {
         let bound = self.write_timeout_s as f64 + 1.0;
-        self.join_errors == 0
-            && self.rss_flat() != Some(false)
-            && self.lost == 0
-            && self.duplicated == 0
-            && self.readers_failed == 0
-            && self.overdue == 0
-            && self.let_go_late == 0
-            && self.let_go_after_stall_s.is_none_or(|(_, max)| max <= bound)
+        let mut failed = Vec::new();
+        if self.join_errors > 0 {
+            failed.push(format!("{} participants could not join", self.join_errors));
+        }
+        if self.lost > 0 || self.duplicated > 0 || self.readers_failed > 0 {
+            failed.push(format!(
+                "readers lost {} events, got {} twice, {} readers failed",
+                self.lost, self.duplicated, self.readers_failed
+            ));
+        }
+        let late_max = self.let_go_after_stall_s.map_or(0.0, |(_, max)| max);
+        if self.overdue > 0 || self.let_go_late > 0 || late_max > bound {
+            failed.push(format!(
+                "{} stalled connections let go later than {bound} s after their stall (max {late_max:.2} s), {} still \
+                 open past it",
+                self.let_go_late, self.overdue
+            ));
+        }
+        if self.rss_flat() == Some(false) {
+            failed.push(format!(
+                "the server's RSS grew more than {:.0} % after the first minute",
+                RSS_GROWTH_MAX * 100.0
+            ));
+        }
+        failed
     }
 
     /// Whether the server's RSS in the last minute (median) is within [`RSS_GROWTH_MAX`] of the first minute's:
@@ -218,12 +240,15 @@ impl SoakReport {
             .iter()
             .map(|t| format!("{t} {}", self.server["transports"][t]["write_timeouts"]))
             .collect();
+        let failures = self.failures();
+        let why: String =
+            failures.iter().map(|f| format!("- {f}\n")).chain(failures.first().map(|_| "\n".into())).collect();
         let slow: u64 = ["ws", "sse", "longpoll", "poll"]
             .iter()
             .filter_map(|t| self.server["transports"][t]["slow_consumers"].as_u64())
             .sum();
         format!(
-            "## chatlab soak: {verdict}\n\n`{command}` ({date})\n\n\
+            "## chatlab soak: {verdict}\n\n`{command}` ({date})\n\n{why}\
              | | |\n|---|---|\n\
              | participants | {p} ({h} healthy, {r} reconnecting, {s} stalled; {je} could not join; joined in {js:.1} s) |\n\
              | soak | {d:.0} s, {sent} texts sent ({se} failed), {rc} reconnections |\n\
@@ -238,7 +263,7 @@ impl SoakReport {
              | server write_timeouts | {timeouts}, other {owt} |\n\
              | server slow_consumers, header_timeouts, idle_evictions | {slow}, {ht}, {ie} |\n\
              | connection attempts dropped, accept queue full (machine-wide) | {lo} |\n",
-            verdict = if self.passed() { "passed" } else { "FAILED" },
+            verdict = if failures.is_empty() { "passed" } else { "FAILED" },
             command = self.command,
             date = self.date,
             p = self.participants,
@@ -883,7 +908,7 @@ pub async fn run(args: SoakArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     if !report.passed() {
-        bail!("the soak failed: something was lost or duplicated, or a stalled connection was kept too long");
+        bail!("the soak failed: {}", report.failures().join("; "));
     }
     Ok(())
 }
