@@ -15,6 +15,10 @@
 //!   of the history and the sessions changed, commits (one sync) and only then answers the publishers: a `202`
 //!   or a WebSocket `ack` means the text is on disk. While one commit syncs, the next batch gathers, and the
 //!   sync is no longer on the way from a sender to its readers.
+//! - **A sender may number its next texts while its previous ones sync.** [`Broker::sequence_all`] answers once
+//!   the texts are numbered, with a [`Durability`] resolved by their commit: a WebSocket connection numbers its
+//!   next batch as soon as the previous one is numbered, and writes each `ack` once its text is durable, in the
+//!   order its frames came. A fast sender is held to the sequencer's pace, not to one batch per sync.
 //! - **The sequence never repeats, even for texts seen and then lost in a crash.** A text is seen before it is
 //!   durable, so a crash can lose a text its readers saw (never one its sender was told was kept). The store
 //!   therefore holds a *reservation*: the highest number the sequencer may give out, written ahead of it (up to
@@ -58,6 +62,7 @@ use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableD
 use tokio::sync::{mpsc, oneshot};
 
 use super::MemoryBroker;
+use crate::core::broker::{Durability, Sequenced};
 use crate::core::Broker;
 use crate::model::{
     Backlog, BrokerError, Draft, Epoch, EventBody, FeedItem, Published, RoomEvent, SendKey, Seq, SessionRecord, Visit,
@@ -198,23 +203,28 @@ impl Progress {
 
 /// What a publisher hands the sequencer.
 enum Job {
-    /// Drafts of one publisher, each with its stored send key if any, numbered consecutively.
-    Publish(Vec<(Draft, Option<String>)>, Reply),
+    /// Drafts of one publisher, each with its stored send key if any, numbered consecutively: answered once
+    /// numbered, and again once written.
+    Publish(Vec<(Draft, Option<String>)>, Numbered, Written),
     /// Write every session change now, and answer once it is written (and everything sequenced before it).
-    Sync(oneshot::Sender<Result<(), BrokerError>>),
+    Sync(Written),
 }
 
-type Reply = oneshot::Sender<Result<Vec<Published>, BrokerError>>;
+/// The answers of a publish once its drafts are numbered (and seen by readers).
+type Numbered = oneshot::Sender<Result<Vec<Published>, BrokerError>>;
+
+/// The answer once what was asked is durable.
+type Written = oneshot::Sender<Result<(), BrokerError>>;
 
 /// An event with the send key it was published with, if any: what the store writes of it.
 type Stored = (Arc<RoomEvent>, Option<String>);
 
 /// What the sequencer hands the committer, in sequence order.
 enum Step {
-    /// Events numbered and seen, with the answers of their publisher (given once they are written).
-    Publish(Vec<Stored>, Vec<Published>, Reply),
+    /// Events numbered and seen, with their publisher's answer once they are written.
+    Publish(Vec<Stored>, Written),
     /// Answer once everything before is written (with every session change).
-    Sync(oneshot::Sender<Result<(), BrokerError>>),
+    Sync(Written),
     /// The sequencer waits for the reservation to reach this number.
     Reserve(Seq),
 }
@@ -328,14 +338,24 @@ impl DurableBroker {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Hands `drafts` to the sequencer and waits for them to be numbered (and seen); the [`Durability`]
+    /// resolves after their commit.
+    async fn sequence(&self, drafts: Vec<(Draft, Option<String>)>) -> Result<Sequenced, BrokerError> {
+        if drafts.is_empty() {
+            return Ok(Sequenced { published: Vec::new(), durable: Durability::now() });
+        }
+        let (numbered, published) = oneshot::channel();
+        let (written, durable) = oneshot::channel();
+        self.send(Job::Publish(drafts, numbered, written))?;
+        let published = published.await.map_err(|_| stopped())??;
+        Ok(Sequenced { published, durable: Durability::once(durable) })
+    }
+
     /// Hands `drafts` to the sequencer and waits for their commit.
     async fn commit(&self, drafts: Vec<(Draft, Option<String>)>) -> Result<Vec<Published>, BrokerError> {
-        if drafts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (reply, answer) = oneshot::channel();
-        self.send(Job::Publish(drafts, reply))?;
-        answer.await.map_err(|_| stopped())?
+        let Sequenced { published, durable } = self.sequence(drafts).await?;
+        durable.wait().await?;
+        Ok(published)
     }
 
     fn send(&self, job: Job) -> Result<(), BrokerError> {
@@ -528,12 +548,14 @@ impl Sequencer {
                 Job::Sync(reply) => {
                     let _ = self.steps.send(Step::Sync(reply));
                 }
-                Job::Publish(drafts, reply) => match self.sequence(drafts) {
+                Job::Publish(drafts, numbered, written) => match self.sequence(drafts) {
                     Ok((events, answers)) => {
-                        let _ = self.steps.send(Step::Publish(events, answers, reply));
+                        // The publisher may number its next drafts now, while these are written.
+                        let _ = numbered.send(Ok(answers));
+                        let _ = self.steps.send(Step::Publish(events, written));
                     }
                     Err(error) => {
-                        let _ = reply.send(Err(error));
+                        let _ = numbered.send(Err(error));
                     }
                 },
             }
@@ -633,9 +655,9 @@ impl Committer {
             let mut next = first;
             while let Some(step) = next.take() {
                 match step {
-                    Step::Publish(mine, answers, reply) => {
+                    Step::Publish(mine, reply) => {
                         events.extend(mine);
-                        publishers.push((answers, reply));
+                        publishers.push(reply);
                     }
                     Step::Sync(reply) => syncs.push(reply),
                     Step::Reserve(wanted) => reserve = reserve.max(wanted),
@@ -648,18 +670,12 @@ impl Committer {
             let all = !syncs.is_empty() || self.synced.elapsed() >= self.options.session_sync;
             match self.commit(events, all, Ending::Reserve(reserve)) {
                 Ok(()) => {
-                    for (answers, reply) in publishers {
-                        let _ = reply.send(Ok(answers));
-                    }
-                    for reply in syncs {
+                    for reply in publishers.into_iter().chain(syncs) {
                         let _ = reply.send(Ok(()));
                     }
                 }
                 Err(why) => {
-                    for (_, reply) in publishers {
-                        let _ = reply.send(Err(unwritable(&why)));
-                    }
-                    for reply in syncs {
+                    for reply in publishers.into_iter().chain(syncs) {
                         let _ = reply.send(Err(unwritable(&why)));
                     }
                 }
@@ -829,6 +845,10 @@ impl Broker for DurableBroker {
 
     async fn publish_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Vec<Published>, BrokerError> {
         self.commit(sends.into_iter().map(|(draft, key)| (draft, key.map(|key| key.stored()))).collect()).await
+    }
+
+    async fn sequence_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Sequenced, BrokerError> {
+        self.sequence(sends.into_iter().map(|(draft, key)| (draft, key.map(|key| key.stored()))).collect()).await
     }
 
     async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {
