@@ -351,6 +351,7 @@ impl Outbox {
         let (room, token, entries) = (room.clone(), token.to_owned(), std::mem::take(&mut self.waiting));
         let frames = entries.len();
         self.in_flight += frames;
+        #[allow(clippy::async_yields_async, reason = "numbered, a batch yields what waits for it to be durable")]
         let numbering: Numbering = Box::pin(async move {
             let mut texts = Vec::with_capacity(entries.len());
             let mut shape = Vec::with_capacity(entries.len());
