@@ -43,7 +43,7 @@
 //! # The data directory
 //! `FORMAT` (`chatlab-store 1`: the layout below; a newer one is refused at start, never overwritten), `LOCK`,
 //! and `room.redb` with four tables: `meta` (the epoch, a random id made when the store is created; the guest
-//! counter; the reservation), `events` (seq → the event's JSON, the newest `--history`), `sessions` (token →
+//! counter; the reservation), `events` (seq → the event's JSON, the newest `--history`, and until the next trim up to a sixteenth more), `sessions` (token →
 //! the record and the end of its lease) and `idempotency` (seq → the session and key a text was sent with,
 //! trimmed with the events). Copy the directory while the server is stopped to back the room up.
 
@@ -282,6 +282,7 @@ impl DurableBroker {
         let capacity = history.max(1);
         let loaded = load(&db, capacity as u64, options.unsynced_max)
             .map_err(|why| StoreError::Damaged { path: path.clone(), why })?;
+        let trimmed = loaded.events.first().map_or(0, |(event, _)| event.seq);
         let memory = Arc::new(MemoryBroker::restore(
             capacity,
             loaded.epoch.as_str().into(),
@@ -309,6 +310,7 @@ impl DurableBroker {
             guests: loaded.guests,
             reserved: loaded.reserved,
             written: loaded.start,
+            trimmed,
             unwritten: Vec::new(),
             synced: Instant::now(),
         };
@@ -629,6 +631,8 @@ struct Committer {
     reserved: Seq,
     /// The newest event written.
     written: Seq,
+    /// Every event below this is trimmed from the store.
+    trimmed: Seq,
     /// Events sequenced (and seen) whose commit failed: written with the next commit that goes through.
     unwritten: Vec<Stored>,
     /// When sessions marked [`Dirty::soon`] were last written.
@@ -715,6 +719,10 @@ impl Committer {
             }
             Ending::Reserve(_) => self.reserved,
         };
+        // The history is trimmed in steps of a sixteenth of it: a trim rewrites the oldest pages of the events,
+        // which a trim by every commit would add to every commit's writes.
+        let first_kept = (newest + 1).saturating_sub(self.capacity);
+        let trim = (first_kept >= self.trimmed + (self.capacity / 16).max(1)).then_some(first_kept);
         let guests = self.memory.guests();
         let failing = self.progress.lock().failing.is_some();
         let idle = self.unwritten.is_empty() && tokens.is_empty() && guests == self.guests;
@@ -726,7 +734,7 @@ impl Committer {
             None => open_store(&self.file).map_err(|error| error.to_string()),
         }
         .and_then(|db| {
-            let done = self.write(&db, &tokens, guests, reserved).map_err(|error| error.to_string());
+            let done = self.write(&db, &tokens, guests, reserved, trim).map_err(|error| error.to_string());
             // A store whose write failed is closed: redb answers nothing more after an I/O error.
             if done.is_ok() {
                 self.db = Some(db);
@@ -737,6 +745,7 @@ impl Committer {
             Ok(()) => {
                 self.unwritten.clear();
                 self.written = newest;
+                self.trimmed = trim.unwrap_or(self.trimmed);
                 self.guests = guests;
                 self.reserved = reserved;
                 if failing {
@@ -760,14 +769,21 @@ impl Committer {
         }
     }
 
-    /// One transaction: the events not yet written (the newest is the head), the trim of the history, the
-    /// sessions of `tokens` as they are now in memory (removed when gone), the guest counter and the reservation;
-    /// committed with one sync.
-    fn write(&self, db: &Database, tokens: &HashSet<String>, guests: u64, reserved: Seq) -> Result<(), redb::Error> {
+    /// One transaction: the events not yet written (the newest is the head), the trim of the history to `trim`
+    /// if any, the sessions of `tokens` as they are now in memory (removed when gone), the guest counter and the
+    /// reservation; committed with one sync.
+    fn write(
+        &self,
+        db: &Database,
+        tokens: &HashSet<String>,
+        guests: u64,
+        reserved: Seq,
+        trim: Option<Seq>,
+    ) -> Result<(), redb::Error> {
         let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
-            if let Some((last, _)) = self.unwritten.last() {
+            if !self.unwritten.is_empty() {
                 let mut table = tx.open_table(EVENTS)?;
                 let mut keys = tx.open_table(IDEMPOTENCY)?;
                 for (event, key) in &self.unwritten {
@@ -776,8 +792,10 @@ impl Committer {
                         keys.insert(event.seq, key.as_bytes())?;
                     }
                 }
-                let first_kept = (last.seq + 1).saturating_sub(self.capacity);
-                table.retain_in(..first_kept, |_, _| false)?;
+            }
+            if let Some(first_kept) = trim {
+                tx.open_table(EVENTS)?.retain_in(..first_kept, |_, _| false)?;
+                let mut keys = tx.open_table(IDEMPOTENCY)?;
                 if !keys.is_empty()? {
                     keys.retain_in(..first_kept, |_, _| false)?;
                 }
