@@ -5,8 +5,9 @@
 //! The first frame is `welcome {id, nickname, session, seq, epoch}`; then room events and control events as text
 //! frames. The client sends plain text frames (`hello`, `/nick NAME`); a refused text gets an `error` event and the
 //! connection stays open. With `ack=1` each client frame is `{"ref": "<client id>", "text": "hello"}` instead, and
-//! is answered `{"type":"ack","ref","seq"}` once kept (with the durable room: on disk) (or an `error` naming the `ref`): a `ref` the session
-//! used before is not published again, so a client that lost its connection resends what was not acknowledged.
+//! is answered `{"type":"ack","ref","seq"}` once the room keeps it (on disk, in the durable room), or an `error`
+//! naming the `ref`: a `ref` the session used before is not published again, so a client that lost its
+//! connection resends what was not acknowledged.
 //!
 //! Every `--keepalive` seconds the server pings; a peer that answers nothing for two pings is dropped, so a client
 //! that vanished without closing is noticed (and announced as gone when its lease runs out).
