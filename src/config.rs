@@ -224,6 +224,12 @@ pub struct Config {
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub ws_max_fragments: u32,
 
+    /// Most text frames of one WebSocket connection read and not yet answered (waiting, being numbered, or
+    /// numbered and waiting to be durable): past it, the connection is not read until some are answered, so a
+    /// client sending faster than the room takes its texts is held back by TCP, not dropped.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub ws_outbox_max: u64,
+
     /// Serve `GET /echo`: a WebSocket that sends back every text and binary message (for conformance suites
     /// such as Autobahn|Testsuite), through the same socket code as `/ws`. Off by default.
     #[arg(long)]

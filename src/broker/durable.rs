@@ -15,6 +15,10 @@
 //!   of the history and the sessions changed, commits (one sync) and only then answers the publishers: a `202`
 //!   or a WebSocket `ack` means the text is on disk. While one commit syncs, the next batch gathers, and the
 //!   sync is no longer on the way from a sender to its readers.
+//! - **A sender may number its next texts while its previous ones sync.** [`Broker::sequence_all`] answers once
+//!   the texts are numbered, with a [`Durability`] resolved by their commit: a WebSocket connection numbers its
+//!   next batch as soon as the previous one is numbered, and writes each `ack` once its text is durable, in the
+//!   order its frames came. A fast sender is held to the sequencer's pace, not to one batch per sync.
 //! - **The sequence never repeats, even for texts seen and then lost in a crash.** A text is seen before it is
 //!   durable, so a crash can lose a text its readers saw (never one its sender was told was kept). The store
 //!   therefore holds a *reservation*: the highest number the sequencer may give out, written ahead of it (up to
@@ -39,7 +43,7 @@
 //! # The data directory
 //! `FORMAT` (`chatlab-store 1`: the layout below; a newer one is refused at start, never overwritten), `LOCK`,
 //! and `room.redb` with four tables: `meta` (the epoch, a random id made when the store is created; the guest
-//! counter; the reservation), `events` (seq → the event's JSON, the newest `--history`), `sessions` (token →
+//! counter; the reservation), `events` (seq → the event's JSON, the newest `--history`, and until the next trim up to a sixteenth more), `sessions` (token →
 //! the record and the end of its lease) and `idempotency` (seq → the session and key a text was sent with,
 //! trimmed with the events). Copy the directory while the server is stopped to back the room up.
 
@@ -58,6 +62,7 @@ use redb::{Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableD
 use tokio::sync::{mpsc, oneshot};
 
 use super::MemoryBroker;
+use crate::core::broker::{Durability, Sequenced};
 use crate::core::Broker;
 use crate::model::{
     Backlog, BrokerError, Draft, Epoch, EventBody, FeedItem, Published, RoomEvent, SendKey, Seq, SessionRecord, Visit,
@@ -198,23 +203,28 @@ impl Progress {
 
 /// What a publisher hands the sequencer.
 enum Job {
-    /// Drafts of one publisher, each with its stored send key if any, numbered consecutively.
-    Publish(Vec<(Draft, Option<String>)>, Reply),
+    /// Drafts of one publisher, each with its stored send key if any, numbered consecutively: answered once
+    /// numbered, and again once written.
+    Publish(Vec<(Draft, Option<String>)>, Numbered, Written),
     /// Write every session change now, and answer once it is written (and everything sequenced before it).
-    Sync(oneshot::Sender<Result<(), BrokerError>>),
+    Sync(Written),
 }
 
-type Reply = oneshot::Sender<Result<Vec<Published>, BrokerError>>;
+/// The answers of a publish once its drafts are numbered (and seen by readers).
+type Numbered = oneshot::Sender<Result<Vec<Published>, BrokerError>>;
+
+/// The answer once what was asked is durable.
+type Written = oneshot::Sender<Result<(), BrokerError>>;
 
 /// An event with the send key it was published with, if any: what the store writes of it.
 type Stored = (Arc<RoomEvent>, Option<String>);
 
 /// What the sequencer hands the committer, in sequence order.
 enum Step {
-    /// Events numbered and seen, with the answers of their publisher (given once they are written).
-    Publish(Vec<Stored>, Vec<Published>, Reply),
+    /// Events numbered and seen, with their publisher's answer once they are written.
+    Publish(Vec<Stored>, Written),
     /// Answer once everything before is written (with every session change).
-    Sync(oneshot::Sender<Result<(), BrokerError>>),
+    Sync(Written),
     /// The sequencer waits for the reservation to reach this number.
     Reserve(Seq),
 }
@@ -272,6 +282,7 @@ impl DurableBroker {
         let capacity = history.max(1);
         let loaded = load(&db, capacity as u64, options.unsynced_max)
             .map_err(|why| StoreError::Damaged { path: path.clone(), why })?;
+        let trimmed = loaded.events.first().map_or(0, |(event, _)| event.seq);
         let memory = Arc::new(MemoryBroker::restore(
             capacity,
             loaded.epoch.as_str().into(),
@@ -299,6 +310,7 @@ impl DurableBroker {
             guests: loaded.guests,
             reserved: loaded.reserved,
             written: loaded.start,
+            trimmed,
             unwritten: Vec::new(),
             synced: Instant::now(),
         };
@@ -328,14 +340,24 @@ impl DurableBroker {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Hands `drafts` to the sequencer and waits for them to be numbered (and seen); the [`Durability`]
+    /// resolves after their commit.
+    async fn sequence(&self, drafts: Vec<(Draft, Option<String>)>) -> Result<Sequenced, BrokerError> {
+        if drafts.is_empty() {
+            return Ok(Sequenced { published: Vec::new(), durable: Durability::now() });
+        }
+        let (numbered, published) = oneshot::channel();
+        let (written, durable) = oneshot::channel();
+        self.send(Job::Publish(drafts, numbered, written))?;
+        let published = published.await.map_err(|_| stopped())??;
+        Ok(Sequenced { published, durable: Durability::once(durable) })
+    }
+
     /// Hands `drafts` to the sequencer and waits for their commit.
     async fn commit(&self, drafts: Vec<(Draft, Option<String>)>) -> Result<Vec<Published>, BrokerError> {
-        if drafts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (reply, answer) = oneshot::channel();
-        self.send(Job::Publish(drafts, reply))?;
-        answer.await.map_err(|_| stopped())?
+        let Sequenced { published, durable } = self.sequence(drafts).await?;
+        durable.wait().await?;
+        Ok(published)
     }
 
     fn send(&self, job: Job) -> Result<(), BrokerError> {
@@ -528,12 +550,14 @@ impl Sequencer {
                 Job::Sync(reply) => {
                     let _ = self.steps.send(Step::Sync(reply));
                 }
-                Job::Publish(drafts, reply) => match self.sequence(drafts) {
+                Job::Publish(drafts, numbered, written) => match self.sequence(drafts) {
                     Ok((events, answers)) => {
-                        let _ = self.steps.send(Step::Publish(events, answers, reply));
+                        // The publisher may number its next drafts now, while these are written.
+                        let _ = numbered.send(Ok(answers));
+                        let _ = self.steps.send(Step::Publish(events, written));
                     }
                     Err(error) => {
-                        let _ = reply.send(Err(error));
+                        let _ = numbered.send(Err(error));
                     }
                 },
             }
@@ -607,6 +631,8 @@ struct Committer {
     reserved: Seq,
     /// The newest event written.
     written: Seq,
+    /// Every event below this is trimmed from the store.
+    trimmed: Seq,
     /// Events sequenced (and seen) whose commit failed: written with the next commit that goes through.
     unwritten: Vec<Stored>,
     /// When sessions marked [`Dirty::soon`] were last written.
@@ -633,9 +659,9 @@ impl Committer {
             let mut next = first;
             while let Some(step) = next.take() {
                 match step {
-                    Step::Publish(mine, answers, reply) => {
+                    Step::Publish(mine, reply) => {
                         events.extend(mine);
-                        publishers.push((answers, reply));
+                        publishers.push(reply);
                     }
                     Step::Sync(reply) => syncs.push(reply),
                     Step::Reserve(wanted) => reserve = reserve.max(wanted),
@@ -648,18 +674,12 @@ impl Committer {
             let all = !syncs.is_empty() || self.synced.elapsed() >= self.options.session_sync;
             match self.commit(events, all, Ending::Reserve(reserve)) {
                 Ok(()) => {
-                    for (answers, reply) in publishers {
-                        let _ = reply.send(Ok(answers));
-                    }
-                    for reply in syncs {
+                    for reply in publishers.into_iter().chain(syncs) {
                         let _ = reply.send(Ok(()));
                     }
                 }
                 Err(why) => {
-                    for (_, reply) in publishers {
-                        let _ = reply.send(Err(unwritable(&why)));
-                    }
-                    for reply in syncs {
+                    for reply in publishers.into_iter().chain(syncs) {
                         let _ = reply.send(Err(unwritable(&why)));
                     }
                 }
@@ -699,6 +719,10 @@ impl Committer {
             }
             Ending::Reserve(_) => self.reserved,
         };
+        // The history is trimmed in steps of a sixteenth of it: a trim rewrites the oldest pages of the events,
+        // which a trim by every commit would add to every commit's writes.
+        let first_kept = (newest + 1).saturating_sub(self.capacity);
+        let trim = (first_kept >= self.trimmed + (self.capacity / 16).max(1)).then_some(first_kept);
         let guests = self.memory.guests();
         let failing = self.progress.lock().failing.is_some();
         let idle = self.unwritten.is_empty() && tokens.is_empty() && guests == self.guests;
@@ -710,7 +734,7 @@ impl Committer {
             None => open_store(&self.file).map_err(|error| error.to_string()),
         }
         .and_then(|db| {
-            let done = self.write(&db, &tokens, guests, reserved).map_err(|error| error.to_string());
+            let done = self.write(&db, &tokens, guests, reserved, trim).map_err(|error| error.to_string());
             // A store whose write failed is closed: redb answers nothing more after an I/O error.
             if done.is_ok() {
                 self.db = Some(db);
@@ -721,6 +745,7 @@ impl Committer {
             Ok(()) => {
                 self.unwritten.clear();
                 self.written = newest;
+                self.trimmed = trim.unwrap_or(self.trimmed);
                 self.guests = guests;
                 self.reserved = reserved;
                 if failing {
@@ -744,14 +769,21 @@ impl Committer {
         }
     }
 
-    /// One transaction: the events not yet written (the newest is the head), the trim of the history, the
-    /// sessions of `tokens` as they are now in memory (removed when gone), the guest counter and the reservation;
-    /// committed with one sync.
-    fn write(&self, db: &Database, tokens: &HashSet<String>, guests: u64, reserved: Seq) -> Result<(), redb::Error> {
+    /// One transaction: the events not yet written (the newest is the head), the trim of the history to `trim`
+    /// if any, the sessions of `tokens` as they are now in memory (removed when gone), the guest counter and the
+    /// reservation; committed with one sync.
+    fn write(
+        &self,
+        db: &Database,
+        tokens: &HashSet<String>,
+        guests: u64,
+        reserved: Seq,
+        trim: Option<Seq>,
+    ) -> Result<(), redb::Error> {
         let tx = db.begin_write()?;
         {
             let mut meta = tx.open_table(META)?;
-            if let Some((last, _)) = self.unwritten.last() {
+            if !self.unwritten.is_empty() {
                 let mut table = tx.open_table(EVENTS)?;
                 let mut keys = tx.open_table(IDEMPOTENCY)?;
                 for (event, key) in &self.unwritten {
@@ -760,8 +792,10 @@ impl Committer {
                         keys.insert(event.seq, key.as_bytes())?;
                     }
                 }
-                let first_kept = (last.seq + 1).saturating_sub(self.capacity);
-                table.retain_in(..first_kept, |_, _| false)?;
+            }
+            if let Some(first_kept) = trim {
+                tx.open_table(EVENTS)?.retain_in(..first_kept, |_, _| false)?;
+                let mut keys = tx.open_table(IDEMPOTENCY)?;
                 if !keys.is_empty()? {
                     keys.retain_in(..first_kept, |_, _| false)?;
                 }
@@ -829,6 +863,10 @@ impl Broker for DurableBroker {
 
     async fn publish_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Vec<Published>, BrokerError> {
         self.commit(sends.into_iter().map(|(draft, key)| (draft, key.map(|key| key.stored()))).collect()).await
+    }
+
+    async fn sequence_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Sequenced, BrokerError> {
+        self.sequence(sends.into_iter().map(|(draft, key)| (draft, key.map(|key| key.stored()))).collect()).await
     }
 
     async fn alive(&self, tokens: &[String]) -> Result<Vec<bool>, BrokerError> {

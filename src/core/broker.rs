@@ -8,11 +8,51 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::model::{
     Backlog, BrokerError, Draft, Epoch, FeedItem, Published, RoomEvent, SendKey, Seq, SessionRecord, Visit,
 };
+
+/// Sends numbered by [`Broker::sequence_all`]: one [`Published`] per send, in order, and when they are durable.
+#[derive(Debug)]
+pub struct Sequenced {
+    /// One answer per send, in order: the new event, or the `seq` a key's first send got.
+    pub published: Vec<Published>,
+    /// Resolves once these sends are durable.
+    pub durable: Durability,
+}
+
+/// When sends already numbered are durable ([`Broker::sequence_all`]): at once for a broker that answers only
+/// once they are, after the commit that holds them for the durable broker.
+#[derive(Debug)]
+pub struct Durability(Option<oneshot::Receiver<Result<(), BrokerError>>>);
+
+impl Durability {
+    /// Durable already.
+    pub fn now() -> Self {
+        Durability(None)
+    }
+
+    /// Durable once `written` is answered `Ok`; a dropped sender means the store's writer stopped first.
+    pub fn once(written: oneshot::Receiver<Result<(), BrokerError>>) -> Self {
+        Durability(Some(written))
+    }
+
+    /// Waits until the sends are durable.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when they could not be written (they were numbered and seen, and are not
+    /// acknowledged).
+    pub async fn wait(self) -> Result<(), BrokerError> {
+        match self.0 {
+            None => Ok(()),
+            Some(written) => written.await.unwrap_or_else(|_| {
+                Err(BrokerError::Unavailable("the store's writer stopped before the texts were written".into()))
+            }),
+        }
+    }
+}
 
 /// Where the room's shared state lives. Implementations: [`DurableBroker`](crate::broker::DurableBroker) (this process, kept on disk),
 /// [`MemoryBroker`](crate::broker::MemoryBroker) (this process only) and [`RedisBroker`](crate::broker::RedisBroker) (several processes).
@@ -63,6 +103,21 @@ pub trait Broker: Send + Sync + 'static {
             });
         }
         Ok(published)
+    }
+
+    /// [`Broker::publish_all`] in two steps: answers as soon as the sends are numbered (and fed to the room's
+    /// readers), with a [`Durability`] that resolves once they are durable. A caller may number its next sends
+    /// meanwhile; the durability of sends numbered later never resolves before that of sends numbered earlier.
+    /// A send's answer to its client (a `202`, an `ack`) waits for its [`Durability`]: a send numbered and never
+    /// made durable (a crash, a failed write) is seen by readers but never acknowledged. By default
+    /// [`Broker::publish_all`], durable once it answers; the durable broker numbers at once and resolves after its
+    /// commit.
+    ///
+    /// # Errors
+    /// As [`Broker::publish_all`]; [`Durability::wait`] answers [`BrokerError::Unavailable`] when the sends were
+    /// numbered (and seen) but could not be written.
+    async fn sequence_all(&self, sends: Vec<(Draft, Option<SendKey<'_>>)>) -> Result<Sequenced, BrokerError> {
+        Ok(Sequenced { published: self.publish_all(sends).await?, durable: Durability::now() })
     }
 
     /// Reads at most `max` retained events after `cursor`, with the hole (if any) the client must be told of.

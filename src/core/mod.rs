@@ -22,3 +22,4 @@ pub use channel::{Batch, Channel, Item};
 pub use clients::client_of;
 pub use open::Polled;
 pub use room::Room;
+pub use service::Posted;

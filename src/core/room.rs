@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::core::broker::Broker;
+use crate::core::broker::{Broker, Sequenced};
 use crate::core::clients::Clients;
 use crate::core::rate::Buckets;
 use crate::core::ring::Recent;
@@ -218,19 +218,19 @@ impl Room {
         Ok(event)
     }
 
-    /// Publishes `sends` in this order ([`Broker::publish_all`]) and fans each new event out as
-    /// [`Room::publish`] does.
-    pub(super) async fn publish_all(
+    /// Numbers `sends` in this order ([`Broker::sequence_all`]) and fans each new event out as
+    /// [`Room::publish`] does, without waiting for them to be durable ([`Sequenced::durable`]).
+    pub(super) async fn sequence_all(
         &self,
         sends: Vec<(Draft, Option<SendKey<'_>>)>,
-    ) -> Result<Vec<Published>, BrokerError> {
-        let published = self.shared.broker.publish_all(sends).await?;
-        for published in &published {
+    ) -> Result<Sequenced, BrokerError> {
+        let sequenced = self.shared.broker.sequence_all(sends).await?;
+        for published in &sequenced.published {
             if let Published::Fresh(event) = published {
                 self.fan_out(event.clone(), true);
             }
         }
-        Ok(published)
+        Ok(sequenced)
     }
 
     /// [`Room::publish`] under a send's key: a repeated key publishes nothing and answers the first `seq`.

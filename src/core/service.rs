@@ -7,12 +7,45 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use crate::core::broker::{Durability, Sequenced};
 use crate::core::nickname::{clean_nickname, guest_number};
 use crate::core::room::Room;
 use crate::error::AppError;
 use crate::model::{
-    now_ms, Draft, Participant, Presence, Published, SendKey, Seq, SessionRecord, Transport, PRESENCE_MAX,
+    now_ms, BrokerError, Draft, Participant, Presence, Published, SendKey, Seq, SessionRecord, Transport, PRESENCE_MAX,
 };
+
+/// Texts of one participant numbered by [`Room::post_all`] (or refused), waiting to be durable.
+#[must_use = "a text's outcome is known once it is durable"]
+pub struct Posted {
+    /// Each text's outcome known already (a refusal, a repeated rename), in order; `None` for a text sent.
+    outcomes: Vec<Option<Result<Seq, AppError>>>,
+    /// The numbers of the texts sent, in order, or why none was.
+    published: Result<Vec<Seq>, BrokerError>,
+    /// When the texts sent are durable.
+    durable: Durability,
+}
+
+impl Posted {
+    /// Waits until the texts sent are durable, then answers each text's outcome, in order: its `seq`, or why it
+    /// was refused. A text numbered (and seen by readers) that could not be written is answered
+    /// [`AppError::Unavailable`], never its `seq`.
+    pub async fn outcomes(self) -> Vec<Result<Seq, AppError>> {
+        let written = self.durable.wait().await;
+        let mut published = match (self.published, written) {
+            (Ok(seqs), Ok(())) => Ok(seqs.into_iter()),
+            (Err(error), _) | (Ok(_), Err(error)) => Err(error),
+        };
+        self.outcomes
+            .into_iter()
+            .map(|outcome| match (outcome, published.as_mut()) {
+                (Some(outcome), _) => outcome,
+                (None, Err(error)) => Err(AppError::from(error.clone())),
+                (None, Ok(seqs)) => seqs.next().ok_or_else(|| AppError::Unavailable("no answer".into())),
+            })
+            .collect()
+    }
+}
 
 impl Room {
     /// A new participant joins: a session is created and everyone is told `<nickname> 来了`.
@@ -164,21 +197,23 @@ impl Room {
     /// Several texts of one participant from `client`, in order, each with its key if any, as
     /// [`Room::send_from`] each (the same checks, limits, keys and errors, text by text), published together: one
     /// step for the broker (with the durable broker, one commit), so that a sender whose texts arrive faster than
-    /// one sync each is not held to one text per sync. Returns each text's outcome, in order.
-    pub async fn post_all(
-        &self,
-        client: Option<IpAddr>,
-        token: &str,
-        texts: &[(String, Option<String>)],
-    ) -> Vec<Result<Seq, AppError>> {
+    /// one sync each is not held to one text per sync. Answers once the texts are numbered (and fanned out);
+    /// [`Posted::outcomes`] gives each text's outcome once they are durable, so the sender's next texts may be
+    /// numbered meanwhile.
+    pub async fn post_all(&self, client: Option<IpAddr>, token: &str, texts: &[(String, Option<String>)]) -> Posted {
+        let refused = |error: &dyn Fn() -> AppError| Posted {
+            outcomes: texts.iter().map(|_| Some(Err(error()))).collect(),
+            published: Ok(Vec::new()),
+            durable: Durability::now(),
+        };
         if self.shared.shutdown.is_cancelled() {
-            return texts.iter().map(|_| Err(AppError::ShuttingDown)).collect();
+            return refused(&|| AppError::ShuttingDown);
         }
         let mut record = match self.session(token).await {
             Ok(record) => record,
             // The lookup can only fail as an unknown session or an unavailable store: each text is told so.
-            Err(AppError::UnknownSession) => return texts.iter().map(|_| Err(AppError::UnknownSession)).collect(),
-            Err(error) => return texts.iter().map(|_| Err(AppError::Unavailable(error.to_string()))).collect(),
+            Err(AppError::UnknownSession) => return refused(&|| AppError::UnknownSession),
+            Err(error) => return refused(&|| AppError::Unavailable(error.to_string())),
         };
         let mut outcomes = Vec::with_capacity(texts.len());
         let mut sends = Vec::with_capacity(texts.len());
@@ -197,18 +232,13 @@ impl Room {
                 Err(error) => outcomes.push(Some(Err(error))),
             }
         }
-        // Each text drafted waits for its place in the batch published, in order.
-        let published = self.publish_all(sends).await;
-        let mut fresh = published.as_ref().map(|published| published.iter().map(Published::seq)).ok();
-        outcomes
-            .into_iter()
-            .map(|outcome| match (outcome, &published, fresh.as_mut()) {
-                (Some(outcome), _, _) => outcome,
-                (None, Err(error), _) => Err(AppError::from(error.clone())),
-                (None, Ok(_), Some(seqs)) => seqs.next().ok_or_else(|| AppError::Unavailable("no answer".into())),
-                (None, Ok(_), None) => Err(AppError::Unavailable("no answer".into())),
-            })
-            .collect()
+        // Each text drafted waits for its place in the batch numbered, in order.
+        match self.sequence_all(sends).await {
+            Ok(Sequenced { published, durable }) => {
+                Posted { outcomes, published: Ok(published.iter().map(Published::seq).collect()), durable }
+            }
+            Err(error) => Posted { outcomes, published: Err(error), durable: Durability::now() },
+        }
     }
 
     /// The event a participant's text makes: a chat message, or for `/nick NAME` a rename (saved in `record` and

@@ -5,8 +5,9 @@
 //! The first frame is `welcome {id, nickname, session, seq, epoch}`; then room events and control events as text
 //! frames. The client sends plain text frames (`hello`, `/nick NAME`); a refused text gets an `error` event and the
 //! connection stays open. With `ack=1` each client frame is `{"ref": "<client id>", "text": "hello"}` instead, and
-//! is answered `{"type":"ack","ref","seq"}` once sequenced (or an `error` naming the `ref`): a `ref` the session
-//! used before is not published again, so a client that lost its connection resends what was not acknowledged.
+//! is answered `{"type":"ack","ref","seq"}` once the room keeps it (on disk, in the durable room), or an `error`
+//! naming the `ref`: a `ref` the session used before is not published again, so a client that lost its
+//! connection resends what was not acknowledged.
 //!
 //! Every `--keepalive` seconds the server pings; a peer that answers nothing for two pings is dropped, so a client
 //! that vanished without closing is noticed (and announced as gone when its lease runs out).
@@ -16,11 +17,13 @@
 //! `--send-queue` events behind; reconnect with `since=` to resume). The server waits for the client's Close
 //! before closing TCP, at most `--ws-close-timeout-ms` (`Socket::close`).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use axum::extract::State;
 use axum::response::Response;
@@ -237,16 +240,18 @@ async fn exchange(
                     Step::Ended(_) => return Ended::Slow,
                 }
             }
-            answers = outbox.posted(), if outbox.busy() => {
-                for answer in answers {
-                    if socket.send(Message::Text(answer.into())).await.is_err() {
-                        return Ended::Client;
+            progress = outbox.progress(), if outbox.busy() => {
+                if let Progress::Answered(answers) = progress {
+                    for answer in answers {
+                        if socket.send(Message::Text(answer.into())).await.is_err() {
+                            return Ended::Client;
+                        }
                     }
                 }
                 outbox.post(writer.room(), client, writer.channel().token());
             }
-            // A client whose texts wait beyond the outbox's bound is not read until they are posted.
-            received = socket.recv(), if outbox.open() => {
+            // A client whose frames wait beyond the outbox's bound is not read until some are answered.
+            received = socket.recv(), if outbox.open(writer.room().config().ws_outbox_max as usize) => {
                 unanswered = 0;
                 let message = match received {
                     Some(Ok(message)) => message,
@@ -277,41 +282,60 @@ async fn exchange(
     }
 }
 
-/// Most texts of one connection waiting while its previous ones are posted; past it, the connection is not read
-/// until they are (its client's TCP window then fills).
-const OUTBOX_MAX: usize = 256;
-
-/// A connection's texts on their way into the room, in the order they arrived: one batch being posted
-/// ([`Room::post_all`]: with the durable broker, one commit) while the next gathers, so a client sending faster
-/// than one sync per text is not held to one text per sync. Each frame's answer (an ack, a refusal) is written in
-/// the order the frames came.
+/// A connection's texts on their way into the room, in the order they arrived. One batch is numbered at a time
+/// ([`Room::post_all`]: with the durable broker, one commit per batch); as soon as it is numbered (and its
+/// texts delivered to readers) the next batch may be numbered, while the earlier ones wait to be durable. Each
+/// frame's answer (an ack, a refusal) is written once its text is durable, in the order the frames came. Frames
+/// read and not yet answered are bounded by `--ws-outbox-max`: past it, the connection is not read until some are
+/// answered (its client's TCP window then fills), so a client sending faster than the room takes its texts is
+/// held back, not dropped, and none of its texts is lost.
 #[derive(Default)]
 struct Outbox {
-    posting: Option<Posting>,
+    /// The batch being numbered, with its number of frames.
+    numbering: Option<(usize, Numbering)>,
+    /// Batches numbered, oldest first, each with its number of frames, waiting to be durable.
+    syncing: VecDeque<(usize, Syncing)>,
+    /// Frames read and not yet in a batch.
     waiting: Vec<Entry>,
+    /// Frames in `numbering` and `syncing`.
+    in_flight: usize,
 }
 
-/// A batch being posted: the answers to write, in order.
-type Posting = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
+/// A batch being numbered; it then waits to be durable.
+type Numbering = Pin<Box<dyn Future<Output = Syncing> + Send>>;
+
+/// A batch numbered, waiting to be durable: the answers to write, in order.
+type Syncing = Pin<Box<dyn Future<Output = Vec<String>> + Send>>;
+
+/// What [`Outbox::progress`] saw.
+enum Progress {
+    /// The batch being numbered is numbered: the next one may go.
+    Numbered,
+    /// The oldest batch is durable (or refused): its answers, to write now.
+    Answered(Vec<String>),
+}
 
 impl Outbox {
-    /// Whether a batch is being posted.
+    /// Whether a batch is being numbered or waits to be durable.
     fn busy(&self) -> bool {
-        self.posting.is_some()
+        self.numbering.is_some() || !self.syncing.is_empty()
     }
 
-    /// Whether more texts may be read.
-    fn open(&self) -> bool {
-        self.waiting.len() < OUTBOX_MAX
+    /// Whether more frames may be read: fewer than `max` wait or are in flight.
+    fn open(&self, max: usize) -> bool {
+        self.waiting.len() + self.in_flight < max
     }
 
-    /// Starts posting the waiting texts, unless a batch is being posted (they go when it is done).
+    /// Starts numbering the waiting texts, unless a batch is being numbered (they go when it is).
     fn post(&mut self, room: &Room, client: Option<IpAddr>, token: &str) {
-        if self.posting.is_some() || self.waiting.is_empty() {
+        if self.numbering.is_some() || self.waiting.is_empty() {
             return;
         }
         let (room, token, entries) = (room.clone(), token.to_owned(), std::mem::take(&mut self.waiting));
-        self.posting = Some(Box::pin(async move {
+        let frames = entries.len();
+        self.in_flight += frames;
+        #[allow(clippy::async_yields_async, reason = "numbered, a batch yields what waits for it to be durable")]
+        let numbering: Numbering = Box::pin(async move {
             let mut texts = Vec::with_capacity(entries.len());
             let mut shape = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -323,24 +347,50 @@ impl Outbox {
                     Entry::Answer(answer) => shape.push(Some(answer)),
                 }
             }
-            let outcomes = if texts.is_empty() { Vec::new() } else { room.post_all(client, &token, &texts).await };
-            let mut posted = texts.iter().zip(outcomes);
-            shape
-                .into_iter()
-                .filter_map(|known| match known {
-                    Some(answer) => Some(answer),
-                    None => posted.next().and_then(|((_, reference), outcome)| answer(reference.as_deref(), outcome)),
-                })
-                .collect()
-        }));
+            let posted = if texts.is_empty() { None } else { Some(room.post_all(client, &token, &texts).await) };
+            let syncing: Syncing = Box::pin(async move {
+                let outcomes = match posted {
+                    Some(posted) => posted.outcomes().await,
+                    None => Vec::new(),
+                };
+                let mut posted = texts.iter().zip(outcomes);
+                shape
+                    .into_iter()
+                    .filter_map(|known| match known {
+                        Some(answer) => Some(answer),
+                        None => {
+                            posted.next().and_then(|((_, reference), outcome)| answer(reference.as_deref(), outcome))
+                        }
+                    })
+                    .collect()
+            });
+            syncing
+        });
+        self.numbering = Some((frames, numbering));
     }
 
-    /// The answers of the batch being posted, once it is done (cancel-safe: the batch stays).
-    async fn posted(&mut self) -> Vec<String> {
-        let Some(posting) = self.posting.as_mut() else { return std::future::pending().await };
-        let answers = posting.await;
-        self.posting = None;
-        answers
+    /// The next step of the batches in flight: the batch being numbered is numbered, or the oldest one is
+    /// durable (cancel-safe: a batch leaves the outbox only in the poll that answers it).
+    fn progress(&mut self) -> impl Future<Output = Progress> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some((frames, numbering)) = self.numbering.as_mut() {
+                if let Poll::Ready(syncing) = numbering.as_mut().poll(cx) {
+                    let frames = *frames;
+                    self.numbering = None;
+                    self.syncing.push_back((frames, syncing));
+                    return Poll::Ready(Progress::Numbered);
+                }
+            }
+            // Only the oldest is watched: answers go out in the order the frames came.
+            if let Some((frames, syncing)) = self.syncing.front_mut() {
+                if let Poll::Ready(answers) = syncing.as_mut().poll(cx) {
+                    self.in_flight -= *frames;
+                    self.syncing.pop_front();
+                    return Poll::Ready(Progress::Answered(answers));
+                }
+            }
+            Poll::Pending
+        })
     }
 }
 

@@ -3,7 +3,8 @@
 //   /ws?ack=1 (join as a guest)
 //   server -> client: one JSON text frame per event; the first one is `welcome` (with `presence`: who is online)
 //   client -> server: {"ref": "<our id for it>", "text": "hello" or "/nick NAME"}, answered
-//                     {"type":"ack","ref","seq"} once sequenced, or {"type":"error","ref","code","message"}
+//                     {"type":"ack","ref","seq"} once kept (on disk in the durable room), or
+//                     {"type":"error","ref","code","message"}
 // Without ack=1 the client would send the bare text and hear nothing back unless it is refused: it could not
 // tell a line the server has from one lost with a dying connection.
 // Close codes the server uses: 1001 shutdown, 4000 replaced by a newer channel of

@@ -111,6 +111,7 @@ conformance! {
     concurrent_publishers_get_distinct_consecutive_numbers(1000),
     publish_all_appends_in_order(100),
     publish_all_publishes_each_key_once(100),
+    sequence_all_numbers_in_order_and_resolves_durable(100),
     guest_numbers_are_shared(100),
     sessions_are_shared_saved_and_removed_exactly_once(100),
     the_room_refuses_sessions_beyond_max(100),
@@ -339,6 +340,33 @@ async fn publish_all_publishes_each_key_once(fixture: Fixture) {
         assert_eq!(a.published(key(name)).await.unwrap(), Some(seq), "{name}");
     }
     assert_eq!(a.published(SendKey { session: "s2", key: "k1" }).await.unwrap(), None, "another session's key");
+}
+
+/// `sequence_all` numbers like `publish_all` (keys included) and answers with when the sends are durable: a
+/// second batch may be numbered before the first is awaited; once the later one is durable the earlier one is
+/// too; every send is retained and fed in order.
+async fn sequence_all_numbers_in_order_and_resolves_durable(fixture: Fixture) {
+    let (a, b) = (fixture.process().await, fixture.process().await);
+    let mut feed = b.subscribe().await.unwrap();
+    let key = |key| SendKey { session: "s1", key };
+    let first = a.sequence_all(vec![(draft("m1"), Some(key("k1"))), (draft("m2"), None)]).await.unwrap();
+    let second = a.sequence_all(vec![(draft("again"), Some(key("k1"))), (draft("m3"), Some(key("k3")))]).await.unwrap();
+    let answers = |batch: &chatlab::core::broker::Sequenced| -> Vec<(bool, Seq)> {
+        batch.published.iter().map(|p| (matches!(p, Published::Fresh(_)), p.seq())).collect()
+    };
+    assert_eq!((answers(&first), answers(&second)), (vec![(true, 1), (true, 2)], vec![(false, 1), (true, 3)]));
+    second.durable.wait().await.unwrap();
+    let earlier = futures_util::FutureExt::now_or_never(first.durable.wait());
+    assert!(matches!(earlier, Some(Ok(()))), "durable in order: {earlier:?}");
+    let messages: Vec<String> = b.since(0, 10).await.unwrap().events.iter().map(|e| e.body().message).collect();
+    assert_eq!(messages, ["m1", "m2", "m3"]);
+    for seq in 1..=3 {
+        assert_eq!(next_event(&mut feed).await.seq, seq);
+    }
+    let empty = a.sequence_all(Vec::new()).await.unwrap();
+    assert!(empty.published.is_empty());
+    empty.durable.wait().await.unwrap();
+    assert_eq!(a.published(key("k3")).await.unwrap(), Some(3));
 }
 
 /// Guest numbers count up across processes, never repeating.

@@ -12,12 +12,13 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 use chatlab::broker::durable::{StoreError, StoreOptions};
 use chatlab::broker::DurableBroker;
+use chatlab::config::Config;
 use chatlab::core::Broker;
 use chatlab::model::Missed;
 use chatlab::model::SessionRecord;
@@ -69,6 +70,152 @@ async fn a_reopened_store_has_the_room_as_it_was() {
     assert_eq!(broker.expire(lease + 5_001).await.unwrap().len(), 1);
     assert_eq!(broker.next_guest().await.unwrap(), 3, "guest numbers go on");
     assert_eq!(broker.publish(draft("m8")).await.unwrap().seq, 8, "and so does the sequence");
+}
+
+/// A publisher numbers a batch while the one before it syncs: every batch is numbered (and readable) before any
+/// is awaited as durable, with consecutive numbers; once a later batch is durable every earlier one is too; and
+/// all of them are in the store once it is reopened.
+#[tokio::test]
+async fn batches_are_numbered_before_they_are_durable_and_made_durable_in_order() {
+    let dir = TempDir::new("sequence");
+    {
+        let broker = DurableBroker::open(dir.path(), 1_000).unwrap();
+        let mut batches = Vec::new();
+        for b in 0..20 {
+            let sends = (0..5).map(|i| (draft(&format!("b{b}-{i}")), None)).collect();
+            batches.push(broker.sequence_all(sends).await.unwrap());
+        }
+        let seqs: Vec<u64> = batches.iter().flat_map(|b| b.published.iter().map(|p| p.seq())).collect();
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>(), "numbered consecutively, in order");
+        assert_eq!(broker.since(0, 1_000).await.unwrap().events.len(), 100, "readers have them all");
+        let last = batches.pop().unwrap();
+        last.durable.wait().await.unwrap();
+        for (b, batch) in batches.into_iter().enumerate() {
+            let ready = batch.durable.wait().now_or_never();
+            assert!(matches!(ready, Some(Ok(()))), "batch {b} is durable once a later one is: {ready:?}");
+        }
+    }
+    let broker = DurableBroker::open(dir.path(), 1_000).unwrap();
+    let messages: Vec<String> = broker.since(0, 1_000).await.unwrap().events.iter().map(|e| e.body().message).collect();
+    let sent: Vec<String> = (0..20).flat_map(|b| (0..5).map(move |i| format!("b{b}-{i}"))).collect();
+    assert_eq!(messages, sent);
+}
+
+/// An in-process server on the durable room in `dir`, with `config`'s other settings.
+async fn durable_server(dir: &TempDir, config: Config) -> common::Server {
+    common::start_with(Config { broker: "durable".into(), data_dir: dir.path().join("data"), ..config }).await
+}
+
+/// A `/ws?ack=1` sender that sends its next text as soon as it reads its previous one back (never waiting for an
+/// ack): its next text is numbered and delivered while the previous one syncs, so some text comes back before
+/// the ack of the one before it, which a connection that numbers a batch only once the previous one is answered
+/// never shows. Every ack comes once, in order, with the seq its text was delivered with.
+#[tokio::test]
+async fn an_acked_sender_is_numbered_while_its_previous_texts_sync() {
+    let dir = TempDir::new("overlap");
+    let server = durable_server(&dir, common::config()).await;
+    let mut socket = ws(&server.ws_url("/ws?ack=1")).await;
+    assert_eq!(ws_next(&mut socket).await["type"], "welcome");
+    const TEXTS: usize = 200;
+    let mut frames = Vec::new();
+    for i in 0..TEXTS {
+        ws_send(&mut socket, &format!(r#"{{"ref":"r{i}","text":"t{i}"}}"#)).await;
+        loop {
+            let frame = ws_next(&mut socket).await;
+            let back = frame["message"] == format!("t{i}");
+            frames.push(frame);
+            if back {
+                break;
+            }
+        }
+    }
+    while !frames.iter().any(|f| f["type"] == "ack" && f["ref"] == format!("r{}", TEXTS - 1)) {
+        frames.push(ws_next(&mut socket).await);
+    }
+    let acks: Vec<(usize, &Value)> = frames.iter().enumerate().filter(|(_, f)| f["type"] == "ack").collect();
+    let refs: Vec<&str> = acks.iter().map(|(_, f)| f["ref"].as_str().unwrap()).collect();
+    assert_eq!(refs, (0..TEXTS).map(|i| format!("r{i}")).collect::<Vec<_>>(), "each ack once, in order");
+    let echo = |i: usize| frames.iter().position(|f| f["message"] == format!("t{i}")).unwrap();
+    for (i, (_, ack)) in acks.iter().enumerate() {
+        assert_eq!(ack["seq"], frames[echo(i)]["seq"], "ack {i} names the seq its text was delivered with");
+    }
+    assert!(acks.windows(2).all(|pair| pair[1].1["seq"].as_u64() > pair[0].1["seq"].as_u64()), "seqs increase");
+    let overlapping = (1..TEXTS).filter(|&i| echo(i) < acks[i - 1].0).count();
+    assert!(overlapping > 0, "no text was delivered before the ack of the one before it");
+    println!("{overlapping} of {TEXTS} texts were delivered before the previous text's ack");
+}
+
+/// `--ws-outbox-max`: a client that sends far more than the bound without reading is held back, not dropped.
+/// At every ack, the client's texts it has seen delivered and not yet acknowledged are at most the bound (a
+/// frame is read only while fewer are unanswered); every text is acknowledged, once, in order, and kept; the
+/// connection stays open.
+#[tokio::test]
+async fn a_sender_over_the_outbox_bound_is_held_back_and_loses_nothing() {
+    const MAX: u64 = 2;
+    const TEXTS: usize = 300;
+    let dir = TempDir::new("outbox");
+    let server = durable_server(&dir, Config { ws_outbox_max: MAX, ..common::config() }).await;
+    let socket = ws(&server.ws_url("/ws?ack=1")).await;
+    let (mut sink, mut stream) = socket.split();
+    let welcome: Value = match stream.next().await {
+        Some(Ok(Message::Text(text))) => serde_json::from_str(&text).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let writer = tokio::spawn(async move {
+        for i in 0..TEXTS {
+            let frame = format!(r#"{{"ref":"r{i}","text":"t{i}"}}"#);
+            sink.feed(Message::Text(frame.into())).await.unwrap();
+        }
+        sink.flush().await.unwrap();
+        sink
+    });
+    let (mut delivered, mut acked, mut most) = (0u64, Vec::new(), 0u64);
+    while acked.len() < TEXTS {
+        let frame = tokio::time::timeout(Duration::from_secs(20), stream.next()).await.expect("frames keep coming");
+        let Some(Ok(Message::Text(frame))) = frame else { panic!("the connection ended: {frame:?}") };
+        let frame: Value = serde_json::from_str(&frame).unwrap();
+        match frame["type"].as_str() {
+            Some("ack") => {
+                // A text's own delivery may also come after its ack (a paced channel): then none is counted.
+                let unanswered = delivered.saturating_sub(acked.len() as u64);
+                assert!(unanswered <= MAX, "{unanswered} texts delivered and not answered at an ack");
+                most = most.max(unanswered);
+                acked.push((frame["ref"].as_str().unwrap().to_owned(), frame["seq"].as_u64().unwrap()));
+            }
+            Some("error") => panic!("refused: {frame}"),
+            _ if frame["message"].as_str().is_some_and(|m| m.starts_with('t')) => delivered += 1,
+            _ => {}
+        }
+    }
+    let refs: Vec<&str> = acked.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(refs, (0..TEXTS).map(|i| format!("r{i}")).collect::<Vec<_>>(), "each ack once, in order");
+    assert!(acked.windows(2).all(|pair| pair[1].1 > pair[0].1), "seqs increase");
+    println!("at most {most} texts delivered and not yet answered at an ack (bound {MAX})");
+
+    // Still open: one more text is answered.
+    let mut socket = writer.await.unwrap().reunite(stream).unwrap();
+    ws_send(&mut socket, r#"{"ref":"last","text":"last"}"#).await;
+    let last = loop {
+        let frame = ws_next(&mut socket).await;
+        if frame["type"] == "ack" || frame["type"] == "error" {
+            break frame;
+        }
+    };
+    assert_eq!((&last["type"], &last["ref"]), (&Value::from("ack"), &Value::from("last")), "{last}");
+    let reader = common::join(&server, "poll").await.session;
+    let (mut texts, mut since) = (Vec::new(), 0);
+    loop {
+        let (events, next) = common::poll(&server, &format!("/api/poll?session={reader}&since={since}")).await;
+        if events.is_empty() {
+            break;
+        }
+        let sent = events.iter().filter(|e| e["id"] == welcome["id"] && e["type"] == "message");
+        texts.extend(sent.filter_map(|e| e["message"].as_str().map(str::to_owned)));
+        since = next;
+    }
+    let mut sent: Vec<String> = (0..TEXTS).map(|i| format!("t{i}")).collect();
+    sent.push("last".into());
+    assert_eq!(texts, sent, "every text, in order");
 }
 
 /// `--history` trims the store too: reopened with a smaller history, the older events are gone from disk, and a
@@ -276,8 +423,9 @@ async fn burst_then_restart(how: Stop) {
     let mut sender_socket = ws(&server.ws_url("/ws?ack=1")).await;
     ws_next(&mut sender_socket).await;
     let seen = Arc::new(Mutex::new(0u64));
+    let socket_acks = Arc::new(Mutex::new(Vec::<(u64, String)>::new()));
     let socket_sender = {
-        let (acked, seen) = (acked.clone(), seen.clone());
+        let (acked, seen, socket_acks) = (acked.clone(), seen.clone(), socket_acks.clone());
         tokio::spawn(async move {
             let (mut sink, mut stream) = sender_socket.split();
             let writer = tokio::spawn(async move {
@@ -298,6 +446,7 @@ async fn burst_then_restart(how: Stop) {
                 match (event["type"].as_str(), event["seq"].as_u64()) {
                     (Some("ack"), Some(seq)) => {
                         acked.lock().unwrap().push((seq, event["ref"].as_str().unwrap().to_owned()));
+                        socket_acks.lock().unwrap().push((seq, event["ref"].as_str().unwrap().to_owned()));
                     }
                     (_, Some(seq)) => {
                         let mut seen = seen.lock().unwrap();
@@ -323,6 +472,11 @@ async fn burst_then_restart(how: Stop) {
     }
     drop(socket);
     let acked = acked.lock().unwrap().clone();
+    // The socket's texts, sent without waiting, were acknowledged once each, in the order they were sent.
+    let socket_acks = socket_acks.lock().unwrap().clone();
+    let refs: Vec<&str> = socket_acks.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(refs, (0..refs.len()).map(|i| format!("w-{i}")).collect::<Vec<_>>(), "each ack once, in order");
+    assert!(socket_acks.windows(2).all(|pair| pair[1].0 > pair[0].0), "the acks' seqs increase");
 
     let server = Chatlab::spawn(binary(), &args);
     let events = everything(&server, &poller_session).await;
