@@ -11,7 +11,7 @@ pub mod session;
 
 pub use delivery::Delivery;
 pub use error::BrokerError;
-pub use event::{control, now_ms, Draft, EventBody, EventKind, Json, Notice, RoomEvent, Seq};
+pub use event::{civil_date, control, now_ms, Draft, EventBody, EventKind, Json, Notice, RoomEvent, Seq};
 pub use history::{new_epoch, Backlog, Epoch, FeedItem, Missed};
 pub use send::{Published, SendKey};
 pub use session::{Participant, Presence, SessionRecord, Transport, Visit, PRESENCE_MAX};
