@@ -125,34 +125,13 @@ impl Draft {
     }
 }
 
-/// The wire form of a room event, field order as the seed's, then the optional fields of [`Draft`], then `seq`
-/// and `ts`.
+/// The wire form of a room event: the [`Draft`]'s fields in their order (the seed's four, then the optional ones),
+/// then the broker's stamp.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventBody {
-    /// The kind of event.
-    #[serde(rename = "type")]
-    pub kind: EventKind,
-    /// The participant the event is about.
-    pub id: String,
-    /// That participant's nickname.
-    pub nickname: String,
-    /// The human-readable text.
-    pub message: String,
-    /// See [`Draft::notice`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub notice: Option<Notice>,
-    /// See [`Draft::transport`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub transport: Option<Transport>,
-    /// See [`Draft::joined`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub joined: Option<u64>,
-    /// See [`Draft::left`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub left: Option<u64>,
-    /// See [`Draft::previous`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<String>,
+    /// What the publisher asked for.
+    #[serde(flatten)]
+    pub draft: Draft,
     /// Participants online when the event was published.
     pub clientcount: u64,
     /// The room's sequence number.
@@ -164,20 +143,7 @@ pub struct EventBody {
 impl EventBody {
     /// Stamps a draft with its sequence number, online count and the current time.
     pub fn stamp(draft: Draft, seq: Seq, clientcount: u64) -> Self {
-        EventBody {
-            kind: draft.kind,
-            id: draft.id,
-            nickname: draft.nickname,
-            message: draft.message,
-            notice: draft.notice,
-            transport: draft.transport,
-            joined: draft.joined,
-            left: draft.left,
-            previous: draft.previous,
-            clientcount,
-            seq,
-            ts: now_ms(),
-        }
+        EventBody { draft, clientcount, seq, ts: now_ms() }
     }
 }
 

@@ -169,7 +169,7 @@ async fn sequence_starts_at_one_and_reads_back(fixture: Fixture) {
     }
     let all = broker.since(0, 10).await.unwrap();
     assert_eq!((all.head, all.missed, seqs(&all)), (3, None, vec![1, 2, 3]));
-    assert_eq!(all.events[1].body().message, "b");
+    assert_eq!(all.events[1].body().draft.message, "b");
     let after_one = broker.since(1, 10).await.unwrap();
     assert_eq!((after_one.after, seqs(&after_one)), (1, vec![2, 3]), "a backlog says what it follows");
     assert_eq!(seqs(&broker.since(1, 1).await.unwrap()), vec![2], "max bounds the read");
@@ -185,7 +185,7 @@ async fn events_are_stamped_and_serialised_like_the_memory_broker(fixture: Fixtu
     let event = broker.publish(draft("héllo \"quoted\" / 中文 \n")).await.unwrap();
     let after = now_ms();
     let body = event.body();
-    assert_eq!((body.seq, body.clientcount, body.message.as_str()), (1, 0, "héllo \"quoted\" / 中文 \n"));
+    assert_eq!((body.seq, body.clientcount, body.draft.message.as_str()), (1, 0, "héllo \"quoted\" / 中文 \n"));
     assert!(before.saturating_sub(1000) <= body.ts && body.ts <= after + 1000, "ts is now: {}", body.ts);
     let reference = RoomEvent::new(&body);
     assert_eq!(event.json, reference.json, "same bytes as serialising the body");
@@ -238,7 +238,7 @@ async fn every_feed_delivers_every_event_once_in_order(fixture: Fixture) {
     for feed in [&mut feed_a, &mut feed_b] {
         for i in 1..=20u64 {
             let event = next_event(feed).await;
-            assert_eq!((event.seq, event.body().message), (i, format!("m{i}")));
+            assert_eq!((event.seq, event.body().draft.message), (i, format!("m{i}")));
         }
         let extra = tokio::time::timeout(Duration::from_millis(200), feed.recv()).await;
         assert!(extra.is_err(), "nothing more: {extra:?}");
@@ -283,8 +283,12 @@ async fn concurrent_publishers_get_distinct_consecutive_numbers(fixture: Fixture
     }
     // Each publisher's own texts are in the order it sent them.
     for task in 0..TASKS {
-        let mine: Vec<String> =
-            history.events.iter().map(|e| e.body().message).filter(|m| m.starts_with(&format!("t{task}-"))).collect();
+        let mine: Vec<String> = history
+            .events
+            .iter()
+            .map(|e| e.body().draft.message)
+            .filter(|m| m.starts_with(&format!("t{task}-")))
+            .collect();
         assert_eq!(mine, (0..EACH).map(|i| format!("t{task}-{i}")).collect::<Vec<_>>());
     }
 }
@@ -306,7 +310,7 @@ async fn publish_all_appends_in_order(fixture: Fixture) {
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
     assert!(a.publish_all(Vec::new()).await.unwrap().is_empty());
     let history = b.since(0, 10).await.unwrap();
-    let messages: Vec<String> = history.events.iter().map(|e| e.body().message).collect();
+    let messages: Vec<String> = history.events.iter().map(|e| e.body().draft.message).collect();
     assert_eq!(messages, ["first", "m1", "m2", "m3", "m4", "m5"]);
     for (i, event) in events.iter().enumerate() {
         assert_eq!(event.json, history.events[i + 1].json, "returned as retained");
@@ -334,7 +338,7 @@ async fn publish_all_publishes_each_key_once(fixture: Fixture) {
     let published = b.publish_all(sends).await.unwrap();
     let answers: Vec<(bool, Seq)> = published.iter().map(|p| (matches!(p, Published::Fresh(_)), p.seq())).collect();
     assert_eq!(answers, [(false, 1), (true, 2), (true, 3), (false, 2), (true, 4)]);
-    let messages: Vec<String> = a.since(0, 10).await.unwrap().events.iter().map(|e| e.body().message).collect();
+    let messages: Vec<String> = a.since(0, 10).await.unwrap().events.iter().map(|e| e.body().draft.message).collect();
     assert_eq!(messages, ["k1", "k2", "plain", "k3"]);
     for (name, seq) in [("k1", 1), ("k2", 2), ("k3", 4)] {
         assert_eq!(a.published(key(name)).await.unwrap(), Some(seq), "{name}");
@@ -358,7 +362,7 @@ async fn sequence_all_numbers_in_order_and_resolves_durable(fixture: Fixture) {
     second.durable.wait().await.unwrap();
     let earlier = futures_util::FutureExt::now_or_never(first.durable.wait());
     assert!(matches!(earlier, Some(Ok(()))), "durable in order: {earlier:?}");
-    let messages: Vec<String> = b.since(0, 10).await.unwrap().events.iter().map(|e| e.body().message).collect();
+    let messages: Vec<String> = b.since(0, 10).await.unwrap().events.iter().map(|e| e.body().draft.message).collect();
     assert_eq!(messages, ["m1", "m2", "m3"]);
     for seq in 1..=3 {
         assert_eq!(next_event(&mut feed).await.seq, seq);
@@ -634,18 +638,7 @@ async fn optional_event_fields_survive_the_store_and_the_feed(fixture: Fixture) 
         let body = fed.body();
         assert_eq!(fed.json, stored.events[i].json, "the feed and the history hold the same bytes");
         assert_eq!(fed.json, RoomEvent::new(&body).json, "the same bytes as the memory broker's serialisation");
-        let again = Draft {
-            kind: body.kind,
-            id: body.id,
-            nickname: body.nickname,
-            message: body.message,
-            notice: body.notice,
-            transport: body.transport,
-            joined: body.joined,
-            left: body.left,
-            previous: body.previous,
-        };
-        assert_eq!(&again, draft, "event {i}: {}", fed.json);
+        assert_eq!(&body.draft, draft, "event {i}: {}", fed.json);
     }
     let json: Vec<serde_json::Value> =
         stored.events.iter().map(|e| serde_json::from_str(e.json.as_str()).unwrap()).collect();
@@ -707,7 +700,7 @@ async fn redis_outage_is_reported_and_survived() {
     assert_eq!(broker.publish(draft("after")).await.unwrap().seq, 2, "the counter survived the restart");
     assert_eq!(next_event(&mut feed).await.seq, 2);
     let history = broker.since(0, 10).await.unwrap();
-    let messages: Vec<String> = history.events.iter().map(|e| e.body().message).collect();
+    let messages: Vec<String> = history.events.iter().map(|e| e.body().draft.message).collect();
     assert_eq!(messages, vec!["before", "after"]);
     let extra = tokio::time::timeout(Duration::from_millis(200), feed.recv()).await;
     assert!(extra.is_err(), "nothing more: {extra:?}");
@@ -740,7 +733,7 @@ async fn a_repeated_key_publishes_nothing_and_answers_the_first_seq(fixture: Fix
     assert_eq!(other.seq(), 2);
     assert_eq!(a.publish(draft("no key")).await.unwrap().seq, 3, "sends without a key are unaffected");
     let history = a.since(0, 10).await.unwrap();
-    let messages: Vec<String> = history.events.iter().map(|e| e.body().message).collect();
+    let messages: Vec<String> = history.events.iter().map(|e| e.body().draft.message).collect();
     assert_eq!(messages, ["once", "another session's", "no key"]);
     for seq in 1..=3 {
         assert_eq!(next_event(&mut feed).await.seq, seq);

@@ -96,7 +96,8 @@ async fn batches_are_numbered_before_they_are_durable_and_made_durable_in_order(
         }
     }
     let broker = DurableBroker::open(dir.path(), 1_000).unwrap();
-    let messages: Vec<String> = broker.since(0, 1_000).await.unwrap().events.iter().map(|e| e.body().message).collect();
+    let messages: Vec<String> =
+        broker.since(0, 1_000).await.unwrap().events.iter().map(|e| e.body().draft.message).collect();
     let sent: Vec<String> = (0..20).flat_map(|b| (0..5).map(move |i| format!("b{b}-{i}"))).collect();
     assert_eq!(messages, sent);
 }
