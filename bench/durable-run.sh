@@ -16,13 +16,16 @@ bin=${CHATLAB_BIN:-target/release/chatlab}
 out=${OUT:-docs/results/$(date -u +%F)-durable-vs-memory}
 round=${RUN:-${ROUND:-1}}
 mkdir -p "$out"
-for broker in durable memory; do
-  extra=()
-  [ "$broker" = memory ] && extra=(--server-arg=--broker=memory)
-  "$bin" bench --techniques ws --participants 100 --senders 10 --find-max --rate 400 --duration 5 --warmup 3 \
-    "${extra[@]}" --format json --out "$out/ws-10-senders-$broker-$round.json" > /dev/null
-  "$bin" bench --techniques ws --participants 100 --senders 100 --find-max --rate 400 --duration 5 --warmup 3 \
-    "${extra[@]}" --format json --out "$out/ws-100-senders-$broker-$round.json" > /dev/null
-  "$bin" bench --techniques sse --participants 100 --senders 100 --find-max --rate 400 --duration 5 --warmup 3 \
-    "${extra[@]}" --format json --out "$out/sse-100-senders-$broker-$round.json" > /dev/null
-done
+# Each search runs on both rooms one right after the other, so a pair sees the same machine.
+search() {
+  local name=$1; shift
+  for broker in durable memory; do
+    extra=()
+    [ "$broker" = memory ] && extra=(--server-arg=--broker=memory)
+    "$bin" bench "$@" --find-max --rate 400 --duration 5 --warmup 3 "${extra[@]}" --format json \
+      --out "$out/$name-$broker-$round.json" > /dev/null
+  done
+}
+search ws-10-senders --techniques ws --participants 100 --senders 10
+search ws-100-senders --techniques ws --participants 100 --senders 100
+search sse-100-senders --techniques sse --participants 100 --senders 100
