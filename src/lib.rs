@@ -50,11 +50,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Router;
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -67,7 +66,7 @@ use crate::core::Room;
 use crate::error::AppError;
 use crate::metering::wire::{Deadlines, MeteredListener};
 use crate::metering::Metering;
-use crate::transport::{assets, iframe, long_poll, seed, sessions, short_poll, sse, stream, wire_view, ws};
+use crate::transport::{assets, iframe, long_poll, seed, sessions, short_poll, sse, stats, stream, wire_view, ws};
 
 /// The router: every endpoint of the product, served from one room.
 ///
@@ -96,8 +95,8 @@ pub fn app(room: Room) -> Router {
         .route("/api/stream", get(stream::handler))
         .route("/api/iframe", get(iframe::handler))
         .route("/api/messages", post(transport::post::handler))
-        .route("/api/stats", get(stats))
-        .route("/metrics", get(metering::prometheus::handler))
+        .route("/api/stats", get(stats::json))
+        .route("/metrics", get(stats::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/docs/{*path}", get(transport::docs::handler))
         .merge(echo)
@@ -131,11 +130,6 @@ fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::R
         .unwrap_or("(no message)");
     tracing::error!(panic = what, "a handler panicked");
     AppError::Internal.into_response()
-}
-
-/// `GET /api/stats`: the per-technique counters, with what each counts.
-async fn stats(State(room): State<Room>) -> impl IntoResponse {
-    ([(header::CACHE_CONTROL, "no-store")], Json(room.metering().snapshot()))
 }
 
 /// Makes the room the configuration asks for (`--broker`).
@@ -226,7 +220,7 @@ mod layers {
     const BELOW: &[(&str, &[&str], &[&str])] = &[
         ("model", &["broker", "config", "core", "error", "metering", "serve", "transport"], &[]),
         ("error", &["broker", "config", "core", "metering", "serve", "transport"], &[]),
-        ("metering", &["broker", "core", "serve", "transport"], &["prometheus.rs"]),
+        ("metering", &["broker", "core", "serve", "transport"], &[]),
         ("core", &["broker", "serve", "transport"], &[]),
         ("broker", &["serve", "transport"], &[]),
     ];

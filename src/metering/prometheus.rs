@@ -1,4 +1,4 @@
-//! `GET /metrics`: the counters of `/api/stats` in the Prometheus (OpenMetrics) text format.
+//! The counters of `/api/stats` in the Prometheus (OpenMetrics) text format, for `GET /metrics`.
 //!
 //! Why `prometheus-client`: it is the Prometheus project's own Rust client, and its registries are plain values.
 //! A [`Collector`] reads the very atomics `/api/stats` reads at each scrape, so the two endpoints can never
@@ -13,9 +13,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -24,16 +21,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::{Counters, Metering};
-use crate::core::Room;
 use crate::model::Transport;
 
 /// The OpenMetrics text content type, as Prometheus asks for it.
-const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// `GET /metrics`.
-pub async fn handler(State(room): State<Room>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, CONTENT_TYPE), (header::CACHE_CONTROL, "no-store")], render(room.metering()))
-}
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The whole exposition, as text.
 pub fn render(metering: &Metering) -> String {

@@ -15,6 +15,7 @@
 //! | [`poll`] | the answer of a poll, short or long |
 //! | [`post`] | `POST /api/messages`, the upstream of the five HTTP techniques |
 //! | [`sessions`] | join, leave and presence over HTTP |
+//! | [`stats`] | the counters: `/api/stats` and `/metrics` |
 //! | [`assets`] | the demo page and its files |
 //! | [`docs`] | the docs, rendered for the demo's readers |
 //! | [`websocket`] | the WebSocket handshake and connection that [`ws`], [`seed`] and [`wire_view`] share |
@@ -39,6 +40,7 @@ pub mod seed;
 pub mod sessions;
 pub mod short_poll;
 pub mod sse;
+pub mod stats;
 pub mod stream;
 pub mod streaming;
 pub mod websocket;
