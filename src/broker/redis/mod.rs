@@ -47,260 +47,47 @@
 //!
 //! Requires Redis 6.2 or newer (RESP3, `ZADD GT`), standalone or a single primary: the expiry script builds the
 //! session keys it touches, which Redis Cluster would refuse.
+//!
+//! # Files
+//!
+//! | file | what |
+//! |---|---|
+//! | `mod.rs` | [`RedisBroker`]: connecting, and each [`Broker`] call as the commands or script it runs |
+//! | `layout.rs` | the keys' names, and how a session record and an event are written to and read from them |
+//! | `scripts.rs` | the Lua scripts: everything that must happen in Redis as one step |
+//! | `feed.rs` | the pub/sub feed: messages forwarded, outages reported, reconnection |
+
+mod feed;
+mod layout;
+mod scripts;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamRangeReply;
-use redis::{Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, Script, Value};
+use redis::{Client, FromRedisValue, IntoConnectionInfo, ProtocolVersion, RedisError, Value};
 use tokio::sync::mpsc;
 
+use self::feed::{listen, Feed};
+use self::layout::{backlog, fields, first_id, record, Keys};
+use self::scripts::{CREATE, EPOCH, EXPIRE, OLDEST, PAGE, PUBLISH, REMOVE, SAVE, SAVE_CURSOR, VISIT};
 use crate::core::Broker;
 use crate::model::{
-    Backlog, BrokerError, Draft, Epoch, FeedItem, Published, RoomEvent, SendKey, Seq, SessionRecord, Transport, Visit,
+    Backlog, BrokerError, Draft, Epoch, FeedItem, Published, RoomEvent, SendKey, Seq, SessionRecord, Visit,
 };
 
 /// Longest any broker call may take before it fails with [`BrokerError::Unavailable`]: a request never hangs on
 /// an unreachable Redis.
 pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
-/// How often the pub/sub connection is pinged, so a silently dead connection is noticed (and reported `Down`).
-const HEARTBEAT: Duration = Duration::from_secs(5);
-/// First and longest pause between reconnection attempts of the feed.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Most sessions one [`EXPIRE`] run removes (the reaper runs every lease/4, so a backlog drains quickly).
 const EXPIRE_BATCH: usize = 1000;
 /// Most tokens renewed by one `ZADD`.
 const RENEW_BATCH: usize = 1000;
-
-/// Reads the room's epoch, making one first when there is none: a room whose keys were wiped (FLUSHALL, a Redis
-/// restarted without persistence) has lost its sequence counter and its epoch together, and gets a new epoch the
-/// first time any script touches it. The epoch is the Redis clock at that moment, in microseconds (hex).
-const EPOCH_LUA: &str = r#"
-local function new_epoch()
-  local now = redis.call('TIME')
-  return string.format('%08x%05x', tonumber(now[1]), tonumber(now[2]))
-end
-local function room_epoch(key)
-  local epoch = redis.call('GET', key)
-  if not epoch then
-    epoch = new_epoch()
-    redis.call('SET', key, epoch)
-  end
-  return epoch
-end
-"#;
-
-/// Appends an event. KEYS: seq, history, leases, epoch, sent. ARGV: JSON prefix (up to `"clientcount":`), history
-/// bound, pub/sub channel, the send's key (empty for none). Returns the event's JSON; or, when the key was used
-/// before, the `seq` it got then (an integer), having appended nothing. The first event of a sequence (number 1:
-/// a new room, or a wiped one) makes the epoch if no reader has yet; later ones leave it alone, so the epoch
-/// costs a publish nothing.
-static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"{EPOCH_LUA}
-local key = ARGV[4]
-if key ~= '' then
-  local first = redis.call('ZSCORE', KEYS[5], key)
-  if first then return tonumber(first) end
-end
-local seq = redis.call('INCR', KEYS[1])
-if seq == 1 then redis.call('SET', KEYS[4], new_epoch(), 'NX') end
-local online = redis.call('ZCARD', KEYS[3])
-local now = redis.call('TIME')
-local ts = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local json = ARGV[1] .. string.format('%d,"seq":%d,"ts":%d}}', online, seq, ts)
-redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], string.format('%d-0', seq), 'e', json)
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', seq - tonumber(ARGV[2]))
-if key ~= '' then redis.call('ZADD', KEYS[5], seq, key) end
-redis.call('PUBLISH', ARGV[3], json)
-return json
-"#
-    ))
-});
-
-/// The room's epoch, made if there is none. KEYS: epoch.
-static EPOCH: LazyLock<Script> = LazyLock::new(|| Script::new(&format!("{EPOCH_LUA}\nreturn room_epoch(KEYS[1])")));
-
-/// Creates a session unless the room is full. KEYS: leases, session hash, joined. ARGV: token, lease end, max,
-/// guest number, then the hash's field/value pairs. Returns 1, or 0 when full.
-static CREATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then return 0 end
-redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[2], unpack(ARGV, 5))
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
-return 1
-"#,
-    )
-});
-
-/// Replaces a live session's fields. KEYS: leases, session hash. ARGV: token, then field/value pairs.
-/// Returns 1, or 0 when the session is gone (nothing is written: a removed session stays removed).
-static SAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[2], unpack(ARGV, 2))
-return 1
-"#,
-    )
-});
-
-/// A client showed up: [`Broker::open`] and [`Broker::poll`] in one round trip. Renews the lease (never shortening
-/// it), records the transport, and reads the history after the given cursor or, when ARGV[4] is empty, after the
-/// session's saved one. KEYS: leases, session hash, seq, history, epoch. ARGV: token, lease end, transport, first
-/// stream id to read (`<seq>-0`, or empty), count, `record` for the record's fields (else only the saved cursor).
-/// Returns the record's fields (or the cursor), the head, the oldest entry, the entries read and the epoch; nil
-/// when the session is gone.
-static VISIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r#"{EPOCH_LUA}
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
-redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
-redis.call('HSET', KEYS[2], 'transport', ARGV[3])
-local cursor = redis.call('HGET', KEYS[2], 'cursor') or '0'
-local start = ARGV[4]
-if start == '' then start = string.format('%d-0', tonumber(cursor) + 1) end
-local session = cursor
-if ARGV[6] == 'record' then session = redis.call('HGETALL', KEYS[2]) end
-local head = redis.call('GET', KEYS[3]) or '0'
-local oldest = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)
-local range = redis.call('XRANGE', KEYS[4], start, '+', 'COUNT', ARGV[5])
-return {{session, head, oldest, range, room_epoch(KEYS[5])}}
-"#
-    ))
-});
-
-/// Moves a live session's cursor forward. KEYS: leases, session hash. ARGV: token, cursor, lease end.
-static SAVE_CURSOR: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], 'GT', ARGV[3], ARGV[1])
-if tonumber(redis.call('HGET', KEYS[2], 'cursor') or '0') < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[2], 'cursor', ARGV[2])
-end
-return 1
-"#,
-    )
-});
-
-/// Removes a session. KEYS: leases, session hash, joined. ARGV: token. Returns the record's fields if this call
-/// removed it, nil if it was already gone.
-static REMOVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-redis.call('ZREM', KEYS[3], ARGV[1])
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return false end
-local record = redis.call('HGETALL', KEYS[2])
-redis.call('DEL', KEYS[2])
-return record
-"#,
-    )
-});
-
-/// Removes sessions whose lease ended before now. KEYS: leases, joined. ARGV: now (ms), batch size, session key
-/// prefix.
-/// Returns `{token, fields}` pairs, each removed session exactly once.
-static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
-for _, token in ipairs(gone) do
-  redis.call('ZREM', KEYS[1], token)
-  redis.call('ZREM', KEYS[2], token)
-  local key = ARGV[3] .. token
-  out[#out + 1] = {token, redis.call('HGETALL', key)}
-  redis.call('DEL', key)
-end
-return out
-"#,
-    )
-});
-
-/// How many are online and the oldest sessions in join order. KEYS: leases, joined. ARGV: how many, session key
-/// prefix. Returns the count and `{token, fields}` pairs; a token whose record is gone is dropped from the order.
-static OLDEST: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local out = {}
-for _, token in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)) do
-  local fields = redis.call('HGETALL', ARGV[2] .. token)
-  if #fields == 0 then redis.call('ZREM', KEYS[2], token) else out[#out + 1] = {token, fields} end
-end
-return {redis.call('ZCARD', KEYS[1]), out}
-"#,
-    )
-});
-
-/// How many are online and a page of the sessions in join order after a guest number. KEYS: leases, joined.
-/// ARGV: the guest number to start after, how many, session key prefix. Returns the count and `{token, fields}`
-/// pairs; a token whose record is gone is dropped from the order, and the page is filled from further on.
-static PAGE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local out = {}
-local after = ARGV[1]
-local want = tonumber(ARGV[2])
-while #out < want do
-  local batch = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. after, '+inf', 'WITHSCORES', 'LIMIT', 0, want - #out)
-  if #batch == 0 then break end
-  for i = 1, #batch, 2 do
-    local token = batch[i]
-    after = batch[i + 1]
-    local fields = redis.call('HGETALL', ARGV[3] .. token)
-    if #fields == 0 then redis.call('ZREM', KEYS[2], token) else out[#out + 1] = {token, fields} end
-  end
-end
-return {redis.call('ZCARD', KEYS[1]), out}
-"#,
-    )
-});
-
-/// The names of the room's keys.
-#[derive(Debug, Clone)]
-struct Keys {
-    seq: String,
-    epoch: String,
-    sent: String,
-    history: String,
-    channel: String,
-    guests: String,
-    leases: String,
-    joined: String,
-    /// `P:session:`, to which a token is appended.
-    session: String,
-}
-
-impl Keys {
-    fn new(prefix: &str) -> Self {
-        Keys {
-            seq: format!("{prefix}:seq"),
-            epoch: format!("{prefix}:epoch"),
-            sent: format!("{prefix}:sent"),
-            history: format!("{prefix}:history"),
-            channel: format!("{prefix}:events"),
-            guests: format!("{prefix}:guests"),
-            leases: format!("{prefix}:leases"),
-            joined: format!("{prefix}:joined"),
-            session: format!("{prefix}:session:"),
-        }
-    }
-
-    fn session(&self, token: &str) -> String {
-        format!("{}{token}", self.session)
-    }
-}
 
 /// The room in Redis, shared by every process pointed at the same Redis and prefix.
 pub struct RedisBroker {
@@ -400,70 +187,6 @@ async fn within<T>(call: impl Future<Output = Result<T, RedisError>>) -> Result<
         Ok(result) => result.map_err(unavailable),
         Err(_) => Err(BrokerError::Unavailable(format!("redis: no answer within {OP_TIMEOUT:?}"))),
     }
-}
-
-/// The hash fields of a session record (the token is in the key).
-fn fields(record: &SessionRecord) -> Vec<(&'static str, String)> {
-    vec![
-        ("id", record.id.clone()),
-        ("nickname", record.nickname.clone()),
-        ("guest", record.guest.to_string()),
-        ("transport", record.transport.as_str().to_owned()),
-        ("since_ms", record.since_ms.to_string()),
-        ("cursor", record.cursor.to_string()),
-        ("seed", u8::from(record.seed).to_string()),
-    ]
-}
-
-/// Rebuilds a record from its hash; `None` for a missing (empty) or damaged hash.
-fn record(token: &str, mut hash: HashMap<String, String>) -> Option<SessionRecord> {
-    let transport = hash.get("transport")?;
-    let transport = Transport::ALL.into_iter().find(|t| t.as_str() == transport)?;
-    Some(SessionRecord {
-        token: token.to_owned(),
-        id: hash.remove("id")?,
-        nickname: hash.remove("nickname")?,
-        guest: hash.get("guest")?.parse().ok()?,
-        transport,
-        since_ms: hash.get("since_ms")?.parse().ok()?,
-        cursor: hash.get("cursor")?.parse().ok()?,
-        seed: hash.get("seed")? == "1",
-    })
-}
-
-/// The sequence number of a history entry id `<seq>-0`.
-fn entry_seq(id: &str) -> Option<Seq> {
-    id.split_once('-').and_then(|(seq, _)| seq.parse().ok())
-}
-
-/// The stream id of the first event after `cursor`.
-fn first_id(cursor: Seq) -> String {
-    format!("{}-0", cursor.saturating_add(1))
-}
-
-/// The backlog after `cursor`, from the head, the oldest retained entry and the entries read after the cursor.
-fn backlog(
-    epoch: Epoch,
-    cursor: Seq,
-    head: Seq,
-    oldest: &StreamRangeReply,
-    range: &StreamRangeReply,
-    max: usize,
-) -> Result<Backlog, BrokerError> {
-    let oldest = oldest.ids.first().and_then(|entry| entry_seq(&entry.id));
-    let events = range.ids.iter().take(max).map(entry_event).collect::<Result<Vec<_>, _>>()?;
-    Ok(Backlog::read(epoch, cursor, head, oldest, events))
-}
-
-/// A history entry's event.
-fn entry_event(entry: &redis::streams::StreamId) -> Result<Arc<RoomEvent>, BrokerError> {
-    let damaged = || BrokerError::Unavailable(format!("redis: history entry {} is damaged", entry.id));
-    let json = match entry.map.get("e") {
-        Some(Value::BulkString(bytes)) => Bytes::copy_from_slice(bytes),
-        Some(Value::SimpleString(text)) => Bytes::copy_from_slice(text.as_bytes()),
-        _ => return Err(damaged()),
-    };
-    RoomEvent::from_json(json).map(Arc::new).map_err(|_| damaged())
 }
 
 #[async_trait]
@@ -715,121 +438,5 @@ impl Broker for RedisBroker {
     async fn online(&self) -> Result<u64, BrokerError> {
         let mut conn = self.conn.clone();
         within(redis::cmd("ZCARD").arg(&self.keys.leases).query_async(&mut conn)).await
-    }
-}
-
-/// Opens a pub/sub connection subscribed to `channel`; returns once Redis has confirmed the subscription, so
-/// nothing published afterwards is missed.
-async fn listen(client: &Client, channel: &str) -> Result<(PubSubSink, PubSubStream), RedisError> {
-    let (mut sink, stream) = client.get_async_pubsub().await?.split();
-    sink.subscribe(channel).await?;
-    Ok((sink, stream))
-}
-
-/// The task behind one [`Broker::subscribe`]: forwards pub/sub messages, reports outages, reconnects.
-struct Feed {
-    client: Client,
-    conn: ConnectionManager,
-    channel: String,
-    tx: mpsc::UnboundedSender<FeedItem>,
-}
-
-impl Feed {
-    /// Runs until the receiver is dropped.
-    async fn run(mut self, first: (PubSubSink, PubSubStream)) {
-        let mut current = Some(first);
-        let mut up = true;
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let connected = match current.take() {
-                Some(connected) => Ok(connected),
-                None => {
-                    tokio::select! {
-                        _ = self.tx.closed() => return,
-                        connected = within(listen(&self.client, &self.channel)) => connected,
-                    }
-                }
-            };
-            let (sink, stream) = match connected {
-                Ok(connected) => connected,
-                Err(error) => {
-                    self.down(&mut up, error.to_string());
-                    if !self.pause(&mut backoff).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if !up {
-                // Receivers re-read history on `Up`: the command connection must work again first.
-                let mut conn = self.conn.clone();
-                if let Err(error) = within(redis::cmd("PING").query_async::<()>(&mut conn)).await {
-                    self.down(&mut up, error.to_string());
-                    if !self.pause(&mut backoff).await {
-                        return;
-                    }
-                    continue;
-                }
-                tracing::info!("redis is back: the room's feed is subscribed again");
-                up = true;
-                backoff = BACKOFF_MIN;
-                if self.tx.send(FeedItem::Up).is_err() {
-                    return;
-                }
-            }
-            match self.forward(sink, stream).await {
-                Some(why) => self.down(&mut up, why),
-                None => return,
-            }
-        }
-    }
-
-    /// Reports an outage once (while it lasts).
-    fn down(&self, up: &mut bool, why: String) {
-        if *up {
-            *up = false;
-            tracing::warn!(%why, "redis is unreachable: the room's feed is down; reconnecting");
-            let _ = self.tx.send(FeedItem::Down(format!("redis: {why}")));
-        }
-    }
-
-    /// Waits before the next reconnection attempt; `false` if the receiver went away meanwhile.
-    async fn pause(&self, backoff: &mut Duration) -> bool {
-        let wait = *backoff;
-        *backoff = (*backoff * 2).min(BACKOFF_MAX);
-        tokio::select! {
-            _ = self.tx.closed() => false,
-            _ = tokio::time::sleep(wait) => true,
-        }
-    }
-
-    /// Forwards messages until the connection fails (returns why) or the receiver goes away (`None`).
-    async fn forward(&mut self, mut sink: PubSubSink, mut stream: PubSubStream) -> Option<String> {
-        let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        heartbeat.reset();
-        loop {
-            tokio::select! {
-                _ = self.tx.closed() => return None,
-                message = stream.next() => {
-                    let Some(message) = message else {
-                        return Some("the pub/sub connection closed".into());
-                    };
-                    match RoomEvent::from_json(Bytes::copy_from_slice(message.get_payload_bytes())) {
-                        Ok(event) => {
-                            if self.tx.send(FeedItem::Event(Arc::new(event))).is_err() {
-                                return None;
-                            }
-                        }
-                        // Not ours: a receiver that needs the event re-reads it from the history.
-                        Err(error) => tracing::warn!(%error, "ignoring a malformed message on the room's channel"),
-                    }
-                }
-                _ = heartbeat.tick() => {
-                    if let Err(error) = within(sink.ping::<Value>()).await {
-                        return Some(format!("the pub/sub connection stopped answering: {error}"));
-                    }
-                }
-            }
-        }
     }
 }
