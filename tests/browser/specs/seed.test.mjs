@@ -6,7 +6,7 @@
 // which only URLs change:
 //  - the five CDN <link>/<script> URLs point at the same versions from npm
 //    (jquery@2.2.4, bootstrap@4.0.0-alpha.2, tether@1.3.2, see package.json);
-//  - `new WebSocket('ws://localhost:8180')` gets the test server's host:port.
+//  - `new WebSocket('ws://localhost:8180')` gets the test server's host:port (`wss://` over HTTPS).
 //    (page.routeWebSocket() cannot do this instead: its connectToServer() always
 //    dials the page's original URL, and nothing listens on 8180 here. And the
 //    copy is not served with page.route(): Chromium treats such a page as
@@ -49,7 +49,9 @@ function seedPage(server) {
   assert.ok(!html.includes('cdn.bootcss.com'), 'no CDN URL is left');
   const original = "new WebSocket('ws://localhost:8180')";
   assert.ok(html.includes(original), 'the page opens ws://localhost:8180');
-  return html.replace(original, `new WebSocket('ws://127.0.0.1:${server.port}')`);
+  // Over HTTPS (CHATLAB_TLS=1) the same socket as wss://: the seed page itself stays on plain http.
+  const scheme = server.url.startsWith('https:') ? 'wss' : 'ws';
+  return html.replace(original, `new WebSocket('${scheme}://127.0.0.1:${server.port}')`);
 }
 
 /** Serves the seed copy and its vendor files on 127.0.0.1; resolves to {url, close()}. */
