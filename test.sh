@@ -33,3 +33,5 @@ cargo test --release --workspace --all-targets
 # Every core case as in autobahn/expected.json, strict closes; bounded so a hung suite cannot stall the run.
 timeout 900 autobahn/run.sh "$PWD/target/release/chatlab"
 CHATLAB_BIN="$PWD/target/release/chatlab" tests/browser/run.sh
+# The specs whose page behaves differently over HTTP/2 run again over HTTPS (self-signed), where Chromium speaks h2.
+CHATLAB_TLS=1 CHATLAB_BIN="$PWD/target/release/chatlab" tests/browser/run.sh specs/wire.test.mjs specs/limit.test.mjs specs/sending.test.mjs
