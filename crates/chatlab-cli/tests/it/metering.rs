@@ -123,17 +123,13 @@ async fn sse_bytes_are_exact_including_chunk_framing() {
     let head = stream.head().await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut text = String::new();
-    while !text.contains("来了") {
-        text.push_str(&String::from_utf8(stream.chunk().await).unwrap());
-    }
+    stream.chunks_until(&mut text, "来了").await;
     assert!(text.starts_with("data: {\"type\":\"welcome\""), "{text}");
 
     let (accepted, posted) =
         control.exchange(&post(&format!("/api/messages?session={token}"), "text/plain", "hello")).await;
     assert!(accepted.head.starts_with("HTTP/1.1 202"), "{}", accepted.head);
-    while !text.contains("\"message\":\"hello\"") {
-        text.push_str(&String::from_utf8(stream.chunk().await).unwrap());
-    }
+    stream.chunks_until(&mut text, "\"message\":\"hello\"").await;
 
     let expected = add(add(joined, posted), stream.totals());
     assert_wire(&room, Some(Transport::Sse), expected).await;
@@ -164,16 +160,12 @@ async fn stream_and_iframe_bytes_are_exact_including_chunk_framing() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
         let mut text = String::new();
-        while !text.contains("来了") {
-            text.push_str(&String::from_utf8(stream.chunk().await).unwrap());
-        }
+        stream.chunks_until(&mut text, "来了").await;
         assert!(text.contains(welcome), "{text}");
         let (accepted, posted) =
             control.exchange(&post(&format!("/api/messages?session={token}"), "text/plain", "hello")).await;
         assert!(accepted.head.starts_with("HTTP/1.1 202"), "{}", accepted.head);
-        while !text.contains("\"message\":\"hello\"") {
-            text.push_str(&String::from_utf8(stream.chunk().await).unwrap());
-        }
+        stream.chunks_until(&mut text, "\"message\":\"hello\"").await;
         let expected = add(add(joined, posted), stream.totals());
         assert_wire(&room, Some(transport), expected).await;
         let counters = room.metering().of(transport);

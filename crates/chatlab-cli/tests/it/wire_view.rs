@@ -275,9 +275,7 @@ async fn the_wire_log_shows_ndjson_and_script_writes_and_their_events() {
         );
         // The data is the event's JSON as the client read it.
         let mut text = String::new();
-        while !text.contains("\"message\":\"hi\"") {
-            text.push_str(&String::from_utf8(stream.chunk().await).unwrap());
-        }
+        stream.chunks_until(&mut text, "\"message\":\"hi\"").await;
         let line = text.lines().find(|l| l.contains("\"message\":\"hi\"")).unwrap();
         assert_eq!(u(&event["data_bytes"]) + framing - 1, line.len() as u64, "{technique}: {line}");
     }

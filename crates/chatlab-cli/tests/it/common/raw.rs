@@ -101,6 +101,13 @@ impl Raw {
         data
     }
 
+    /// Appends the chunks of a chunked body, as text, to `text` until it contains `needle`.
+    pub async fn chunks_until(&mut self, text: &mut String, needle: &str) {
+        while !text.contains(needle) {
+            text.push_str(&String::from_utf8(self.chunk().await).expect("UTF-8 chunk"));
+        }
+    }
+
     /// A whole response with a `Content-Length` or chunked body.
     pub async fn response(&mut self) -> Response {
         let head = self.head().await;
